@@ -1,0 +1,39 @@
+# Set-up and everyday commands. Every target creates (or reuses) the virtual environment in .venv.
+# On a machine without an NVIDIA GPU the CPU build of torch is installed (a plain `pip install
+# torch` would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CPU_TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q "$(CPU_TORCH)"; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# The main job on the embedded demo corpus (built once, offline, by the pipeline's own commands).
+demo: install
+	$(BIN)/python -m data_pipeline demo --output data/demo
+	$(BIN)/python -m data_pipeline inspect data/demo/shards --samples 2
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python benchmarks/run.py --quick
+
+clean:
+	rm -rf $(VENV) data/demo .pytest_cache

@@ -1,0 +1,103 @@
+"""Small file-system helpers shared by every pipeline stage: atomic writes, checksums, input lists.
+
+NOTE: every file the pipeline produces goes through `atomic_path` (temp file in the same directory,
+fsync, rename), so a crash never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+class PipelineError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits non-zero."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`.
+
+    On an exception the temporary file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON object, raising PipelineError naming the file when it is missing or invalid."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise PipelineError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[Path]:
+    """Expand files and directories into a sorted, de-duplicated list of files ending in `suffixes`.
+
+    A named file is taken whatever its suffix; directories contribute the files (recursively) whose
+    names end in one of `suffixes`. Missing paths are an error naming the path.
+    """
+    found: dict[Path, None] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for child in sorted(p.rglob("*")):
+                if child.is_file() and child.name.endswith(suffixes):
+                    found[child] = None
+        elif p.is_file():
+            found[p] = None
+        else:
+            raise PipelineError(f"{p}: no such file or directory")
+    return sorted(found, key=lambda q: (q.name, str(q)))
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and check that files can be written there."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test."):
+            pass
+    except OSError as e:
+        raise PipelineError(f"{p}: output directory is not writable ({e.strerror})") from None
+    return p
