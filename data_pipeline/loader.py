@@ -1,0 +1,634 @@
+"""Token shards -> masked MLM batches: a stateful, resumable, rank- and worker-split loader.
+
+Pipeline (generator stages, run inside each DataLoader worker):
+    shard list -> epoch permutation -> slot's shards -> block shuffle -> decode -> batch -> mask
+
+- Slots: rank r, worker w of W (num_workers 0 counts as one worker) is slot s = r*W + w of
+  S = world_size*W. Each epoch e the shard list is permuted with a generator seeded from (seed, e)
+  and slot s takes shards[s::S].
+- Equal batch counts: from the manifest's sample counts, n = the fewest samples any slot can get
+  under any permutation (the sum of the floor(num_shards/S) smallest shards) // batch_size. Every
+  slot yields exactly n batches per epoch and drops the rest, so every rank yields n*W batches per
+  epoch (`batches_per_epoch`) and no rank waits on a collective another rank never reaches.
+- Block shuffle: a slot reads its shards in groups of `shuffle_shards`, concatenates a group's
+  samples and permutes them with a generator seeded from (seed, epoch, slot, group).
+- Masks: the batch with rank-level index j (j = local_index*W + worker) is masked with a generator
+  seeded from (seed, rank, j). The DataLoader takes batches from its workers round-robin, and every
+  worker yields the same count, so the order and the masks do not depend on timing.
+- Resume: `state_dict()` counts batches as they leave the loader; `load_state_dict()` puts each
+  worker at its own position in closed form (epoch, then the group holding its sample offset, read
+  and permuted alone, then a skip), so the next batches are bit-identical to an uninterrupted run
+  without replaying the stream. A state saved with another world_size, num_workers, batch size or
+  shard list cannot be continued exactly: the loader warns and starts at the same epoch at the same
+  fraction of it (rounded down).
+- Corrupt shards raise PipelineError naming the shard. With skip_corrupt=True the shard is logged
+  and skipped, and a slot that runs short wraps to the start of its epoch stream, so batch counts
+  stay exact; a resume is then bit-exact only if no shard was skipped earlier in that epoch.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import posixpath
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import webdataset
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
+from webdataset.gopen import Pipe as _Pipe
+
+from data_pipeline.io_utils import PipelineError
+from data_pipeline.manifest import MANIFEST_NAME, Manifest, TokenizerInfo
+from data_pipeline.masking import IGNORE_INDEX, collate, mask_batch, mask_tokens, special_table
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DROP_WARN_FRACTION = 0.05
+# Domain tags keep the seed streams of different uses apart even when their other inputs collide.
+_TAG_SHARDS, _TAG_GROUP, _TAG_MASK, _TAG_EVAL = 0, 1, 2, 3
+_POSITION_KEYS = ("seed", "world_size", "num_workers", "batch_size", "shuffle_shards", "shards")
+
+ShardSpec = str | os.PathLike | Sequence[str]
+ManifestArg = str | os.PathLike | Manifest | None
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int
+    seed: int = 42
+    num_workers: int = 0
+    shuffle_shards: int = 4
+    mask_prob: float = 0.15
+    whole_word: bool = False
+    skip_corrupt: bool = False
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    debug_keys: bool = False  # add batch["keys"]: "SHARD/KEY" of every row (tests, debugging)
+
+    def __post_init__(self) -> None:
+        for key, low in (("batch_size", 1), ("seed", 0), ("num_workers", 0)):
+            _check_int(key, getattr(self, key), low)
+        for key in ("shuffle_shards", "prefetch_factor"):
+            _check_int(key, getattr(self, key), 1)
+        if not isinstance(self.mask_prob, float | int) or not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"loader: mask_prob={self.mask_prob!r}, expected a number in (0, 1)")
+
+
+def _check_int(key: str, value: object, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"loader: {key}={value!r}, expected an integer >= {low}")
+
+
+# ---------------------------------------------------------------- shard lists and manifests
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    urls: tuple[str, ...]
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    manifest: Manifest
+    source: str  # where the manifest came from, for messages
+
+
+def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg = None) -> ShardSet:
+    """Turn a shard spec into URLs with per-shard sample counts from the manifest.
+
+    `spec`: a directory holding manifest.json (all shards of `split`), a manifest.json path, or
+    URL patterns (local paths, globs, brace patterns, anything webdataset.gopen opens). Pattern
+    shards are looked up by file name in `manifest`, else in the manifest next to the first one.
+    """
+    single = spec if isinstance(spec, str | os.PathLike) else None
+    if single is not None and _is_local(str(single)) and Path(single).is_dir():
+        return _from_manifest(Path(single), split, manifest)
+    if single is not None and str(single).endswith(".json") and Path(single).is_file():
+        return _from_manifest(Path(single).parent, split, manifest or single)
+    patterns = [str(single)] if single is not None else [str(p) for p in spec]
+    urls: list[str] = []
+    for pattern in patterns:
+        for url in braceexpand(pattern):
+            if _is_local(url) and any(c in url for c in "*?["):
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise PipelineError(f"{url}: no shards match this pattern")
+                urls.extend(found)
+            else:
+                urls.append(url)
+    if not urls:
+        raise PipelineError(f"shard spec {spec!r} names no shards")
+    m, source = _load_manifest(manifest) if manifest is not None else _manifest_near(urls[0])
+    known = {s.name: s.samples for sp in m.splits.values() for s in sp.shards}
+    names = tuple(_shard_name(u, known) for u in urls)
+    for url, name in zip(urls, names, strict=True):
+        if name not in known:
+            raise PipelineError(f"shard {url}: '{name}' is not listed in the manifest {source}")
+    return ShardSet(tuple(urls), names, tuple(known[n] for n in names), m, source)
+
+
+def _from_manifest(directory: Path, split: str, manifest: ManifestArg) -> ShardSet:
+    m, source = _load_manifest(manifest if manifest is not None else directory)
+    if split not in m.splits or not m.splits[split].shards:
+        raise PipelineError(f"{source}: no '{split}' shards listed")
+    shards = m.splits[split].shards
+    urls = tuple(str(directory / s.name) for s in shards)
+    return ShardSet(
+        urls, tuple(s.name for s in shards), tuple(s.samples for s in shards), m, source
+    )
+
+
+def _load_manifest(manifest: str | os.PathLike | Manifest) -> tuple[Manifest, str]:
+    if isinstance(manifest, Manifest):
+        return manifest, "the given manifest"
+    path = Path(manifest)
+    return Manifest.load(path), str(path / MANIFEST_NAME if path.is_dir() else path)
+
+
+def _manifest_near(url: str) -> tuple[Manifest, str]:
+    if url.startswith("pipe:"):
+        raise PipelineError(
+            f"{url}: cannot find the manifest of pipe: shards; pass manifest=PATH to the loader"
+        )
+    if _is_local(url):
+        path = Path(url.removeprefix("file://").removeprefix("file:")).parent / MANIFEST_NAME
+        return Manifest.load(path), str(path)
+    murl = url.split("?")[0].rsplit("/", 1)[0] + "/" + MANIFEST_NAME
+    try:
+        with webdataset.gopen(murl) as f:
+            data = json.loads(f.read())
+    except Exception as e:  # any transport or JSON failure reads the same to the user
+        raise PipelineError(f"{murl}: cannot read the shard manifest ({_describe(e)})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{murl}: not a shard manifest")
+    return Manifest.from_dict(data, source=murl), murl
+
+
+def _is_local(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file")
+
+
+def _shard_name(url: str, known: dict[str, int]) -> str:
+    if url.startswith("pipe:"):
+        # The shard is one of the command's arguments (`pipe:cat DIR/x.tar`, `pipe:curl -s URL`).
+        names = [posixpath.basename(tok.split("?")[0]) for tok in url[5:].split()]
+        return next((n for n in reversed(names) if n in known), names[-1] if names else url)
+    return posixpath.basename(urlparse(url).path)
+
+
+def _describe(e: BaseException) -> str:
+    first = e.strerror if isinstance(e, OSError) and e.strerror else (e.args[0] if e.args else "")
+    first = str(first)
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read_shard(url: str, expected: int, vocab_size: int) -> list[tuple[str, np.ndarray]]:
+    """All (key, input_ids) of one shard, checked against the manifest's sample count."""
+    samples: list[tuple[str, np.ndarray]] = []
+    stream = None
+    try:
+        stream = webdataset.gopen(url)
+        files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
+        for sample in tariterators.group_by_keys(files):
+            data = sample.get("input_ids.npy")
+            if data is None:
+                raise PipelineError(f"shard {url}: sample {sample['__key__']} has no input_ids.npy")
+            ids = np.load(io.BytesIO(data), allow_pickle=False)
+            if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size == 0:
+                raise PipelineError(f"shard {url}: sample {sample['__key__']} is not 1-D token ids")
+            samples.append((sample["__key__"], ids))
+        stream.close()  # a pipe: reports its command's exit status here
+    except PipelineError:
+        raise
+    except FileNotFoundError:
+        raise PipelineError(f"shard {url}: file not found") from None
+    except Exception as e:  # tarfile, numpy and transport errors all mean "unreadable shard"
+        if isinstance(stream, _Pipe):
+            # A failing command usually shows up first as an empty or short tar stream; closing
+            # reaps it (a writer cut off by the close exits with SIGPIPE, which is no failure).
+            try:
+                stream.close()
+            except Exception:
+                pass
+            if stream.status not in (None, *stream.ignore_status, -signal.SIGPIPE):
+                raise PipelineError(
+                    f"shard {url}: the command exited with status {stream.status}"
+                ) from None
+        raise PipelineError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass  # already reported above, or the shard was read completely
+    if len(samples) != expected:
+        raise PipelineError(
+            f"shard {url}: holds {len(samples)} samples but the manifest lists {expected} "
+            "(truncated, or replaced after sharding)"
+        )
+    if samples and max(int(ids.max()) for _, ids in samples) >= vocab_size:
+        raise PipelineError(f"shard {url}: token ids beyond the vocabulary ({vocab_size})")
+    return samples
+
+
+# ---------------------------------------------------------------- the per-worker stream
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs, picklable; one worker's stream is a pure function of it."""
+
+    shards: ShardSet
+    rank: int
+    workers: int
+    slots: int
+    n: int  # batches per worker per epoch
+    config: LoaderConfig
+    tokenizer: TokenizerInfo
+    special: torch.Tensor
+    is_continuation: torch.Tensor | None
+
+    def groups(self, epoch: int, slot: int) -> list[list[int]]:
+        order = torch.randperm(
+            len(self.shards.urls), generator=_generator(self.config.seed, _TAG_SHARDS, epoch)
+        ).tolist()
+        mine, k = order[slot :: self.slots], self.config.shuffle_shards
+        return [mine[i : i + k] for i in range(0, len(mine), k)]
+
+
+_warned: set[str] = set()
+
+
+def _read_group(plan: _Plan, shards: list[int], epoch: int, slot: int, g: int) -> list:
+    items: list[tuple[str, np.ndarray]] = []
+    for i in shards:
+        url, name = plan.shards.urls[i], plan.shards.names[i]
+        try:
+            got = read_shard(url, plan.shards.counts[i], plan.tokenizer.vocab_size)
+        except PipelineError as e:
+            if not plan.config.skip_corrupt:
+                raise
+            if url not in _warned:
+                _warned.add(url)
+                logger.warning("skipping shard %s (skip_corrupt=True): %s", url, e)
+            continue
+        items.extend((f"{name}/{key}", ids) for key, ids in got)
+    perm = torch.randperm(
+        len(items), generator=_generator(plan.config.seed, _TAG_GROUP, epoch, slot, g)
+    )
+    return [items[i] for i in perm.tolist()]
+
+
+def _epoch_samples(plan: _Plan, epoch: int, slot: int, offset: int) -> Iterator[tuple]:
+    """Samples offset .. n*B-1 of a slot's epoch stream, reading from the group holding offset."""
+    need = plan.n * plan.config.batch_size - offset
+    groups = plan.groups(epoch, slot)
+    first, skip = 0, offset
+    while skip >= (size := sum(plan.shards.counts[i] for i in groups[first])):
+        first, skip = first + 1, skip - size
+    while True:
+        produced = 0
+        for g in range(first, len(groups)):
+            items = _read_group(plan, groups[g], epoch, slot, g)
+            for item in items[skip:]:
+                yield item
+                produced, need = produced + 1, need - 1
+                if need == 0:
+                    return
+            skip = 0
+        if produced == 0 and first == 0:
+            raise PipelineError(f"loader slot {slot}: every one of its shards was skipped")
+        first = 0  # ran short because shards were skipped: wrap to the start of the epoch stream
+
+
+class _SlotStream(IterableDataset):
+    def __init__(self, plan: _Plan, consumed: int) -> None:
+        self.plan, self.consumed = plan, consumed
+
+    def __iter__(self) -> Iterator[dict]:
+        plan, cfg = self.plan, self.plan.config
+        info = get_worker_info()
+        w_count = plan.workers
+        # NOTE: DataLoader polls its workers round-robin starting at worker 0 on every new
+        # iterator, and batch j must come from logical worker j % W: so after k batches, DataLoader
+        # worker i plays logical worker (i + k) % W, which has produced `local` of the first k.
+        worker = ((info.id if info is not None else 0) + self.consumed) % w_count
+        local = (self.consumed - worker + w_count - 1) // w_count if self.consumed > worker else 0
+        slot = plan.rank * w_count + worker
+        epoch, pos = divmod(local, plan.n)
+        while True:
+            samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size)
+            for _ in range(plan.n - pos):
+                rows = [next(samples) for _ in range(cfg.batch_size)]
+                batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
+                j = local * w_count + worker
+                out = mask_batch(
+                    batch,
+                    plan.special,
+                    mask_id=plan.tokenizer.mask_id,
+                    mask_prob=cfg.mask_prob,
+                    is_continuation=plan.is_continuation,
+                    generator=_generator(cfg.seed, _TAG_MASK, plan.rank, j),
+                )
+                if cfg.debug_keys:
+                    out["keys"] = [key for key, _ in rows]
+                yield out
+                local += 1
+            epoch, pos = epoch + 1, 0
+
+
+# ---------------------------------------------------------------- the public loader
+
+
+def _run_tokenizer(shards: ShardSet, tokenizer: TokenizerInfo | None) -> TokenizerInfo:
+    if tokenizer is None:
+        return shards.manifest.tokenizer
+    shards.manifest.check_tokenizer(tokenizer, source=shards.source)
+    return tokenizer
+
+
+def _tables(tok: TokenizerInfo, whole_word: bool, is_continuation: torch.Tensor | None) -> tuple:
+    special = special_table(tok.vocab_size, (*tok.special_ids, tok.pad_id, tok.cls_id, tok.sep_id))
+    if whole_word and is_continuation is None:
+        raise ValueError(
+            "loader: whole_word=True needs is_continuation (masking.continuation_table)"
+        )
+    if not whole_word:
+        return special, None
+    table = torch.as_tensor(is_continuation, dtype=torch.bool)
+    if table.numel() < tok.vocab_size:
+        raise ValueError(f"is_continuation has {table.numel()} entries, vocab is {tok.vocab_size}")
+    return special, table
+
+
+class MaskedBatchLoader:
+    """Infinite stream of masked batches for one rank: dicts of int64 tensors [B, L] with
+    input_ids, attention_mask and labels (-100 where nothing is predicted).
+
+    `iter(loader)` continues from `state_dict()["batches_consumed"]`; every rank yields
+    `batches_per_epoch` batches per epoch. Call `close()` to stop DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSpec,
+        config: LoaderConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        tokenizer: TokenizerInfo | None = None,
+        is_continuation: torch.Tensor | None = None,
+        manifest: ManifestArg = None,
+        split: str = "train",
+    ) -> None:
+        _check_int("world_size", world_size, 1)
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"loader: rank={rank!r}, expected 0 <= rank < world_size={world_size}")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.shards = resolve_shards(shards, split, manifest)
+        tok = _run_tokenizer(self.shards, tokenizer)
+        special, cont = _tables(tok, config.whole_word, is_continuation)
+        workers = max(1, config.num_workers)
+        slots = world_size * workers
+        counts = sorted(self.shards.counts)
+        smallest_slot = sum(counts[: len(counts) // slots])
+        n = smallest_slot // config.batch_size
+        if n == 0:
+            raise PipelineError(
+                f"{len(counts)} {split} shards ({sum(counts)} samples) cannot give each of the "
+                f"{slots} loader slots (world_size {world_size} x num_workers {workers}) one batch "
+                f"of {config.batch_size}: the smallest slot may get {smallest_slot} samples. Use "
+                "fewer DataLoader workers or ranks, a smaller batch, or re-shard into more shards "
+                "(--samples-per-shard)"
+            )
+        self._plan = _Plan(self.shards, rank, workers, slots, n, config, tok, special, cont)
+        dropped = 1.0 - n * config.batch_size * slots / sum(counts)
+        if dropped > DROP_WARN_FRACTION:
+            logger.warning(
+                "loader: %.1f%% of the %d samples per epoch are dropped so that all %d slots "
+                "(world_size x workers) yield %d batches; more or more even shards drop less",
+                100 * dropped,
+                sum(counts),
+                slots,
+                n,
+            )
+        self._consumed = 0
+        self._active: Iterator[dict] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank (and every other rank) yields per epoch."""
+        return self._plan.n * self._plan.workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.close()
+        self._active = self._generate()
+        return self._active
+
+    def _generate(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.config
+        loader = DataLoader(
+            _SlotStream(self._plan, self._consumed),
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            pin_memory=cfg.pin_memory,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+        )
+        it = iter(loader)
+        try:
+            while True:
+                try:
+                    batch = next(it)
+                except PipelineError as e:
+                    raise _unwrap_worker_error(e) from None
+                # Count on the way out, so prefetched batches are never counted as consumed.
+                self._consumed += 1
+                yield batch
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def close(self) -> None:
+        if self._active is not None:
+            self._active.close()  # runs the generator's finally: workers stop now, not at GC
+            self._active = None
+
+    def state_dict(self) -> dict:
+        """Position plus the configuration it is valid for; JSON-serialisable."""
+        cfg = self.config
+        return {
+            "version": STATE_VERSION,
+            "batches_consumed": self._consumed,
+            "batches_per_epoch": self.batches_per_epoch,
+            "seed": cfg.seed,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_workers": cfg.num_workers,
+            "batch_size": cfg.batch_size,
+            "shuffle_shards": cfg.shuffle_shards,
+            "mask_prob": cfg.mask_prob,
+            "whole_word": cfg.whole_word,
+            "shards": list(self.shards.names),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` left off; call before iterating (an open iterator is closed).
+
+        The saved rank need not match: every rank consumes the same number of batches.
+        """
+        if state.get("version") != STATE_VERSION or "batches_consumed" not in state:
+            raise PipelineError(
+                f"loader state: unsupported format (version {state.get('version')})"
+            )
+        consumed = int(state["batches_consumed"])
+        mine = self.state_dict()
+        changed = [k for k in _POSITION_KEYS if state.get(k) != mine[k]]
+        if changed:
+            epoch, pos = divmod(consumed, int(state["batches_per_epoch"]))
+            consumed = epoch * mine["batches_per_epoch"]
+            consumed += pos * mine["batches_per_epoch"] // int(state["batches_per_epoch"])
+            logger.warning(
+                "loader: resuming with a different %s than saved; the data order is not a "
+                "bit-exact continuation: starting epoch %d at batch %d of %d",
+                ", ".join(changed),
+                epoch,
+                consumed - epoch * mine["batches_per_epoch"],
+                mine["batches_per_epoch"],
+            )
+        elif any(state.get(k) != mine[k] for k in ("mask_prob", "whole_word")):
+            logger.warning("loader: masking settings changed since the save; masks will differ")
+        self.close()
+        self._consumed = consumed
+
+
+def _unwrap_worker_error(e: PipelineError) -> PipelineError:
+    # DataLoader re-raises a worker's exception with the worker traceback folded into the
+    # message; keep the one line the user needs (it names the shard).
+    text = str(e)
+    marker = "PipelineError: "
+    if "Original Traceback" in text and marker in text:
+        return PipelineError(text.rsplit(marker, 1)[1].strip() + " (in a DataLoader worker)")
+    return e
+
+
+# ---------------------------------------------------------------- held-out evaluation
+
+
+class EvalBatches:
+    """Finite, re-iterable masked batches of an eval split, for held-out MLM evaluation.
+
+    Rank r takes eval samples r, r+W, r+2W, ... of the split in manifest order (every rank reads
+    the whole split, which is small). Each sample is masked with a generator seeded from
+    (seed, its global index), so masks do not depend on world size or batch size. Ranks whose
+    share is one sample short append one filler row (a copy of sample 0, labels all -100) to
+    their last batch, so every rank yields `len(self)` batches of equal sizes and loss sums and
+    masked-token counts are unaffected.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSpec,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        tokenizer: TokenizerInfo | None = None,
+        is_continuation: torch.Tensor | None = None,
+        manifest: ManifestArg = None,
+        split: str = "eval",
+        seed: int = 0,
+        mask_prob: float = 0.15,
+        whole_word: bool = False,
+        debug_keys: bool = False,
+    ) -> None:
+        self.config = LoaderConfig(
+            batch_size=batch_size,
+            seed=seed,
+            mask_prob=mask_prob,
+            whole_word=whole_word,
+            debug_keys=debug_keys,
+        )
+        _check_int("world_size", world_size, 1)
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"eval loader: rank={rank!r}, expected 0 <= rank < {world_size}")
+        self.rank, self.world_size = rank, world_size
+        self.shards = resolve_shards(shards, split, manifest)
+        self.tokenizer = _run_tokenizer(self.shards, tokenizer)
+        self._special, self._cont = _tables(self.tokenizer, whole_word, is_continuation)
+        self.total = sum(self.shards.counts)
+        if self.total == 0:
+            raise PipelineError(f"{self.shards.source}: the {split} split holds no samples")
+        self.per_rank = -(-self.total // world_size)
+
+    def __len__(self) -> int:
+        return -(-self.per_rank // self.config.batch_size)
+
+    def _rows(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        cfg, tok = self.config, self.tokenizer
+        index, filler = 0, None
+        for url, name, count in zip(
+            self.shards.urls, self.shards.names, self.shards.counts, strict=True
+        ):
+            for key, ids in read_shard(url, count, tok.vocab_size):
+                if filler is None:
+                    filler = (f"{name}/{key}", torch.from_numpy(ids.astype(np.int64)))
+                if index % self.world_size == self.rank:
+                    t = torch.from_numpy(ids.astype(np.int64))
+                    masked, labels = mask_tokens(
+                        t,
+                        self._special[t],
+                        vocab_size=tok.vocab_size,
+                        mask_id=tok.mask_id,
+                        mask_prob=cfg.mask_prob,
+                        is_continuation=self._cont,
+                        generator=_generator(cfg.seed, _TAG_EVAL, index),
+                    )
+                    yield f"{name}/{key}", masked, labels
+                index += 1
+        if (self.total - self.rank + self.world_size - 1) // self.world_size < self.per_rank:
+            key, ids = filler
+            yield key, ids, torch.full_like(ids, IGNORE_INDEX)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rows = list[tuple]()
+        for row in self._rows():
+            rows.append(row)
+            if len(rows) == self.config.batch_size:
+                yield self._batch(rows)
+                rows = []
+        if rows:
+            yield self._batch(rows)
+
+    def _batch(self, rows: list[tuple]) -> dict:
+        batch = collate([ids.numpy() for _, ids, _ in rows], self.tokenizer.pad_id)
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for i, (_, _, lab) in enumerate(rows):
+            labels[i, : len(lab)] = lab
+        batch["labels"] = labels
+        if self.config.debug_keys:
+            batch["keys"] = [key for key, _, _ in rows]
+        return batch
+
+
+def iter_eval_batches(shards: ShardSpec, batch_size: int, **kwargs) -> EvalBatches:
+    """Eval batches for this rank (EvalBatches' keywords); same count on every rank and pass."""
+    return EvalBatches(shards, batch_size, **kwargs)

@@ -1,0 +1,168 @@
+"""Dynamic MLM masking and padding collation: pure functions of tensors, no hidden state.
+
+`mask_tokens` follows BERT and HF `DataCollatorForLanguageModeling` exactly: every token that is
+neither special nor padding is selected with probability `mask_prob`; of the selected, 80% become
+[MASK], 10% a token drawn uniformly from [0, vocab_size) and 10% stay as they are. Labels hold the
+original id at selected positions and -100 elsewhere. With `is_continuation` (a bool table over the
+vocabulary marking WordPiece "##" pieces) it does whole-word masking: a word (a token plus the
+continuation tokens after it) is selected with probability `mask_prob` and then all of its tokens
+are, each getting its own 80/10/10 draw.
+
+NOTE: every random draw comes from the `generator` argument, so a batch's masks are a function of
+its tokens and that generator's seed alone; the loader seeds one generator per batch, which is what
+makes resumed runs bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100  # the label value torch's cross_entropy ignores by default
+MASK_FRACTION = 0.8  # of the selected tokens: share replaced by [MASK]
+RANDOM_FRACTION = 0.1  # share replaced by a random token; the rest stay unchanged
+
+
+def special_table(vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:
+    """A bool table over the vocabulary, True for ids that may never be masked."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    ids = [int(i) for i in special_ids]
+    if ids:
+        if min(ids) < 0 or max(ids) >= vocab_size:
+            raise ValueError(f"special_ids {ids} fall outside the vocabulary [0, {vocab_size})")
+        table[torch.tensor(ids)] = True
+    return table
+
+
+def continuation_table(tokenizer) -> torch.Tensor:
+    """The `is_continuation` table for whole-word masking from an HF WordPiece tokenizer."""
+    vocab = tokenizer.get_vocab()
+    table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for token, idx in vocab.items():
+        if token.startswith("##"):
+            table[idx] = True
+    return table
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_mask: torch.Tensor,
+    *,
+    vocab_size: int,
+    mask_id: int,
+    mask_prob: float = 0.15,
+    generator: torch.Generator,
+    is_continuation: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask a batch for MLM; returns (masked_ids, labels), both int64 and shaped like `input_ids`.
+
+    `special_mask` is True at positions never to select ([CLS], [SEP], padding, ...). The input
+    tensor is not modified.
+    """
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob={mask_prob!r}: expected a probability in (0, 1)")
+    if input_ids.shape != special_mask.shape:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and special_mask {tuple(special_mask.shape)} "
+            "must have the same shape"
+        )
+    ids = input_ids.to(torch.int64)
+    special = special_mask.to(torch.bool)
+    squeeze = ids.dim() == 1
+    if squeeze:
+        ids, special = ids.unsqueeze(0), special.unsqueeze(0)
+
+    if is_continuation is None:
+        u = torch.rand(ids.shape, generator=generator)
+        selected = (u < mask_prob) & ~special
+    else:
+        selected = _whole_word_selection(ids, special, is_continuation, mask_prob, generator)
+
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    # One uniform per position decides [MASK] / random / keep, as HF's two Bernoulli draws do
+    # (0.8, then 0.5 of the rest), with the same resulting 80/10/10 distribution.
+    action = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator, dtype=torch.int64)
+    to_mask = selected & (action < MASK_FRACTION)
+    to_random = selected & (action >= MASK_FRACTION) & (action < MASK_FRACTION + RANDOM_FRACTION)
+    masked = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
+    masked = torch.where(to_random, random_ids, masked)
+    if squeeze:
+        masked, labels = masked.squeeze(0), labels.squeeze(0)
+    return masked, labels
+
+
+def _whole_word_selection(
+    ids: torch.Tensor,
+    special: torch.Tensor,
+    is_continuation: torch.Tensor,
+    mask_prob: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    if int(ids.max()) >= is_continuation.numel():
+        raise ValueError(
+            f"token id {int(ids.max())} is outside the is_continuation table "
+            f"(size {is_continuation.numel()})"
+        )
+    cont = is_continuation.to(torch.bool)[ids] & ~special
+    prev_special = torch.zeros_like(special)
+    prev_special[:, 1:] = special[:, :-1]
+    # A "##" piece right after [CLS] or padding has no head word to join: it starts its own word.
+    starts = ~cont | prev_special
+    u = torch.rand(ids.shape, generator=generator)
+    start_selected = starts & ~special & (u < mask_prob)
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    head = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    return start_selected.gather(1, head) & ~special
+
+
+def collate(
+    samples: Sequence[np.ndarray], pad_id: int, multiple: int = 8
+) -> dict[str, torch.Tensor]:
+    """Pad 1-D token arrays to the batch maximum rounded up to `multiple`.
+
+    Returns int64 `input_ids` and `attention_mask` of shape [B, L]; rounding to 8 keeps tensor-core
+    friendly shapes and bounds the number of distinct shapes torch.compile sees.
+    """
+    if not samples:
+        raise ValueError("collate: empty batch")
+    if multiple < 1:
+        raise ValueError(f"multiple={multiple!r}: expected a positive integer")
+    longest = max(len(s) for s in samples)
+    length = -(-longest // multiple) * multiple
+    ids = np.full((len(samples), length), pad_id, dtype=np.int64)
+    attention = np.zeros((len(samples), length), dtype=np.int64)
+    for row, sample in enumerate(samples):
+        ids[row, : len(sample)] = sample
+        attention[row, : len(sample)] = 1
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention)}
+
+
+def mask_batch(
+    batch: dict[str, torch.Tensor],
+    special: torch.Tensor,
+    *,
+    mask_id: int,
+    mask_prob: float,
+    generator: torch.Generator,
+    is_continuation: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Mask a collated batch in place of its input_ids and add labels.
+
+    `special` is the table from `special_table`; padding positions are excluded through the
+    attention mask as well, so a pad id missing from the special ids cannot be masked either.
+    """
+    ids = batch["input_ids"]
+    special_mask = special[ids] | (batch["attention_mask"] == 0)
+    masked, labels = mask_tokens(
+        ids,
+        special_mask,
+        vocab_size=special.numel(),
+        mask_id=mask_id,
+        mask_prob=mask_prob,
+        generator=generator,
+        is_continuation=is_continuation,
+    )
+    return {"input_ids": masked, "attention_mask": batch["attention_mask"], "labels": labels}

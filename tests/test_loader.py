@@ -1,0 +1,329 @@
+"""Shards -> masked batches (data_pipeline/loader.py): splitting, shuffling, resume, errors.
+
+Run: .venv/bin/pytest tests/test_loader.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset
+
+from data_pipeline import loader as loader_mod
+from data_pipeline.io_utils import PipelineError
+from data_pipeline.loader import LoaderConfig, MaskedBatchLoader, iter_eval_batches
+from data_pipeline.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
+from data_pipeline.masking import IGNORE_INDEX
+
+TOK = TokenizerInfo(
+    name="test-wordpiece",
+    vocab_size=1000,
+    vocab_hash="a" * 64,
+    cls_id=2,
+    sep_id=3,
+    pad_id=0,
+    mask_id=4,
+    special_ids=(0, 1, 2, 3, 4),
+)
+
+
+def make_shards(directory: Path, sizes, eval_sizes=(), seed: int = 0) -> dict[str, np.ndarray]:
+    """Write train/eval shards and their manifest; returns {"SHARD/KEY": input_ids}."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    samples, splits, index = {}, {}, 0
+    for split, split_sizes in (("train", sizes), ("eval", eval_sizes)):
+        infos = []
+        for i, n in enumerate(split_sizes):
+            name, tokens = f"{split}-{i:06d}.tar", 0
+            with webdataset.TarWriter(str(directory / name)) as writer:
+                for _ in range(n):
+                    body = rng.integers(5, TOK.vocab_size, int(rng.integers(4, 40)))
+                    ids = np.concatenate([[TOK.cls_id], body, [TOK.sep_id]]).astype(np.uint16)
+                    key = f"{index:012d}"
+                    meta = {"pmid": index, "n_tokens": len(ids)}
+                    writer.write({"__key__": key, "input_ids.npy": ids, "json": meta})
+                    samples[f"{name}/{key}"] = ids
+                    tokens, index = tokens + len(ids), index + 1
+            infos.append(ShardInfo(name=name, samples=n, tokens=tokens))
+        splits[split] = SplitInfo(shards=infos)
+    Manifest(TOK, 64, "truncate", 0.1, splits, []).save(directory)
+    return samples
+
+
+def take(loader, count: int, save_at: int | None = None):
+    """The next `count` batches; with save_at, also the state_dict after that many batches."""
+    batches, state, it = [], None, iter(loader)
+    for i in range(count):
+        if i == save_at:
+            state = json.loads(json.dumps(loader.state_dict()))  # must survive a JSON round trip
+        batches.append(next(it))
+    loader.close()
+    return (batches, state) if save_at is not None else batches
+
+
+def keys_of(batches) -> list[str]:
+    return [k for b in batches for k in b["keys"]]
+
+
+def assert_same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for name in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(x[name], y[name]), name
+
+
+def cfg(**kw) -> LoaderConfig:
+    base = dict(batch_size=4, seed=7, shuffle_shards=2, debug_keys=True)
+    return LoaderConfig(**(base | kw))
+
+
+def test_world2_workers2_cover_every_sample_once_with_intact_tokens(tmp_path):
+    samples = make_shards(tmp_path, [12] * 8)  # 4 slots x 2 shards x 12 = 96, nothing dropped
+    config = cfg(num_workers=2)
+    per_rank = []
+    for rank in (0, 1):
+        loader = MaskedBatchLoader(tmp_path, config, rank=rank, world_size=2, tokenizer=TOK)
+        assert loader.batches_per_epoch == 12
+        per_rank.append(take(loader, 24 if rank == 0 else 12))
+    epoch0 = keys_of(per_rank[0][:12]) + keys_of(per_rank[1])
+    assert sorted(epoch0) == sorted(samples)
+    # next epoch: rank 0 gets other shards, order reshuffled
+    assert keys_of(per_rank[0][12:]) != keys_of(per_rank[0][:12])
+    for batch in per_rank[0] + per_rank[1]:
+        for row, key in enumerate(batch["keys"]):
+            orig = torch.from_numpy(samples[key].astype(np.int64))
+            n = len(orig)
+            assert batch["attention_mask"][row].sum() == n
+            labels, ids = batch["labels"][row, :n], batch["input_ids"][row, :n]
+            sel = labels != IGNORE_INDEX
+            assert torch.equal(labels[sel], orig[sel]) and torch.equal(ids[~sel], orig[~sel])
+            assert batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_unequal_shards_every_rank_same_batch_count(tmp_path, caplog):
+    make_shards(tmp_path, [10, 23, 7, 31, 16, 12, 9])
+    counts = set()
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
+        for rank in range(3):
+            loader = MaskedBatchLoader(tmp_path, cfg(), rank=rank, world_size=3, tokenizer=TOK)
+            n = loader.batches_per_epoch
+            counts.add(n)
+            batches = take(loader, 3 * n)
+            assert all(b["input_ids"].shape[0] == 4 for b in batches)
+            for e in range(3):  # the quota never forces a wrap: real, distinct samples
+                keys = keys_of(batches[e * n : (e + 1) * n])
+                assert len(set(keys)) == len(keys)
+    assert counts == {4}  # 2 smallest shards (7 + 9) // 4
+    assert "dropped" in caplog.text
+
+
+def test_epochs_reshuffle_and_seed_reproduces(tmp_path):
+    make_shards(tmp_path, [10] * 6)
+    a = take(MaskedBatchLoader(tmp_path, cfg(seed=1), tokenizer=TOK), 30)
+    b = take(MaskedBatchLoader(tmp_path, cfg(seed=1), tokenizer=TOK), 30)
+    c = take(MaskedBatchLoader(tmp_path, cfg(seed=2), tokenizer=TOK), 30)
+    assert_same(a, b)
+    assert keys_of(a[:15]) != keys_of(a[15:])
+    assert sorted(keys_of(a[:15])) == sorted(keys_of(a[15:]))  # epochs cover the same data
+    assert keys_of(a) != keys_of(c)
+    assert not torch.equal(a[0]["labels"], b[1]["labels"])
+
+
+@pytest.mark.parametrize(
+    "world,rank,workers,n,k,whole_word",
+    [
+        (1, 0, 0, 18, 5, False),  # 20 batches per epoch: crosses the boundary
+        (2, 1, 0, 8, 5, True),  # rank 1 of 2, whole-word masks; 10 per epoch
+        (2, 1, 2, 13, 6, False),  # rank 1 of 2 with 2 workers, odd position; 10 per epoch
+    ],
+)
+def test_resume_is_bit_identical(tmp_path, world, rank, workers, n, k, whole_word):
+    make_shards(tmp_path, [10] * 8)
+    table = torch.zeros(TOK.vocab_size, dtype=torch.bool)
+    table[500:] = True
+    config = cfg(num_workers=workers, whole_word=whole_word)
+
+    def build():
+        return MaskedBatchLoader(
+            tmp_path, config, rank=rank, world_size=world, tokenizer=TOK, is_continuation=table
+        )
+
+    reference, state = take(build(), n + k, save_at=n)
+    assert state["batches_consumed"] == n
+    resumed = build()
+    resumed.load_state_dict(state)
+    assert_same(take(resumed, k), reference[n:])
+
+
+def test_resume_far_ahead_reads_one_group_not_the_stream(tmp_path, monkeypatch):
+    make_shards(tmp_path, [10] * 6)
+    reference, state = take(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK), 53, save_at=50)
+    reads = []
+    real = loader_mod.read_shard
+    monkeypatch.setattr(
+        loader_mod, "read_shard", lambda url, *a: reads.append(url) or real(url, *a)
+    )
+    resumed = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK)
+    resumed.load_state_dict(state)
+    got = take(resumed, 1)
+    assert len(reads) <= 2  # epoch 3, one group of shuffle_shards=2 shards
+    assert_same(got, reference[50:51])
+    assert resumed.state_dict()["batches_consumed"] == 51
+
+
+def test_resume_with_other_world_size_warns_and_keeps_epoch_fraction(tmp_path, caplog):
+    make_shards(tmp_path, [10] * 6)
+    one = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK)  # 15 batches per epoch
+    _, state = take(one, 23, save_at=22)  # epoch 1, batch 7 of 15
+    two = MaskedBatchLoader(tmp_path, cfg(), rank=1, world_size=2, tokenizer=TOK)  # 7 per epoch
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
+        two.load_state_dict(state)
+    assert "not a bit-exact" in caplog.text and "world_size" in caplog.text
+    assert two.state_dict()["batches_consumed"] == 7 + 7 * 7 // 15
+    assert len(take(two, 2)) == 2
+
+
+def test_state_dict_fingerprint(tmp_path):
+    make_shards(tmp_path, [10] * 6)
+    sd = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK).state_dict()
+    assert sd["batches_consumed"] == 0 and sd["batches_per_epoch"] == 15
+    assert sd["shards"] == [f"train-{i:06d}.tar" for i in range(6)]
+    assert {"seed", "world_size", "rank", "num_workers", "batch_size"} <= set(sd)
+    with pytest.raises(ValueError, match="batch_size"):
+        LoaderConfig(batch_size=0)
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path):
+    make_shards(tmp_path, [10] * 2)
+    other = dataclasses.replace(TOK, name="biobert-cased", vocab_hash="b" * 64)
+    with pytest.raises(PipelineError, match="re-shard with the run's tokenizer"):
+        MaskedBatchLoader(tmp_path, cfg(), tokenizer=other)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100])
+
+
+def test_corrupt_shard_error_names_it_in_process_and_in_a_worker(tmp_path):
+    make_shards(tmp_path, [10] * 4)
+    _truncate(tmp_path / "train-000002.tar")
+    for workers in (0, 1):
+        loader = MaskedBatchLoader(tmp_path, cfg(num_workers=workers), tokenizer=TOK)
+        with pytest.raises(PipelineError, match=r"shard \S*train-000002\.tar: "):
+            take(loader, loader.batches_per_epoch)
+    (tmp_path / "train-000001.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.raises(PipelineError, match=r"train-000001\.tar: corrupt or truncated"):
+        take(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK), 10)
+
+
+def test_skip_corrupt_keeps_exact_batch_count(tmp_path, caplog):
+    make_shards(tmp_path, [10] * 4)
+    _truncate(tmp_path / "train-000002.tar")
+    loader = MaskedBatchLoader(tmp_path, cfg(skip_corrupt=True), tokenizer=TOK)
+    n = loader.batches_per_epoch
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
+        batches = take(loader, 3 * n)
+    assert len(batches) == 3 * n and all(b["input_ids"].shape[0] == 4 for b in batches)
+    assert not any(k.startswith("train-000002") for k in keys_of(batches))
+    assert "skipping shard" in caplog.text and "train-000002.tar" in caplog.text
+
+
+def test_globs_braces_pipes_and_manifest_paths_give_the_same_stream(tmp_path):
+    make_shards(tmp_path, [10] * 6)
+    reference = take(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK), 3)
+    manifest = tmp_path / "manifest.json"
+    specs = [
+        (str(manifest), None),
+        (str(tmp_path / "train-*.tar"), None),
+        (str(tmp_path / "train-{000000..000005}.tar"), None),
+        ([f"pipe:cat {tmp_path}/train-{i:06d}.tar" for i in range(6)], manifest),
+    ]
+    for spec, m in specs:
+        got = take(MaskedBatchLoader(spec, cfg(), tokenizer=TOK, manifest=m), 3)
+        assert_same(got, reference)
+        assert keys_of(got) == keys_of(reference)
+    with pytest.raises(PipelineError, match="pass manifest="):
+        MaskedBatchLoader(specs[3][0], cfg(), tokenizer=TOK)
+    missing = MaskedBatchLoader(
+        [f"pipe:cat {tmp_path}/gone/train-000000.tar"] * 4, cfg(), tokenizer=TOK, manifest=manifest
+    )
+    with pytest.raises(PipelineError, match="gone/train-000000.tar"):
+        take(missing, 1)
+    shutil.copy(tmp_path / "train-000000.tar", tmp_path / "extra.tar")
+    with pytest.raises(PipelineError, match=r"extra\.tar.*not listed in the manifest"):
+        MaskedBatchLoader(str(tmp_path / "*.tar"), cfg(), tokenizer=TOK)
+    with pytest.raises(PipelineError, match="no shards match"):
+        MaskedBatchLoader(str(tmp_path / "nothing-*.tar"), cfg(), tokenizer=TOK)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset opens http URLs with curl")
+def test_http_shards_find_the_manifest_next_to_them(tmp_path):
+    make_shards(tmp_path, [10] * 6)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/train-{{000000..000005}}.tar"
+        got = take(MaskedBatchLoader(url, cfg(), tokenizer=TOK), 3)
+    finally:
+        server.shutdown()
+    assert_same(got, take(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK), 3))
+
+
+def test_too_few_shards_for_world_and_workers(tmp_path):
+    make_shards(tmp_path, [50] * 3)
+    with pytest.raises(PipelineError, match=r"4 loader slots \(world_size 2 x num_workers 2\)"):
+        MaskedBatchLoader(tmp_path, cfg(num_workers=2), rank=0, world_size=2, tokenizer=TOK)
+
+
+def test_eval_batches_every_sample_once_same_count_on_every_rank(tmp_path):
+    samples = make_shards(tmp_path, [10] * 2, eval_sizes=[7, 6])
+    eval_keys = sorted(k for k in samples if k.startswith("eval"))
+    first = eval_keys[0]
+    rows, lengths = {}, set()
+    for rank in range(3):
+        batches = iter_eval_batches(
+            tmp_path,
+            2,
+            rank=rank,
+            world_size=3,
+            tokenizer=TOK,
+            split="eval",
+            seed=3,
+            debug_keys=True,
+        )
+        got = list(batches)
+        assert len(got) == len(batches) == 3  # ceil(ceil(13 / 3) / 2)
+        lengths.add(tuple(b["input_ids"].shape[0] for b in got))
+        assert_same(got, list(batches))  # re-iterable, identical each pass
+        for b in got:
+            for i, key in enumerate(b["keys"]):
+                if key in rows:  # the filler row: a copy of sample 0 that predicts nothing
+                    assert key == first and (b["labels"][i] == IGNORE_INDEX).all()
+                else:
+                    rows[key] = (b["input_ids"][i], b["labels"][i])
+    assert lengths == {(2, 2, 1)} and sorted(rows) == eval_keys
+    # masks depend on the sample alone, not on the world size
+    single = iter_eval_batches(tmp_path, 5, tokenizer=TOK, split="eval", seed=3, debug_keys=True)
+    for b in single:
+        for i, key in enumerate(b["keys"]):
+            n = len(samples[key])
+            assert torch.equal(b["input_ids"][i, :n], rows[key][0][:n])
+            assert torch.equal(b["labels"][i, :n], rows[key][1][:n])
