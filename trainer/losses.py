@@ -1,0 +1,298 @@
+"""Loss terms of the paper's recipes, as pure functions of tensors.
+
+Every term is defined in /work/shared/RECIPES.md ("Terms") and implemented here to the letter; the
+objectives (trainer/objectives.py) weight them and sum them over layer pairs. Conventions:
+
+- Math runs in fp32 at least: DeepSpeed's bf16 mode returns bf16 logits and hidden states, and
+  softmax/KL/cosine in bf16 loses most of the signal. Half-precision inputs are upcast first;
+  float64 inputs stay float64 (handy for gradient checks).
+- Temperatures are explicit arguments (a missing temperature is the classic bug in DeepSpeed's
+  compression/bert example) and every reduction is written out as "sum / count", the count named.
+- No host syncs: counts stay tensors (or come from shapes), empty selections give a zero that still
+  carries a graph instead of NaN, and nothing calls `.item()`.
+- The teacher side is just a tensor: gradients reach the student wherever it requires grad, and the
+  teacher only if the caller (unusually) asked for it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+IGNORE_INDEX = -100
+"""Label of unpredicted positions (HF convention); every other position is a masked row."""
+
+ATTENTION_EPS = 1e-12
+"""Added to both attention maps before the log in ATT_KL, as the paper's code does."""
+
+KD_CHUNK_ROWS = 4096
+"""Above this many rows KD / SOFT_CE run chunk by chunk so no full [N, V] softmax is held twice."""
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for bf16/fp16 (and integer) inputs; float32/float64 pass through unchanged."""
+    if x.is_floating_point() and x.element_size() >= 4:
+        return x
+    return x.float()
+
+
+def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    # NOTE: mse_loss and friends would broadcast silently (or only warn); a mismatched layer pair is
+    # a recipe bug that must fail loudly.
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has {tuple(b.shape)}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def _check_token_mask(mask: torch.Tensor, batch_shape: torch.Size, name: str) -> None:
+    if mask.shape != batch_shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)} but {name} needs {tuple(batch_shape)}"
+        )
+
+
+def masked_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the masked rows (label != -100), same shape as `labels`."""
+    return labels != IGNORE_INDEX
+
+
+def gather_masked_rows(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """x[labels != -100]: [B, L, ...] -> [N, ...] (boolean indexing; one host sync for N)."""
+    if x.shape[: labels.dim()] != labels.shape:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, whose leading dims do not match labels "
+            f"{tuple(labels.shape)}"
+        )
+    return x[masked_rows(labels)]
+
+
+# ------------------------------------------------------------------------------------------- MLM
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MLM: cross-entropy of `logits` against `labels`, mean over masked rows.
+
+    Accepts full logits [B, L, V] with labels [B, L] (positions labelled -100 ignored) or rows
+    already gathered at the masked positions, [N, V] with labels [N]. With no masked row the result
+    is a zero that still depends on `logits` (backward works, gradients are zero), not 0/0 = NaN.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
+        )
+    flat_logits = _upcast(logits).reshape(-1, logits.shape[-1])
+    flat_labels = labels.reshape(-1)
+    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # The count stays a tensor (no host sync); clamping only matters when it is 0, where total is 0.
+    count = masked_rows(flat_labels).sum().clamp(min=1)
+    return total / count
+
+
+# ----------------------------------------------------------------------- KD and SOFT_CE (logits)
+
+
+def _distill_pointwise(log_q: torch.Tensor, log_p: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-vocabulary-entry terms whose row sums are KL(p || q) or the cross-entropy H(p, q)."""
+    p = log_p.exp()
+    if kind == "kl":
+        return p * (log_p - log_q)
+    return -p * log_q
+
+
+class _ChunkedDistill(torch.autograd.Function):
+    """scale * sum over rows of KL(p || q) or H(p, q), p = softmax(t/T), q = softmax(s/T), chunked.
+
+    Plain autograd would keep every chunk's log-softmax alive for backward: the full [N, V] again.
+    Instead forward keeps only the inputs, and backward recomputes each chunk and applies the closed
+    forms (row value r = sum_v f_v, f the pointwise terms of `_distill_pointwise`):
+        d/ds = scale / T * (q - p)            (both kinds, since sum_v p_v = 1)
+        d/dt = scale / T * (f - p * r)
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        temperature: float,
+        scale: float,
+        kind: str,
+        chunk_rows: int,
+    ) -> torch.Tensor:
+        total = None
+        for start in range(0, student.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            log_q = F.log_softmax(_upcast(student[rows]) / temperature, dim=-1)
+            log_p = F.log_softmax(_upcast(teacher[rows]) / temperature, dim=-1)
+            part = _distill_pointwise(log_q, log_p, kind).sum()
+            total = part if total is None else total + part
+        ctx.save_for_backward(student, teacher)
+        ctx.temperature, ctx.scale, ctx.kind, ctx.chunk_rows = temperature, scale, kind, chunk_rows
+        return total * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        student, teacher = ctx.saved_tensors
+        need_student, need_teacher = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_student = torch.empty_like(student) if need_student else None
+        grad_teacher = torch.empty_like(teacher) if need_teacher else None
+        factor = grad_out * (ctx.scale / ctx.temperature)  # a tensor: no host sync
+        for start in range(0, student.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            log_q = F.log_softmax(_upcast(student[rows]) / ctx.temperature, dim=-1)
+            log_p = F.log_softmax(_upcast(teacher[rows]) / ctx.temperature, dim=-1)
+            p = log_p.exp()
+            if need_student:
+                grad_student[rows] = (factor * (log_q.exp() - p)).to(student.dtype)
+            if need_teacher:
+                f = _distill_pointwise(log_q, log_p, ctx.kind)
+                row_value = f.sum(dim=-1, keepdim=True)
+                grad_teacher[rows] = (factor * (f - p * row_value)).to(teacher.dtype)
+        return grad_student, grad_teacher, None, None, None, None
+
+
+def _distill(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    kind: str,
+    chunk_rows: int,
+) -> torch.Tensor:
+    _check_temperature(temperature)
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    if student_logits.dim() != 2:
+        raise ValueError(
+            f"expected masked rows [N, V], got shape {tuple(student_logits.shape)}; "
+            "gather them with gather_masked_rows first"
+        )
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+    n_rows = student_logits.shape[0]
+    if n_rows == 0:
+        # batchmean over no rows is 0/0; a zero with a graph keeps backward uniform instead.
+        return _upcast(student_logits).sum() * 0
+    # KD carries T^2 so its gradient keeps the same magnitude across temperatures (Hinton et al.);
+    # SOFT_CE (TinyBERT's prediction loss) has none.
+    scale = (temperature**2 if kind == "kl" else 1.0) / n_rows
+    if n_rows > chunk_rows:
+        return _ChunkedDistill.apply(
+            student_logits, teacher_logits, temperature, scale, kind, chunk_rows
+        )
+    log_q = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)
+    log_p = F.log_softmax(_upcast(teacher_logits) / temperature, dim=-1)
+    return _distill_pointwise(log_q, log_p, kind).sum() * scale
+
+
+def kd_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    *,
+    chunk_rows: int = KD_CHUNK_ROWS,
+) -> torch.Tensor:
+    """KD: KL(softmax(t/T) || softmax(s/T)), summed over the vocabulary, mean over rows, times T^2.
+
+    Inputs are the masked rows only, [N, V] each ("batchmean" on the masked rows). Above
+    `chunk_rows` rows the sum runs chunk by chunk (same value and gradients, bounded memory).
+    """
+    return _distill(student_logits, teacher_logits, temperature, "kl", chunk_rows)
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    *,
+    chunk_rows: int = KD_CHUNK_ROWS,
+) -> torch.Tensor:
+    """SOFT_CE: mean over rows of -sum_v softmax(t/T)_v * log_softmax(s/T)_v; no T^2.
+
+    Inputs are the masked rows only, [N, V] each; chunked above `chunk_rows` rows like `kd_kl`.
+    """
+    return _distill(student_logits, teacher_logits, temperature, "ce", chunk_rows)
+
+
+# ------------------------------------------------------------------------ hidden states and maps
+
+
+def cosine_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """COS: mean over non-padding tokens of 1 - cos(s, t) along the hidden dim.
+
+    `student_hidden`, `teacher_hidden`: [B, L, H]; `attention_mask`: [B, L], nonzero = real token
+    (None = every token counts).
+    """
+    _check_same_shape("student_hidden", student_hidden, "teacher_hidden", teacher_hidden)
+    distance = 1 - F.cosine_similarity(_upcast(student_hidden), _upcast(teacher_hidden), dim=-1)
+    if attention_mask is None:
+        return distance.mean()
+    _check_token_mask(attention_mask, distance.shape, "hidden states")
+    keep = attention_mask.bool()
+    # where, not multiply: whatever sits at padding (even inf/NaN) must not reach the loss.
+    total = torch.where(keep, distance, torch.zeros_like(distance)).sum()
+    return total / keep.sum().clamp(min=1)
+
+
+def attention_kl(
+    student_attn: torch.Tensor,
+    teacher_attn: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """ATT_KL for one layer pair: kl_div(log(s + eps), t + eps), eps = 1e-12, pointwise, i.e.
+    (t + eps) * (log(t + eps) - log(s + eps)), averaged over every element of the rows whose query
+    token is not padding: sum / (real query rows * heads * L). Every key column is kept, as in the
+    paper's code.
+
+    `student_attn`, `teacher_attn`: attention probabilities [B, heads, L, L]; `attention_mask`:
+    [B, L], nonzero = real token (None = every row counts).
+    """
+    _check_same_shape("student_attn", student_attn, "teacher_attn", teacher_attn)
+    if student_attn.dim() != 4:
+        raise ValueError(f"expected [B, heads, L, L], got shape {tuple(student_attn.shape)}")
+    batch, heads, length, _ = student_attn.shape
+    pointwise = F.kl_div(
+        torch.log(_upcast(student_attn) + ATTENTION_EPS),
+        _upcast(teacher_attn) + ATTENTION_EPS,
+        reduction="none",
+    )
+    if attention_mask is None:
+        return pointwise.mean()
+    _check_token_mask(attention_mask, torch.Size([batch, length]), "attention maps")
+    query_rows = attention_mask.bool()  # [B, L]
+    keep = query_rows[:, None, :, None]  # -> [B, 1, L(query), 1]: whole rows, every key column
+    total = torch.where(keep, pointwise, torch.zeros_like(pointwise)).sum()
+    count = query_rows.sum().clamp(min=1) * (heads * length)
+    return total / count
+
+
+def attention_mse(student_attn: torch.Tensor, teacher_attn: torch.Tensor) -> torch.Tensor:
+    """ATT_MSE for one layer pair: mean over all elements of (s - t)^2 (padding included, as in
+    TinyBERT's code)."""
+    _check_same_shape("student_attn", student_attn, "teacher_attn", teacher_attn)
+    return F.mse_loss(_upcast(student_attn), _upcast(teacher_attn), reduction="mean")
+
+
+def hidden_mse(
+    student_hidden_projected: torch.Tensor, teacher_hidden: torch.Tensor
+) -> torch.Tensor:
+    """HID_MSE for one layer pair: mean over all elements of (fit_dense(s) - t)^2.
+
+    The caller applies `fit_dense` (the student's hidden size differs from the teacher's).
+    """
+    _check_same_shape(
+        "student_hidden_projected", student_hidden_projected, "teacher_hidden", teacher_hidden
+    )
+    return F.mse_loss(_upcast(student_hidden_projected), _upcast(teacher_hidden), reduction="mean")
