@@ -5,13 +5,15 @@
 Three phases, each restartable; memory stays flat for the full 37M-citation corpus:
 
 1. Parse (parallel over files): every input `<stem>.xml[.gz]` becomes DIR/.parts/<stem>.part.gz
-   (all valid records of the file, in file order, one JSON a line) and DIR/.parts/<stem>.index.npz
-   (PMIDs, versions, DeleteCitation PMIDs and the file's stats). The index is written last and is
-   the completion marker; it records the input's size and mtime, the --keep-no-abstract setting and
-   the parser version, so a rerun reuses exactly the parts whose input and settings are unchanged.
+   (all valid records of the file, in file order, one JSON a line, citations without an abstract
+   included) and DIR/.parts/<stem>.index.npz (PMIDs, versions, which have an abstract,
+   DeleteCitation PMIDs and the file's stats). The index is written last and is the completion
+   marker; it records the input's size and mtime and the parser version, so a rerun reuses exactly
+   the parts whose input is unchanged.
 2. Resolve updates (main process, numpy arrays indexed by PMID): a keep mask per file.
 3. Write DIR/<stem>.jsonl.gz with the kept records (a hard link to the part when all are kept),
-   then DIR/report.json, last.
+   then DIR/report.json, last. An output whose part and keep mask are those of the previous run's
+   report is left as it is, so a rerun rewrites nothing that has not changed.
 
 Update rule. Files are ordered by name (never by argument order), and each record occurrence has
 a position (file index, record index in the file). Among the occurrences of a PMID, the winner is
@@ -20,6 +22,10 @@ earlier one when its version is >= the earlier's. A DeleteCitation for PMID p in
 every occurrence of p in files up to and including f; occurrences in later files are kept (and
 compete as above). Occurrences that lose are counted as `superseded`, those removed as `deleted`.
 The result depends neither on argument order nor on --workers.
+
+Citations without an abstract take part in the resolution and are dropped afterwards (unless
+--keep-no-abstract): a revision that removes the abstract removes the citation, instead of letting
+the stale earlier version with an abstract survive.
 
 Parts are kept after a successful run so that adding the next update file only parses that file.
 They are named `.part.gz`, not `.jsonl.gz`, so that a directory scan for record files never picks
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
+import hashlib
 import json
 import multiprocessing
 import os
@@ -61,6 +68,7 @@ EXAMPLES_PER_REASON = 100
 # Resolution packs (version, file index, record index) into one int64 so that one comparison
 # orders occurrences; the bit widths bound the corpus shape (15 + 20 + 28 = 63 bits).
 _REC_BITS, _FILE_BITS = 28, 20
+TEXT_TITLE, TEXT_ABSTRACT = 1, 2  # per record in the index: 0 = no text at all
 GZIP_LEVEL = 6  # level 9 costs ~2x the time for ~2% smaller files
 
 
@@ -103,17 +111,12 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _signature(path: Path, keep_no_abstract: bool) -> dict:
+def _signature(path: Path) -> dict:
     st = path.stat()
-    return {
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "keep_no_abstract": keep_no_abstract,
-        "parser_version": PARSER_VERSION,
-    }
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "parser_version": PARSER_VERSION}
 
 
-def _reusable(path: Path, parts: Path, keep_no_abstract: bool) -> dict | None:
+def _reusable(path: Path, parts: Path) -> dict | None:
     """The stats of a completed part for this exact input and settings, else None."""
     stem = _stem(path)
     try:
@@ -122,31 +125,35 @@ def _reusable(path: Path, parts: Path, keep_no_abstract: bool) -> dict | None:
         part_size = (parts / f"{stem}.part.gz").stat().st_size
     except (OSError, ValueError, KeyError):
         return None
-    if stats.get("signature") != _signature(path, keep_no_abstract):
+    if stats.get("signature") != _signature(path):
         return None
     return stats if stats.get("part_size") == part_size else None
 
 
-def extract_part(task: tuple[str, str, bool]) -> dict:
+def extract_part(task: tuple[str, str]) -> dict:
     """Phase 1 for one input file (runs in a worker process). Returns the file's stats."""
-    path, parts, keep_no_abstract = Path(task[0]), Path(task[1]), task[2]
+    path, parts = Path(task[0]), Path(task[1])
     stem, start = _stem(path), time.perf_counter()
     part, index = parts / f"{stem}.part.gz", parts / f"{stem}.index.npz"
     stats: dict = {"name": path.name, "path": str(path), "stem": stem, "status": "error"}
     pmids, versions, deletions = array("i"), array("i"), array("i")
+    text_kind = array("b")  # per record: 0, TEXT_TITLE or TEXT_ABSTRACT
     skipped: Counter[str] = Counter()
     examples: list[list] = []
     records_in = 0
     try:
-        signature = _signature(path, keep_no_abstract)
+        signature = _signature(path)
         index.unlink(missing_ok=True)  # NOTE: the part is stale from here until the index is back
         with atomic_path(part) as tmp, open(tmp, "wb") as raw, _gzip_writer(raw) as gz:
             lines = []
-            for item in PubmedReader(path, keep_no_abstract):
+            for item in PubmedReader(path, keep_no_abstract=True, keep_empty=True):
                 if isinstance(item, dict):
                     records_in += 1
                     pmids.append(item["pmid"])
                     versions.append(item["version"])
+                    text_kind.append(
+                        TEXT_ABSTRACT if item["abstract"] else TEXT_TITLE if item["title"] else 0
+                    )
                     lines.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
                     if len(lines) >= 1000:  # one compressor call per batch, not per line
                         gz.write(("\n".join(lines) + "\n").encode())
@@ -183,6 +190,7 @@ def extract_part(task: tuple[str, str, bool]) -> dict:
             pmids=np.asarray(pmids, np.int32),
             versions=np.asarray(versions, np.int32),
             deletions=np.asarray(deletions, np.int32),
+            text_kind=np.asarray(text_kind, np.int8),
             stats=np.array(json.dumps(stats)),
         )
     return stats
@@ -191,6 +199,11 @@ def extract_part(task: tuple[str, str, bool]) -> dict:
 def load_index(parts: Path, stem: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(parts / f"{stem}.index.npz") as z:
         return z["pmids"].astype(np.int64), z["versions"].astype(np.int64), z["deletions"]
+
+
+def load_text_kind(parts: Path, stem: str) -> np.ndarray:
+    with np.load(parts / f"{stem}.index.npz") as z:
+        return z["text_kind"]
 
 
 def resolve_updates(
@@ -303,10 +316,10 @@ def run_extract(
     stats: dict[str, dict] = {}
     todo = []
     for path in files:
-        if (done := _reusable(path, parts, keep_no_abstract)) is not None:
+        if (done := _reusable(path, parts)) is not None:
             stats[done["stem"]] = done
         else:
-            todo.append((str(path), str(parts), keep_no_abstract))
+            todo.append((str(path), str(parts)))
     n_files, n_done = len(files), len(stats)
     if n_done:
         _progress(progress, f"reusing {n_done} of {n_files} completed parts in {parts}")
@@ -339,15 +352,23 @@ def run_extract(
 
         size = max(s["max_pmid"] for s in good) + 1
         masks = list(resolve_updates(lambda f: load_index(parts, good[f]["stem"]), len(good), size))
-        _remove_previous_outputs(out, {f"{s['stem']}.jsonl.gz" for s in good})
+        previous = _remove_previous_outputs(out, {f"{s['stem']}.jsonl.gz" for s in good})
         tasks = []
-        for s, (keep, deleted) in zip(good, masks, strict=True):
+        for s, (winner, deleted) in zip(good, masks, strict=True):
+            # Citations without abstract (or without any text) competed as updates; drop them now.
+            kind = load_text_kind(parts, s["stem"])
+            keep = winner & (kind >= (TEXT_TITLE if keep_no_abstract else TEXT_ABSTRACT))
+            reason = "empty_text" if keep_no_abstract else "no_abstract"
+            _count_dropped(s, reason, winner & ~keep, load_index(parts, s["stem"])[0])
             s.update(
                 records_out=int(keep.sum()),
                 deleted=int(deleted.sum()),
-                superseded=int((~keep & ~deleted).sum()),
+                superseded=int((~winner & ~deleted).sum()),
+                output_digest=_digest(s, keep),
             )
             part, dest = parts / f"{s['stem']}.part.gz", out / f"{s['stem']}.jsonl.gz"
+            if previous.get(dest.name) == s["output_digest"] and dest.exists():
+                continue  # same part, same keep mask: the file on disk is already this output
             tasks.append((str(part), str(dest), None if keep.all() else keep))
         _progress(progress, f"writing {len(tasks)} output files to {out}")
         for _ in pool.imap_unordered(write_output, tasks):
@@ -363,20 +384,46 @@ def run_extract(
     return report
 
 
-def _remove_previous_outputs(out: Path, keep: set[str]) -> None:
-    """Drop outputs a previous run listed that this run won't write, then its report."""
+def _count_dropped(stats: dict, reason: str, dropped: np.ndarray, pmids: np.ndarray) -> None:
+    """Count winners dropped for lack of text as skipped for `reason`, with PMID examples."""
+    n = int(dropped.sum())
+    if n:
+        skipped = dict(stats.get("skipped", {}))
+        skipped[reason] = skipped.get(reason, 0) + n
+        stats["skipped"] = dict(sorted(skipped.items()))
+        examples = pmids[dropped][:EXAMPLES_PER_REASON].tolist()
+        stats["examples"] = [*stats.get("examples", []), *([reason, p] for p in examples)]
+
+
+def _digest(stats: dict, keep: np.ndarray) -> str:
+    h = hashlib.sha256(json.dumps([stats["signature"], stats["part_size"]]).encode())
+    h.update(np.packbits(keep).tobytes())
+    return h.hexdigest()
+
+
+def _remove_previous_outputs(out: Path, keep: set[str]) -> dict[str, str]:
+    """Drop outputs a previous run listed that this run won't write, then its report.
+
+    Returns the previous run's output digests by output name, for the outputs that are kept.
+    """
     if not (out / REPORT).exists():
-        return
+        return {}
     try:
         previous = read_json(out / REPORT).get("files", [])
     except PipelineError:
         previous = []
+    digests = {}
     for entry in previous:
         name = entry.get("output") if isinstance(entry, dict) else None
-        if isinstance(name, str) and name not in keep and Path(name).name == name:
+        if not isinstance(name, str) or Path(name).name != name:
+            continue
+        if name in keep:
+            digests[name] = entry.get("output_digest")
+        else:
             (out / name).unlink(missing_ok=True)
     # NOTE: the report goes before any output changes, so a crash leaves no report that lies.
     (out / REPORT).unlink()
+    return digests
 
 
 def _report(ordered: list[dict], keep_no_abstract: bool) -> dict:
@@ -386,6 +433,7 @@ def _report(ordered: list[dict], keep_no_abstract: bool) -> dict:
         output = f"{s['stem']}.jsonl.gz" if s["status"] == "ok" else None
         entry = {k: s[k] for k in ("name", "path", "status", "error")}
         entry.update({k: s.get(k, 0) for k in counts}, output=output, skipped=s.get("skipped", {}))
+        entry["output_digest"] = s.get("output_digest")
         files.append(entry)
         skipped.update(entry["skipped"])
         for reason, pmid in s.get("examples", []):

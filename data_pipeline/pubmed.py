@@ -118,8 +118,14 @@ def _parse_year(pub_date: ET.Element | None) -> int | None:
     return None
 
 
-def parse_article(article: ET.Element, keep_no_abstract: bool = False) -> dict | Skip:
-    """Turn one complete <PubmedArticle> element into a record dict, or a Skip saying why not."""
+def parse_article(
+    article: ET.Element, keep_no_abstract: bool = False, keep_empty: bool = False
+) -> dict | Skip:
+    """Turn one complete <PubmedArticle> element into a record dict, or a Skip saying why not.
+
+    `keep_empty` also returns citations with neither title nor abstract text (extract needs every
+    citation for update resolution and drops those afterwards).
+    """
     citation = article.find("MedlineCitation")
     if citation is None:
         return Skip("missing_pmid", None)
@@ -141,7 +147,7 @@ def parse_article(article: ET.Element, keep_no_abstract: bool = False) -> dict |
     abstract = " ".join(s for s in sections if s)
     if not abstract and not keep_no_abstract:
         return Skip("no_abstract", pmid)
-    if not abstract and not title:
+    if not abstract and not title and not keep_empty:
         return Skip("empty_text", pmid)
     journal = art.find("Journal")
     journal_title = element_text(journal.find("Title")) if journal is not None else ""
@@ -181,9 +187,12 @@ class PubmedReader:
     from `root`, so `root` has no children at any yield; that is what keeps memory constant.
     """
 
-    def __init__(self, path: str | os.PathLike, keep_no_abstract: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, keep_no_abstract: bool = False, keep_empty: bool = False
+    ):
         self.path = Path(path)
         self.keep_no_abstract = keep_no_abstract
+        self.keep_empty = keep_empty
         self.root: ET.Element | None = None
 
     def __iter__(self) -> Iterator[Item]:
@@ -215,7 +224,7 @@ class PubmedReader:
                 continue
             tag = elem.tag
             if tag == "PubmedArticle":
-                items: list[Item] = [parse_article(elem, self.keep_no_abstract)]
+                items: list[Item] = [parse_article(elem, self.keep_no_abstract, self.keep_empty)]
             elif tag == "PubmedBookArticle":
                 pmid = _parse_pmid(elem.find("BookDocument/PMID"))
                 items = [Skip("book_article", None if isinstance(pmid, Skip) else pmid)]

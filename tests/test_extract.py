@@ -213,6 +213,34 @@ def test_updates_newest_version_wins_and_deletions_apply(tmp_path):
     assert json.loads((out / "report.json").read_text()) == rep
 
 
+def test_revision_without_abstract_removes_the_citation(tmp_path):
+    # The newer record wins the update even though it has no abstract; the stale baseline text
+    # with an abstract must not survive, and --keep-no-abstract keeps the newer title-only record.
+    write(tmp_path / "pubmed26n0001.xml", article(1, title="Old."), article(2))
+    write(tmp_path / "pubmed26n0002.xml", article(1, title="New.", abstract=None))
+    rep = run_extract([str(tmp_path)], str(tmp_path / "out"), progress=False)
+    assert [r["pmid"] for r in records(tmp_path / "out" / "pubmed26n0001.jsonl.gz")] == [2]
+    assert records(tmp_path / "out" / "pubmed26n0002.jsonl.gz") == []
+    assert rep["skipped"] == {"no_abstract": 1} and rep["duplicates"] == 1
+    run_extract([str(tmp_path)], str(tmp_path / "kept"), keep_no_abstract=True, progress=False)
+    [kept] = records(tmp_path / "kept" / "pubmed26n0002.jsonl.gz")
+    assert (kept["pmid"], kept["title"], kept["abstract"]) == (1, "New.", "")
+
+
+def test_rerun_rewrites_no_unchanged_output(tmp_path):
+    write(tmp_path / "pubmed26n0001.xml", article(1), article(2))
+    write(tmp_path / "pubmed26n0002.xml", article(2, title="Revised."))
+    out = tmp_path / "out"
+    run_extract([str(tmp_path)], str(out), progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl.gz")}
+    run_extract([str(tmp_path)], str(out), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl.gz")} == stamps
+    # A new update file changes the keep mask of an earlier file: that output is rewritten.
+    write(tmp_path / "pubmed26n0003.xml", deletion(1))
+    run_extract([str(tmp_path)], str(out), progress=False)
+    assert records(out / "pubmed26n0001.jsonl.gz") == []
+
+
 def test_resolution_matches_sequential_rule():
     rng = random.Random(0)
     files = []
