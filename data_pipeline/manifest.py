@@ -132,7 +132,9 @@ class Manifest:
             return value
 
         if d.get("format") != FORMAT:
-            raise PipelineError(f"{source}: not a biodistill shard manifest (format={d.get('format')!r})")
+            raise PipelineError(
+                f"{source}: not a biodistill shard manifest (format={d.get('format')!r})"
+            )
         if d.get("format_version") != FORMAT_VERSION:
             raise PipelineError(
                 f"{source}: format_version {d.get('format_version')!r} is not supported "
@@ -190,7 +192,10 @@ class Manifest:
 
     def check_tokenizer(self, info: TokenizerInfo, source: str = "shards") -> None:
         """Refuse shards tokenized with a different vocabulary than the run's tokenizer."""
-        if info.vocab_hash != self.tokenizer.vocab_hash or info.vocab_size != self.tokenizer.vocab_size:
+        if (
+            info.vocab_hash != self.tokenizer.vocab_hash
+            or info.vocab_size != self.tokenizer.vocab_size
+        ):
             raise PipelineError(
                 f"{source}: shards were made with tokenizer '{self.tokenizer.name}' "
                 f"(vocab {self.tokenizer.vocab_size}, hash {self.tokenizer.vocab_hash[:12]}), "
@@ -201,7 +206,13 @@ class Manifest:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

@@ -89,6 +89,7 @@ class Article:
     year: int | None = 2020
     journal: str | None = "PLoS One"
     translated: bool = False  # title wrapped in [ ] as NLM does for translated titles
+    metadata: bool = True  # authors, MeSH, references: ignored by extraction, but real-sized XML
 
     @property
     def expected_title(self) -> str:
@@ -110,17 +111,54 @@ class Article:
             abstract = f"<Abstract>{''.join(parts)}</Abstract>"
         date = f"<PubDate><Year>{self.year}</Year></PubDate>" if self.year else "<PubDate/>"
         journal = f"<Title>{escape(self.journal)}</Title>" if self.journal else ""
+        authors, mesh, references = _metadata(self.pmid) if self.metadata else ("", "", "")
         return (
             '<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">'
             f'<PMID Version="{self.version}">{self.pmid}</PMID>'
             '<Article PubModel="Print"><Journal><JournalIssue CitedMedium="Internet">'
             f"{date}</JournalIssue>{journal}</Journal>"
             f"<ArticleTitle>{title}</ArticleTitle>{abstract}"
-            '<Language>eng</Language></Article></MedlineCitation>'
-            '<PubmedData><PublicationStatus>ppublish</PublicationStatus>'
+            f"{authors}<Language>eng</Language></Article>{mesh}</MedlineCitation>"
+            "<PubmedData><PublicationStatus>ppublish</PublicationStatus>"
             f'<ArticleIdList><ArticleId IdType="pubmed">{self.pmid}</ArticleId></ArticleIdList>'
-            "</PubmedData></PubmedArticle>"
+            f"{references}</PubmedData></PubmedArticle>"
         )
+
+
+_SURNAMES = "Smith Wang Garcia Müller Rossi Kim Nguyen Silva Cohen Novak Tanaka Okafor".split()
+_MESH = "Humans|Female|Male|Adult|Middle Aged|Aged|Mice|Risk Factors|Prognosis|Cohort Studies"
+
+
+def _metadata(pmid: int) -> tuple[str, str, str]:
+    """Author list, MeSH headings and references, sized like real baseline records (~6 KB).
+
+    Seeded by the PMID alone so that adding them never changes the text of the corpus.
+    """
+    rng = random.Random(pmid)
+    authors = "".join(
+        f'<Author ValidYN="Y"><LastName>{rng.choice(_SURNAMES)}</LastName>'
+        f"<ForeName>{chr(65 + rng.randrange(26))}.</ForeName><Initials>{chr(65 + i)}</Initials>"
+        "<AffiliationInfo><Affiliation>Department of Medicine, University Hospital, "
+        f"{rng.randint(1000, 99999)} City, Country.</Affiliation></AffiliationInfo></Author>"
+        for i in range(rng.randint(2, 9))
+    )
+    mesh = "".join(
+        f'<MeshHeading><DescriptorName UI="D{rng.randint(1, 99999):06d}" MajorTopicYN="N">'
+        f"{term}</DescriptorName></MeshHeading>"
+        for term in rng.sample(_MESH.split("|"), k=rng.randint(3, 9))
+    )
+    references = "".join(
+        f"<Reference><Citation>{rng.choice(_SURNAMES)} X, et al. {rng.choice(_JOURNALS)}. "
+        f"{rng.randint(1980, 2025)};{rng.randint(1, 99)}:{rng.randint(1, 999)}.</Citation>"
+        f'<ArticleIdList><ArticleId IdType="pubmed">{rng.randint(1, 39_999_999)}</ArticleId>'
+        "</ArticleIdList></Reference>"
+        for _ in range(rng.randint(0, 30))
+    )
+    return (
+        f'<AuthorList CompleteYN="Y">{authors}</AuthorList>',
+        f"<MeshHeadingList>{mesh}</MeshHeadingList>",
+        f"<ReferenceList>{references}</ReferenceList>" if references else "",
+    )
 
 
 def _sentence(rng: random.Random) -> Rich:
@@ -184,9 +222,10 @@ def make_article(rng: random.Random, pmid: int, version: int = 1) -> Article:
     elif roll < 0.45:
         labels = rng.sample(_LABELS, k=rng.randint(3, 5))
         labels.sort(key=_LABELS.index)
-        sections = [(label, _paragraph(rng, rng.randint(1, 4))) for label in labels]
+        sections = [(label, _paragraph(rng, rng.randint(2, 6))) for label in labels]
     else:
-        sections = [(None, _paragraph(rng, rng.randint(3, 10)))]
+        # 8-26 sentences of ~75 characters: PubMed abstracts average about 1,300 characters.
+        sections = [(None, _paragraph(rng, rng.randint(8, 26)))]
     return Article(
         pmid=pmid,
         title=title,
@@ -203,8 +242,8 @@ def render_pubmed_xml(
 ) -> str:
     body = [a.to_xml() for a in articles]
     body += [
-        "<PubmedBookArticle><BookDocument><PMID Version=\"1\">%d</PMID>"
-        "<ArticleTitle>Book chapter</ArticleTitle></BookDocument></PubmedBookArticle>" % (90000000 + i)
+        f'<PubmedBookArticle><BookDocument><PMID Version="1">{90_000_000 + i}</PMID>'
+        "<ArticleTitle>Book chapter</ArticleTitle></BookDocument></PubmedBookArticle>"
         for i in range(book_articles)
     ]
     deletions = list(deletions)
@@ -260,7 +299,9 @@ def generate_corpus(
     for i in range(n_files):
         chunk = [articles[p] for p in pmids[i * per_file : (i + 1) * per_file]]
         books = 1 if i == 0 else 0
-        files.append(write_xml(out / f"{prefix}{i + 1:04d}.xml.gz", render_pubmed_xml(chunk, (), books)))
+        files.append(
+            write_xml(out / f"{prefix}{i + 1:04d}.xml.gz", render_pubmed_xml(chunk, (), books))
+        )
     expected = dict(articles)
     deleted: set[int] = set()
     revised: set[int] = set()
