@@ -1,0 +1,472 @@
+"""Recipes, overrides, validation and DeepSpeed JSON helpers of trainer/config.py.
+
+.venv/bin/pytest tests/test_config.py -q
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_pipeline.demo import DEMO_MAX_LEN, DEMO_VOCAB
+from trainer.config import (
+    DEMO_RECIPE,
+    ROOT,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    default_layer_maps,
+    ds_config_for_student,
+    dump_config,
+    load_config,
+    load_ds_config,
+    select_students,
+    to_dict,
+)
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
+DISTILLED = ROOT / "recipes" / "paper_distilled.yaml"
+CONTINUAL = ROOT / "recipes" / "paper_continual.yaml"
+D = "students.DistilBioBERT"
+
+
+def minimal(**student) -> dict:
+    """A small valid recipe dict; `student` replaces keys of its one student."""
+    entry = {
+        "name": "S",
+        "init": {"config": {"num_hidden_layers": 2}},
+        "objective": {"kind": "mlm"},
+        "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
+    }
+    entry.update(student)
+    return {
+        "run": {"name": "t"},
+        "data": {"train_shards": "shards"},
+        "train": {"max_steps": 10},
+        "students": [entry],
+    }
+
+
+def error(match: str):
+    return pytest.raises(ValueError, match=match)
+
+
+# ---------------------------------------------------------------- shipped recipes
+
+
+def test_recipes_are_shipped():
+    assert {p.name for p in RECIPES} >= {
+        "paper_distilled.yaml",
+        "paper_continual.yaml",
+        "demo.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path, [])
+    assert isinstance(cfg, RunConfig)
+    dump_config(cfg, tmp_path / "recipe.resolved.yaml")
+    assert load_config(tmp_path / "recipe.resolved.yaml", []) == cfg
+
+
+def test_paper_distilled_numbers():
+    cfg = load_config(DISTILLED, [])
+    assert cfg.teacher.path == "dmis-lab/biobert-base-cased-v1.2" and cfg.teacher.config is None
+    assert (cfg.data.max_len, cfg.data.mask_prob, cfg.data.whole_word) == (256, 0.15, False)
+    assert cfg.train.max_steps == 100_000
+    s = {x.name: x for x in cfg.students}
+    assert list(s) == ["DistilBioBERT", "CompactBioBERT", "TinyBioBERT"]
+    expected = {  # kind, T, weights, warmup, weight decay
+        "DistilBioBERT": ("distilbiobert", 2.0, {"mlm": 2.0, "kd": 5.0, "cos": 1.0}, 5000, 0.0),
+        "CompactBioBERT": (
+            "compactbiobert",
+            1.0,
+            {"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0},
+            5000,
+            1e-4,
+        ),
+        "TinyBioBERT": ("tinybiobert", 1.0, {"att": 1.0, "hid": 1.0, "soft_ce": 1.0}, 10000, 1e-4),
+    }
+    for name, (kind, t, weights, warmup, wd) in expected.items():
+        obj, opt = s[name].objective, s[name].optimizer
+        assert (obj.kind, obj.temperature, obj.weights) == (kind, t, weights)
+        assert (opt.lr, opt.warmup_steps, opt.max_steps, opt.weight_decay) == (
+            5e-4,
+            warmup,
+            1e5,
+            wd,
+        )
+        assert (opt.betas, opt.eps) == ((0.9, 0.999), 1e-8)
+    assert s["DistilBioBERT"].init.from_teacher_layers == [0, 2, 4, 6, 8, 10]
+    assert s["CompactBioBERT"].init.from_teacher_layers == [1, 3, 5, 7, 9, 11]
+    compact = s["CompactBioBERT"].objective
+    assert compact.attention_map == [[i, 2 * i + 1] for i in range(6)]
+    assert compact.hidden_map == [[i, 2 * i] for i in range(1, 7)]
+    tiny = s["TinyBioBERT"]
+    assert tiny.init.config == {
+        "num_hidden_layers": 4,
+        "hidden_size": 312,
+        "intermediate_size": 1200,
+        "num_attention_heads": 12,
+        "vocab_size": 28996,
+        "max_position_embeddings": 512,
+    }
+    assert tiny.objective.attention_map == [[0, 2], [1, 5], [2, 8], [3, 11]]
+    assert tiny.objective.hidden_map == [[0, 0], [1, 3], [2, 6], [3, 9], [4, 12]]
+    assert s["DistilBioBERT"].objective.attention_map is None
+
+
+def test_paper_continual_numbers():
+    cfg = load_config(CONTINUAL, [])
+    assert cfg.teacher is None and cfg.train.max_steps == 200_000
+    assert [(s.name, s.init.pretrained) for s in cfg.students] == [
+        ("BioDistilBERT", "distilbert-base-cased"),
+        ("BioTinyBERT", "huawei-noah/TinyBERT_General_4L_312D"),
+        ("BioMobileBERT", "google/mobilebert-uncased"),
+    ]
+    for s in cfg.students:
+        assert (s.objective.kind, s.objective.weights, s.objective.temperature) == (
+            "mlm",
+            {"mlm": 1.0},
+            None,
+        )
+        opt = s.optimizer
+        assert (opt.lr, opt.warmup_steps, opt.max_steps, opt.weight_decay) == (1e-4, 1e4, 2e5, 0.01)
+
+
+def test_demo_recipe_fits_the_demo_corpus():
+    cfg = load_config(None, [])  # no --recipe: the demo
+    assert cfg == load_config(DEMO_RECIPE, [])
+    assert cfg.data.train_shards == cfg.data.eval_shards == "data/demo/shards"
+    assert cfg.data.max_len == DEMO_MAX_LEN
+    assert cfg.teacher.config["vocab_size"] == DEMO_VOCAB
+    assert cfg.teacher.config["max_position_embeddings"] >= cfg.data.max_len
+    assert cfg.train.max_steps <= 100
+    kinds = [s.objective.kind for s in cfg.students]
+    assert kinds == ["distilbiobert", "compactbiobert", "tinybiobert"]
+    tiny = cfg.students[2]
+    assert (
+        tiny.init.config["vocab_size"] == DEMO_VOCAB and tiny.init.config["num_hidden_layers"] == 2
+    )
+    assert all(s.optimizer.max_steps <= cfg.train.max_steps for s in cfg.students)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_scalar_float_list_bool_by_student_name():
+    cfg = load_config(
+        DISTILLED,
+        [
+            "train.max_steps=20",
+            "students.DistilBioBERT.optimizer.lr=1e-4",
+            "students.CompactBioBERT.objective.weights.kd=2",
+            "students.DistilBioBERT.init.from_teacher_layers=[0, 2]",
+            "data.whole_word=true",
+            "data.train_shards=['a/{000..009}.tar', b.tar]",
+        ],
+    )
+    s = {x.name: x for x in cfg.students}
+    assert cfg.train.max_steps == 20
+    assert s["DistilBioBERT"].optimizer.lr == 1e-4
+    assert isinstance(s["DistilBioBERT"].optimizer.lr, float)
+    assert s["CompactBioBERT"].objective.weights == {"mlm": 1.0, "kd": 2.0, "att": 3.0, "cos": 3.0}
+    assert s["DistilBioBERT"].init.from_teacher_layers == [0, 2]
+    assert cfg.data.whole_word is True
+    assert cfg.data.train_shards == ["a/{000..009}.tar", "b.tar"]
+    assert s["TinyBioBERT"].optimizer.lr == 5e-4  # others untouched
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    raw = minimal()
+    text = yaml.safe_dump(raw).replace("lr: 0.001", "lr: 1e-3")
+    (tmp_path / "r.yaml").write_text(text)
+    assert "1e-3" in text
+    cfg = load_config(tmp_path / "r.yaml", ["students.S.optimizer.eps=5E-9", "train.max_steps=1e3"])
+    opt = cfg.students[0].optimizer
+    assert (opt.lr, opt.eps, cfg.train.max_steps) == (1e-3, 5e-9, 1000)
+    assert yaml.safe_load("x: 1e-3")["x"] == "1e-3"  # SafeLoader itself is left as it was
+
+
+def test_override_replaces_a_section_whole():
+    cfg = load_config(DISTILLED, ["students.DistilBioBERT.init={pretrained: some/dir}"])
+    assert cfg.students[0].init.pretrained == "some/dir"
+    assert cfg.students[0].init.from_teacher_layers is None
+    cfg = load_config(CONTINUAL, ["teacher={config: {num_hidden_layers: 2}}"])
+    assert cfg.teacher.config == {"num_hidden_layers": 2}
+
+
+def test_override_errors():
+    with error(r"unknown student 'Nope'.*DistilBioBERT"):
+        load_config(DISTILLED, ["students.Nope.optimizer.lr=1e-4"])
+    with error("expected key.sub=value"):
+        load_config(DISTILLED, ["train.max_steps"])
+    with error("expected key.sub=value"):
+        load_config(DISTILLED, ["train..max_steps=3"])
+    with error("train.max_steps is not a mapping"):
+        load_config(DISTILLED, ["train.max_steps.x=3"])
+
+
+def test_apply_overrides_does_not_mutate_its_input():
+    raw = minimal()
+    before = copy.deepcopy(raw)
+    apply_overrides(raw, ["students.S.optimizer.lr=1", "teacher.path=x"])
+    assert raw == before
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trian.max_steps=3", "trian"),
+        ("train.max_stepz=3", "train.max_stepz"),
+        ("students.DistilBioBERT.optimizer.learning_rate=1", f"{D}.optimizer.learning_rate"),
+        ("students.DistilBioBERT.init.layers=[1]", f"{D}.init.layers"),
+        ("students.DistilBioBERT.objective.weights.att=1", f"{D}.objective.weights.att"),
+        ("teacher.revision=main", "teacher.revision"),
+    ],
+)
+def test_unknown_keys_name_the_dotted_key(override, key):
+    with pytest.raises(ValueError) as e:
+        load_config(DISTILLED, [override])
+    assert f"'{key}'" in str(e.value)
+
+
+def test_unknown_key_lists_the_allowed_ones():
+    with error(r"allowed in 'train': max_steps, seed, log_every.*on_nonfinite"):
+        load_config(DISTILLED, ["train.max_stepz=3"])
+    with error(r"allowed in the recipe: run, data, teacher, train, students"):
+        load_config(DISTILLED, ["trian.max_steps=3"])
+    with error(r"kind 'distilbiobert' has the terms mlm, kd, cos"):
+        load_config(DISTILLED, ["students.DistilBioBERT.objective.weights.att=1"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=abc", "train.max_steps='abc': expected an integer"),
+        ("train.max_steps=2.5", "train.max_steps=2.5: expected an integer"),
+        ("data.whole_word=3", "data.whole_word=3: expected true or false"),
+        ("data.mask_prob=true", "data.mask_prob=True: expected a number"),
+        (
+            "train.on_nonfinite=ignore",
+            "train.on_nonfinite='ignore': expected one of 'stop', 'skip'",
+        ),
+        ("students.DistilBioBERT.optimizer.lr=fast", "students.DistilBioBERT.optimizer.lr='fast'"),
+        (
+            "students.DistilBioBERT.optimizer.betas=[0.9]",
+            "optimizer.betas=\\[0.9\\]: expected a list",
+        ),
+        (
+            "students.DistilBioBERT.init.from_teacher_layers=[0, a]",
+            "from_teacher_layers\\[1\\]='a'",
+        ),
+        ("data.train_shards=3", "data.train_shards=3: expected a string or a list"),
+        (
+            "students.DistilBioBERT.objective=mlm",
+            "students.DistilBioBERT.objective='mlm': expected",
+        ),
+    ],
+)
+def test_wrong_types_name_key_value_and_expectation(override, message):
+    with error(message):
+        load_config(DISTILLED, [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("students.DistilBioBERT.optimizer.lr=0", "optimizer.lr=0.0: expected a number > 0"),
+        ("students.DistilBioBERT.optimizer.lr=.nan", "optimizer.lr=nan"),
+        ("students.DistilBioBERT.optimizer.max_steps=0", "optimizer.max_steps=0"),
+        ("students.DistilBioBERT.optimizer.warmup_steps=200000", "warmup_steps=200000"),
+        ("students.DistilBioBERT.optimizer.warmup_steps=0", "warmup_steps=0"),
+        ("students.DistilBioBERT.objective.temperature=-1", "temperature=-1.0"),
+        ("students.DistilBioBERT.objective.weights.kd=-1", "weights.kd=-1.0"),
+        ("train.max_steps=0", "train.max_steps=0"),
+        ("train.log_every=0", "train.log_every=0"),
+        ("data.mask_prob=1.5", "data.mask_prob=1.5"),
+        ("run.name=a/b", "run.name='a/b'"),
+    ],
+)
+def test_out_of_range_values(override, message):
+    with error(message):
+        load_config(DISTILLED, [override])
+
+
+def test_init_needs_exactly_one_source():
+    with error(r"students.DistilBioBERT.init sources=.*exactly one of from_teacher_layers"):
+        load_config(DISTILLED, ["students.DistilBioBERT.init.pretrained=some/dir"])
+    with error("exactly one of from_teacher_layers, config, pretrained"):
+        config_from_dict(minimal(init={}))
+    with error("teacher sources"):
+        load_config(DISTILLED, ["teacher.config={num_hidden_layers: 2}"])
+
+
+def test_from_teacher_layers_needs_a_teacher():
+    with error("students.S.init.from_teacher_layers=.*teacher"):
+        config_from_dict(minimal(init={"from_teacher_layers": [0, 1]}))
+    with error("from_teacher_layers=.*distinct"):
+        load_config(DISTILLED, ["students.DistilBioBERT.init.from_teacher_layers=[0, 0]"])
+
+
+def test_distillation_needs_a_teacher():
+    with error("students.S.objective.kind='distilbiobert': expected 'mlm'.*has none"):
+        config_from_dict(minimal(objective={"kind": "distilbiobert"}))
+    with error("objective.temperature=2.0: expected null"):
+        config_from_dict(minimal(objective={"kind": "mlm", "temperature": 2.0}))
+
+
+def test_duplicate_students():
+    raw = minimal()
+    raw["students"].append(copy.deepcopy(raw["students"][0]))
+    with error("students.S.name='S': expected a name no other student has"):
+        config_from_dict(raw)
+    with error("students=.*at least one student"):
+        config_from_dict({**minimal(), "students": []})
+
+
+def test_missing_required_key():
+    raw = minimal()
+    del raw["students"][0]["optimizer"]["lr"]
+    with error("'students.S.optimizer.lr' is required"):
+        config_from_dict(raw)
+
+
+def test_objective_defaults_and_layer_maps():
+    raw = minimal(
+        init={"from_teacher_layers": [1, 3]},
+        objective={"kind": "compactbiobert", "weights": {"att": 0}},
+    )
+    raw["teacher"] = {"config": {"num_hidden_layers": 4}}
+    obj = config_from_dict(raw).students[0].objective
+    assert obj.temperature == 1.0 and obj.weights == {"mlm": 1.0, "kd": 5.0, "att": 0, "cos": 3.0}
+    assert (obj.attention_map, obj.hidden_map) == ([[0, 1], [1, 3]], [[1, 2], [2, 4]])
+    assert default_layer_maps("tinybiobert", 4) == (
+        [[0, 2], [1, 5], [2, 8], [3, 11]],
+        [[0, 0], [1, 3], [2, 6], [3, 9], [4, 12]],
+    )
+    assert default_layer_maps("distilbiobert", 6) == (None, None)
+
+
+def test_layer_indices_checked_against_known_depths():
+    demo = DEMO_RECIPE  # teacher: 4 layers from its config
+    with error("DistilBioBERT.init.from_teacher_layers=\\[7\\]: expected teacher indices < 4"):
+        load_config(demo, ["students.DistilBioBERT.init.from_teacher_layers=[0, 7]"])
+    with error("TinyBioBERT.objective.attention_map=\\[5\\]: expected teacher indices < 4"):
+        load_config(demo, ["students.TinyBioBERT.objective.attention_map=[[0, 1], [1, 5]]"])
+    with error("TinyBioBERT.objective.hidden_map=\\[3\\]: expected student indices < 3"):
+        load_config(demo, ["students.TinyBioBERT.objective.hidden_map=[[0, 0], [3, 4]]"])
+    with error("hidden_map=.*pairs"):
+        load_config(demo, ["students.TinyBioBERT.objective.hidden_map=[[0, 0, 1]]"])
+    with error("DistilBioBERT.objective.hidden_map=.*expected null"):
+        load_config(demo, ["students.DistilBioBERT.objective.hidden_map=[[1, 2]]"])
+    deep = [
+        "teacher.config.num_hidden_layers=12",
+        "students.TinyBioBERT.objective.hidden_map=[[0, 13]]",
+    ]
+    with error("TinyBioBERT.objective.hidden_map=\\[13\\]: expected teacher indices < 13"):
+        load_config(demo, deep)
+
+
+def test_select_students():
+    cfg = load_config(DISTILLED, [])
+    picked = select_students(cfg, ["TinyBioBERT", "DistilBioBERT"])
+    assert [s.name for s in picked.students] == ["DistilBioBERT", "TinyBioBERT"]  # recipe order
+    assert len(cfg.students) == 3  # the input is untouched
+    with error(r"unknown student\(s\) \['Nope'\]; the recipe has: DistilBioBERT, CompactBioBERT"):
+        select_students(cfg, ["Nope"])
+
+
+def test_to_dict_is_plain_and_leaves_out_unset_fields():
+    d = to_dict(load_config(CONTINUAL, []))
+    assert "teacher" not in d and d["students"][0]["optimizer"]["betas"] == [0.9, 0.999]
+    assert "temperature" not in d["students"][0]["objective"]
+    assert config_from_dict(d) == load_config(CONTINUAL, [])
+
+
+# ---------------------------------------------------------------- DeepSpeed JSON
+
+
+@pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
+def test_ds_configs(path):
+    ds = load_ds_config(path)
+    stage = {"zero1": 1, "zero2": 2, "zero3": 3, "zero2_offload": 2}[path.stem]
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == 24 and ds["gradient_accumulation_steps"] == 1
+    assert ds["gradient_clipping"] == 1.0
+    assert "optimizer" not in ds and "scheduler" not in ds
+    offload = ds["zero_optimization"].get("offload_optimizer")
+    if path.stem == "zero2_offload":
+        assert offload == {"device": "cpu", "pin_memory": True}
+    else:
+        assert offload is None
+
+
+def test_all_ds_configs_are_shipped():
+    assert {p.stem for p in DS_CONFIGS} == {"zero1", "zero2", "zero3", "zero2_offload"}
+
+
+def test_ds_config_for_student_fills_optimizer_and_schedule():
+    cfg = load_config(DISTILLED, [])
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    before = copy.deepcopy(ds)
+    tiny = cfg.students[2]
+    out = ds_config_for_student(ds, tiny)
+    assert ds == before  # input untouched
+    assert out["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": 5e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-4},
+    }
+    assert out["scheduler"] == {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": 5e-4,
+            "warmup_num_steps": 10000,
+            "total_num_steps": 100000,
+            "warmup_type": "linear",
+        },
+    }
+    assert {k: v for k, v in out.items() if k not in ("optimizer", "scheduler")} == ds
+    out["bf16"]["enabled"] = False
+    assert ds["bf16"]["enabled"] is True  # a deep copy
+    torch_adam = ds_config_for_student(ds, tiny, torch_adam=True)
+    assert torch_adam["optimizer"]["params"]["torch_adam"] is True
+    with error("remove these blocks"):
+        ds_config_for_student(out, tiny)
+
+
+def test_load_ds_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file.*ds_configs/zero2.json"):
+        load_ds_config(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{bf16: on}")
+    with error("not valid JSON"):
+        load_ds_config(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[]")
+    with error("expected a JSON object"):
+        load_ds_config(tmp_path / "list.json")
+    (tmp_path / "owned.json").write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with error("has optimizer; .*recipe"):
+        load_ds_config(tmp_path / "owned.json")
+
+
+def test_missing_or_invalid_recipe(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "nope.yaml", [])
+    (tmp_path / "bad.yaml").write_text("run: [unclosed\n")
+    with error("not valid YAML"):
+        load_config(tmp_path / "bad.yaml", [])
+    (tmp_path / "empty.yaml").write_text("")
+    with error("recipe=None: expected a mapping"):
+        load_config(tmp_path / "empty.yaml", [])
+    assert Path(DEMO_RECIPE).is_file()

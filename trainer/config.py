@@ -1,0 +1,559 @@
+"""Run configuration: a YAML recipe plus dotted overrides -> one typed, validated `RunConfig`.
+
+    cfg = load_config("recipes/paper_distilled.yaml", ["students.TinyBioBERT.optimizer.lr=1e-4"])
+    cfg = select_students(cfg, ["DistilBioBERT"])          # --students
+    dump_config(cfg, run_dir / "recipe.resolved.yaml")     # loads back to an equal RunConfig
+    ds = ds_config_for_student(load_ds_config("ds_configs/zero2.json"), cfg.students[0])
+
+Recipe schema: the dataclasses below, nested as `run`, `data`, `teacher` (absent = no teacher),
+`train`, `students` (a list; each entry's `name` is its handle). Unknown keys anywhere, ill-typed
+values and out-of-range numbers raise ValueError naming the dotted key (students.NAME.optimizer.lr).
+Loading resolves every default into the config, so the resolved recipe shows what is trained:
+- `objective`: `kind` alone suffices; `temperature` and `weights` default per kind from RECIPES.md
+  (`OBJECTIVES`). Given weights replace the defaults term by term (0 switches a term off); a weight
+  for a term the kind does not have is an error. `mlm` has no temperature.
+- Layer maps (compactbiobert, tinybiobert only): `attention_map` and `hidden_map` are lists of
+  [student, teacher] index pairs. Attention indices are HF `attentions` entries (layers from 0);
+  hidden indices are HF `hidden_states` entries (0 = embeddings output, k = output of layer k).
+  compactbiobert: ATT_KL pairs attention i -> 2i+1, COS_layers pairs hidden i -> 2i (i >= 1);
+  tinybiobert: ATT_MSE pairs attention i -> 3i+2, HID_MSE pairs hidden j -> 3j (j >= 0). Defaults
+  are filled in when the student's depth is known at load (from_teacher_layers or init.config);
+  otherwise the trainer calls `default_layer_maps` and `check_layers` once the model is built.
+- `optimizer.max_steps` (the student's budget and LR-schedule length) defaults to `train.max_steps`.
+  The run stops at `train.max_steps` or when every student has spent its budget, if sooner.
+- Shards: a directory with manifest.json means "that split of it" (train for train_shards, eval for
+  eval_shards); patterns and URL lists are passed to the loader as they are. Paths are relative to
+  the working directory. The batch size is not here: it is the DeepSpeed JSON's micro-batch.
+
+Overrides `key.sub=value`: the value is YAML, read with YAML 1.2 numbers (`1e-4` is a float, not
+YAML 1.1's string). Students are addressed by name (`students.DistilBioBERT.optimizer.lr=1e-4`); an
+unknown student is an error. To switch an alternative, replace its section whole
+(`students.X.init={pretrained: DIR}`, `teacher=null`): adding a second source beside the first is
+the "exactly one" error.
+
+DeepSpeed JSON (ds_configs/*.json) owns what DeepSpeed owns: micro-batch
+(train_micro_batch_size_per_gpu), gradient accumulation, precision (bf16), ZeRO stage and offload,
+gradient clipping. The files carry no "optimizer" or "scheduler" block (one that does is rejected):
+each student has its own lr, weight decay, warmup and budget, which `ds_config_for_student` adds
+from the recipe as AdamW + WarmupDecayLR: linear warmup from 0 to lr over warmup_steps, then linear
+decay to 0 at max_steps, counted in optimizer steps. It is HF's linear schedule one step late
+(DeepSpeed sets lr(0) = 0 at start and again after step 1, so steps 1 and 2 run at lr 0).
+Checked on DeepSpeed 0.19.8: {"type": "AdamW"} builds DeepSpeed's FusedAdam on GPU and on the CPU
+accelerator alike (there a C++ op JIT-compiled once into ~/.cache/torch_extensions, about 2.5
+minutes on 2 cores, reused after) and DeepSpeedCPUAdam under ZeRO-Offload (also built once);
+`torch_adam=True` sets DeepSpeed's own "torch_adam" switch for torch.optim.AdamW, nothing to build.
+Either way the trainer passes no optimizer to deepspeed.initialize. Weight decay applies to every
+parameter unless the trainer passes parameter groups (e.g. no decay on biases and LayerNorm).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = ROOT / "recipes" / "demo.yaml"
+DS_CONFIG_DIR = ROOT / "ds_configs"
+
+OBJECTIVES: dict[str, tuple[float | None, dict[str, float]]] = {
+    "distilbiobert": (2.0, {"mlm": 2.0, "kd": 5.0, "cos": 1.0}),
+    "compactbiobert": (1.0, {"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0}),
+    "tinybiobert": (1.0, {"att": 1.0, "hid": 1.0, "soft_ce": 1.0}),
+    "mlm": (None, {"mlm": 1.0}),
+}
+"""kind -> (default temperature, default weights); the weight keys are the kind's only terms."""
+LAYER_MAP_KINDS = ("compactbiobert", "tinybiobert")
+BERT_DEFAULT_LAYERS = 12  # BertConfig's num_hidden_layers when a config dict leaves it out
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class RunSection:
+    name: str
+    output_dir: str = "runs"  # run directory = output_dir/name
+
+
+@dataclass
+class DataSection:
+    train_shards: str | list[str]
+    eval_shards: str | list[str] | None = None  # None: no evaluation
+    max_len: int = 256
+    mask_prob: float = 0.15
+    whole_word: bool = False
+    num_workers: int = 0
+    shuffle_shards: int = 4
+    skip_corrupt: bool = False
+
+
+@dataclass
+class TeacherSection:
+    path: str | None = None  # HF name or directory, loaded as BertForMaskedLM
+    config: dict | None = None  # BertConfig kwargs for a random teacher (tests, demo)
+    allow_new_weights: bool = False  # accept weights `path` lacks (e.g. no MLM head) at random
+
+
+@dataclass
+class TrainSection:
+    max_steps: int
+    seed: int = 42
+    log_every: int = 50
+    eval_every: int = 1000
+    save_every: int = 2500
+    keep: int = 5  # checkpoints kept
+    eval_batches: int = 50
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
+
+
+@dataclass
+class InitSection:  # exactly one source
+    from_teacher_layers: list[int] | None = None  # teacher config, these layers + embeddings copied
+    config: dict | None = None  # BertConfig kwargs, random init
+    pretrained: str | None = None  # HF name or directory (AutoModelForMaskedLM)
+
+
+@dataclass
+class ObjectiveSection:
+    kind: Literal["distilbiobert", "compactbiobert", "tinybiobert", "mlm"]
+    temperature: float | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    attention_map: list[list[int]] | None = None  # [[student, teacher], ...], see the docstring
+    hidden_map: list[list[int]] | None = None
+
+
+@dataclass
+class OptimizerSection:
+    lr: float
+    weight_decay: float
+    warmup_steps: int  # >= 2: DeepSpeed's WarmupDecayLR raises anything lower to 2
+    max_steps: int | None = None  # None: train.max_steps
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class StudentSection:
+    name: str
+    init: InitSection
+    objective: ObjectiveSection
+    optimizer: OptimizerSection
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    run: RunSection
+    data: DataSection
+    teacher: TeacherSection | None = None
+    train: TrainSection
+    students: list[StudentSection]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ---------------------------------------------------------------- YAML, overrides, loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as 1e-4 and 5.0e4 (strings in YAML 1.1)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}  # NOTE: a copy with copied lists, so SafeLoader itself is left unchanged
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def load_config(recipe_path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a recipe (None: recipes/demo.yaml), apply `key.sub=value` overrides, validate."""
+    path = Path(recipe_path) if recipe_path is not None else DEMO_RECIPE
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path}: no such file")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {path}: not valid YAML ({e})") from None
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """A copy of the recipe dict with each `key.sub=value` set; students are addressed by name."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse the value as YAML ({e})") from None
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[:depth]), item)
+        if not isinstance(node, dict):
+            where = ".".join(parts[:-1]) or "the recipe"
+            raise ValueError(f"override {item!r}: {where} is not a mapping")
+        node[parts[-1]] = value
+    return raw
+
+
+def _child(node: Any, part: str, where: str, item: str) -> Any:
+    if isinstance(node, list) and where == "students":
+        names = [e.get("name") if isinstance(e, dict) else None for e in node]
+        if part not in names:
+            raise ValueError(
+                f"override {item!r}: unknown student {part!r}; the recipe has: {names}"
+            )
+        return node[names.index(part)]
+    if not isinstance(node, dict):
+        raise ValueError(f"override {item!r}: {where or 'the recipe'} is not a mapping")
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def config_from_dict(raw: Any) -> RunConfig:
+    """Build and validate a RunConfig from a recipe dict (as read from YAML)."""
+    cfg = _build(RunConfig, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def select_students(config: RunConfig, names: Sequence[str]) -> RunConfig:
+    """The config with only the named students (kept in recipe order)."""
+    known = [s.name for s in config.students]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"--students {','.join(names)!r}: unknown student(s) {unknown}; "
+            f"the recipe has: {', '.join(known)}"
+        )
+    return dataclasses.replace(config, students=[s for s in config.students if s.name in names])
+
+
+def to_dict(config: RunConfig) -> dict:
+    """Plain dict of the resolved config, unset (None) fields left out; `config_from_dict` reads it
+    back to an equal config."""
+
+    def plain(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            values = {f.name: getattr(x, f.name) for f in fields(x)}
+            return {k: plain(v) for k, v in values.items() if v is not None}
+        if isinstance(x, list | tuple):
+            return [plain(v) for v in x]
+        return copy.deepcopy(x)
+
+    return plain(config)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings; lists of scalars (and of such lists) inline: `betas: [0.9, 0.999]`."""
+
+
+_Dumper.add_representer(
+    list,
+    lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", data, flow_style=not any(isinstance(v, dict) for v in data)
+    ),
+)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved recipe (the run directory's recipe.resolved.yaml)."""
+    Path(path).write_text(to_yaml(config), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- typed building
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    names = [f.name for f in fields(cls)]
+    if not isinstance(data, dict):
+        raise ValueError(f"{key or 'recipe'}={data!r}: expected a mapping with keys {names}")
+    for k in data:
+        if k not in names:
+            where = f"'{key}'" if key else "the recipe"
+            raise ValueError(
+                f"unknown key '{_join(key, k)}'; allowed in {where}: {', '.join(names)}"
+            )
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], _join(key, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"'{_join(key, f.name)}' is required")
+    return cls(**kwargs)
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else sub
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: let X's own (nested) errors through
+            return _coerce(value, options[0], key)
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except ValueError:
+                pass
+    elif dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    elif origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif tp in (bool, int, float, str):
+        if isinstance(value, bool) != (tp is bool):  # bools are no numbers, numbers no bools
+            pass
+        elif tp is float and isinstance(value, int | float):
+            return float(value)
+        elif tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # train.max_steps=1e5
+        elif isinstance(value, tp):
+            return value
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            if not args:
+                return copy.deepcopy(value)
+            return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, args[0], _item_key(key, i, v)) for i, v in enumerate(value)]
+    elif origin is tuple:
+        if isinstance(value, list | tuple) and len(value) == len(args):
+            return tuple(
+                _coerce(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+    raise ValueError(f"{key}={value!r}: expected {_describe(tp)}")
+
+
+def _item_key(key: str, i: int, v: Any) -> str:
+    name = v.get("name") if isinstance(v, dict) else None
+    return f"{key}.{name}" if isinstance(name, str) and _NAME.match(name) else f"{key}[{i}]"
+
+
+def _describe(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is list:
+        return f"a list of ({_describe(args[0])})"
+    if origin is tuple:
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return simple.get(tp) or ("null" if tp is type(None) else "a mapping")
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def _validate(cfg: RunConfig) -> None:
+    d, t, teacher = cfg.data, cfg.train, cfg.teacher
+    _require(bool(_NAME.match(cfg.run.name)), "run.name", cfg.run.name, _NAME_RULE)
+    _require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
+    _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+    _require(d.shuffle_shards >= 1, "data.shuffle_shards", d.shuffle_shards, "an integer >= 1")
+    _require(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "a number in (0, 1)")
+    _require(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
+    for k in ("max_steps", "log_every", "eval_every", "save_every", "keep", "eval_batches"):
+        _require(getattr(t, k) >= 1, f"train.{k}", getattr(t, k), "an integer >= 1")
+    teacher_layers = None
+    if teacher is not None and _one_of("teacher", teacher, ("path", "config")) == "config":
+        teacher_layers = _depth("teacher.config", teacher.config)
+    _require(bool(cfg.students), "students", cfg.students, "at least one student")
+    names = [s.name for s in cfg.students]
+    for s in cfg.students:
+        key = f"students.{s.name}"
+        _require(bool(_NAME.match(s.name)), f"{key}.name", s.name, _NAME_RULE)
+        _require(names.count(s.name) == 1, f"{key}.name", s.name, "a name no other student has")
+        _validate_student(s, key, cfg, teacher_layers)
+
+
+def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int | None) -> None:
+    init, obj, opt, no_teacher = s.init, s.objective, s.optimizer, cfg.teacher is None
+    source = _one_of(f"{key}.init", init, ("from_teacher_layers", "config", "pretrained"))
+    s_layers = None
+    if source == "from_teacher_layers":
+        layers, k = init.from_teacher_layers, f"{key}.init.from_teacher_layers"
+        _require(not no_teacher, k, layers, "a teacher to copy from; the recipe has none")
+        ok = bool(layers) and len(set(layers)) == len(layers) and min(layers) >= 0
+        _require(ok, k, layers, "distinct layer indices >= 0")
+        s_layers = len(layers)
+    elif source == "config":
+        s_layers = _depth(f"{key}.init.config", init.config)
+
+    k = f"{key}.objective"
+    default_t, default_w = OBJECTIVES[obj.kind]
+    ok = obj.kind == "mlm" or not no_teacher
+    _require(ok, f"{k}.kind", obj.kind, "'mlm' (its terms need a teacher; the recipe has none)")
+    if obj.temperature is not None:
+        ok = default_t is not None
+        _require(ok, f"{k}.temperature", obj.temperature, "null (kind 'mlm' has none)")
+        _require(_finite(obj.temperature) > 0, f"{k}.temperature", obj.temperature, "> 0")
+    obj.temperature = default_t if obj.temperature is None else obj.temperature
+    for term, w in obj.weights.items():
+        if term not in default_w:
+            raise ValueError(
+                f"unknown key '{k}.weights.{term}': kind {obj.kind!r} has the terms "
+                f"{', '.join(default_w)}"
+            )
+        _require(_finite(w) >= 0, f"{k}.weights.{term}", w, "a number >= 0")
+    obj.weights = {term: obj.weights.get(term, w) for term, w in default_w.items()}
+    _require(any(obj.weights.values()), f"{k}.weights", obj.weights, "a weight > 0")
+    for name in ("attention_map", "hidden_map"):
+        pairs = getattr(obj, name)
+        if pairs is not None:
+            ok = obj.kind in LAYER_MAP_KINDS
+            _require(ok, f"{k}.{name}", pairs, f"null (kind {obj.kind!r} uses no layer map)")
+            ok = bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
+            ok = ok and len({p[0] for p in pairs}) == len(pairs)
+            _require(ok, f"{k}.{name}", pairs, "[student, teacher] pairs >= 0, students distinct")
+    if s_layers is not None and obj.kind in LAYER_MAP_KINDS:
+        att, hid = default_layer_maps(obj.kind, s_layers)
+        obj.attention_map = att if obj.attention_map is None else obj.attention_map
+        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
+    check_layers(s, t_layers, s_layers)
+
+    k = f"{key}.optimizer"
+    opt.max_steps = cfg.train.max_steps if opt.max_steps is None else opt.max_steps
+    _require(_finite(opt.lr) > 0, f"{k}.lr", opt.lr, "a number > 0")
+    _require(opt.max_steps >= 1, f"{k}.max_steps", opt.max_steps, "an integer >= 1")
+    ok, expected = 2 <= opt.warmup_steps <= opt.max_steps, f"in [2, max_steps={opt.max_steps}]"
+    _require(ok, f"{k}.warmup_steps", opt.warmup_steps, f"an integer {expected}")
+    _require(_finite(opt.weight_decay) >= 0, f"{k}.weight_decay", opt.weight_decay, "a number >= 0")
+    ok = all(0.0 <= b < 1.0 for b in opt.betas)
+    _require(ok, f"{k}.betas", list(opt.betas), "two numbers in [0, 1)")
+    _require(_finite(opt.eps) > 0, f"{k}.eps", opt.eps, "a number > 0")
+
+
+def default_layer_maps(kind: str, student_layers: int) -> tuple[list | None, list | None]:
+    """RECIPES.md's (attention_map, hidden_map) for a student this deep; None where unused."""
+    n = student_layers
+    if kind == "compactbiobert":
+        return [[i, 2 * i + 1] for i in range(n)], [[i, 2 * i] for i in range(1, n + 1)]
+    if kind == "tinybiobert":
+        return [[i, 3 * i + 2] for i in range(n)], [[j, 3 * j] for j in range(n + 1)]
+    return None, None
+
+
+def check_layers(
+    student: StudentSection, teacher_layers: int | None, student_layers: int | None
+) -> None:
+    """Layer indices in range for the depths known (None: unknown, unchecked). The trainer calls it
+    again with the depths of the models it built."""
+    key, obj = f"students.{student.name}", student.objective
+    checks = [("init.from_teacher_layers", student.init.from_teacher_layers or [], 0, 1)]
+    for name, extra in (("attention_map", 0), ("hidden_map", 1)):  # hidden_states: layers + 1
+        pairs = getattr(obj, name) or []
+        checks += [(f"objective.{name}", [p[0] for p in pairs], extra, 0)]
+        checks += [(f"objective.{name}", [p[1] for p in pairs], extra, 1)]
+    for name, indices, extra, is_teacher in checks:
+        depth, who = (teacher_layers, "teacher") if is_teacher else (student_layers, "student")
+        bad = [i for i in indices if depth is not None and i >= depth + extra]
+        _require(not bad, f"{key}.{name}", bad[:1], f"{who} indices < {(depth or 0) + extra}")
+
+
+_NAME_RULE = "letters, digits, '-' and '_' (it names directories and overrides)"
+
+
+def _depth(key: str, config: dict) -> int:
+    n = config.get("num_hidden_layers", BERT_DEFAULT_LAYERS)
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    _require(ok, f"{key}.num_hidden_layers", n, "an integer >= 1")
+    return n
+
+
+def _one_of(key: str, section: Any, names: tuple[str, ...]) -> str:
+    given = [n for n in names if getattr(section, n) is not None]
+    _require(len(given) == 1, f"{key} sources", given, f"exactly one of {', '.join(names)}")
+    return given[0]
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else math.nan  # every comparison with nan is False
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r}: expected {expected}")
+
+
+# ---------------------------------------------------------------- DeepSpeed JSON
+
+RECIPE_OWNED = ("optimizer", "scheduler")
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """Read a DeepSpeed JSON config; it must not carry the recipe's optimizer or scheduler."""
+    p = Path(path)
+    if not p.is_file():
+        shipped = ", ".join(sorted(str(f.relative_to(ROOT)) for f in DS_CONFIG_DIR.glob("*.json")))
+        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {shipped})")
+    try:
+        ds = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"DeepSpeed config {p}: not valid JSON ({e})") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
+    _check_not_owned(ds, str(p))
+    return ds
+
+
+def ds_config_for_student(ds: dict, student: StudentSection, *, torch_adam: bool = False) -> dict:
+    """A copy of `ds` with the student's AdamW and WarmupDecayLR from its recipe section."""
+    _check_not_owned(ds, "DeepSpeed config")
+    opt = student.optimizer
+    params = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps}
+    params["weight_decay"] = opt.weight_decay
+    if torch_adam:
+        params["torch_adam"] = True
+    out = copy.deepcopy(ds)
+    out["optimizer"] = {"type": "AdamW", "params": params}
+    out["scheduler"] = {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": opt.lr,
+            "warmup_num_steps": opt.warmup_steps,
+            "total_num_steps": opt.max_steps,
+            "warmup_type": "linear",  # DeepSpeed's default is "log"
+        },
+    }
+    return out
+
+
+def _check_not_owned(ds: dict, where: str) -> None:
+    owned = [k for k in RECIPE_OWNED if k in ds]
+    if owned:
+        raise ValueError(
+            f"{where}: has {', '.join(owned)}; each student's optimizer and LR schedule come from "
+            "the recipe (students.NAME.optimizer), so remove these blocks"
+        )
