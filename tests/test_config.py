@@ -20,13 +20,12 @@ from trainer.config import (
     apply_overrides,
     config_from_dict,
     default_layer_maps,
-    ds_config_for_student,
     dump_config,
     load_config,
-    load_ds_config,
     select_students,
     to_dict,
 )
+from trainer.ds_config import ds_config_for_student, load_ds_config
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))

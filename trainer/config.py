@@ -3,7 +3,6 @@
     cfg = load_config("recipes/paper_distilled.yaml", ["students.TinyBioBERT.optimizer.lr=1e-4"])
     cfg = select_students(cfg, ["DistilBioBERT"])          # --students
     dump_config(cfg, run_dir / "recipe.resolved.yaml")     # loads back to an equal RunConfig
-    ds = ds_config_for_student(load_ds_config("ds_configs/zero2.json"), cfg.students[0])
 
 Recipe schema: the dataclasses below, nested as `run`, `data`, `teacher` (absent = no teacher),
 `train`, `students` (a list; each entry's `name` is its handle). Unknown keys anywhere, ill-typed
@@ -31,26 +30,13 @@ unknown student is an error. To switch an alternative, replace its section whole
 (`students.X.init={pretrained: DIR}`, `teacher=null`): adding a second source beside the first is
 the "exactly one" error.
 
-DeepSpeed JSON (ds_configs/*.json) owns what DeepSpeed owns: micro-batch
-(train_micro_batch_size_per_gpu), gradient accumulation, precision (bf16), ZeRO stage and offload,
-gradient clipping. The files carry no "optimizer" or "scheduler" block (one that does is rejected):
-each student has its own lr, weight decay, warmup and budget, which `ds_config_for_student` adds
-from the recipe as AdamW + WarmupDecayLR: linear warmup from 0 to lr over warmup_steps, then linear
-decay to 0 at max_steps, counted in optimizer steps. It is HF's linear schedule one step late
-(DeepSpeed sets lr(0) = 0 at start and again after step 1, so steps 1 and 2 run at lr 0).
-Checked on DeepSpeed 0.19.8: {"type": "AdamW"} builds DeepSpeed's FusedAdam on GPU and on the CPU
-accelerator alike (there a C++ op JIT-compiled once into ~/.cache/torch_extensions, about 2.5
-minutes on 2 cores, reused after) and DeepSpeedCPUAdam under ZeRO-Offload (also built once);
-`torch_adam=True` sets DeepSpeed's own "torch_adam" switch for torch.optim.AdamW, nothing to build.
-Either way the trainer passes no optimizer to deepspeed.initialize. Weight decay applies to every
-parameter unless the trainer passes parameter groups (e.g. no decay on biases and LayerNorm).
+The DeepSpeed JSON side (what it owns, each student's optimizer and schedule): trainer/ds_config.py.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import re
 import types
@@ -63,7 +49,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = ROOT / "recipes" / "demo.yaml"
-DS_CONFIG_DIR = ROOT / "ds_configs"
 
 OBJECTIVES: dict[str, tuple[float | None, dict[str, float]]] = {
     "distilbiobert": (2.0, {"mlm": 2.0, "kd": 5.0, "cos": 1.0}),
@@ -504,56 +489,3 @@ def _finite(x: float) -> float:
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ValueError(f"{key}={value!r}: expected {expected}")
-
-
-# ---------------------------------------------------------------- DeepSpeed JSON
-
-RECIPE_OWNED = ("optimizer", "scheduler")
-
-
-def load_ds_config(path: str | Path) -> dict:
-    """Read a DeepSpeed JSON config; it must not carry the recipe's optimizer or scheduler."""
-    p = Path(path)
-    if not p.is_file():
-        shipped = ", ".join(sorted(str(f.relative_to(ROOT)) for f in DS_CONFIG_DIR.glob("*.json")))
-        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {shipped})")
-    try:
-        ds = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"DeepSpeed config {p}: not valid JSON ({e})") from None
-    if not isinstance(ds, dict):
-        raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
-    _check_not_owned(ds, str(p))
-    return ds
-
-
-def ds_config_for_student(ds: dict, student: StudentSection, *, torch_adam: bool = False) -> dict:
-    """A copy of `ds` with the student's AdamW and WarmupDecayLR from its recipe section."""
-    _check_not_owned(ds, "DeepSpeed config")
-    opt = student.optimizer
-    params = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps}
-    params["weight_decay"] = opt.weight_decay
-    if torch_adam:
-        params["torch_adam"] = True
-    out = copy.deepcopy(ds)
-    out["optimizer"] = {"type": "AdamW", "params": params}
-    out["scheduler"] = {
-        "type": "WarmupDecayLR",
-        "params": {
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": opt.lr,
-            "warmup_num_steps": opt.warmup_steps,
-            "total_num_steps": opt.max_steps,
-            "warmup_type": "linear",  # DeepSpeed's default is "log"
-        },
-    }
-    return out
-
-
-def _check_not_owned(ds: dict, where: str) -> None:
-    owned = [k for k in RECIPE_OWNED if k in ds]
-    if owned:
-        raise ValueError(
-            f"{where}: has {', '.join(owned)}; each student's optimizer and LR schedule come from "
-            "the recipe (students.NAME.optimizer), so remove these blocks"
-        )

@@ -1,0 +1,78 @@
+"""DeepSpeed JSON configs (ds_configs/*.json) and each student's optimizer and LR schedule.
+
+    ds = ds_config_for_student(load_ds_config("ds_configs/zero2.json"), cfg.students[0])
+
+DeepSpeed JSON (ds_configs/*.json) owns what DeepSpeed owns: micro-batch
+(train_micro_batch_size_per_gpu), gradient accumulation, precision (bf16), ZeRO stage and offload,
+gradient clipping. The files carry no "optimizer" or "scheduler" block (one that does is rejected):
+each student has its own lr, weight decay, warmup and budget, which `ds_config_for_student` adds
+from the recipe as AdamW + WarmupDecayLR: linear warmup from 0 to lr over warmup_steps, then linear
+decay to 0 at max_steps, counted in optimizer steps. It is HF's linear schedule one step late
+(DeepSpeed sets lr(0) = 0 at start and again after step 1, so steps 1 and 2 run at lr 0).
+Checked on DeepSpeed 0.19.8: {"type": "AdamW"} builds DeepSpeed's FusedAdam on GPU and on the CPU
+accelerator alike (there a C++ op JIT-compiled once into ~/.cache/torch_extensions, about 2.5
+minutes on 2 cores, reused after) and DeepSpeedCPUAdam under ZeRO-Offload (also built once);
+`torch_adam=True` sets DeepSpeed's own "torch_adam" switch for torch.optim.AdamW, nothing to build.
+Either way the trainer passes no optimizer to deepspeed.initialize. Weight decay applies to every
+parameter unless the trainer passes parameter groups (e.g. no decay on biases and LayerNorm).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from trainer.config import ROOT, StudentSection
+
+DS_CONFIG_DIR = ROOT / "ds_configs"
+
+RECIPE_OWNED = ("optimizer", "scheduler")
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """Read a DeepSpeed JSON config; it must not carry the recipe's optimizer or scheduler."""
+    p = Path(path)
+    if not p.is_file():
+        shipped = ", ".join(sorted(str(f.relative_to(ROOT)) for f in DS_CONFIG_DIR.glob("*.json")))
+        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {shipped})")
+    try:
+        ds = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"DeepSpeed config {p}: not valid JSON ({e})") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
+    _check_not_owned(ds, str(p))
+    return ds
+
+
+def ds_config_for_student(ds: dict, student: StudentSection, *, torch_adam: bool = False) -> dict:
+    """A copy of `ds` with the student's AdamW and WarmupDecayLR from its recipe section."""
+    _check_not_owned(ds, "DeepSpeed config")
+    opt = student.optimizer
+    params = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps}
+    params["weight_decay"] = opt.weight_decay
+    if torch_adam:
+        params["torch_adam"] = True
+    out = copy.deepcopy(ds)
+    out["optimizer"] = {"type": "AdamW", "params": params}
+    out["scheduler"] = {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": opt.lr,
+            "warmup_num_steps": opt.warmup_steps,
+            "total_num_steps": opt.max_steps,
+            "warmup_type": "linear",  # DeepSpeed's default is "log"
+        },
+    }
+    return out
+
+
+def _check_not_owned(ds: dict, where: str) -> None:
+    owned = [k for k in RECIPE_OWNED if k in ds]
+    if owned:
+        raise ValueError(
+            f"{where}: has {', '.join(owned)}; each student's optimizer and LR schedule come from "
+            "the recipe (students.NAME.optimizer), so remove these blocks"
+        )
