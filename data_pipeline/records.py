@@ -1,0 +1,396 @@
+"""Record inputs of `data_pipeline shard`: every accepted input kind as one stream of (pmid, text).
+
+Accepted inputs (files or directories, in the order given):
+
+- `extract` output: a directory holding report.json and *.jsonl.gz records; its files are read in
+  sorted name order and hidden entries (the .parts/ work area, temp files) are ignored;
+- any other directory: its *.jsonl.gz, *.jsonl and *.txt files, same order and rules;
+- .jsonl / .jsonl.gz: one JSON object a line; text = title + " " + abstract when those keys exist
+  (the paper's text, RECIPES.md), else the "text" field, or the field named by --text-field;
+- .txt (optionally .txt.gz): one document a line, blank lines skipped;
+- a saved Hugging Face `datasets` Dataset (a `save_to_disk` directory with state.json and
+  dataset_info.json), rows read like JSON records.
+
+Records whose text is empty are skipped. The stream is deterministic: the same inputs always give
+the same records in the same order, which is what lets a resumed run skip records by count.
+
+The second half turns records into token ids (`tokenized_chunks`): chunks of CHUNK records,
+tokenized in-process or by a pool of workers, always returned in input order. In truncate mode only
+a prefix of each text is tokenized, its length learnt from the corpus (`PrefixBudget`), with ids
+identical to tokenizing the whole text and truncating (`tokenize_texts`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from data_pipeline.io_utils import PipelineError
+
+CHUNK = 1024  # records per tokenizer call / per task sent to a worker
+# Truncate mode tokenizes a prefix of each text (PrefixBudget): it starts at keep * CHARS_PER_TOKEN
+# characters, far above what WordPiece needs (~4.5-6 a token), then follows the corpus so that about
+# FALLBACK_SHARE of the prefixes come out short of `keep` ids and the whole text is tokenized again.
+CHARS_PER_TOKEN = 8
+FALLBACK_SHARE = 0.05
+_RATIO_WINDOW = 4096  # characters-per-token samples the budget is estimated from
+# A cut point every tokenizer treats as a boundary: an ASCII whitespace that follows a non-space
+# (cutting inside a whitespace run would change how byte-level BPE groups the run).
+_CUT = re.compile(r"(?<=\S)[ \t\n\r]")
+RECORD_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt", ".txt.gz")
+_HF_MARKERS = ("state.json", "dataset_info.json")
+_HF_BATCH = 1024
+
+
+class Record(NamedTuple):
+    pmid: int | None  # None for inputs without PMIDs (plain text, text-only JSON)
+    text: str
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "jsonl" | "txt" | "hf"
+    path: Path
+    files: tuple[Path, ...]  # what the manifest checksums (the dataset's files for "hf")
+    records: int | None = None  # known in advance for "hf"
+
+
+@dataclass
+class InputSet:
+    sources: list[Source]
+    total_records: int | None  # known when every input says how many records it holds
+
+    @property
+    def files(self) -> list[Path]:
+        return [f for s in self.sources for f in s.files]
+
+
+def _is_hf_dataset(d: Path) -> bool:
+    return all((d / m).is_file() for m in _HF_MARKERS)
+
+
+def _file_kind(p: Path) -> str:
+    name = p.name
+    if name.endswith((".txt", ".txt.gz")):
+        return "txt"
+    return "jsonl"  # a named file of any other suffix is taken as JSON lines
+
+
+def _dir_files(d: Path) -> list[Path]:
+    found = []
+    for child in d.rglob("*"):
+        rel = child.relative_to(d)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if child.is_file() and child.name.endswith(RECORD_SUFFIXES):
+            found.append(child)
+    return sorted(found, key=lambda q: str(q.relative_to(d)))
+
+
+def _report_records(d: Path) -> int | None:
+    """Records an `extract` run wrote, from its report.json (None when it does not say)."""
+    try:
+        report = json.loads((d / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = report.get("records_out") if isinstance(report, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def resolve_inputs(inputs: list[str]) -> InputSet:
+    """Turn --input paths into sources; missing paths and DatasetDict directories are errors."""
+    if not inputs:
+        raise PipelineError("no inputs given (pass --input PATH [PATH ...])")
+    sources: list[Source] = []
+    total: int | None = 0
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            if _is_hf_dataset(p):
+                rows = _hf_rows(p)
+                sources.append(Source("hf", p, _hf_files(p), rows))
+                total = None if total is None else total + rows
+                continue
+            if (p / "dataset_dict.json").is_file():
+                raise PipelineError(
+                    f"{p}: a saved DatasetDict; pass one split's directory (e.g. {p / 'train'})"
+                )
+            files = _dir_files(p)
+            sources += [Source(_file_kind(f), f, (f,)) for f in files]
+            known = _report_records(p) if (p / "report.json").is_file() else None
+            total = None if total is None or known is None else total + known
+        elif p.is_file():
+            sources.append(Source(_file_kind(p), p, (p,)))
+            total = None
+        else:
+            raise PipelineError(f"{p}: no such file or directory")
+    return InputSet(sources, total)
+
+
+def _hf_files(d: Path) -> tuple[Path, ...]:
+    return tuple(sorted((f for f in d.rglob("*") if f.is_file()), key=lambda q: str(q)))
+
+
+def _hf_rows(d: Path) -> int:
+    try:
+        import datasets
+
+        return len(datasets.load_from_disk(str(d)))
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's input problem
+        raise PipelineError(f"{d}: cannot load the saved dataset ({e})") from None
+
+
+def record_text(rec: dict[str, Any], text_field: str | None, where: str) -> str:
+    """The text of one JSON record or dataset row (see the module docstring for the rule)."""
+    if text_field is not None:
+        if text_field not in rec:
+            raise PipelineError(f"{where}: record has no field '{text_field}'")
+        value = rec[text_field]
+    elif "title" in rec or "abstract" in rec:
+        title = rec.get("title") or ""
+        abstract = rec.get("abstract") or ""
+        if not isinstance(title, str) or not isinstance(abstract, str):
+            raise PipelineError(f"{where}: 'title' and 'abstract' must be strings")
+        return f"{title} {abstract}" if title and abstract else title or abstract
+    elif "text" in rec:
+        value = rec["text"]
+    else:
+        raise PipelineError(
+            f"{where}: record has neither title/abstract nor text "
+            "(name the text field with --text-field NAME)"
+        )
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PipelineError(f"{where}: field value {value!r} is not a string")
+    return value
+
+
+def _pmid(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+class RecordReader:
+    """Iterates the records of an InputSet and tracks how many input bytes it has read."""
+
+    def __init__(self, inputs: InputSet, text_field: str | None = None):
+        self.inputs = inputs
+        self.text_field = text_field
+        self.bytes_total = sum(f.stat().st_size for f in inputs.files)
+        self._bytes_done = 0
+        self._raw = None  # the open raw file, whose position measures progress through it
+
+    @property
+    def bytes_read(self) -> int:
+        current = 0
+        if self._raw is not None and not self._raw.closed:
+            current = self._raw.tell()
+        return self._bytes_done + current
+
+    def __iter__(self) -> Iterator[Record]:
+        for src in self.inputs.sources:
+            if src.kind == "hf":
+                yield from self._hf(src)
+            else:
+                yield from self._lines(src)
+            self._bytes_done += sum(f.stat().st_size for f in src.files)
+
+    def _lines(self, src: Source) -> Iterator[Record]:
+        path = src.path
+        with open(path, "rb") as raw:
+            self._raw = raw
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+            try:
+                for lineno, line in enumerate(f, 1):
+                    if src.kind == "txt":
+                        text = line.decode("utf-8", errors="replace").strip()
+                        if text:
+                            yield Record(None, text)
+                    elif line.strip():
+                        rec = self._json_record(line, path, lineno)
+                        if rec is not None:
+                            yield rec
+            except (EOFError, OSError, zlib.error) as e:
+                raise PipelineError(f"{path}: cannot read it (truncated or corrupt: {e})") from None
+            finally:
+                self._raw = None
+
+    def _json_record(self, line: bytes, path: Path, lineno: int) -> Record | None:
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise PipelineError(f"{where}: malformed JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise PipelineError(f"{where}: expected a JSON object, found {type(rec).__name__}")
+        text = record_text(rec, self.text_field, where)
+        return Record(_pmid(rec.get("pmid")), text) if text.strip() else None
+
+    def _hf(self, src: Source) -> Iterator[Record]:
+        import datasets
+
+        ds = datasets.load_from_disk(str(src.path))
+        row = 0
+        for batch in ds.iter(batch_size=_HF_BATCH):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns), strict=True):
+                row += 1
+                rec = dict(zip(columns, values, strict=True))
+                text = record_text(rec, self.text_field, f"{src.path} row {row - 1}")
+                if text.strip():
+                    yield Record(_pmid(rec.get("pmid")), text)
+
+
+def iter_records(inputs: InputSet, text_field: str | None = None) -> Iterator[Record]:
+    """All non-empty records of `inputs`, in order (see RecordReader for progress tracking)."""
+    return iter(RecordReader(inputs, text_field))
+
+
+# ---- token ids of records (in-process or in pool workers) -------------------------------------
+
+
+def prefix_end(text: str, budget: int) -> int | None:
+    """Where to cut `text` to tokenize a prefix: before the first boundary at or after `budget`."""
+    if len(text) <= budget:
+        return None
+    m = _CUT.search(text, budget)
+    return m.start() if m else None
+
+
+class PrefixBudget:
+    """How many characters of each text truncate mode tokenizes, learnt from the texts seen so far.
+
+    Each text with at least keep/2 ids gives a sample of characters per token (over the prefix
+    tokenized, or the whole text); the budget is keep times the (1 - FALLBACK_SHARE) quantile of
+    the last _RATIO_WINDOW samples, so that share of prefixes falls short and is redone in full.
+    NOTE: the ids never depend on the budget (see tokenize_texts), so neither does the output:
+    each worker process may learn its own.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.chars = keep * CHARS_PER_TOKEN  # until there are samples: generous, rarely short
+        self._ratios = np.zeros(0)
+        self.cut = self.short = 0  # texts cut to a prefix, and those of them redone in full
+
+    def update(self, chars: list[int], counts: list[int], cut: int, short: int) -> None:
+        """Learn from one batch: characters tokenized and ids found per text (before truncation)."""
+        self.cut, self.short = self.cut + cut, self.short + short
+        chars_a, counts_a = np.asarray(chars, np.float64), np.asarray(counts, np.float64)
+        sized = counts_a * 2 >= self.keep  # short texts (a lone title) read differently
+        if not sized.any():
+            return
+        fresh = chars_a[sized] / counts_a[sized]
+        self._ratios = np.concatenate((self._ratios, fresh))[-_RATIO_WINDOW:]
+        ratio = float(np.quantile(self._ratios, 1.0 - FALLBACK_SHARE))
+        self.chars = max(self.keep, int(self.keep * ratio) + 1)
+
+
+def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | PrefixBudget | None):
+    """Token ids of `texts` (no special tokens) as (flat int32 array, offsets).
+
+    With `keep`, each is truncated to `keep` ids, tokenizing only a prefix of about `budget`
+    characters (a fixed count, or a PrefixBudget that learns from this batch) and redoing the whole
+    text when the prefix came out shorter than `keep`; the ids are the same as tokenizing
+    everything, since the prefix ends at a pre-token boundary.
+    """
+    chars = budget.chars if isinstance(budget, PrefixBudget) else budget
+    if keep is None or not chars:
+        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+    else:
+        cuts = [prefix_end(t, chars) for t in texts]
+        heads = [t if c is None else t[:c] for t, c in zip(texts, cuts, strict=True)]
+        ids = [e.ids for e in tok.encode_batch_fast(heads, add_special_tokens=False)]
+        counts = [len(x) for x in ids]
+        short = [i for i, c in enumerate(cuts) if c is not None and counts[i] < keep]
+        if isinstance(budget, PrefixBudget):
+            n_cut = len(texts) - cuts.count(None)
+            budget.update([len(h) for h in heads], counts, n_cut, len(short))
+        if short:
+            redo = tok.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)
+            for i, e in zip(short, redo, strict=True):
+                ids[i] = e.ids
+    if keep is not None:
+        ids = [x[:keep] for x in ids]
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(offsets[-1])), offsets
+
+
+def backend_tokenizer(hf_tok):
+    """A private copy of the Rust tokenizer with no truncation or padding of its own."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+_worker: dict = {}
+
+
+def _init_worker(tok_json: str, keep: int | None) -> None:
+    # One core per worker: --workers is the parallelism, not rayon inside each worker.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    budget = PrefixBudget(keep) if keep is not None else None
+    _worker.update(tok=Tokenizer.from_str(tok_json), keep=keep, budget=budget)
+
+
+def _tokenize_task(texts: list[str]):
+    return tokenize_texts(_worker["tok"], texts, _worker["keep"], _worker["budget"])
+
+
+def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
+    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
+    chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
+    if workers == 1:
+        # --workers N means N cores: no rayon threads in-process either, unless the user set it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        budget = PrefixBudget(keep) if keep is not None else None
+        for chunk in chunks:
+            yield chunk, tokenize_texts(tok, [r.text for r in chunk], keep, budget)
+        return
+    # Pool.imap would read the whole input ahead into its task queue; a bounded window of
+    # apply_async results keeps memory flat and still returns chunks in order. spawn, not fork:
+    # the parent may hold rayon or torch threads.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, _init_worker, (tok.to_str(), keep)) as pool:
+        window: deque = deque()
+        for chunk in chunks:
+            window.append((chunk, pool.apply_async(_tokenize_task, ([r.text for r in chunk],))))
+            if len(window) >= 3 * workers:
+                chunk0, result = window.popleft()
+                yield chunk0, result.get()
+        while window:
+            chunk0, result = window.popleft()
+            yield chunk0, result.get()
+
+
+def sample_identity(record: Record) -> tuple[int, list]:
+    """(64-bit split hash, identity key): blake2b of "pmid:<n>", else of "text:<text>"."""
+    src = f"pmid:{record.pmid}" if record.pmid is not None else f"text:{record.text}"
+    digest = hashlib.blake2b(src.encode("utf-8")).digest()[:8]
+    key = ["pmid", record.pmid] if record.pmid is not None else ["id", digest.hex()]
+    return int.from_bytes(digest, "big"), key
