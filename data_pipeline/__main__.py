@@ -1,0 +1,53 @@
+"""Command line of the data pipeline.
+
+    python -m data_pipeline extract --input PATH [PATH ...] --output DIR [--workers N]
+    python -m data_pipeline shard --input PATH [PATH ...] --tokenizer NAME_OR_DIR --output DIR ...
+    python -m data_pipeline inspect DIR [--samples N]
+    python -m data_pipeline demo [--output data/demo]
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`.
+A PipelineError becomes one line `error: ...` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from data_pipeline.io_utils import PipelineError
+
+COMMANDS = {
+    "extract": ("data_pipeline.extract", "PubMed XML -> text records (jsonl.gz + report.json)"),
+    "shard": ("data_pipeline.shards", "records -> WebDataset token shards + manifest.json"),
+    "inspect": ("data_pipeline.inspect_shards", "summary and decoded samples of a shard directory"),
+    "demo": ("data_pipeline.demo", "build the embedded demo corpus, tokenizer and shards"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipeline", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
