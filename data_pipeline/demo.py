@@ -15,7 +15,6 @@ builds the corpus once. Layout under --output:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import atomic_write_json, check_writable_dir
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.records import iter_records, resolve_inputs
 from data_pipeline.shards import run_shard
 from data_pipeline.synth import generate_corpus, train_wordpiece
 
@@ -71,7 +71,8 @@ def build_demo(
         # NOTE: trained into a temporary directory renamed into place, so a crash mid-save never
         # leaves a tokenizer directory that looks complete.
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=root))
-        train_wordpiece(_texts(records), tmp, vocab_size=DEMO_VOCAB)
+        texts = (r.text for r in iter_records(resolve_inputs([str(records)])))
+        train_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
         shutil.rmtree(tok_dir, ignore_errors=True)
         tmp.rename(tok_dir)
 
@@ -94,14 +95,6 @@ def build_demo(
         f"{held.samples} eval samples, {train.tokens + held.tokens:,} tokens"
     )
     return shards
-
-
-def _texts(records: Path):
-    for path in sorted(records.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                yield f"{rec['title']} {rec['abstract']}".strip()
 
 
 def main(args: argparse.Namespace) -> int:
