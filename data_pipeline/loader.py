@@ -3,6 +3,9 @@
 Pipeline (generator stages, run inside each DataLoader worker):
     shard list -> epoch permutation -> slot's shards -> block shuffle -> decode -> batch -> mask
 
+Shard lists and reading one shard live in shard_source.py; held-out eval batches in
+eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
+
 - Slots: rank r, worker w of W (num_workers 0 counts as one worker) is slot s = r*W + w of
   S = world_size*W. Each epoch e the shard list is permuted with a generator seeded from (seed, e)
   and slot s takes shards[s::S].
@@ -28,29 +31,18 @@ Pipeline (generator stages, run inside each DataLoader worker):
 
 from __future__ import annotations
 
-import glob
-import io
-import json
 import logging
-import os
-import posixpath
-import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import webdataset
-from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import tariterators
-from webdataset.gopen import Pipe as _Pipe
 
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.manifest import MANIFEST_NAME, Manifest, TokenizerInfo
-from data_pipeline.masking import IGNORE_INDEX, collate, mask_batch, mask_tokens, special_table
+from data_pipeline.manifest import TokenizerInfo
+from data_pipeline.masking import collate, mask_batch, special_table
+from data_pipeline.shard_source import ManifestArg, ShardSet, ShardSpec, read_shard, resolve_shards
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +51,6 @@ DROP_WARN_FRACTION = 0.05
 # Domain tags keep the seed streams of different uses apart even when their other inputs collide.
 _TAG_SHARDS, _TAG_GROUP, _TAG_MASK, _TAG_EVAL = 0, 1, 2, 3
 _POSITION_KEYS = ("seed", "world_size", "num_workers", "batch_size", "shuffle_shards", "shards")
-
-ShardSpec = str | os.PathLike | Sequence[str]
-ManifestArg = str | os.PathLike | Manifest | None
 
 
 def _seed(*parts: int) -> int:
@@ -97,156 +86,6 @@ class LoaderConfig:
 def _check_int(key: str, value: object, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"loader: {key}={value!r}, expected an integer >= {low}")
-
-
-# ---------------------------------------------------------------- shard lists and manifests
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    urls: tuple[str, ...]
-    names: tuple[str, ...]
-    counts: tuple[int, ...]
-    manifest: Manifest
-    source: str  # where the manifest came from, for messages
-
-
-def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg = None) -> ShardSet:
-    """Turn a shard spec into URLs with per-shard sample counts from the manifest.
-
-    `spec`: a directory holding manifest.json (all shards of `split`), a manifest.json path, or
-    URL patterns (local paths, globs, brace patterns, anything webdataset.gopen opens). Pattern
-    shards are looked up by file name in `manifest`, else in the manifest next to the first one.
-    """
-    single = spec if isinstance(spec, str | os.PathLike) else None
-    if single is not None and _is_local(str(single)) and Path(single).is_dir():
-        return _from_manifest(Path(single), split, manifest)
-    if single is not None and str(single).endswith(".json") and Path(single).is_file():
-        return _from_manifest(Path(single).parent, split, manifest or single)
-    patterns = [str(single)] if single is not None else [str(p) for p in spec]
-    urls: list[str] = []
-    for pattern in patterns:
-        for url in braceexpand(pattern):
-            if _is_local(url) and any(c in url for c in "*?["):
-                found = sorted(glob.glob(url))
-                if not found:
-                    raise PipelineError(f"{url}: no shards match this pattern")
-                urls.extend(found)
-            else:
-                urls.append(url)
-    if not urls:
-        raise PipelineError(f"shard spec {spec!r} names no shards")
-    m, source = _load_manifest(manifest) if manifest is not None else _manifest_near(urls[0])
-    known = {s.name: s.samples for sp in m.splits.values() for s in sp.shards}
-    names = tuple(_shard_name(u, known) for u in urls)
-    for url, name in zip(urls, names, strict=True):
-        if name not in known:
-            raise PipelineError(f"shard {url}: '{name}' is not listed in the manifest {source}")
-    return ShardSet(tuple(urls), names, tuple(known[n] for n in names), m, source)
-
-
-def _from_manifest(directory: Path, split: str, manifest: ManifestArg) -> ShardSet:
-    m, source = _load_manifest(manifest if manifest is not None else directory)
-    if split not in m.splits or not m.splits[split].shards:
-        raise PipelineError(f"{source}: no '{split}' shards listed")
-    shards = m.splits[split].shards
-    urls = tuple(str(directory / s.name) for s in shards)
-    return ShardSet(
-        urls, tuple(s.name for s in shards), tuple(s.samples for s in shards), m, source
-    )
-
-
-def _load_manifest(manifest: str | os.PathLike | Manifest) -> tuple[Manifest, str]:
-    if isinstance(manifest, Manifest):
-        return manifest, "the given manifest"
-    path = Path(manifest)
-    return Manifest.load(path), str(path / MANIFEST_NAME if path.is_dir() else path)
-
-
-def _manifest_near(url: str) -> tuple[Manifest, str]:
-    if url.startswith("pipe:"):
-        raise PipelineError(
-            f"{url}: cannot find the manifest of pipe: shards; pass manifest=PATH to the loader"
-        )
-    if _is_local(url):
-        path = Path(url.removeprefix("file://").removeprefix("file:")).parent / MANIFEST_NAME
-        return Manifest.load(path), str(path)
-    murl = url.split("?")[0].rsplit("/", 1)[0] + "/" + MANIFEST_NAME
-    try:
-        with webdataset.gopen(murl) as f:
-            data = json.loads(f.read())
-    except Exception as e:  # any transport or JSON failure reads the same to the user
-        raise PipelineError(f"{murl}: cannot read the shard manifest ({_describe(e)})") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{murl}: not a shard manifest")
-    return Manifest.from_dict(data, source=murl), murl
-
-
-def _is_local(url: str) -> bool:
-    return urlparse(url).scheme in ("", "file")
-
-
-def _shard_name(url: str, known: dict[str, int]) -> str:
-    if url.startswith("pipe:"):
-        # The shard is one of the command's arguments (`pipe:cat DIR/x.tar`, `pipe:curl -s URL`).
-        names = [posixpath.basename(tok.split("?")[0]) for tok in url[5:].split()]
-        return next((n for n in reversed(names) if n in known), names[-1] if names else url)
-    return posixpath.basename(urlparse(url).path)
-
-
-def _describe(e: BaseException) -> str:
-    first = e.strerror if isinstance(e, OSError) and e.strerror else (e.args[0] if e.args else "")
-    first = str(first)
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def read_shard(url: str, expected: int, vocab_size: int) -> list[tuple[str, np.ndarray]]:
-    """All (key, input_ids) of one shard, checked against the manifest's sample count."""
-    samples: list[tuple[str, np.ndarray]] = []
-    stream = None
-    try:
-        stream = webdataset.gopen(url)
-        files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
-        for sample in tariterators.group_by_keys(files):
-            data = sample.get("input_ids.npy")
-            if data is None:
-                raise PipelineError(f"shard {url}: sample {sample['__key__']} has no input_ids.npy")
-            ids = np.load(io.BytesIO(data), allow_pickle=False)
-            if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size == 0:
-                raise PipelineError(f"shard {url}: sample {sample['__key__']} is not 1-D token ids")
-            samples.append((sample["__key__"], ids))
-        stream.close()  # a pipe: reports its command's exit status here
-    except PipelineError:
-        raise
-    except FileNotFoundError:
-        raise PipelineError(f"shard {url}: file not found") from None
-    except Exception as e:  # tarfile, numpy and transport errors all mean "unreadable shard"
-        if isinstance(stream, _Pipe):
-            # A failing command usually shows up first as an empty or short tar stream; closing
-            # reaps it (a writer cut off by the close exits with SIGPIPE, which is no failure).
-            try:
-                stream.close()
-            except Exception:
-                pass
-            if stream.status not in (None, *stream.ignore_status, -signal.SIGPIPE):
-                raise PipelineError(
-                    f"shard {url}: the command exited with status {stream.status}"
-                ) from None
-        raise PipelineError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
-    finally:
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:
-                pass  # already reported above, or the shard was read completely
-    if len(samples) != expected:
-        raise PipelineError(
-            f"shard {url}: holds {len(samples)} samples but the manifest lists {expected} "
-            "(truncated, or replaced after sharding)"
-        )
-    if samples and max(int(ids.max()) for _, ids in samples) >= vocab_size:
-        raise PipelineError(f"shard {url}: token ids beyond the vocabulary ({vocab_size})")
-    return samples
 
 
 # ---------------------------------------------------------------- the per-worker stream
@@ -530,105 +369,11 @@ def _unwrap_worker_error(e: PipelineError) -> PipelineError:
     return e
 
 
-# ---------------------------------------------------------------- held-out evaluation
+def __getattr__(name: str) -> object:
+    # Re-exports for `from data_pipeline.loader import iter_eval_batches`: eval_batches builds on
+    # this module's config and masking tables, so importing it at the top would be circular.
+    if name in ("EvalBatches", "iter_eval_batches"):
+        from data_pipeline import eval_batches
 
-
-class EvalBatches:
-    """Finite, re-iterable masked batches of an eval split, for held-out MLM evaluation.
-
-    Rank r takes eval samples r, r+W, r+2W, ... of the split in manifest order (every rank reads
-    the whole split, which is small). Each sample is masked with a generator seeded from
-    (seed, its global index), so masks do not depend on world size or batch size. Ranks whose
-    share is one sample short append one filler row (a copy of sample 0, labels all -100) to
-    their last batch, so every rank yields `len(self)` batches of equal sizes and loss sums and
-    masked-token counts are unaffected.
-    """
-
-    def __init__(
-        self,
-        shards: ShardSpec,
-        batch_size: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        tokenizer: TokenizerInfo | None = None,
-        is_continuation: torch.Tensor | None = None,
-        manifest: ManifestArg = None,
-        split: str = "eval",
-        seed: int = 0,
-        mask_prob: float = 0.15,
-        whole_word: bool = False,
-        debug_keys: bool = False,
-    ) -> None:
-        self.config = LoaderConfig(
-            batch_size=batch_size,
-            seed=seed,
-            mask_prob=mask_prob,
-            whole_word=whole_word,
-            debug_keys=debug_keys,
-        )
-        _check_int("world_size", world_size, 1)
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"eval loader: rank={rank!r}, expected 0 <= rank < {world_size}")
-        self.rank, self.world_size = rank, world_size
-        self.shards = resolve_shards(shards, split, manifest)
-        self.tokenizer = _run_tokenizer(self.shards, tokenizer)
-        self._special, self._cont = _tables(self.tokenizer, whole_word, is_continuation)
-        self.total = sum(self.shards.counts)
-        if self.total == 0:
-            raise PipelineError(f"{self.shards.source}: the {split} split holds no samples")
-        self.per_rank = -(-self.total // world_size)
-
-    def __len__(self) -> int:
-        return -(-self.per_rank // self.config.batch_size)
-
-    def _rows(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-        cfg, tok = self.config, self.tokenizer
-        index, filler = 0, None
-        for url, name, count in zip(
-            self.shards.urls, self.shards.names, self.shards.counts, strict=True
-        ):
-            for key, ids in read_shard(url, count, tok.vocab_size):
-                if filler is None:
-                    filler = (f"{name}/{key}", torch.from_numpy(ids.astype(np.int64)))
-                if index % self.world_size == self.rank:
-                    t = torch.from_numpy(ids.astype(np.int64))
-                    masked, labels = mask_tokens(
-                        t,
-                        self._special[t],
-                        vocab_size=tok.vocab_size,
-                        mask_id=tok.mask_id,
-                        mask_prob=cfg.mask_prob,
-                        is_continuation=self._cont,
-                        generator=_generator(cfg.seed, _TAG_EVAL, index),
-                    )
-                    yield f"{name}/{key}", masked, labels
-                index += 1
-        if (self.total - self.rank + self.world_size - 1) // self.world_size < self.per_rank:
-            key, ids = filler
-            yield key, ids, torch.full_like(ids, IGNORE_INDEX)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rows = list[tuple]()
-        for row in self._rows():
-            rows.append(row)
-            if len(rows) == self.config.batch_size:
-                yield self._batch(rows)
-                rows = []
-        if rows:
-            yield self._batch(rows)
-
-    def _batch(self, rows: list[tuple]) -> dict:
-        batch = collate([ids.numpy() for _, ids, _ in rows], self.tokenizer.pad_id)
-        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        for i, (_, _, lab) in enumerate(rows):
-            labels[i, : len(lab)] = lab
-        batch["labels"] = labels
-        if self.config.debug_keys:
-            batch["keys"] = [key for key, _, _ in rows]
-        return batch
-
-
-def iter_eval_batches(shards: ShardSpec, batch_size: int, **kwargs) -> EvalBatches:
-    """Eval batches for this rank (EvalBatches' keywords); same count on every rank and pass."""
-    return EvalBatches(shards, batch_size, **kwargs)
+        return getattr(eval_batches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Shards -> masked batches (data_pipeline/loader.py): splitting, shuffling, resume, errors.
+"""Shards -> masked batches (data_pipeline/loader.py, eval_batches.py): order, resume, errors.
 
 Run: .venv/bin/pytest tests/test_loader.py -q
 """
@@ -20,8 +20,9 @@ import torch
 import webdataset
 
 from data_pipeline import loader as loader_mod
+from data_pipeline.eval_batches import iter_eval_batches
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.loader import LoaderConfig, MaskedBatchLoader, iter_eval_batches
+from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX
 
@@ -46,7 +47,8 @@ def make_shards(directory: Path, sizes, eval_sizes=(), seed: int = 0) -> dict[st
         infos = []
         for i, n in enumerate(split_sizes):
             name, tokens = f"{split}-{i:06d}.tar", 0
-            with webdataset.TarWriter(str(directory / name)) as writer:
+            # mtime 0, as data_pipeline/shards.py writes: no pax headers, so the fast path reads it
+            with webdataset.TarWriter(str(directory / name), mtime=0) as writer:
                 for _ in range(n):
                     body = rng.integers(5, TOK.vocab_size, int(rng.integers(4, 40)))
                     ids = np.concatenate([[TOK.cls_id], body, [TOK.sep_id]]).astype(np.uint16)
@@ -294,6 +296,7 @@ def test_too_few_shards_for_world_and_workers(tmp_path):
 
 
 def test_eval_batches_every_sample_once_same_count_on_every_rank(tmp_path):
+    assert loader_mod.iter_eval_batches is iter_eval_batches  # the old import path still works
     samples = make_shards(tmp_path, [10] * 2, eval_sizes=[7, 6])
     eval_keys = sorted(k for k in samples if k.startswith("eval"))
     first = eval_keys[0]
