@@ -1,0 +1,92 @@
+"""Loader speed: masked batches/s and real tokens/s from shards, against what a GPU consumes.
+
+    python benchmarks/run.py --only loader [--quick]
+
+Shards of generated abstracts (truncate mode, max_len 256) are read by `MaskedBatchLoader` at the
+paper's micro-batch (24) with 0 and 2 DataLoader workers. The consumer we size against: teacher +
+3 students at roughly 500k real tokens/s on one H100 (issue target); the goal is one worker feeding
+it with 5x headroom. Figures:
+- loader/tokens_per_s_one_worker: real (non-padding) tokens/s with num_workers=0 (one process).
+- loader/batches_per_s_one_worker, loader/tokens_per_s_two_workers.
+- loader/headroom_vs_h100_cohort: tokens_per_s_one_worker / 500k.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.common import corpus_with_tokenizer
+from data_pipeline.extract import run_extract
+from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
+from data_pipeline.shards import run_shard
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+H100_COHORT_TOKENS_PER_S = 500_000
+BATCH = 24
+
+
+def measure(shards: Path, num_workers: int, batches: int) -> tuple[float, float]:
+    """(batches/s, real tokens/s) over `batches` batches after a warm-up of 20."""
+    loader = MaskedBatchLoader(str(shards), LoaderConfig(batch_size=BATCH, num_workers=num_workers))
+    try:
+        it = iter(loader)
+        for _ in range(20):
+            next(it)
+        tokens = 0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            tokens += int(next(it)["attention_mask"].sum())
+        dt = time.perf_counter() - t0
+    finally:
+        loader.close()
+    return batches / dt, tokens / dt
+
+
+def run(quick: bool) -> Iterator[dict]:
+    n = 8_000 if quick else 40_000
+    batches = 300 if quick else 2000
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        root = Path(tmp)
+        xml, tok = corpus_with_tokenizer(root, n)
+        run_extract([str(xml)], str(root / "records"), workers=2, progress=False)
+        run_shard(
+            [str(root / "records")],
+            str(tok),
+            str(root / "shards"),
+            max_len=256,
+            workers=2,
+            samples_per_shard=1000,
+            progress=False,
+        )
+        b0, t0 = measure(root / "shards", 0, batches)
+        b2, t2 = measure(root / "shards", 2, batches)
+    settings = {"batch_size": BATCH, "max_len": 256, "mode": "truncate", "batches": batches}
+    yield {
+        "metric": "tokens_per_s_one_worker",
+        "value": round(t0),
+        "unit": "tokens/s",
+        "settings": {**settings, "num_workers": 0},
+    }
+    yield {
+        "metric": "batches_per_s_one_worker",
+        "value": round(b0, 1),
+        "unit": "batches/s",
+        "settings": {**settings, "num_workers": 0},
+    }
+    yield {
+        "metric": "tokens_per_s_two_workers",
+        "value": round(t2),
+        "unit": "tokens/s",
+        "settings": {**settings, "num_workers": 2, "batches_per_s": round(b2, 1)},
+    }
+    yield {
+        "metric": "headroom_vs_h100_cohort",
+        "value": round(t0 / H100_COHORT_TOKENS_PER_S, 2),
+        "unit": "x",
+        "settings": {**settings, "consumer_tokens_per_s": H100_COHORT_TOKENS_PER_S, "goal": 5.0},
+    }

@@ -1,0 +1,41 @@
+"""Shared pieces of the benchmarks: timing, and one generated corpus + tokenizer per run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from data_pipeline.synth import generate_corpus, train_wordpiece
+
+
+@contextmanager
+def timed(label: str, box: dict):
+    """Wall time of the block into box[label], reported on stderr."""
+    t0 = time.perf_counter()
+    yield
+    box[label] = time.perf_counter() - t0
+    print(f"   {label}: {box[label]:.2f} s", file=sys.stderr, flush=True)
+
+
+def corpus_with_tokenizer(root: Path, n_articles: int, vocab_size: int = 8000) -> tuple[Path, Path]:
+    """Generated PubMed XML (baseline files only) and a cased WordPiece tokenizer trained on it."""
+    xml = root / "xml"
+    corpus = generate_corpus(xml, n_articles=n_articles, n_files=8, seed=11, update=False)
+    texts = (f"{a.expected_title} {a.expected_abstract}" for a in corpus.expected.values())
+    tok = root / "tokenizer"
+    train_wordpiece(texts, tok, vocab_size=vocab_size)
+    return xml, tok
+
+
+def count_records(records_dir: Path) -> int:
+    return json.loads((records_dir / "report.json").read_text())["records_out"]
+
+
+def iter_jsonl(path: Path):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)

@@ -1,0 +1,77 @@
+"""Every benchmark of the project, one JSON line per figure on stdout.
+
+    python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out FILE.jsonl]
+
+A figure is {"benchmark", "metric", "value", "unit", "device", "settings"}. Progress goes to
+stderr, figures to stdout (and to --out, appended), so `> results.jsonl` keeps only figures.
+Ratios are measured within one run on one machine; absolute figures mean something only on the
+device named in the line. Benchmarks are modules in this folder exposing
+`run(quick: bool) -> Iterator[dict]` (dicts with benchmark, metric, value, unit, settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BENCHMARKS = {
+    "preprocess": "benchmarks.bench_preprocess",
+    "loader": "benchmarks.bench_loader",
+}
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 cores")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {sorted(BENCHMARKS)}")
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    device = device_name()
+    out = open(args.out, "a") if args.out else None
+    try:
+        for name in names:
+            print(f"== {name}", file=sys.stderr, flush=True)
+            for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
+                line = json.dumps({"benchmark": name, "device": device, **fig}, sort_keys=True)
+                print(line, flush=True)
+                if out:
+                    out.write(line + "\n")
+                    out.flush()
+    finally:
+        if out:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
