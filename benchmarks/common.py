@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import time
@@ -33,9 +32,3 @@ def corpus_with_tokenizer(root: Path, n_articles: int, vocab_size: int = 8000) -
 
 def count_records(records_dir: Path) -> int:
     return json.loads((records_dir / "report.json").read_text())["records_out"]
-
-
-def iter_jsonl(path: Path):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
