@@ -201,9 +201,10 @@ def load_index(parts: Path, stem: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return z["pmids"].astype(np.int64), z["versions"].astype(np.int64), z["deletions"]
 
 
-def load_text_kind(parts: Path, stem: str) -> np.ndarray:
+def load_text_kind(parts: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pmids, text kind) of a part's records, in one read of its index."""
     with np.load(parts / f"{stem}.index.npz") as z:
-        return z["text_kind"]
+        return z["pmids"], z["text_kind"]
 
 
 def resolve_updates(
@@ -356,10 +357,10 @@ def run_extract(
         tasks = []
         for s, (winner, deleted) in zip(good, masks, strict=True):
             # Citations without abstract (or without any text) competed as updates; drop them now.
-            kind = load_text_kind(parts, s["stem"])
+            pmids, kind = load_text_kind(parts, s["stem"])
             keep = winner & (kind >= (TEXT_TITLE if keep_no_abstract else TEXT_ABSTRACT))
             reason = "empty_text" if keep_no_abstract else "no_abstract"
-            _count_dropped(s, reason, winner & ~keep, load_index(parts, s["stem"])[0])
+            _count_dropped(s, reason, winner & ~keep, pmids)
             s.update(
                 records_out=int(keep.sum()),
                 deleted=int(deleted.sum()),
