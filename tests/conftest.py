@@ -22,3 +22,23 @@ def tokenizer_dir(tmp_path_factory, small_corpus) -> Path:
     texts = [f"{a.expected_title} {a.expected_abstract}" for a in small_corpus.expected.values()]
     train_wordpiece(texts, out, vocab_size=2000)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory, small_corpus, tokenizer_dir) -> Path:
+    """Token shards of the small corpus at max_len 64, 32 samples a shard (trainer tests)."""
+    from data_pipeline.extract import run_extract
+    from data_pipeline.shards import run_shard
+
+    root = tmp_path_factory.mktemp("tiny")
+    run_extract([str(f) for f in small_corpus.files], str(root / "records"), progress=False)
+    run_shard(
+        [str(root / "records")],
+        str(tokenizer_dir),
+        str(root / "shards"),
+        max_len=64,
+        eval_fraction=0.1,
+        samples_per_shard=32,
+        progress=False,
+    )
+    return root / "shards"

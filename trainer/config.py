@@ -78,6 +78,7 @@ class DataSection:
     num_workers: int = 0
     shuffle_shards: int = 4
     skip_corrupt: bool = False
+    tokenizer: str | None = None  # for exports; None: the teacher's, else the shards' tokenizer
 
 
 @dataclass
@@ -231,7 +232,7 @@ def select_students(config: RunConfig, names: Sequence[str]) -> RunConfig:
     return dataclasses.replace(config, students=[s for s in config.students if s.name in names])
 
 
-def to_dict(config: RunConfig) -> dict:
+def to_dict(config: Any) -> dict:
     """Plain dict of the resolved config, unset (None) fields left out; `config_from_dict` reads it
     back to an equal config."""
 
@@ -258,7 +259,8 @@ _Dumper.add_representer(
 )
 
 
-def to_yaml(config: RunConfig) -> str:
+def to_yaml(config: Any) -> str:
+    """YAML of a config or of any of its sections (dataclasses)."""
     return yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, width=100)
 
 

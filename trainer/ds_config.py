@@ -69,6 +69,16 @@ def ds_config_for_student(ds: dict, student: StudentSection, *, torch_adam: bool
     return out
 
 
+def micro_batch_size(ds: dict, world_size: int) -> int:
+    """Sequences per rank per micro-step, as DeepSpeed derives it from the JSON."""
+    accumulation = int(ds.get("gradient_accumulation_steps", 1))
+    if "train_micro_batch_size_per_gpu" in ds:
+        return int(ds["train_micro_batch_size_per_gpu"])
+    if "train_batch_size" in ds:
+        return int(ds["train_batch_size"]) // (accumulation * world_size)
+    raise ValueError("DeepSpeed config: set train_micro_batch_size_per_gpu (or train_batch_size)")
+
+
 def _check_not_owned(ds: dict, where: str) -> None:
     owned = [k for k in RECIPE_OWNED if k in ds]
     if owned:

@@ -1,0 +1,142 @@
+"""Checkpoints: collective, self-describing, complete only when their marker says so.
+
+Layout, one directory per save:
+
+    runs/<name>/checkpoints/step-00002500/
+        <student>/             DeepSpeed save_dir of that student's engine: `latest` + tag dir
+                               global_step<N>/ (model, ZeRO optimizer partitions, LR schedule;
+                               client_state {run_step, student}); the teacher is never saved
+        rank-00000.pt ...      per rank: loader position, random streams, counters
+        COMPLETE.json          written last, by rank 0, after every rank finished and the files
+                               were fsynced: step, world size, students and their steps
+
+- Every rank calls `save` (DeepSpeed's save is collective). A directory without COMPLETE.json is
+  a save that did not finish: it is never loaded, and the next save removes it.
+- Start-up resumes from the newest complete checkpoint (`latest_complete`). The newest `keep` are
+  kept; older ones are deleted after a new one is complete.
+- DeepSpeed's own tools read a student's directory as it is:
+  `python -m deepspeed.utils.zero_to_fp32 .../step-00002500/<student> OUT_DIR`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from data_pipeline.io_utils import atomic_path, atomic_write_json, read_json
+from trainer.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+MARKER = "COMPLETE.json"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    return [p for _, p in _step_dirs(root) if (p / MARKER).is_file()]
+
+
+def latest_complete(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def rank_file(directory: Path, rank: int) -> Path:
+    return directory / f"rank-{rank:05d}.pt"
+
+
+class Checkpointer:
+    def __init__(self, root: Path, rt: Runtime, keep: int) -> None:
+        self.root, self.rt, self.keep = Path(root), rt, keep
+
+    def save(self, step: int, students: list, rank_state: dict, summary: dict) -> Path:
+        """Save every student's engine, this rank's `rank_state`, then (rank 0) the marker.
+
+        NOTE: collective; every rank must call it with the same step.
+        """
+        directory = step_dir(self.root, step)
+        if (directory / MARKER).is_file():
+            return directory  # already saved at this step (a periodic save that was also the last)
+        self.rt.barrier()
+        if self.rt.is_main and directory.exists():
+            shutil.rmtree(directory)  # an unfinished save at this step from a crashed run
+        self.rt.barrier()
+        for s in students:
+            s.engine.save_checkpoint(
+                str(directory / s.name),
+                tag=f"global_step{s.steps}",
+                client_state={"run_step": step, "student": s.name, "format": FORMAT_VERSION},
+            )
+        with atomic_path(rank_file(directory, self.rt.rank)) as tmp:
+            torch.save(rank_state, tmp)
+        self.rt.barrier()
+        if self.rt.is_main:
+            _fsync_tree(directory)
+            marker = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "world_size": self.rt.world_size,
+                "students": {s.name: s.steps for s in students},
+                **summary,
+            }
+            atomic_write_json(directory / MARKER, marker)
+            self._prune(directory)
+        self.rt.barrier()
+        logger.info("checkpoint: step %d saved to %s", step, directory)
+        return directory
+
+    def _prune(self, newest: Path) -> None:
+        done = complete_checkpoints(self.root)
+        stale = set(done[: max(0, len(done) - self.keep)])
+        stale |= {p for _, p in _step_dirs(self.root) if not (p / MARKER).is_file()}
+        for p in sorted(stale - {newest}):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load(self, directory: Path, students: list) -> dict:
+        """Restore every student's engine from `directory`; returns this rank's saved state."""
+        marker = read_json(directory / MARKER)
+        if marker.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: checkpoint format {marker.get('format')} unsupported")
+        if marker["world_size"] != self.rt.world_size:
+            raise ValueError(
+                f"{directory}: saved by {marker['world_size']} ranks, this run has "
+                f"{self.rt.world_size}; resume with the same number of ranks"
+            )
+        missing = [s.name for s in students if s.name not in marker["students"]]
+        if missing:
+            raise ValueError(
+                f"{directory}: holds no state for student(s) {missing}; it has "
+                f"{sorted(marker['students'])}. Start a new run (run.name) for other students"
+            )
+        for s in students:
+            path, client = s.engine.load_checkpoint(
+                str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if path is None or client.get("student") != s.name:
+                raise ValueError(f"{directory / s.name}: not a checkpoint of student {s.name}")
+        return torch.load(rank_file(directory, self.rt.rank), weights_only=False)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,148 @@
+"""The cohort: one frozen teacher and the students, each student its own DeepSpeed engine.
+
+    teacher, students = build_cohort(cfg, ds, rt, vocab_size=info.vocab_size)
+
+Each student gets its own engine from `deepspeed.initialize` with the run's DeepSpeed JSON plus its
+own AdamW and warmup/decay schedule (trainer/ds_config.py): its own optimizer state, ZeRO
+partitioning and step count. Weight decay applies to weight matrices and embeddings only, not to
+biases and LayerNorm weights (the usual BERT practice; the 1-D parameters).
+
+The teacher is loaded only when some selected student needs it (to copy layers from, or for a loss
+term), in fp32 on the CPU first so students copy exact weights, then moved to the device: bf16 on
+a GPU when the DeepSpeed JSON trains in bf16, fp32 on CPU. It is kept only if some student's
+objective reads its signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainer.config import RunConfig, StudentSection
+from trainer.ds_config import ds_config_for_student
+from trainer.objectives import Objective, uses_attention_maps
+from trainer.rng import RngStream, derive_seed
+from trainer.runtime import Runtime
+from trainer.signals import Need
+from trainer.students import build_student, count_parameters
+from trainer.teacher import Teacher, load_teacher_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Student:
+    spec: StudentSection
+    engine: object  # deepspeed.DeepSpeedEngine
+    objective: Objective
+    rng: RngStream  # its dropout stream
+    tokenizer: str | None  # its own tokenizer (continual students); None: the run's
+    base_model: str | None
+    parameters: int  # exported parameters (fit_dense excluded)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def budget(self) -> int:
+        return self.spec.optimizer.max_steps
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken (skipped non-finite steps included, as DeepSpeed counts)."""
+        return self.engine.global_steps
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.budget
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+
+def teacher_dtype(ds: dict, rt: Runtime) -> torch.dtype:
+    if not rt.on_gpu:
+        return torch.float32
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _teacher_used(cfg: RunConfig) -> bool:
+    for s in cfg.students:
+        if s.init.from_teacher_layers is not None or s.objective.kind != "mlm":
+            return True
+    return False
+
+
+def build_cohort(
+    cfg: RunConfig, ds: dict, rt: Runtime, *, vocab_size: int
+) -> tuple[Teacher | None, list[Student]]:
+    import deepspeed
+
+    seed = cfg.train.seed
+    teacher_model = None
+    if cfg.teacher is not None and _teacher_used(cfg):
+        attention = any(uses_attention_maps(s.objective) for s in cfg.students)
+        teacher_model = load_teacher_model(
+            cfg.teacher,
+            attention=attention,
+            seed=derive_seed(seed, "teacher"),
+            vocab_size=vocab_size,
+        )
+    elif cfg.teacher is not None:
+        logger.info("teacher: not loaded (no selected student uses it)")
+
+    built = [
+        build_student(s, teacher_model=teacher_model, vocab_size=vocab_size, seed=seed)
+        for s in cfg.students
+    ]
+    need = Need()
+    for b in built:
+        need = need | b.objective.teacher_need()
+    teacher = None
+    if teacher_model is not None and not need.empty:
+        teacher = Teacher(teacher_model.to(rt.device, teacher_dtype(ds, rt)), need)
+        logger.info(
+            "teacher: %s parameters, computes %s",
+            f"{count_parameters(teacher_model):,}",
+            need.describe(),
+        )
+    del teacher_model
+
+    students = []
+    for spec, b in zip(cfg.students, built, strict=True):
+        params = count_parameters(b.module.mlm)  # NOTE: before ZeRO-3 partitions the weights
+        engine, *_ = deepspeed.initialize(
+            model=b.module,
+            model_parameters=param_groups(b.module, spec.optimizer.weight_decay),
+            config=ds_config_for_student(ds, spec),
+        )
+        rng = RngStream(derive_seed(seed, "dropout", spec.name), rt.device)
+        students.append(Student(spec, engine, b.objective, rng, b.tokenizer, b.base_model, params))
+        logger.info(
+            "student %s: %s parameters, %s, budget %d steps",
+            spec.name,
+            f"{params:,}",
+            spec.objective.kind,
+            spec.optimizer.max_steps,
+        )
+    return teacher, students

@@ -1,0 +1,398 @@
+"""The cohort loop: one batch, one teacher pass, every active student's step.
+
+    batch = next(loader)                              # the same masked batch for every student
+    t = teacher(batch)                                # once, only the signals the cohort needs
+    for s in active students:                         # each its own engine, optimizer, budget
+        out = s.engine(batch); loss = s.objective(out, t, batch)      # fp32 loss math
+        s.engine.backward(loss); s.engine.step()
+
+- Steps are optimizer steps (each `gradient_accumulation_steps` micro-batches from the DeepSpeed
+  JSON). A student leaves the cohort at its own budget and is exported then; the run ends when
+  all have, or at train.max_steps.
+- No host sync in the step: losses stay device tensors, summed; they are reduced over ranks and
+  read at log steps only. The masked rows are located on the host (trainer/batch.py).
+- Non-finite steps: DeepSpeed checks the gradients before every optimizer step (bf16
+  `check_grad_overflow`, on by default; fp32 through the clipping norm) and discards a step whose
+  gradients are not finite, counting it in `skipped_steps`. The loop reads that host counter: with
+  train.on_nonfinite=stop it stops naming the student, step and term (the checkpoints are kept);
+  with skip it warns and goes on.
+- Preemption: SIGUSR1/SIGTERM only set a flag (trainer/preemption.py); at the next step boundary
+  the ranks agree on it, save a complete checkpoint and exit with EXIT_PREEMPTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainer.batch import DeviceBatch
+from trainer.checkpoint import Checkpointer, latest_complete
+from trainer.config import RunConfig
+from trainer.export import export_student
+from trainer.inputs import Inputs
+from trainer.metrics import MetricsWriter
+from trainer.model_card import model_card
+from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
+from trainer.runtime import Runtime
+from trainer.signals import LOGITS, Need
+from trainer.teacher import Teacher
+from trainer.timing import StepTimer
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A student's step had non-finite gradients and train.on_nonfinite is "stop"."""
+
+
+@dataclass
+class _Running:
+    """Device-side sums of one student's loss terms since the last log step."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    micro_steps: int = 0
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in (("loss", loss), *terms.items()):
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.micro_steps += 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        rt: Runtime,
+        teacher: Teacher | None,
+        students: list,
+        inputs: Inputs,
+        checkpointer: Checkpointer,
+        metrics: MetricsWriter,
+        run_dir: Path,
+    ) -> None:
+        self.cfg, self.rt, self.teacher, self.students = cfg, rt, teacher, students
+        self.inputs, self.checkpointer, self.metrics = inputs, checkpointer, metrics
+        self.run_dir = Path(run_dir)
+        self.step = 0
+        self.tokens = 0  # real tokens this rank trained on (all sessions)
+        self.samples = 0
+        self.exported: set[str] = set()
+        self.last_eval: dict[str, float] = {}
+        self._eval_step = -1  # the step of the last evaluation
+        self.preempt = PreemptionFlag()
+        self._timer = StepTimer(rt.device)
+        self._running = {s.name: _Running() for s in students}
+        self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
+        self._skipped = {s.name: 0 for s in students}
+        self._window = (time.perf_counter(), 0, 0, 0)  # (time, tokens, samples, step) at last log
+        self._session = (time.perf_counter(), 0)  # (time, step) when this process started
+
+    # ---------------------------------------------------------------- resume and save
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint, if any. NOTE: collective."""
+        latest = latest_complete(self.checkpointer.root)
+        if latest is None:
+            return False
+        state = self.checkpointer.load(latest, self.students)
+        self.step, self.tokens, self.samples = state["step"], state["tokens"], state["samples"]
+        self.exported = set(state["exported"])
+        self.last_eval = state.get("last_eval", {})
+        self.inputs.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
+        for s in self.students:
+            s.rng.load_state_dict(state["students"][s.name]["rng"])
+            self._skipped[s.name] = s.engine.skipped_steps
+        self._session = (time.perf_counter(), self.step)
+        self._window = (time.perf_counter(), self.tokens, self.samples, self.step)
+        logger.info("resumed from %s at step %d", latest, self.step)
+        return True
+
+    def save(self) -> Path:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "samples": self.samples,
+            "exported": sorted(self.exported),
+            "last_eval": self.last_eval,
+            "loader": self.inputs.loader.state_dict(),
+            "rng": rng,
+            "students": {s.name: {"rng": s.rng.state_dict()} for s in self.students},
+        }
+        return self.checkpointer.save(
+            self.step, self.students, state, {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        )
+
+    # ---------------------------------------------------------------- the loop
+
+    @property
+    def active(self) -> list:
+        return [s for s in self.students if not s.done]
+
+    def fit(self) -> int:
+        """Train to the end (returns 0) or to a preemption (saves, returns EXIT_PREEMPTED)."""
+        cfg = self.cfg.train
+        gas = self.students[0].engine.gradient_accumulation_steps()
+        self.preempt.install()
+        batches = iter(self.inputs.loader)
+        for s in self.students:
+            s.engine.train()
+        try:
+            while self.active and self.step < cfg.max_steps:
+                if self.rt.any(self.preempt.requested is not None):
+                    logger.warning(
+                        "preemption (%s): saving at step %d", self.preempt.requested, self.step
+                    )
+                    self.save()
+                    return EXIT_PREEMPTED
+                active = self.active
+                for _ in range(gas):
+                    waited = time.perf_counter()
+                    host_batch = next(batches)
+                    self._timer.host("data", time.perf_counter() - waited)
+                    self._micro_step(host_batch, active)
+                self.step += 1
+                finished = self._after_step(active)
+                if self.step % cfg.log_every == 0:
+                    self._log()
+                if self.step % cfg.eval_every == 0 or finished:
+                    self.evaluate()  # a leaving student's model card gets its final metrics
+                if self.step % cfg.save_every == 0:
+                    self.save()
+                for s in finished:
+                    self._export(s)
+            if self.step % cfg.log_every != 0 and self.step > self._session[1]:
+                self._log()
+            if self._eval_step != self.step:
+                self.evaluate()
+            self.save()
+            for s in self.students:
+                self._export(s)
+            return 0
+        finally:
+            self.preempt.restore()
+            self.inputs.loader.close()
+
+    def _micro_step(self, host_batch: dict, active: list) -> None:
+        self._timer.start()
+        batch = DeviceBatch.from_host(host_batch, self.rt.device)
+        signals = self.teacher(batch) if self.teacher is not None else None
+        self._timer.mark("teacher")
+        for s in active:
+            with s.rng.active():
+                out = s.engine(batch.input_ids, batch.attention_mask, batch.masked_index)
+            loss, terms = s.objective(out, signals, batch)
+            s.engine.backward(loss)
+            s.engine.step()
+            self._running[s.name].add(loss, terms)
+            self._last_terms[s.name] = {k: v.detach() for k, v in terms.items()}
+            self._timer.mark(s.name)
+        self.tokens += batch.tokens
+        self.samples += batch.samples
+
+    def _after_step(self, stepped: list) -> list:
+        """Act on skipped (non-finite) steps; return the students that just spent their budget."""
+        for s in stepped:
+            if s.engine.skipped_steps > self._skipped[s.name]:
+                self._skipped[s.name] = s.engine.skipped_steps
+                self._nonfinite(s)
+        finished = [s for s in stepped if s.done]
+        for s in finished:
+            logger.info("%s: reached its budget of %d steps; leaving the cohort", s.name, s.budget)
+        return finished
+
+    def _nonfinite(self, s) -> None:
+        terms = self._last_terms.get(s.name, {})
+        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+        what = (
+            f"non-finite loss term(s) {bad}"
+            if bad
+            else f"non-finite gradients (loss terms finite on this rank: {sorted(terms)})"
+        )
+        message = f"student {s.name}: {what} at step {self.step}; DeepSpeed discarded the update"
+        if self.cfg.train.on_nonfinite == "skip":
+            logger.warning("%s (train.on_nonfinite=skip: going on)", message)
+            return
+        raise NonFiniteLoss(
+            f"{message}. Stopping (train.on_nonfinite=stop); checkpoints are kept in "
+            f"{self.checkpointer.root}. Lower students.{s.name}.optimizer.lr, or set "
+            "train.on_nonfinite=skip to skip such steps"
+        )
+
+    # ---------------------------------------------------------------- logging
+
+    def _log(self) -> None:
+        """Reduce the running sums over ranks and write them. NOTE: collective."""
+        names = [n for n, r in self._running.items() if r.micro_steps]
+        layout = [(n, k) for n in names for k in self._running[n].sums]
+        values = [self._running[n].sums[k] / self._running[n].micro_steps for n, k in layout]
+        since, tokens0, samples0, step0 = self._window
+        counts = [float(self.tokens - tokens0), float(self.samples - samples0)]
+        packed = torch.tensor(counts, dtype=torch.float64, device=self.rt.device)
+        if values:
+            packed = torch.cat([torch.stack(values).double(), packed])
+        packed = self.rt.all_reduce_sum(packed).cpu()  # the one host sync of the log step
+        reduced = packed[: len(layout)] / self.rt.world_size
+        tokens, samples = packed[-2].item(), packed[-1].item()
+        now = time.perf_counter()
+        elapsed = max(now - since, 1e-9)
+        self._window = (now, self.tokens, self.samples, self.step)
+        self._running = {s.name: _Running() for s in self.students}
+
+        out: dict[str, float] = {}
+        for (name, key), value in zip(layout, reduced.tolist(), strict=True):
+            out[f"train/{name}/{'loss' if key == 'loss' else 'loss_' + key}"] = value
+        for s in self.students:
+            if s.name in names:
+                out[f"train/{s.name}/lr"] = s.engine.get_lr()[0]
+                norm = s.engine.get_global_grad_norm()
+                out[f"train/{s.name}/grad_norm"] = float(norm) if norm is not None else None
+                out[f"train/{s.name}/skipped_steps"] = s.engine.skipped_steps
+        times = self._timer.collect()
+        total = sum(times.values()) or 1e-9
+        out["perf/tokens_per_s"] = tokens / elapsed
+        out["perf/samples_per_s"] = samples / elapsed
+        out["perf/teacher_share"] = times.get("teacher", 0.0) / total
+        out["perf/data_share"] = times.get("data", 0.0) / total
+        steps_in_window = max(1, self.step - step0)
+        for s in self.students:
+            if s.name in times:
+                out[f"perf/step_time_s/{s.name}"] = times[s.name] / steps_in_window
+        out["perf/peak_memory_gb"] = _peak_memory_gb(self.rt.device)
+        self.metrics.log(out, self.step)
+        if self.rt.is_main:
+            logger.info(self._progress_line(out, names))
+
+    def _progress_line(self, out: dict, names: list[str]) -> str:
+        max_steps = self.cfg.train.max_steps
+        end = min(max_steps, max((s.budget for s in self.students), default=max_steps))
+        started, first = self._session
+        rate = (time.perf_counter() - started) / max(1, self.step - first)
+        parts = [f"step {self.step}/{end}"]
+        for name in names:
+            terms = " ".join(
+                f"{k.removeprefix(f'train/{name}/loss_')} {v:.4g}"
+                for k, v in out.items()
+                if k.startswith(f"train/{name}/loss_")
+            )
+            parts.append(f"{name} {out[f'train/{name}/loss']:.4g} ({terms})")
+        parts.append(f"{_si(out['perf/tokens_per_s'])} tok/s")
+        parts.append(f"ETA {_duration(rate * max(0, end - self.step))}")
+        return " | ".join(parts)
+
+    # ---------------------------------------------------------------- evaluation and export
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out MLM loss and accuracy of every student and the teacher, and each student's
+        top-1 agreement with the teacher at masked positions. NOTE: collective."""
+        if self.inputs.eval_batches is None:
+            return {}
+        names = [s.name for s in self.students]
+        has_teacher = self.teacher is not None
+        rows = len(names) + (1 if has_teacher else 0)
+        sums = torch.zeros(rows, 3, dtype=torch.float64, device=self.rt.device)
+        masked = torch.zeros(1, dtype=torch.float64, device=self.rt.device)
+        for s in self.students:
+            s.engine.eval()
+        for host_batch in self.inputs.eval_iter():
+            batch = DeviceBatch.from_host(host_batch, self.rt.device)
+            labels = batch.masked_labels
+            masked += batch.masked
+            teacher_top = None
+            if has_teacher:
+                logits = self.teacher(batch, Need(logits=True))[LOGITS].float()
+                teacher_top = logits.argmax(-1)
+                sums[-1, 0] += F.cross_entropy(logits, labels, reduction="sum").double()
+                sums[-1, 1] += (teacher_top == labels).sum()
+            for i, s in enumerate(self.students):
+                out = s.engine(
+                    batch.input_ids, batch.attention_mask, batch.masked_index, logits_only=True
+                )
+                logits = out[LOGITS].float()
+                top = logits.argmax(-1)
+                sums[i, 0] += F.cross_entropy(logits, labels, reduction="sum").double()
+                sums[i, 1] += (top == labels).sum()
+                if teacher_top is not None:
+                    sums[i, 2] += (top == teacher_top).sum()
+        for s in self.students:
+            s.engine.train()
+        flat = self.rt.all_reduce_sum(torch.cat([sums.flatten(), masked])).cpu()
+        count = max(flat[-1].item(), 1.0)
+        table = (flat[:-1].view(rows, 3) / count).tolist()
+        out: dict[str, float] = {}
+        for name, (loss, acc, agree) in zip(names + ["teacher"], table, strict=False):
+            out[f"eval/{name}/mlm_loss"] = loss
+            out[f"eval/{name}/mlm_acc"] = acc
+            if has_teacher and name != "teacher":
+                out[f"eval/{name}/teacher_agreement"] = agree
+        self.metrics.log(out, self.step)
+        self.last_eval, self._eval_step = out, self.step
+        if self.rt.is_main:
+            logger.info(
+                "eval at step %d: %s",
+                self.step,
+                " | ".join(
+                    f"{n} loss {out[f'eval/{n}/mlm_loss']:.3f} acc {out[f'eval/{n}/mlm_acc']:.3f}"
+                    for n in names + (["teacher"] if has_teacher else [])
+                ),
+            )
+        return out
+
+    def _export(self, s) -> None:
+        """Export a student (collective; once per student per run, at its last step)."""
+        if s.name in self.exported:  # NOTE: the same set on every rank, so all skip together
+            return
+        seen = self.rt.all_reduce_sum(
+            torch.tensor([self.tokens, self.samples], dtype=torch.float64, device=self.rt.device)
+        ).tolist()
+        card = model_card(
+            s,
+            self.cfg,
+            steps=s.steps,
+            tokens=int(seen[0]),
+            samples=int(seen[1]),
+            metrics={k: v for k, v in self.last_eval.items() if f"/{s.name}/" in k},
+        )
+        tokenizer = self.inputs.student_tokenizer(s)
+        out = export_student(
+            s, self.rt, out_dir=self.run_dir / "export" / s.name, tokenizer=tokenizer, card=card
+        )
+        self.exported.add(s.name)
+        if out is not None:
+            logger.info("%s: exported to %s", s.name, out)
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,89 @@
+"""Train a cohort of compact students on one frozen teacher.
+
+    deepspeed trainer/main.py --ds_config ds_configs/zero2.json [--recipe recipes/X.yaml]
+        [--students NAME[,NAME]] [--dry-run] [key.sub=value ...]
+
+With no --recipe it runs recipes/demo.yaml on the embedded demo corpus (built on first use).
+`deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
+`python trainer/main.py ...` runs one. Exit codes: 0 done, 2 bad input (one line says what),
+3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data_pipeline.io_utils import PipelineError
+from trainer.config import load_config, select_students
+from trainer.ds_config import load_ds_config
+
+EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="trainer/main.py", description=__doc__.splitlines()[0])
+    p.add_argument("--ds_config", required=True, help="DeepSpeed JSON, e.g. ds_configs/zero2.json")
+    p.add_argument("--recipe", default=None, help="run recipe (default: recipes/demo.yaml)")
+    p.add_argument("--students", default=None, help="train only these students (comma-separated)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and plan")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher's
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    return p.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        if args.students:
+            cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
+        ds = load_ds_config(args.ds_config)
+        if args.dry_run:
+            from trainer.plan import render_plan
+
+            print(render_plan(cfg, ds), flush=True)
+            return 0
+    except (ValueError, FileNotFoundError, PipelineError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+    from trainer.assemble import build_trainer
+    from trainer.loop import NonFiniteLoss
+    from trainer.runtime import Runtime
+
+    rt = Runtime.start()
+    quiet_other_ranks(rt.rank)
+    trainer = None
+    try:
+        trainer = build_trainer(cfg, ds, rt)
+        return trainer.fit()
+    except (ValueError, FileNotFoundError, PipelineError) as e:
+        print(f"error{_where(rt)}: {e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except NonFiniteLoss as e:
+        print(f"error{_where(rt)}: {e}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+    finally:
+        if trainer is not None:
+            trainer.metrics.close()
+        rt.close()
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """Progress and info come from rank 0; other ranks report warnings and errors only."""
+    import deepspeed
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def _where(rt) -> str:
+    return f" (rank {rt.rank})" if rt.world_size > 1 else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

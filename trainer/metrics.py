@@ -1,0 +1,37 @@
+"""One metrics interface: `log(values, step)` and `close()`; TensorBoard on rank 0, no-op elsewhere.
+
+Tags are namespaced (what TensorBoard groups by):
+    train/<student>/loss, train/<student>/loss_<term>, train/<student>/lr,
+    train/<student>/grad_norm, train/<student>/skipped_steps
+    perf/tokens_per_s, perf/samples_per_s, perf/teacher_share, perf/data_share,
+    perf/step_time_s/<student>, perf/peak_memory_gb
+    eval/<student>/mlm_loss, eval/<student>/mlm_acc, eval/<student>/teacher_agreement,
+    eval/teacher/mlm_loss, eval/teacher/mlm_acc
+Watch a run with `tensorboard --logdir runs/<name>/tensorboard`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MetricsWriter:
+    def __init__(self, log_dir: str | Path, *, enabled: bool) -> None:
+        self._writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self._writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None:  # NaN is logged as NaN: a diverging run should show it
+                self._writer.add_scalar(tag, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

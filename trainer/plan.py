@@ -1,0 +1,175 @@
+"""`--dry-run`: the resolved recipe and the plan of the run, without loading weights or data.
+
+Models are instantiated on the meta device from their configs (hub configs are fetched when
+reachable, else reported as unknown), so parameter counts are exact and nothing is allocated.
+
+Memory estimate per rank (an estimate, printed as such), for Psi parameters and N data-parallel
+ranks, with mixed precision as the DeepSpeed JSON sets it:
+- model states (ZeRO paper): bf16 weights 2Psi + bf16 gradients 2Psi + fp32 master, momentum and
+  variance 12Psi; ZeRO-1 partitions the 12Psi, ZeRO-2 also the gradients, ZeRO-3 everything;
+  offload_optimizer moves the optimizer part to host memory.
+- activations of one student's micro-batch (students step one after another, so the largest
+  counts): per layer s*b*h*(34 + 5*a*s/h) bytes with eager attention (Korthikanti et al. 2022),
+  s*b*h*34 with SDPA, plus the masked-row logits (15% of s*b rows x vocabulary, fp32 loss math).
+- the teacher's weights (bf16 on GPU) and the signals it keeps for the losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from trainer.config import LAYER_MAP_KINDS, RunConfig, default_layer_maps, to_yaml
+from trainer.ds_config import micro_batch_size
+from trainer.objectives import Objective, uses_attention_maps
+from trainer.signals import Need
+
+GIB = 1024**3
+
+
+def _config(source: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source), None
+    except (OSError, ValueError) as e:
+        return None, (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _bert_config(values: dict):
+    from transformers import BertConfig
+
+    return BertConfig(**copy.deepcopy(values))
+
+
+def _params(config) -> int:
+    from transformers import AutoModelForMaskedLM
+
+    with torch.device("meta"):
+        model = AutoModelForMaskedLM.from_config(copy.deepcopy(config))
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _layers(config) -> int:
+    return getattr(config, "num_hidden_layers", None) or config.n_layers
+
+
+def _hidden(config) -> int:
+    return getattr(config, "hidden_size", None) or config.dim
+
+
+def _heads(config) -> int:
+    return getattr(config, "num_attention_heads", None) or config.n_heads
+
+
+def _model_state_bytes(params: int, ds: dict, world: int) -> tuple[float, float]:
+    """(device bytes, host bytes) of weights, gradients and optimizer state per rank."""
+    half = ds.get("bf16", {}).get("enabled") or ds.get("fp16", {}).get("enabled")
+    w, g, o = (2, 2, 12) if half else (4, 4, 8)
+    zero = ds.get("zero_optimization", {})
+    stage = int(zero.get("stage", 0))
+    offload = zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
+    opt = o * params / (world if stage >= 1 else 1)
+    grads = g * params / (world if stage >= 2 else 1)
+    weights = w * params / (world if stage >= 3 else 1)
+    return (weights + grads + (0 if offload else opt)), (opt if offload else 0.0)
+
+
+def _activation_bytes(config, batch: int, seq: int, eager: bool, vocab: int) -> float:
+    h, a, n = _hidden(config), _heads(config), _layers(config)
+    per_layer = seq * batch * h * (34 + (5 * a * seq / h if eager else 0))
+    masked_rows = 0.15 * batch * seq
+    return n * per_layer + masked_rows * vocab * (2 + 4 + 4)
+
+
+def render_plan(cfg: RunConfig, ds: dict) -> str:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro = micro_batch_size(ds, world)
+    accumulation = int(ds.get("gradient_accumulation_steps", 1))
+    seq = cfg.data.max_len
+    on_gpu = torch.cuda.is_available()
+    lines = ["# resolved recipe", to_yaml(cfg).rstrip(), "", "# plan"]
+    lines.append(
+        f"ranks {world} x micro-batch {micro} x accumulation {accumulation} = global batch "
+        f"{world * micro * accumulation} sequences of up to {seq} tokens; "
+        f"{cfg.train.max_steps:,} steps at most"
+    )
+
+    teacher_cfg, teacher_note, t_layers = None, "", None
+    if cfg.teacher is not None:
+        if cfg.teacher.config is not None:
+            teacher_cfg = _bert_config(cfg.teacher.config)
+        else:
+            teacher_cfg, err = _config(cfg.teacher.path)
+            teacher_note = f" (config not reachable: {err})" if teacher_cfg is None else ""
+        t_layers = _layers(teacher_cfg) if teacher_cfg is not None else None
+
+    need, device_bytes, host_bytes, peak_activations = Need(), 0.0, 0.0, 0.0
+    for s in cfg.students:
+        init, note = s.init, ""
+        if init.from_teacher_layers is not None and teacher_cfg is not None:
+            config = copy.deepcopy(teacher_cfg)
+            config.num_hidden_layers = len(init.from_teacher_layers)
+        elif init.config is not None:
+            config = _bert_config(init.config)
+        elif init.pretrained is not None:
+            config, err = _config(init.pretrained)
+            note = f" (config not reachable: {err})" if config is None else ""
+        else:
+            config, note = None, " (teacher config unknown)"
+        section = copy.deepcopy(s.objective)
+        if config is None:
+            lines.append(f"student {s.name}: {section.kind}; parameters unknown{note}")
+            continue
+        if section.kind in LAYER_MAP_KINDS and section.attention_map is None:
+            section.attention_map, section.hidden_map = default_layer_maps(
+                section.kind, _layers(config)
+            )
+        objective = Objective.from_section(section, _layers(config), t_layers)
+        need = need | objective.teacher_need()
+        params = _params(config)
+        states, host = _model_state_bytes(params, ds, world)
+        device_bytes += states
+        host_bytes += host
+        vocab = config.vocab_size
+        eager = uses_attention_maps(s.objective)
+        peak_activations = max(
+            peak_activations, _activation_bytes(config, micro, seq, eager, vocab)
+        )
+        weights = ", ".join(f"{k} {v:g}" for k, v in objective.weights.items())
+        lines.append(
+            f"student {s.name}: {params:,} parameters ({_layers(config)} layers, hidden "
+            f"{_hidden(config)}, {'eager' if eager else 'SDPA'} attention); {s.objective.kind} "
+            f"[{weights}]; needs {objective.student_need().describe()}; budget "
+            f"{s.optimizer.max_steps:,} steps, lr {s.optimizer.lr:g}, warmup "
+            f"{s.optimizer.warmup_steps:,}"
+        )
+
+    teacher_bytes = 0.0
+    if cfg.teacher is not None and teacher_cfg is not None and not need.empty:
+        params = _params(teacher_cfg)
+        teacher_bytes = params * (2 if on_gpu else 4)
+        keep = len(need.attentions) * micro * _heads(teacher_cfg) * seq * seq
+        keep += len(need.hidden) * micro * seq * _hidden(teacher_cfg)
+        teacher_bytes += 2 * keep + (0.15 * micro * seq * teacher_cfg.vocab_size * 2 * need.logits)
+        lines.append(
+            f"teacher {cfg.teacher.path or 'teacher.config'}: {params:,} parameters, frozen; "
+            f"computes {need.describe()}"
+        )
+    elif cfg.teacher is not None:
+        lines.append(
+            f"teacher: {'not needed by the selected students' if need.empty else 'unknown'}"
+            f"{teacher_note}"
+        )
+    else:
+        lines.append("teacher: none")
+    total = device_bytes + teacher_bytes + peak_activations
+    lines.append(
+        f"memory per rank (estimate): {total / GIB:.2f} GiB = model states "
+        f"{device_bytes / GIB:.2f} + teacher {teacher_bytes / GIB:.2f} + activations "
+        f"{peak_activations / GIB:.2f}"
+        + (f"; host {host_bytes / GIB:.2f} GiB" if host_bytes else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""The process's place in the job: distributed init, device, and the collectives the loop uses.
+
+    rt = Runtime.start()      # after `deepspeed`, `torchrun`, srun with rank variables, or alone
+    rt.rank, rt.world_size, rt.device, rt.is_main
+    rt.any(flag)              # True on every rank if it is True on some rank (CPU gloo group)
+    rt.close()
+
+- Launched by the DeepSpeed launcher (or torchrun, or srun exporting RANK/WORLD_SIZE/...), the
+  rank comes from the environment; run as a plain `python trainer/main.py` it is a world of one
+  (the variables are filled in with a free local port).
+- The accelerator is DeepSpeed's: CUDA where there is one, else CPU with the gloo backend.
+  On CPU, each rank gets an equal share of the cores for its intra-op threads unless
+  OMP_NUM_THREADS says otherwise (two ranks with all cores each only fight over them).
+- `any()` runs on a gloo group even under NCCL, so agreeing on a host flag (preemption) never
+  needs a device sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fill_single_process_env() -> None:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    _control: object = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type != "cpu"
+
+    @classmethod
+    def start(cls) -> Runtime:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        _fill_single_process_env()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        accelerator = get_accelerator()
+        if accelerator.device_name() == "cpu":
+            _share_cores(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+            device = torch.device("cpu")
+        else:
+            accelerator.set_device(local_rank)
+            device = torch.device(accelerator.device_name(local_rank))
+        if not dist.is_initialized():
+            deepspeed.init_distributed(
+                dist_backend=accelerator.communication_backend_name(),
+                auto_mpi_discovery=False,
+                verbose=False,
+            )
+        control = None
+        if dist.get_backend() != "gloo":
+            control = dist.new_group(backend="gloo")  # NOTE: collective: every rank creates it
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, device, control)
+
+    def barrier(self) -> None:
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier(group=self._control)
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is set on any rank. NOTE: collective, every rank must call it."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._control)
+        return bool(t.item())
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of `t` (on this rank's device) over ranks. NOTE: collective."""
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _share_cores(local_ranks: int) -> None:
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // max(1, local_ranks)))

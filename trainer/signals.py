@@ -1,0 +1,196 @@
+"""What a masked-LM forward returns to the losses: the signals, and only the ones asked for.
+
+    need = Need(logits=True, hidden=frozenset({6}), attentions=frozenset({1, 3}))
+    out = masked_lm_signals(model, input_ids, attention_mask, masked_index, need)
+    out["logits"]      # [N, V]: the MLM head applied at the N masked rows only
+    out["hidden.6"]    # HF hidden_states[6]: [B, L, H] (0 = embeddings, k = layer k's output)
+    out["attn.1"]      # HF attentions[1]: layer 1's attention probabilities [B, heads, L, L]
+
+- The MLM head runs on the masked rows only (`masked_index`: flat positions b * L + t, computed
+  on the host by `DeviceBatch`, so selecting them costs no host sync): the same logits as the
+  full head at those rows, without the [B, L, V] tensor that is ~95% discarded.
+- Hidden states and attention maps are taken with forward hooks on the layers asked for; nothing
+  else is kept. Attention probabilities need eager attention in the model: SDPA returns none (and
+  HF's `output_attentions` silently gives an empty tuple), so a requested map that comes back
+  missing is an error here rather than a loss term that is quietly zero.
+- The output is a flat dict of tensors, not a dataclass: DeepSpeed ZeRO-3 attaches its backward
+  hooks to the tensors it finds in tuples, lists and dicts only.
+
+Hidden states and attention maps are supported for BERT-family encoders (the distilled students
+and the teacher); the MLM head on masked rows for BERT, MobileBERT, DistilBERT and RoBERTa-style
+models; any other masked LM falls back to its full forward with the rows gathered afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+LOGITS = "logits"
+
+
+@dataclass(frozen=True)
+class Need:
+    """The signals a forward must produce; `|` is the union (the teacher computes the cohort's)."""
+
+    logits: bool = False
+    hidden: frozenset[int] = field(default_factory=frozenset)  # HF hidden_states indices
+    attentions: frozenset[int] = field(default_factory=frozenset)  # layer indices, from 0
+
+    def __or__(self, other: Need) -> Need:
+        return Need(
+            self.logits or other.logits,
+            self.hidden | other.hidden,
+            self.attentions | other.attentions,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.logits or self.hidden or self.attentions)
+
+    def describe(self) -> str:
+        parts = ["MLM logits at masked rows"] if self.logits else []
+        if self.hidden:
+            parts.append(f"hidden_states {sorted(self.hidden)}")
+        if self.attentions:
+            parts.append(f"attention maps of layers {sorted(self.attentions)}")
+        return ", ".join(parts) or "nothing"
+
+
+def hidden_key(index: int) -> str:
+    return f"hidden.{index}"
+
+
+def attention_key(layer: int) -> str:
+    return f"attn.{layer}"
+
+
+# ---------------------------------------------------------------- architectures
+
+
+def num_layers(model: nn.Module) -> int:
+    config = model.config
+    for name in ("num_hidden_layers", "n_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(f"{type(model).__name__}: cannot tell how many layers it has")
+
+
+def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The masked-LM head as a function of hidden rows [N, H] -> logits [N, V]; None when the
+    architecture is not known (the caller then runs the full forward)."""
+    kind = getattr(model.config, "model_type", "")
+    if kind in ("bert", "mobilebert"):
+        return model.cls
+    if kind in ("roberta", "xlm-roberta", "camembert"):
+        return model.lm_head
+    if kind == "distilbert":
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            h = model.vocab_layer_norm(model.activation(model.vocab_transform(h)))
+            return model.vocab_projector(h)
+
+        return head
+    return None
+
+
+def supports_layer_signals(model: nn.Module) -> bool:
+    """Whether hidden states and attention maps of any layer can be taken from this model."""
+    return getattr(model.config, "model_type", "") == "bert" and hasattr(model, "bert")
+
+
+def uses_eager_attention(model: nn.Module) -> bool:
+    return getattr(model.config, "_attn_implementation", None) == "eager"
+
+
+def check_need(model: nn.Module, need: Need, who: str) -> None:
+    """Refuse, before training starts, signals this model cannot give."""
+    layers = num_layers(model)
+    bad_hidden = [i for i in need.hidden if not 0 <= i <= layers]
+    bad_attn = [i for i in need.attentions if not 0 <= i < layers]
+    if bad_hidden or bad_attn:
+        raise ValueError(
+            f"{who}: has {layers} layers, so hidden_states 0..{layers} and attentions "
+            f"0..{layers - 1}; asked for hidden_states {sorted(bad_hidden)} and attentions "
+            f"{sorted(bad_attn)}"
+        )
+    layer_wise = need.attentions or (need.hidden - {layers})
+    if layer_wise and not supports_layer_signals(model):
+        raise ValueError(
+            f"{who}: a {model.config.model_type!r} model; hidden states and attention maps of "
+            "single layers are supported for BERT models only"
+        )
+    if need.attentions and not uses_eager_attention(model):
+        raise ValueError(
+            f"{who}: attention maps are needed but the model uses "
+            f"{model.config._attn_implementation!r} attention, which returns none; load it with "
+            "attn_implementation='eager'"
+        )
+
+
+# ---------------------------------------------------------------- the forward
+
+
+def masked_lm_signals(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    masked_index: torch.Tensor,
+    need: Need,
+) -> dict[str, torch.Tensor]:
+    """Run an HF masked LM and return the signals in `need` (keys: see the module docstring)."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    layers = num_layers(model)
+    if supports_layer_signals(model):
+        bert = model.bert
+        for index in need.hidden - {layers}:  # the last one is last_hidden_state
+            module = bert.embeddings if index == 0 else bert.encoder.layer[index - 1]
+            handles.append(module.register_forward_hook(_keep(captured, hidden_key(index), 0)))
+        for layer in need.attentions:
+            module = bert.encoder.layer[layer].attention.self
+            handles.append(module.register_forward_hook(_keep(captured, attention_key(layer), 1)))
+    head = mlm_head(model) if need.logits else None
+    try:
+        if need.logits and head is None:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            logits = out.logits.reshape(-1, out.logits.shape[-1])
+            captured[LOGITS] = logits.index_select(0, masked_index)
+            last = None
+        else:
+            base = model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, return_dict=True
+            )
+            last = base.last_hidden_state
+    finally:
+        for h in handles:
+            h.remove()
+    if head is not None:
+        rows = last.reshape(-1, last.shape[-1]).index_select(0, masked_index)
+        captured[LOGITS] = head(rows)
+    if layers in need.hidden:
+        if last is None:
+            raise ValueError(
+                f"{type(model).__name__}: no masked-row head is known for this architecture, "
+                "so its last hidden state is not available alongside its logits"
+            )
+        captured[hidden_key(layers)] = last
+    for layer in need.attentions:
+        if captured.get(attention_key(layer)) is None:
+            raise RuntimeError(
+                f"{type(model).__name__}: layer {layer} returned no attention probabilities "
+                f"(attention implementation {model.config._attn_implementation!r}); the "
+                "attention loss terms need eager attention"
+            )
+    return captured
+
+
+def _keep(store: dict, key: str, position: int) -> Callable:
+    def hook(module: nn.Module, inputs: tuple, output) -> None:
+        value = output[position] if isinstance(output, tuple | list) else output
+        store[key] = value
+
+    return hook

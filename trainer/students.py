@@ -1,0 +1,180 @@
+"""Students: built from the recipe, each wrapped in the module its DeepSpeed engine trains.
+
+    built = build_student(spec, teacher_model=teacher, vocab_size=28996, seed=42)
+    built.module      # StudentModule: forward(input_ids, attention_mask, masked_index) -> signals
+    built.objective   # trainer/objectives.py, layer maps resolved
+
+Initialisation (`students.NAME.init`, exactly one):
+- from_teacher_layers: the teacher's config with len(layers) layers; embeddings, the listed
+  teacher layers (in order) and the teacher's MLM head (transform + bias; the decoder is tied to
+  the embeddings) are copied. The paper's code re-initialised the head when it reloaded the
+  student; keeping the trained head is one of our deliberate corrections (RECIPES.md).
+- config: a BERT masked LM with these BertConfig values, initialised at random.
+- pretrained: any HF masked LM by name or directory (continual MLM), with its own tokenizer.
+Random draws (initialisation, fit_dense) are seeded from (seed, "student", name): a student built
+alone or in a cohort starts from the same weights.
+
+TinyBioBERT's `fit_dense` (student hidden -> teacher hidden, used only by HID_MSE) lives in the
+StudentModule, is trained with it and is not exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainer.config import LAYER_MAP_KINDS, StudentSection, check_layers, default_layer_maps
+from trainer.objectives import Objective, projected_key, uses_attention_maps
+from trainer.rng import derive_seed, seeded
+from trainer.signals import Need, check_need, hidden_key, masked_lm_signals, num_layers
+from trainer.teacher import attn_implementation
+
+logger = logging.getLogger(__name__)
+
+
+class StudentModule(nn.Module):
+    """The HF masked LM (`mlm`, what is exported) plus TinyBioBERT's `fit_dense`."""
+
+    def __init__(self, mlm: nn.Module, need: Need, fit_dense: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.mlm = mlm
+        self.fit_dense = fit_dense
+        self.need = need
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        masked_index: torch.Tensor,
+        logits_only: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        need = Need(logits=True) if logits_only else self.need
+        out = masked_lm_signals(self.mlm, input_ids, attention_mask, masked_index, need)
+        if self.fit_dense is not None and not logits_only:
+            for index in need.hidden:
+                out[projected_key(index)] = self.fit_dense(out.pop(hidden_key(index)))
+        return out
+
+
+@dataclass
+class BuiltStudent:
+    name: str
+    module: StudentModule
+    objective: Objective
+    tokenizer: str | None  # where its tokenizer comes from (None: the run's tokenizer)
+    base_model: str | None  # what it started from, for the model card
+
+
+def build_student(
+    spec: StudentSection,
+    *,
+    teacher_model: nn.Module | None,
+    vocab_size: int,
+    seed: int,
+) -> BuiltStudent:
+    key = f"students.{spec.name}"
+    init, section = spec.init, spec.objective
+    impl = attn_implementation(uses_attention_maps(section))
+    tokenizer, base = None, None
+    with seeded(derive_seed(seed, "student", spec.name), torch.device("cpu")):
+        if init.from_teacher_layers is not None:
+            mlm = _from_teacher_layers(teacher_model, init.from_teacher_layers, impl, key)
+            base = f"teacher layers {init.from_teacher_layers}"
+        elif init.config is not None:
+            mlm = _from_config(init.config, impl, key)
+        else:
+            mlm = _from_pretrained(init.pretrained, impl, key)
+            tokenizer = base = init.pretrained
+        teacher_layers = num_layers(teacher_model) if teacher_model is not None else None
+        if section.kind in LAYER_MAP_KINDS:
+            # depth unknown when the recipe was loaded (a pretrained student): defaults now
+            att, hid = default_layer_maps(section.kind, num_layers(mlm))
+            section.attention_map = att if section.attention_map is None else section.attention_map
+            section.hidden_map = hid if section.hidden_map is None else section.hidden_map
+        check_layers(spec, teacher_layers, num_layers(mlm))
+        objective = Objective.from_section(section, num_layers(mlm), teacher_layers)
+        need = objective.student_need()
+        check_need(mlm, need, key)
+        fit_dense = None
+        if objective.projects_hidden:
+            fit_dense = nn.Linear(mlm.config.hidden_size, teacher_model.config.hidden_size)
+            nn.init.normal_(fit_dense.weight, std=mlm.config.initializer_range)
+            nn.init.zeros_(fit_dense.bias)
+    _check_vocab(mlm, objective, teacher_model, vocab_size, key)
+    return BuiltStudent(spec.name, StudentModule(mlm, need, fit_dense), objective, tokenizer, base)
+
+
+def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: str) -> nn.Module:
+    from transformers import BertForMaskedLM
+
+    if getattr(teacher.config, "model_type", None) != "bert" or not hasattr(teacher, "bert"):
+        raise ValueError(
+            f"{key}.init.from_teacher_layers: the teacher is a "
+            f"{type(teacher).__name__}; copying layers needs a BERT teacher"
+        )
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    config._attn_implementation = impl
+    student = BertForMaskedLM(config)
+    student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
+    for i, layer in enumerate(layers):
+        student.bert.encoder.layer[i].load_state_dict(
+            teacher.bert.encoder.layer[layer].state_dict()
+        )
+    student.cls.load_state_dict(teacher.cls.state_dict())
+    return student
+
+
+def _from_config(values: dict, impl: str, key: str) -> nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    try:
+        config = BertConfig(**copy.deepcopy(values), attn_implementation=impl)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{key}.init.config: not a valid BertConfig ({e})") from None
+    return BertForMaskedLM(config)
+
+
+def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(
+            name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{key}.init.pretrained={name!r}: cannot load it as a masked LM: {first}"
+        ) from None
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:  # e.g. a checkpoint without an MLM head: continual MLM trains it from scratch
+        logger.warning("%s: %d weights newly initialised: %s", key, len(missing), missing[:8])
+    return mlm
+
+
+def _check_vocab(
+    mlm: nn.Module, objective: Objective, teacher: nn.Module | None, vocab_size: int, key: str
+) -> None:
+    rows = mlm.get_output_embeddings().weight.shape[0]
+    if rows < vocab_size:
+        raise ValueError(
+            f"{key}: its vocabulary has {rows} entries but the shards' tokenizer has "
+            f"{vocab_size}; shards must be made with the student's tokenizer"
+        )
+    if objective.student_need().logits and objective.teacher_need().logits:
+        t_rows = teacher.get_output_embeddings().weight.shape[0]
+        if rows != t_rows:
+            raise ValueError(
+                f"{key}: KD compares its {rows} logits with the teacher's {t_rows}; the "
+                "vocabularies must be the same"
+            )
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -1,0 +1,108 @@
+"""The frozen teacher: loaded once as a masked LM, asked only for what the cohort needs.
+
+    model = load_teacher_model(cfg.teacher, attention=True, seed=42, vocab_size=28996)
+    teacher = Teacher(model.to(device, dtype), need)   # after the students copied their layers
+    signals = teacher(batch)                            # dict, see trainer/signals.py
+
+- Loading that leaves any weight newly initialised is an error (a teacher without its MLM head
+  gives meaningless soft targets) unless `teacher.allow_new_weights` opts out, for a teacher used
+  only for hidden-state terms.
+- Frozen: eval() (no dropout; the paper's code left it on, RECIPES.md), requires_grad False,
+  bf16 on GPU, never in a checkpoint. Its forward runs under no_grad rather than inference_mode:
+  students' losses save teacher tensors for their backward, which inference tensors forbid.
+- It computes the union of the students' needs only (`Need`), e.g. no logits at all when no
+  student has a KD or soft-CE term, eager attention only when some student needs attention maps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from trainer.batch import DeviceBatch
+from trainer.config import TeacherSection
+from trainer.rng import seeded
+from trainer.signals import Need, check_need, masked_lm_signals
+
+logger = logging.getLogger(__name__)
+
+
+def attn_implementation(attention_maps: bool) -> str:
+    """Eager where attention probabilities are needed (SDPA returns none), SDPA elsewhere."""
+    return "eager" if attention_maps else "sdpa"
+
+
+def load_teacher_model(
+    section: TeacherSection, *, attention: bool, seed: int, vocab_size: int
+) -> nn.Module:
+    """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
+    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    impl = attn_implementation(attention)
+    if section.config is not None:
+        try:
+            config = BertConfig(**copy.deepcopy(section.config), attn_implementation=impl)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"teacher.config: not a valid BertConfig ({e})") from None
+        with seeded(seed, torch.device("cpu")):
+            model = BertForMaskedLM(config)
+        where = "teacher.config"
+    else:
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                section.path,
+                output_loading_info=True,
+                attn_implementation=impl,
+                dtype=torch.float32,
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"teacher.path={section.path!r}: cannot load it as a masked LM (expected a local "
+                f"directory or a Hugging Face hub name): {first}"
+            ) from None
+        new = sorted(
+            set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
+        )
+        if new and not section.allow_new_weights:
+            raise ValueError(
+                f"teacher.path={section.path!r}: loading left {len(new)} weights newly "
+                f"initialised ({', '.join(new[:6])}{', ...' if len(new) > 6 else ''}); a "
+                "teacher without its trained MLM head gives meaningless soft targets. Use a "
+                "checkpoint with the head, or set teacher.allow_new_weights=true if no student "
+                "uses the teacher's logits"
+            )
+        if new:
+            logger.warning("teacher: %d weights newly initialised (allowed): %s", len(new), new)
+        where = f"teacher.path={section.path!r}"
+    model_vocab = model.get_output_embeddings().weight.shape[0]
+    if model_vocab < vocab_size:
+        raise ValueError(
+            f"{where}: the model's vocabulary has {model_vocab} entries but the shards' tokenizer "
+            f"has {vocab_size}; re-shard with the teacher's tokenizer"
+        )
+    return model
+
+
+class Teacher:
+    def __init__(self, model: nn.Module, need: Need) -> None:
+        check_need(model, need, "teacher")
+        model.eval()
+        model.requires_grad_(False)
+        self.model, self.need = model, need
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @torch.no_grad()
+    def __call__(self, batch: DeviceBatch, need: Need | None = None) -> dict[str, torch.Tensor]:
+        need = self.need if need is None else need
+        if need.empty:
+            return {}
+        return masked_lm_signals(
+            self.model, batch.input_ids, batch.attention_mask, batch.masked_index, need
+        )
