@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# The main job on the embedded demo corpus (built once, offline, by the pipeline's own commands).
+# The main job on the embedded demo: recipes/demo.yaml, a teacher and three students on
+# DEMO_RANKS ranks (CPU ranks here, GPUs where there are some). The demo corpus is built on
+# first use by the pipeline's own commands; runs/demo/ holds the result.
+DEMO_RANKS ?= 2
 demo: install
-	$(BIN)/python -m data_pipeline demo --output data/demo
-	$(BIN)/python -m data_pipeline inspect data/demo/shards --samples 2
+	$(BIN)/deepspeed --num_gpus $(DEMO_RANKS) trainer/main.py --ds_config ds_configs/zero2.json
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -36,4 +38,4 @@ bench: install
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) data/demo .pytest_cache
+	rm -rf $(VENV) data/demo runs/demo .pytest_cache

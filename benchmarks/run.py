@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 BENCHMARKS = {
     "preprocess": "benchmarks.bench_preprocess",
     "loader": "benchmarks.bench_loader",
+    "cohort": "benchmarks.bench_cohort",
 }
 
 

@@ -28,6 +28,12 @@ class PipelineError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries often add pages of advice)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`.

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.io_utils import PipelineError, atomic_write_json, read_json
+from data_pipeline.io_utils import PipelineError, atomic_write_json, first_line, read_json
 
 FORMAT = "biodistill-shards"
 FORMAT_VERSION = 1
@@ -223,10 +223,9 @@ def load_tokenizer(name_or_dir: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PipelineError(
             f"tokenizer '{name_or_dir}': cannot load it (expected a local directory with tokenizer "
-            f"files or a Hugging Face hub name): {first}"
+            f"files or a Hugging Face hub name): {first_line(e)}"
         ) from None
     if not getattr(tok, "is_fast", False):
         raise PipelineError(f"tokenizer '{name_or_dir}': a fast (Rust) tokenizer is required")

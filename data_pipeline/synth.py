@@ -334,19 +334,44 @@ def train_wordpiece(
     Same normaliser, pre-tokeniser, special tokens and [CLS] x [SEP] template as BioBERT's cased
     vocabulary, so the pipeline treats it exactly as it would a hub tokenizer.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import models
     from tokenizers.trainers import WordPieceTrainer
-    from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = _bert_tokenizer(models.WordPiece(unk_token="[UNK]"), lowercase)
     trainer = WordPieceTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return _save_bert_tokenizer(tok, out_dir, lowercase)
+
+
+def wordpiece_from_vocab(vocab: dict[str, int], out_dir: str | Path, lowercase: bool = False):
+    """The same kind of tokenizer with a given vocabulary (token -> id; SPECIAL_TOKENS included),
+    nothing learned: e.g. a vocabulary of a real model's size for benchmarks."""
+    from tokenizers import models
+
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"vocabulary lacks the special tokens {missing}")
+    tok = _bert_tokenizer(models.WordPiece(vocab, unk_token="[UNK]"), lowercase)
+    return _save_bert_tokenizer(tok, out_dir, lowercase)
+
+
+def _bert_tokenizer(model, lowercase: bool):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def _save_bert_tokenizer(tok, out_dir: str | Path, lowercase: bool):
+    from tokenizers import decoders, processors
+    from transformers import PreTrainedTokenizerFast
+
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_pipeline.synth import generate_corpus, train_wordpiece
 
@@ -42,3 +43,13 @@ def tiny_shards(tmp_path_factory, small_corpus, tokenizer_dir) -> Path:
         progress=False,
     )
     return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: with intra-op threads on a busy 2-core machine every op pays a parallel-region
+    barrier (milliseconds instead of microseconds). Restored for the other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -301,6 +301,35 @@ def test_out_of_range_values(override, message):
         load_config(DISTILLED, [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "students.TinyBioBERT.init.config.num_hidden_layer=2",
+            "unknown key 'students.TinyBioBERT.init.config.num_hidden_layer'.*did you mean "
+            "'num_hidden_layers'",
+        ),
+        (
+            "students.TinyBioBERT.init.config.hidden_size=310",
+            "students.TinyBioBERT.init.config.hidden_size=310: expected a multiple of "
+            "num_attention_heads=12",
+        ),
+        (
+            "students.TinyBioBERT.init.config.hidden_size=big",
+            "students.TinyBioBERT.init.config: not a valid BertConfig",
+        ),
+        (
+            "students.TinyBioBERT.init.config.attn_implementation=eager",
+            "attn_implementation is set by the trainer",
+        ),
+    ],
+)
+def test_bert_configs_in_recipes_are_checked_at_load(override, message):
+    """BertConfig itself keeps unknown keys (a typo would silently train 12 layers)."""
+    with error(message):
+        load_config(DISTILLED, [override])
+
+
 def test_init_needs_exactly_one_source():
     with error(r"students.DistilBioBERT.init sources=.*exactly one of from_teacher_layers"):
         load_config(DISTILLED, ["students.DistilBioBERT.init.pretrained=some/dir"])

@@ -31,14 +31,7 @@ B, L, H, HEADS, V = 2, 7, 5, 3, 11
 EPS = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with intra-op threads on a busy 2-core machine every op pays a
-    # parallel-region barrier (milliseconds instead of microseconds). Restored for other modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

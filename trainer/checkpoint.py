@@ -6,6 +6,8 @@ Layout, one directory per save:
         <student>/             DeepSpeed save_dir of that student's engine: `latest` + tag dir
                                global_step<N>/ (model, ZeRO optimizer partitions, LR schedule;
                                client_state {run_step, student}); the teacher is never saved
+            hf/                config.json, tokenizer, README.md: `python -m trainer.export`
+                               turns the checkpoint into a Hugging Face model with these
         rank-00000.pt ...      per rank: loader position, random streams, counters
         COMPLETE.json          written last, by rank 0, after every rank finished and the files
                                were fsynced: step, world size, students and their steps
@@ -24,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")  # {step:08d}: 8 digits, more past 10^8
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -67,8 +70,16 @@ class Checkpointer:
     def __init__(self, root: Path, rt: Runtime, keep: int) -> None:
         self.root, self.rt, self.keep = Path(root), rt, keep
 
-    def save(self, step: int, students: list, rank_state: dict, summary: dict) -> Path:
-        """Save every student's engine, this rank's `rank_state`, then (rank 0) the marker.
+    def save(
+        self,
+        step: int,
+        students: list,
+        rank_state: dict,
+        summary: dict,
+        main_rank_files: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Save every student's engine, this rank's `rank_state`, then (rank 0) the files
+        `main_rank_files(directory)` writes and the marker.
 
         NOTE: collective; every rank must call it with the same step.
         """
@@ -89,6 +100,8 @@ class Checkpointer:
             torch.save(rank_state, tmp)
         self.rt.barrier()
         if self.rt.is_main:
+            if main_rank_files is not None:
+                main_rank_files(directory)
             _fsync_tree(directory)
             marker = {
                 "format": FORMAT_VERSION,

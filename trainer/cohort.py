@@ -23,10 +23,9 @@ from torch import nn
 
 from trainer.config import RunConfig, StudentSection
 from trainer.ds_config import ds_config_for_student
-from trainer.objectives import Objective, uses_attention_maps
+from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
 from trainer.rng import RngStream, derive_seed
 from trainer.runtime import Runtime
-from trainer.signals import Need
 from trainer.students import build_student, count_parameters
 from trainer.teacher import Teacher, load_teacher_model
 
@@ -115,9 +114,7 @@ def build_cohort(
         build_student(s, teacher_model=teacher_model, vocab_size=vocab_size, seed=seed)
         for s in cfg.students
     ]
-    need = Need()
-    for b in built:
-        need = need | b.objective.teacher_need()
+    need = cohort_teacher_need(b.objective for b in built)
     teacher = None
     if teacher_model is not None and not need.empty:
         teacher = Teacher(teacher_model.to(rt.device, teacher_dtype(ds, rt)), need)

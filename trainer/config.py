@@ -58,7 +58,6 @@ OBJECTIVES: dict[str, tuple[float | None, dict[str, float]]] = {
 }
 """kind -> (default temperature, default weights); the weight keys are the kind's only terms."""
 LAYER_MAP_KINDS = ("compactbiobert", "tinybiobert")
-BERT_DEFAULT_LAYERS = 12  # BertConfig's num_hidden_layers when a config dict leaves it out
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -472,10 +471,9 @@ _NAME_RULE = "letters, digits, '-' and '_' (it names directories and overrides)"
 
 
 def _depth(key: str, config: dict) -> int:
-    n = config.get("num_hidden_layers", BERT_DEFAULT_LAYERS)
-    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
-    _require(ok, f"{key}.num_hidden_layers", n, "an integer >= 1")
-    return n
+    from trainer.bert_config import bert_config  # checks every value, names the key
+
+    return bert_config(config, key).num_hidden_layers
 
 
 def _one_of(key: str, section: Any, names: tuple[str, ...]) -> str:

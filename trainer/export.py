@@ -1,27 +1,37 @@
-"""Export a student as a Hugging Face model directory: weights, config, tokenizer, model card.
+"""Export students as Hugging Face model directories: weights, config, tokenizer, model card.
 
-    export_student(student, rt, out_dir=run_dir / "export" / name, tokenizer=tok, card=card)
+Two ways, one format (loads with `AutoModelForMaskedLM.from_pretrained(dir)`, MLM head included;
+TinyBioBERT's fit_dense, a training-only projection, is left out):
 
-The weights are the optimizer's fp32 master weights (not the bf16 training copy), gathered with
-DeepSpeed's `safe_get_full_fp32_param`, which works under ZeRO 1, 2 and 3 alike. NOTE: that is a
-collective: every rank calls `export_student` for the same students in the same order; rank 0
-writes. The directory is written under a temporary name and renamed into place, so an export that
-exists is complete. It loads with `AutoModelForMaskedLM.from_pretrained(dir)`, MLM head included;
-TinyBioBERT's fit_dense (a training-only projection) is not part of it.
+- Live, at the end of a run or when a student leaves the cohort (`export_student`): the optimizer's
+  fp32 master weights (not the bf16 training copy), gathered with DeepSpeed's
+  `safe_get_full_fp32_param`, which works under ZeRO 1, 2 and 3. NOTE: a collective; every rank
+  calls it for the same students in the same order, rank 0 writes.
+- On request, from any complete checkpoint, on any machine and without DeepSpeed engines:
+
+      python -m trainer.export runs/demo/checkpoints/step-00000040 [--students A,B] [--output DIR]
+
+  Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card); the weights come
+  from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
+
+A directory is written under a temporary name and renamed into place: an export that exists is
+complete.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainer.runtime import Runtime
+MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
+SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card
 
 
 def gather_fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -35,26 +45,22 @@ def gather_fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def rebuild(mlm: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A fresh fp32 CPU copy of the HF model `mlm` holding `state` (its named parameters)."""
-    config = copy.deepcopy(mlm.config)
-    model = type(mlm)(config)
+def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load named parameters into a fresh HF model; tied weights (the decoder) may be absent."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    loaded = {p.data_ptr() for name, p in model.state_dict().items() if name in state}
-    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
+    full = model.state_dict()
+    loaded = {full[name].data_ptr() for name in state if name in full}
+    untied = [k for k in missing if full[k].data_ptr() not in loaded]
     if unexpected or untied:
-        raise RuntimeError(
-            f"export: state does not fit {type(model).__name__}: {untied + unexpected}"
+        raise ValueError(
+            f"export: the weights do not fit {type(model).__name__}: missing {untied}, "
+            f"unexpected {unexpected}"
         )
     return model.eval()
 
 
-def export_student(student, rt: Runtime, *, out_dir: Path, tokenizer, card: str) -> Path | None:
-    """Gather the student's weights (all ranks) and write the export (rank 0)."""
-    state = gather_fp32_state(student.module.mlm)
-    if not rt.is_main:
-        return None
-    model = rebuild(student.module.mlm, state)
+def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path) -> Path:
+    """Write model + tokenizer + README.md to `out_dir`, atomically (temp dir, rename)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -77,3 +83,74 @@ def export_student(student, rt: Runtime, *, out_dir: Path, tokenizer, card: str)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def export_student(student, rt, *, out_dir: Path, tokenizer, card: str) -> Path | None:
+    """Gather the student's weights (every rank) and write the export (rank 0)."""
+    state = gather_fp32_state(student.module.mlm)
+    if not rt.is_main:
+        return None
+    mlm = student.module.mlm
+    return write_export(load_into(type(mlm)(mlm.config), state), tokenizer, card, out_dir)
+
+
+def write_skeleton(directory: Path, mlm: nn.Module, tokenizer, card: str) -> None:
+    """What a checkpoint keeps so that it can be exported alone: config, tokenizer, card."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mlm.config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text(card, encoding="utf-8")
+
+
+# ---------------------------------------------------------------- exports from checkpoints
+
+
+def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
+    """Export one student of a checkpoint (its directory step-N/<student>)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    skeleton = student_dir / SKELETON
+    if not (skeleton / "config.json").is_file():
+        raise ValueError(f"{student_dir}: no {SKELETON}/config.json; not a student checkpoint")
+    state = get_fp32_state_dict_from_zero_checkpoint(str(student_dir))
+    mlm_state = {
+        k.removeprefix(MODULE_PREFIX): v.float()
+        for k, v in state.items()
+        if k.startswith(MODULE_PREFIX)
+    }
+    model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(skeleton))
+    load_into(model, mlm_state)
+    card = (skeleton / "README.md").read_text(encoding="utf-8")
+    return write_export(model, AutoTokenizer.from_pretrained(skeleton), card, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoint import MARKER
+
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.export",
+        description="Export the students of a complete checkpoint as Hugging Face models.",
+    )
+    p.add_argument("checkpoint", type=Path, help="runs/<name>/checkpoints/step-NNNNNNNN")
+    p.add_argument("--students", default=None, help="comma-separated (default: all)")
+    p.add_argument("--output", type=Path, default=None, help="default: <run>/export-step-N")
+    args = p.parse_args(argv)
+    ckpt = args.checkpoint
+    if not (ckpt / MARKER).is_file():
+        print(f"error: {ckpt}: no {MARKER}; not a complete checkpoint", file=sys.stderr)
+        return 2
+    have = sorted(d.name for d in ckpt.iterdir() if (d / SKELETON).is_dir())
+    wanted = args.students.split(",") if args.students else have
+    unknown = [n for n in wanted if n not in have]
+    if unknown:
+        print(f"error: {ckpt}: no student(s) {unknown}; it has {have}", file=sys.stderr)
+        return 2
+    out = args.output or ckpt.parent.parent / f"export-{ckpt.name}"
+    for name in wanted:
+        print(f"{name}: {export_from_checkpoint(ckpt / name, out / name)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from trainer.batch import DeviceBatch
 from trainer.checkpoint import Checkpointer, latest_complete
 from trainer.config import RunConfig
-from trainer.export import export_student
+from trainer.export import SKELETON, export_student, write_skeleton
 from trainer.inputs import Inputs
 from trainer.metrics import MetricsWriter
 from trainer.model_card import model_card
@@ -131,9 +131,19 @@ class Trainer:
             "rng": rng,
             "students": {s.name: {"rng": s.rng.state_dict()} for s in self.students},
         }
-        return self.checkpointer.save(
-            self.step, self.students, state, {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        )
+        cards = self._cards()
+
+        def skeletons(directory: Path) -> None:  # rank 0: what `python -m trainer.export` needs
+            for s in self.students:
+                write_skeleton(
+                    directory / s.name / SKELETON,
+                    s.module.mlm,
+                    self.inputs.student_tokenizer(s),
+                    cards[s.name],
+                )
+
+        summary = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return self.checkpointer.save(self.step, self.students, state, summary, skeletons)
 
     # ---------------------------------------------------------------- the loop
 
@@ -162,7 +172,7 @@ class Trainer:
                     waited = time.perf_counter()
                     host_batch = next(batches)
                     self._timer.host("data", time.perf_counter() - waited)
-                    self._micro_step(host_batch, active)
+                    self.train_batch(host_batch, active)
                 self.step += 1
                 finished = self._after_step(active)
                 if self.step % cfg.log_every == 0:
@@ -185,7 +195,8 @@ class Trainer:
             self.preempt.restore()
             self.inputs.loader.close()
 
-    def _micro_step(self, host_batch: dict, active: list) -> None:
+    def train_batch(self, host_batch: dict, active: list) -> None:
+        """One micro-batch through the teacher and every student in `active` (their step)."""
         self._timer.start()
         batch = DeviceBatch.from_host(host_batch, self.rt.device)
         signals = self.teacher(batch) if self.teacher is not None else None
@@ -233,6 +244,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- logging
 
+    def step_times(self) -> dict[str, float]:
+        """Seconds spent since the last call in "data", "teacher" and each student's step."""
+        return self._timer.collect()
+
     def _log(self) -> None:
         """Reduce the running sums over ranks and write them. NOTE: collective."""
         names = [n for n, r in self._running.items() if r.micro_steps]
@@ -260,7 +275,7 @@ class Trainer:
                 norm = s.engine.get_global_grad_norm()
                 out[f"train/{s.name}/grad_norm"] = float(norm) if norm is not None else None
                 out[f"train/{s.name}/skipped_steps"] = s.engine.skipped_steps
-        times = self._timer.collect()
+        times = self.step_times()
         total = sum(times.values()) or 1e-9
         out["perf/tokens_per_s"] = tokens / elapsed
         out["perf/samples_per_s"] = samples / elapsed
@@ -351,24 +366,33 @@ class Trainer:
             )
         return out
 
+    def _cards(self) -> dict[str, str]:
+        """Every student's model card as of now. NOTE: collective (sums what ranks have seen)."""
+        seen = self.rt.all_reduce_sum(
+            torch.tensor([self.tokens, self.samples], dtype=torch.float64, device=self.rt.device)
+        ).tolist()
+        return {
+            s.name: model_card(
+                s,
+                self.cfg,
+                steps=s.steps,
+                tokens=int(seen[0]),
+                samples=int(seen[1]),
+                metrics={k: v for k, v in self.last_eval.items() if f"/{s.name}/" in k},
+            )
+            for s in self.students
+        }
+
     def _export(self, s) -> None:
         """Export a student (collective; once per student per run, at its last step)."""
         if s.name in self.exported:  # NOTE: the same set on every rank, so all skip together
             return
-        seen = self.rt.all_reduce_sum(
-            torch.tensor([self.tokens, self.samples], dtype=torch.float64, device=self.rt.device)
-        ).tolist()
-        card = model_card(
-            s,
-            self.cfg,
-            steps=s.steps,
-            tokens=int(seen[0]),
-            samples=int(seen[1]),
-            metrics={k: v for k, v in self.last_eval.items() if f"/{s.name}/" in k},
-        )
-        tokenizer = self.inputs.student_tokenizer(s)
         out = export_student(
-            s, self.rt, out_dir=self.run_dir / "export" / s.name, tokenizer=tokenizer, card=card
+            s,
+            self.rt,
+            out_dir=self.run_dir / "export" / s.name,
+            tokenizer=self.inputs.student_tokenizer(s),
+            card=self._cards()[s.name],
         )
         self.exported.add(s.name)
         if out is not None:

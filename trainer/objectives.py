@@ -18,6 +18,9 @@ forward (trainer/students.py) so that ZeRO-3 gathers its weights there; its outp
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +121,8 @@ class Objective:
             )
         loss = sum(w[name] * value for name, value in terms.items())
         return loss, terms
+
+
+def cohort_teacher_need(objectives: Iterable[Objective]) -> Need:
+    """What the teacher computes for a cohort: the union of what every student's losses read."""
+    return functools.reduce(operator.or_, (o.teacher_need() for o in objectives), Need())

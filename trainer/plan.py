@@ -21,10 +21,11 @@ import os
 
 import torch
 
+from data_pipeline.io_utils import first_line
+from trainer.bert_config import bert_config
 from trainer.config import LAYER_MAP_KINDS, RunConfig, default_layer_maps, to_yaml
 from trainer.ds_config import micro_batch_size
-from trainer.objectives import Objective, uses_attention_maps
-from trainer.signals import Need
+from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
 
 GIB = 1024**3
 
@@ -35,13 +36,7 @@ def _config(source: str):
     try:
         return AutoConfig.from_pretrained(source), None
     except (OSError, ValueError) as e:
-        return None, (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _bert_config(values: dict):
-    from transformers import BertConfig
-
-    return BertConfig(**copy.deepcopy(values))
+        return None, first_line(e)
 
 
 def _params(config) -> int:
@@ -100,20 +95,20 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
     teacher_cfg, teacher_note, t_layers = None, "", None
     if cfg.teacher is not None:
         if cfg.teacher.config is not None:
-            teacher_cfg = _bert_config(cfg.teacher.config)
+            teacher_cfg = bert_config(cfg.teacher.config, "teacher.config")
         else:
             teacher_cfg, err = _config(cfg.teacher.path)
             teacher_note = f" (config not reachable: {err})" if teacher_cfg is None else ""
         t_layers = _layers(teacher_cfg) if teacher_cfg is not None else None
 
-    need, device_bytes, host_bytes, peak_activations = Need(), 0.0, 0.0, 0.0
+    objectives, device_bytes, host_bytes, peak_activations = [], 0.0, 0.0, 0.0
     for s in cfg.students:
         init, note = s.init, ""
         if init.from_teacher_layers is not None and teacher_cfg is not None:
             config = copy.deepcopy(teacher_cfg)
             config.num_hidden_layers = len(init.from_teacher_layers)
         elif init.config is not None:
-            config = _bert_config(init.config)
+            config = bert_config(init.config, f"students.{s.name}.init.config")
         elif init.pretrained is not None:
             config, err = _config(init.pretrained)
             note = f" (config not reachable: {err})" if config is None else ""
@@ -128,7 +123,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
                 section.kind, _layers(config)
             )
         objective = Objective.from_section(section, _layers(config), t_layers)
-        need = need | objective.teacher_need()
+        objectives.append(objective)
         params = _params(config)
         states, host = _model_state_bytes(params, ds, world)
         device_bytes += states
@@ -147,6 +142,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
             f"{s.optimizer.warmup_steps:,}"
         )
 
+    need = cohort_teacher_need(objectives)
     teacher_bytes = 0.0
     if cfg.teacher is not None and teacher_cfg is not None and not need.empty:
         params = _params(teacher_cfg)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from data_pipeline.io_utils import first_line
+from trainer.bert_config import bert_config
 from trainer.config import LAYER_MAP_KINDS, StudentSection, check_layers, default_layer_maps
 from trainer.objectives import Objective, projected_key, uses_attention_maps
 from trainer.rng import derive_seed, seeded
@@ -130,13 +132,9 @@ def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: 
 
 
 def _from_config(values: dict, impl: str, key: str) -> nn.Module:
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
-    try:
-        config = BertConfig(**copy.deepcopy(values), attn_implementation=impl)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{key}.init.config: not a valid BertConfig ({e})") from None
-    return BertForMaskedLM(config)
+    return BertForMaskedLM(bert_config(values, f"{key}.init.config", impl))
 
 
 def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:
@@ -147,9 +145,8 @@ def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:
             name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
         )
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"{key}.init.pretrained={name!r}: cannot load it as a masked LM: {first}"
+            f"{key}.init.pretrained={name!r}: cannot load it as a masked LM: {first_line(e)}"
         ) from None
     missing = sorted(info.get("missing_keys", ()))
     if missing:  # e.g. a checkpoint without an MLM head: continual MLM trains it from scratch

@@ -16,13 +16,14 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 from torch import nn
 
+from data_pipeline.io_utils import first_line
 from trainer.batch import DeviceBatch
+from trainer.bert_config import bert_config
 from trainer.config import TeacherSection
 from trainer.rng import seeded
 from trainer.signals import Need, check_need, masked_lm_signals
@@ -39,14 +40,11 @@ def load_teacher_model(
     section: TeacherSection, *, attention: bool, seed: int, vocab_size: int
 ) -> nn.Module:
     """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
-    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
     impl = attn_implementation(attention)
     if section.config is not None:
-        try:
-            config = BertConfig(**copy.deepcopy(section.config), attn_implementation=impl)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"teacher.config: not a valid BertConfig ({e})") from None
+        config = bert_config(section.config, "teacher.config", impl)
         with seeded(seed, torch.device("cpu")):
             model = BertForMaskedLM(config)
         where = "teacher.config"
@@ -59,10 +57,9 @@ def load_teacher_model(
                 dtype=torch.float32,
             )
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
                 f"teacher.path={section.path!r}: cannot load it as a masked LM (expected a local "
-                f"directory or a Hugging Face hub name): {first}"
+                f"directory or a Hugging Face hub name): {first_line(e)}"
             ) from None
         new = sorted(
             set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}

@@ -1,0 +1,287 @@
+"""Small pure parts of the trainer: random streams, checkpoints found, the dry-run plan, the card.
+
+.venv/bin/pytest tests/test_trainer_helpers.py -q
+
+No engine and no process is started: checkpoint directories are made by hand, the plan is rendered
+from the shipped recipes (offline: hub configs are unreachable here), the model card from a stand-in
+for the cohort's Student.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from transformers import BertConfig, BertForMaskedLM
+
+from trainer.checkpoint import MARKER, complete_checkpoints, latest_complete, step_dir
+from trainer.config import ROOT, config_from_dict, load_config, select_students
+from trainer.ds_config import load_ds_config
+from trainer.model_card import model_card
+from trainer.plan import render_plan
+from trainer.rng import RngStream, derive_seed
+
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- random streams
+
+
+def test_active_stream_leaves_the_global_stream_untouched():
+    torch.manual_seed(0)
+    expected = [torch.rand(3), torch.rand(3)]
+    torch.manual_seed(0)
+    stream = RngStream(5, CPU)
+    before = torch.rand(3)
+    with stream.active():
+        torch.rand(7)
+        torch.randn(2, 2)
+    after = torch.rand(3)
+    assert torch.equal(before, expected[0]) and torch.equal(after, expected[1])
+
+
+def test_stream_draws_continue_across_blocks_like_a_seeded_generator():
+    stream, twin = RngStream(5, CPU), RngStream(5, CPU)
+    torch.manual_seed(123)
+    draws = []
+    for _ in range(3):
+        with stream.active():
+            draws.append(torch.rand(4))
+        torch.rand(2)  # global draws in between do not shift the stream
+    with twin.active():
+        twin_draws = [torch.rand(4) for _ in range(3)]
+    reference = torch.Generator().manual_seed(5)
+    for got, twin_got in zip(draws, twin_draws, strict=True):
+        assert torch.equal(got, twin_got)
+        assert torch.equal(got, torch.rand(4, generator=reference))
+    with RngStream(6, CPU).active():
+        assert not torch.equal(torch.rand(4), draws[0])
+
+
+def test_stream_state_resumes_exactly():
+    stream = RngStream(5, CPU)
+    with stream.active():
+        torch.rand(10)
+    state = stream.state_dict()
+    with stream.active():
+        expected = torch.rand(6)
+    with stream.active():  # the saved state is a copy, not a view of the live one
+        torch.rand(3)
+    resumed = RngStream(99, CPU)
+    resumed.load_state_dict(state)
+    with resumed.active():
+        assert torch.equal(torch.rand(6), expected)
+    with pytest.raises(ValueError, match="lacks"):
+        resumed.load_state_dict({})
+
+
+def test_derive_seed():
+    seeds = {derive_seed(42, "student", name) for name in ("A", "B", "TinyBioBERT")}
+    seeds |= {derive_seed(43, "student", "A"), derive_seed(42, "dropout", "A")}
+    assert len(seeds) == 5
+    assert derive_seed(42, "student", "A") == derive_seed(42, "student", "A")
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+# ---------------------------------------------------------------- checkpoint discovery
+
+
+def _step(root, step: int, complete: bool):
+    directory = step_dir(root, step)
+    (directory / "S").mkdir(parents=True)
+    if complete:
+        (directory / MARKER).write_text(json.dumps({"step": step}))
+    return directory
+
+
+def test_latest_complete_ignores_unfinished_saves(tmp_path):
+    root = tmp_path / "checkpoints"
+    assert complete_checkpoints(root) == [] and latest_complete(root) is None
+    root.mkdir()
+    assert latest_complete(root) is None
+    done = [_step(root, 20, True), _step(root, 3, True), _step(root, 100, True)]
+    _step(root, 120, False)  # newest, but its save did not finish
+    (root / "step-5").mkdir()  # not a step directory of ours
+    (root / "notes.txt").write_text("x")
+    (step_dir(root, 200) / MARKER).mkdir(parents=True)  # a marker that is no file
+    assert complete_checkpoints(root) == sorted(done)
+    assert [p.name for p in complete_checkpoints(root)] == [
+        "step-00000003",
+        "step-00000020",
+        "step-00000100",
+    ]
+    assert latest_complete(root) == step_dir(root, 100)
+    (step_dir(root, 120) / MARKER).write_text("{}")
+    assert latest_complete(root) == step_dir(root, 120)
+
+
+# ---------------------------------------------------------------- dry-run plan
+
+
+def _plan_line(plan: str, prefix: str) -> str:
+    lines = [line for line in plan.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, (prefix, plan)
+    return lines[0]
+
+
+def _params(line: str) -> int:
+    return int(re.search(r": ([\d,]+) parameters", line).group(1).replace(",", ""))
+
+
+def _distinct(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def test_plan_of_the_demo_recipe(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = load_config(ROOT / "recipes" / "demo.yaml")
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    plan = render_plan(cfg, ds)
+    assert plan.startswith("# resolved recipe\n")
+    students = {s.name: s for s in cfg.students}
+    teacher = BertConfig(**copy.deepcopy(cfg.teacher.config))
+    expected = {
+        name: _distinct(
+            BertForMaskedLM(
+                BertConfig(**copy.deepcopy(s.init.config))
+                if s.init.config is not None
+                else BertConfig(
+                    **dict(cfg.teacher.config, num_hidden_layers=len(s.init.from_teacher_layers))
+                )
+            )
+        )
+        for name, s in students.items()
+    }
+    counts = {name: _params(_plan_line(plan, f"student {name}:")) for name in students}
+    assert counts == expected
+    assert "TinyBioBERT: 157,600 parameters (2 layers, hidden 32, eager attention)" in plan
+    assert "DistilBioBERT: 345,920 parameters (2 layers, hidden 64, SDPA attention)" in plan
+    # The union of the three objectives' teacher signals, worked out by hand from demo.yaml:
+    # COS_last 4; CompactBioBERT hidden 2, 4 and attentions 1, 3; TinyBioBERT hidden 0, 2, 4.
+    line = _plan_line(plan, "teacher ")
+    assert _params(line) == _distinct(BertForMaskedLM(teacher))
+    assert line.endswith(
+        "frozen; computes MLM logits at masked rows, hidden_states [0, 2, 4], "
+        "attention maps of layers [1, 3]"
+    )
+    memory = _plan_line(plan, "memory per rank (estimate): ")
+    total, states, teacher_gib, activations = map(float, re.findall(r"(\d+\.\d+)", memory))
+    assert total > 0 and abs(total - (states + teacher_gib + activations)) <= 0.015
+    # ZeRO-2 on one rank, bf16: 2 + 2 + 12 bytes of model state per parameter.
+    assert states == round(16 * sum(expected.values()) / 1024**3, 2)
+
+
+def test_plan_teacher_computes_the_union_of_the_students_needs(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    # The last student alone now needs no teacher logits; the others still do.
+    cfg = load_config(
+        ROOT / "recipes" / "demo.yaml", ["students.TinyBioBERT.objective.weights={soft_ce: 0}"]
+    )
+    assert _plan_line(render_plan(cfg, ds), "teacher ").endswith(
+        "computes MLM logits at masked rows, hidden_states [0, 2, 4], "
+        "attention maps of layers [1, 3]"
+    )
+    only_tiny = select_students(cfg, ["TinyBioBERT"])
+    assert _plan_line(render_plan(only_tiny, ds), "teacher ").endswith(
+        "computes hidden_states [0, 2, 4], attention maps of layers [1, 3]"
+    )
+
+
+def test_plan_offline_reports_the_hub_teacher_as_unreachable(monkeypatch):
+    import huggingface_hub.constants
+
+    # NOTE: no network here; offline mode fails at once instead of retrying for ~20 s.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = load_config(ROOT / "recipes" / "paper_distilled.yaml")
+    plan = render_plan(cfg, load_ds_config(ROOT / "ds_configs" / "zero2.json"))
+    assert "config not reachable" in _plan_line(plan, "teacher: unknown")
+    for name in ("DistilBioBERT", "CompactBioBERT"):
+        assert "parameters unknown" in _plan_line(plan, f"student {name}:")
+    tiny = next(s for s in cfg.students if s.name == "TinyBioBERT")
+    with torch.device("meta"):  # 14M parameters: counted, not allocated
+        model = BertForMaskedLM(BertConfig(**copy.deepcopy(tiny.init.config)))
+    assert _params(_plan_line(plan, "student TinyBioBERT:")) == _distinct(model)
+    _plan_line(plan, "memory per rank (estimate): ")
+
+
+# ---------------------------------------------------------------- model card
+
+
+def _card_config(init: dict, kind: str = "distilbiobert"):
+    return config_from_dict(
+        {
+            "run": {"name": "cardrun"},
+            "data": {"train_shards": "data/shards", "max_len": 64},
+            "teacher": {
+                "config": {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4}
+            },
+            "train": {"max_steps": 1500},
+            "students": [
+                {
+                    "name": "MiniBioBERT",
+                    "init": init,
+                    "objective": {"kind": kind},
+                    "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
+                }
+            ],
+        }
+    )
+
+
+def _stand_in(cfg, base_model: str | None):
+    """What model_card reads from trainer/cohort.py's Student."""
+    spec = cfg.students[0]
+    config = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=99)
+    return SimpleNamespace(
+        spec=spec,
+        module=SimpleNamespace(mlm=SimpleNamespace(config=config)),
+        parameters=123456,
+        budget=spec.optimizer.max_steps,
+        base_model=base_model,
+    )
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    front, _, _ = card[4:].partition("\n---\n")
+    return yaml.safe_load(front)
+
+
+def test_model_card_of_a_distilled_student():
+    cfg = _card_config({"from_teacher_layers": [0, 2]})
+    card = model_card(
+        _stand_in(cfg, "teacher layers [0, 2]"),
+        cfg,
+        steps=1234,
+        tokens=5_000_000,
+        samples=20_000,
+        metrics={"eval/MiniBioBERT/mlm_acc": 0.4321},
+    )
+    front = _front_matter(card)
+    assert front["pipeline_tag"] == "fill-mask"
+    assert front["library_name"] == "transformers"
+    assert "distillation" in front["tags"]
+    assert "\n# MiniBioBERT\n" in card
+    assert "1,234 optimizer steps of a budget of 1,500" in card
+    assert "| 123,456 | 2 | 32 | 4 | 99 |" in card
+    assert "| mlm_acc | 0.4321 |" in card
+    assert "Initialisation: teacher layers [0, 2]." in card
+
+
+def test_model_card_of_a_continual_student():
+    cfg = _card_config({"pretrained": "some/bert"}, kind="mlm")
+    card = model_card(_stand_in(cfg, "some/bert"), cfg, steps=7, tokens=10, samples=2, metrics={})
+    front = _front_matter(card)
+    assert front["pipeline_tag"] == "fill-mask"
+    assert front["base_model"] == "some/bert"
+    assert "continual-pretraining" in front["tags"]
+    assert "No teacher (masked-LM objective only)." in card
+    assert "7 optimizer steps" in card and "# MiniBioBERT" in card
+    assert "Held-out evaluation" not in card

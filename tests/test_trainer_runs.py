@@ -1,0 +1,393 @@
+"""Whole trainer runs on tiny models: 2-rank ZeRO-2 and ZeRO-3 cohorts, a cohort student equal to
+the student trained alone, kill -9 and preemption with exact resume, non-finite losses, continual
+MLM students with their own vocabulary, exports and TensorBoard.
+
+    .venv/bin/python -m pytest tests/test_trainer_runs.py -q
+
+Runs go through `trainer.main.main` exactly as `deepspeed trainer/main.py` would call it: on real
+gloo ranks in spawned processes (tests/multirank.py), or as a `python trainer/main.py`
+subprocess where the test kills or signals it. The first run on a machine JIT-builds DeepSpeed's
+CPU Adam (about a minute), later runs reuse the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from multirank import run_distributed
+from safetensors.torch import load_file
+from trainer_setup import ds_config, recipe, write_recipe
+
+from data_pipeline.manifest import Manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
+pytestmark = pytest.mark.slow
+
+
+def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None = None) -> dict:
+    """One rank of a run: `main(argv)`; returns its exit code and what it printed to stderr.
+
+    `nan_at=(student, step)` makes that student's loss NaN at that (1-based) step, on every rank.
+    """
+    from trainer import objectives
+    from trainer.main import main
+
+    if nan_at is not None:
+        name_kind = {"DistilBioBERT": "distilbiobert", "TinyBioBERT": "tinybiobert"}
+        original, calls = objectives.Objective.__call__, {"n": 0}
+
+        def poisoned(self, student, teacher, batch):
+            loss, terms = original(self, student, teacher, batch)
+            if self.kind == name_kind[nan_at[0]]:
+                calls["n"] += 1
+                if calls["n"] == nan_at[1]:
+                    terms["att" if "att" in terms else "mlm"] = torch.tensor(float("nan"))
+                    loss = loss * float("nan")
+            return loss, terms
+
+        objectives.Objective.__call__ = poisoned
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return {"rc": rc, "stderr": err.getvalue()}
+
+
+def weights(run_dir: Path, student: str, step: str | None = None) -> dict[str, torch.Tensor]:
+    """A student's exported weights: the run's export, or `python -m trainer.export`'s of a step."""
+    export = run_dir / ("export" if step is None else f"export-{step}")
+    return load_file(str(export / student / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=0.0, atol=atol, msg=key)
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_shards, tokenizer_dir):
+    root = tmp_path_factory.mktemp("trainer")
+    vocab = Manifest.load(tiny_shards).tokenizer.vocab_size
+
+    def make(name: str, steps: int, **extra) -> Path:
+        data = recipe(tiny_shards, root / "runs", vocab, name=name, steps=steps)
+        data["data"]["tokenizer"] = str(tokenizer_dir)
+        for section, values in extra.items():
+            data[section].update(values)
+        return write_recipe(root / f"{name}.yaml", data)
+
+    return {
+        "root": root,
+        "runs": root / "runs",
+        "make": make,
+        "fp32": ds_config(root / "fp32.json", stage=2, bf16=False),
+        "zero2": ds_config(root / "zero2.json", stage=2),
+        "zero3": ds_config(root / "zero3.json", stage=3),
+        "tokenizer": tokenizer_dir,
+        "shards": tiny_shards,
+        "vocab": vocab,
+    }
+
+
+def argv(ds: Path, recipe_path: Path, *extra: str) -> list[str]:
+    return ["--ds_config", str(ds), "--recipe", str(recipe_path), *extra]
+
+
+# ---------------------------------------------------------------- 2 ranks, ZeRO-2 and ZeRO-3
+
+
+def test_zero2_cohort_on_two_ranks(env):
+    recipe_path = env["make"]("zero2", steps=6)
+    results = run_distributed(train, 2, argv(env["zero2"], recipe_path))
+    assert [r["rc"] for r in results] == [0, 0], results[0]["stderr"][-2000:]
+    run_dir = env["runs"] / "zero2"
+
+    # checkpoints: complete (marker + both ranks' files), the newest `keep` = 2 kept
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step-00000003", "step-00000006"]
+    last = run_dir / "checkpoints" / "step-00000006"
+    marker = json.loads((last / "COMPLETE.json").read_text())
+    assert marker["world_size"] == 2 and marker["students"] == {s: 6 for s in STUDENTS}
+    assert (last / "rank-00000.pt").is_file() and (last / "rank-00001.pt").is_file()
+
+    # DeepSpeed's own tool reads our checkpoints; the export holds the same fp32 master weights
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    for student in STUDENTS:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(last / student))
+        exported = weights(run_dir, student)
+        for key, value in exported.items():
+            torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
+        assert ("fit_dense.weight" in state) == (student == "TinyBioBERT")
+        assert not any(k.startswith("fit_dense") for k in exported)
+
+    # an export on request from the checkpoint alone is the same model
+    from trainer.export import main as export_main
+
+    assert export_main([str(last), "--students", "TinyBioBERT,DistilBioBERT"]) == 0
+    for student in ("TinyBioBERT", "DistilBioBERT"):
+        assert_same_weights(weights(run_dir, student), weights(run_dir, student, last.name))
+    assert not (run_dir / f"export-{last.name}" / "CompactBioBERT").exists()
+
+    # every student logs every term; eval covers students and teacher; perf figures are there
+    tags = scalars(run_dir)
+    for student, terms in (
+        ("DistilBioBERT", ("mlm", "kd", "cos")),
+        ("CompactBioBERT", ("mlm", "kd", "att", "cos")),
+        ("TinyBioBERT", ("att", "hid", "soft_ce")),
+    ):
+        for term in terms:
+            assert f"train/{student}/loss_{term}" in tags
+        for key in ("loss", "lr", "grad_norm", "skipped_steps"):
+            assert f"train/{student}/{key}" in tags
+        for key in ("mlm_loss", "mlm_acc", "teacher_agreement"):
+            assert f"eval/{student}/{key}" in tags
+        assert f"perf/step_time_s/{student}" in tags
+        assert [s for s, _ in tags[f"train/{student}/loss"]] == [2, 4, 6]
+        # the layer-map terms are real, not a sum over an empty tuple of attention maps
+        assert (
+            tags[f"train/{student}/loss_{terms[-1] if student != 'TinyBioBERT' else 'att'}"][0][1]
+            > 0
+        )
+    for key in ("eval/teacher/mlm_loss", "perf/tokens_per_s", "perf/teacher_share"):
+        assert key in tags
+    # each student's own schedule: warm-up over 2 steps, then a linear decay
+    lrs = [v for _, v in tags["train/DistilBioBERT/lr"]]
+    assert 0 < lrs[2] < lrs[1] <= 1e-3
+
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    model = AutoModelForMaskedLM.from_pretrained(run_dir / "export" / "CompactBioBERT")
+    assert model.config.num_hidden_layers == 2
+    fill = pipeline("fill-mask", model=str(run_dir / "export" / "TinyBioBERT"))
+    assert len(fill(f"The patients received {fill.tokenizer.mask_token} daily.")) == 5
+    card = (run_dir / "export" / "DistilBioBERT" / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "6 optimizer steps" in card
+
+
+def test_zero3_trains_the_same_as_zero2(env):
+    """The ZeRO stage changes where state lives, not the math: fp32 runs agree to rounding."""
+    runs = {}
+    for stage in (2, 3):
+        ds = ds_config(env["root"] / f"fp32-zero{stage}.json", stage=stage, bf16=False)
+        recipe_path = env["make"](f"fp32-zero{stage}", steps=4, train={"save_every": 2})
+        results = run_distributed(train, 2, argv(ds, recipe_path))
+        assert [r["rc"] for r in results] == [0, 0], results[0]["stderr"][-2000:]
+        runs[stage] = env["runs"] / f"fp32-zero{stage}"
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    for student in STUDENTS:
+        assert_same_weights(weights(runs[2], student), weights(runs[3], student), atol=1e-5)
+        state = get_fp32_state_dict_from_zero_checkpoint(
+            str(runs[3] / "checkpoints" / "step-00000004" / student)
+        )
+        for key, value in weights(runs[3], student).items():
+            torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- equivalence, kill, preemption
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env):
+    """A 12-step fp32 cohort run on one rank: the reference for equivalence and resume."""
+    recipe_path = env["make"]("reference", steps=12)
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    return recipe_path, env["runs"] / "reference"
+
+
+def test_cohort_student_equals_student_trained_alone(env, uninterrupted):
+    recipe_path, reference = uninterrupted
+    for student in STUDENTS:
+        extra = ["--students", student, f"run.name=alone-{student}"]
+        (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *extra))
+        assert result["rc"] == 0, result["stderr"][-2000:]
+        alone = weights(env["runs"] / f"alone-{student}", student)
+        if student == "DistilBioBERT":
+            # Alone, DistilBioBERT's teacher runs SDPA attention; in this cohort it runs eager
+            # attention (CompactBioBERT and TinyBioBERT need its maps): the same math in another
+            # kernel, equal to rounding, so the students agree to rounding too.
+            assert_same_weights(weights(reference, student), alone, atol=1e-6)
+        else:  # the teacher runs the same kernels: bit for bit
+            assert_same_weights(weights(reference, student), alone)
+
+
+def start(env, recipe_path: Path, name: str) -> subprocess.Popen:
+    log = open(env["root"] / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "trainer/main.py", *argv(env["fp32"], recipe_path, f"run.name={name}")],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.02)
+
+
+def finish(env, recipe_path: Path, name: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "trainer/main.py", *argv(env["fp32"], recipe_path, f"run.name={name}")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
+    recipe_path, reference = uninterrupted
+    proc = start(env, recipe_path, "killed")
+    first = env["runs"] / "killed" / "checkpoints" / "step-00000003" / "COMPLETE.json"
+    wait_for(first, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (env["runs"] / "killed" / "export").exists()  # it died mid-run
+
+    log = finish(env, recipe_path, "killed")
+    assert "resumed from" in log
+    for student in STUDENTS:
+        assert_same_weights(weights(reference, student), weights(env["runs"] / "killed", student))
+
+
+def test_preemption_signal_checkpoints_exits_75_and_resumes_exactly(env, uninterrupted):
+    recipe_path, reference = uninterrupted
+    proc = start(env, recipe_path, "preempted")
+    wait_for(env["runs"] / "preempted" / "checkpoints" / "step-00000003" / "COMPLETE.json", proc)
+    os.killpg(proc.pid, signal.SIGUSR1)
+    assert proc.wait(timeout=240) == 75
+    saved = json.loads(
+        max((env["runs"] / "preempted" / "checkpoints").glob("*/COMPLETE.json")).read_text()
+    )
+    assert 3 <= saved["step"] < 12  # a complete checkpoint at the step where it stopped
+
+    finish(env, recipe_path, "preempted")
+    for student in STUDENTS:
+        a, b = weights(reference, student), weights(env["runs"] / "preempted", student)
+        assert_same_weights(a, b)
+
+
+# ---------------------------------------------------------------- non-finite losses
+
+
+def test_nonfinite_loss_stops_naming_student_step_and_term(env):
+    recipe_path = env["make"]("nan-stop", steps=6)
+    (result,) = run_distributed(train, 1, argv(env["zero2"], recipe_path), ("TinyBioBERT", 4))
+    assert result["rc"] == 3
+    message = result["stderr"]
+    assert "student TinyBioBERT" in message and "at step 4" in message and "'att'" in message
+    saved = sorted(
+        p.parent.name for p in (env["runs"] / "nan-stop").glob("checkpoints/*/COMPLETE.json")
+    )
+    assert saved == ["step-00000003"]  # the checkpoint before it is kept, nothing after it
+
+
+def test_nonfinite_loss_skipped_when_the_recipe_says_so(env):
+    recipe_path = env["make"]("nan-skip", steps=6, train={"on_nonfinite": "skip"})
+    (result,) = run_distributed(train, 1, argv(env["zero2"], recipe_path), ("DistilBioBERT", 3))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    assert "student DistilBioBERT" in result["stderr"] and "at step 3" in result["stderr"]
+    run_dir = env["runs"] / "nan-skip"
+    tags = scalars(run_dir)
+    assert tags["train/DistilBioBERT/skipped_steps"][-1][1] == 1
+    assert tags["train/CompactBioBERT/skipped_steps"][-1][1] == 0
+    for value in weights(run_dir, "DistilBioBERT").values():
+        assert torch.isfinite(value).all()
+
+
+# ---------------------------------------------------------------- continual MLM students
+
+
+@pytest.fixture(scope="module")
+def distilbert_dir(env):
+    """A tiny DistilBERT masked LM saved with the shards' tokenizer (a continual student)."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
+
+    out = env["root"] / "distilbert"
+    config = DistilBertConfig(
+        vocab_size=env["vocab"],
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=64,
+    )
+    DistilBertForMaskedLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(env["tokenizer"]).save_pretrained(out)
+    return out
+
+
+def continual_recipe(env, name: str, pretrained: Path) -> Path:
+    data = recipe(env["shards"], env["runs"], env["vocab"], name=name, steps=4)
+    data.pop("teacher")
+    data["students"] = [
+        {
+            "name": "BioDistilBERT",
+            "init": {"pretrained": str(pretrained)},
+            "objective": {"kind": "mlm"},
+            "optimizer": {"lr": 1.0e-3, "weight_decay": 0.01, "warmup_steps": 2},
+        }
+    ]
+    return write_recipe(env["root"] / f"{name}.yaml", data)
+
+
+def test_continual_mlm_student_without_teacher(env, distilbert_dir):
+    recipe_path = continual_recipe(env, "continual", distilbert_dir)
+    (result,) = run_distributed(train, 1, argv(env["zero2"], recipe_path))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    run_dir = env["runs"] / "continual"
+    tags = scalars(run_dir)
+    assert "train/BioDistilBERT/loss_mlm" in tags and "eval/teacher/mlm_loss" not in tags
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(run_dir / "export" / "BioDistilBERT")
+    assert model.config.model_type == "distilbert"
+
+
+def test_continual_student_with_another_vocabulary_is_refused(env, distilbert_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from data_pipeline.synth import train_wordpiece
+
+    other = tmp_path / "other-tokenizer"
+    train_wordpiece(["an unrelated corpus of other words"] * 50, other, vocab_size=120)
+    student_dir = tmp_path / "student"
+    student_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (student_dir / name).write_bytes((distilbert_dir / name).read_bytes())
+    AutoTokenizer.from_pretrained(other).save_pretrained(student_dir)
+    recipe_path = continual_recipe(env, "continual-bad", student_dir)
+    (result,) = run_distributed(train, 1, argv(env["zero2"], recipe_path))
+    assert result["rc"] == 2
+    assert "students.BioDistilBERT" in result["stderr"] and "re-shard" in result["stderr"]
