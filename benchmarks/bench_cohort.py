@@ -12,9 +12,10 @@ After `Plan.warmup` steps each, the runs take turns, `Plan.rounds` times, at `Pl
 a fresh block of batches (the order rotating each round), timed on the host around a device
 synchronize, so machine noise falls on all runs alike. Data loading and the loop's per-step
 bookkeeping (logging, evaluation, checkpoints) are outside the timed region. A student alone gets
-the teacher its own objective needs: DistilBioBERT's reads no attention maps, so its teacher runs
-SDPA attention where the cohort's runs eager (trainer/teacher.py); that is what a separate run
-would cost. Figures (benchmark cohort_vs_separate):
+the teacher its own objective needs: DistilBioBERT's reads no attention maps, so its teacher
+computes none, where the cohort's computes the maps CompactBioBERT and TinyBioBERT read beside
+its SDPA attention (trainer/attention.py); that is what a separate run would cost. Figures
+(benchmark cohort_vs_separate):
 - measured_ratio: cohort time / sum of the three separate runs' times, per round; the median
   (settings: every round's ratio, the ratios of total and of minimum times, and the teacher's
   share of the cohort's step time from the trainer's own step timer).

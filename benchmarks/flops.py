@@ -22,8 +22,8 @@ read (no MLM head when no student has a KD or soft-CE term, nothing when none us
     ratio    = cohort / separate
 
 Left out, each well under 1% at these sizes: embeddings, LayerNorm, GELU, softmax, biases, the loss
-math and the optimizer. Eager against SDPA attention does not change the count (a student alone
-may get a teacher with SDPA where the cohort's needs eager attention maps; that shows in measured
+math and the optimizer, and the attention maps the teacher computes beside its SDPA attention for
+CompactBioBERT and TinyBioBERT (one more QK^T per mapped layer: 2*s^2*h; that shows in measured
 time, not here). Any object with num_hidden_layers, hidden_size, intermediate_size and vocab_size
 will do as a config (a transformers BertConfig, or a SimpleNamespace), so MFU figures can reuse it.
 """

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "preprocess": "benchmarks.bench_preprocess",
     "loader": "benchmarks.bench_loader",
     "cohort": "benchmarks.bench_cohort",
+    "step": "benchmarks.bench_step",
 }
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
+from trainer.attention import IMPLEMENTATION, returns_probabilities
 from trainer.batch import DeviceBatch
 from trainer.config import TeacherSection, config_from_dict
 from trainer.losses import IGNORE_INDEX
@@ -154,7 +155,7 @@ def test_copied_decoder_stays_tied_to_the_students_embeddings():
 
 
 @pytest.mark.parametrize(
-    "name, weights, eager",
+    "name, weights, probabilities",
     [
         ("DistilBioBERT", None, False),
         ("CompactBioBERT", None, True),
@@ -164,13 +165,17 @@ def test_copied_decoder_stays_tied_to_the_students_embeddings():
         ("Continual", None, False),
     ],
 )
-def test_attention_is_eager_iff_the_objective_needs_attention_maps(name, weights, eager):
+def test_attention_probabilities_only_where_the_objective_reads_them(name, weights, probabilities):
     objective = dict(STUDENTS[name][1])
     if weights:
         objective["weights"] = weights
     built = _build(name, _teacher_model(), objective=objective)
-    assert built.module.mlm.config._attn_implementation == ("eager" if eager else "sdpa")
-    assert bool(built.objective.student_need().attentions) == eager
+    mlm, need = built.module.mlm, built.objective.student_need()
+    expected = IMPLEMENTATION if probabilities else "sdpa"
+    assert mlm.config._attn_implementation == expected
+    assert bool(need.attentions) == probabilities
+    for layer in range(mlm.config.num_hidden_layers):
+        assert returns_probabilities(mlm, layer) == (layer in need.attentions)
 
 
 # ---------------------------------------------------------------- init.config
@@ -352,7 +357,7 @@ def test_teacher_with_its_head_loads_from_a_directory(tmp_path):
     model = load_teacher_model(
         TeacherSection(path=str(tmp_path)), attention=True, seed=1, vocab_size=VOCAB
     )
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == IMPLEMENTATION
     assert _equal_state(model, original)
 
 

@@ -7,6 +7,11 @@ own AdamW and warmup/decay schedule (trainer/ds_config.py): its own optimizer st
 partitioning and step count. Weight decay applies to weight matrices and embeddings only, not to
 biases and LayerNorm weights (the usual BERT practice; the 1-D parameters).
 
+With train.compile (default: on a GPU only), students are compiled through DeepSpeed's
+`engine.compile()` and the teacher's encoder with torch.compile; compiled dropout draws from
+other random streams, so losses in training mode differ from the uncompiled run's (the math does
+not: with dropout off they agree to rounding).
+
 The teacher is loaded only when some selected student needs it (to copy layers from, or for a loss
 term), in fp32 on the CPU first so students copy exact weights, then moved to the device: bf16 on
 a GPU when the DeepSpeed JSON trains in bf16, fp32 on CPU. It is kept only if some student's
@@ -115,9 +120,12 @@ def build_cohort(
         for s in cfg.students
     ]
     need = cohort_teacher_need(b.objective for b in built)
+    compile_models = rt.on_gpu if cfg.train.compile is None else cfg.train.compile
     teacher = None
     if teacher_model is not None and not need.empty:
         teacher = Teacher(teacher_model.to(rt.device, teacher_dtype(ds, rt)), need)
+        if compile_models:
+            teacher.model.base_model.compile()  # in place: parameter names stay as they are
         logger.info(
             "teacher: %s parameters, computes %s",
             f"{count_parameters(teacher_model):,}",
@@ -133,6 +141,8 @@ def build_cohort(
             model_parameters=param_groups(b.module, spec.optimizer.weight_decay),
             config=ds_config_for_student(ds, spec),
         )
+        if compile_models:
+            engine.compile()  # DeepSpeed's: knows ZeRO-3's parameter hooks
         rng = RngStream(derive_seed(seed, "dropout", spec.name), rt.device)
         students.append(Student(spec, engine, b.objective, rng, b.tokenizer, b.base_model, params))
         logger.info(

@@ -97,6 +97,7 @@ class TrainSection:
     keep: int = 5  # checkpoints kept
     eval_batches: int = 50
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
+    compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
 
 
 @dataclass

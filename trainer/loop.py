@@ -10,7 +10,8 @@
   JSON). A student leaves the cohort at its own budget and is exported then; the run ends when
   all have, or at train.max_steps.
 - No host sync in the step: losses stay device tensors, summed; they are reduced over ranks and
-  read at log steps only. The masked rows are located on the host (trainer/batch.py).
+  read at log steps only. The masked rows are located on the host, and on a GPU the next batch is
+  copied while this step runs (trainer/batch.py).
 - Non-finite steps: DeepSpeed checks the gradients before every optimizer step (bf16
   `check_grad_overflow`, on by default; fp32 through the clipping norm) and discards a step whose
   gradients are not finite, counting it in `skipped_steps`. The loop reads that host counter: with
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.batch import DeviceBatch
+from trainer.batch import DeviceBatch, DevicePrefetcher
 from trainer.checkpoint import Checkpointer, latest_complete
 from trainer.config import RunConfig
 from trainer.export import SKELETON, export_student, write_skeleton
@@ -88,6 +89,7 @@ class Trainer:
         self._eval_step = -1  # the step of the last evaluation
         self.preempt = PreemptionFlag()
         self._timer = StepTimer(rt.device)
+        self._batches: DevicePrefetcher | None = None
         self._running = {s.name: _Running() for s in students}
         self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
         self._skipped = {s.name: 0 for s in students}
@@ -127,7 +129,7 @@ class Trainer:
             "samples": self.samples,
             "exported": sorted(self.exported),
             "last_eval": self.last_eval,
-            "loader": self.inputs.loader.state_dict(),
+            "loader": self._loader_state(),
             "rng": rng,
             "students": {s.name: {"rng": s.rng.state_dict()} for s in self.students},
         }
@@ -145,6 +147,12 @@ class Trainer:
         summary = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return self.checkpointer.save(self.step, self.students, state, summary, skeletons)
 
+    def _loader_state(self) -> dict:
+        state = self.inputs.loader.state_dict()
+        if self._batches is not None:  # a prefetched batch is not trained on yet
+            state["batches_consumed"] -= self._batches.pending
+        return state
+
     # ---------------------------------------------------------------- the loop
 
     @property
@@ -156,7 +164,7 @@ class Trainer:
         cfg = self.cfg.train
         gas = self.students[0].engine.gradient_accumulation_steps()
         self.preempt.install()
-        batches = iter(self.inputs.loader)
+        batches = self._batches = DevicePrefetcher(iter(self.inputs.loader), self.rt.device)
         for s in self.students:
             s.engine.train()
         try:
@@ -169,10 +177,10 @@ class Trainer:
                     return EXIT_PREEMPTED
                 active = self.active
                 for _ in range(gas):
-                    waited = time.perf_counter()
-                    host_batch = next(batches)
-                    self._timer.host("data", time.perf_counter() - waited)
-                    self.train_batch(host_batch, active)
+                    waited = batches.waited
+                    batch = next(batches)
+                    self._timer.host("data", batches.waited - waited)
+                    self.train_batch(batch, active)
                 self.step += 1
                 finished = self._after_step(active)
                 if self.step % cfg.log_every == 0:
@@ -195,21 +203,25 @@ class Trainer:
             self.preempt.restore()
             self.inputs.loader.close()
 
-    def train_batch(self, host_batch: dict, active: list) -> None:
-        """One micro-batch through the teacher and every student in `active` (their step)."""
+    def train_batch(self, batch: DeviceBatch | dict, active: list) -> None:
+        """One micro-batch (on the device, or a loader's host dict) through the teacher and every
+        student in `active` (their step)."""
         self._timer.start()
-        batch = DeviceBatch.from_host(host_batch, self.rt.device)
+        if isinstance(batch, dict):
+            batch = DeviceBatch.from_host(batch, self.rt.device)
         signals = self.teacher(batch) if self.teacher is not None else None
         self._timer.mark("teacher")
         for s in active:
             with s.rng.active():
                 out = s.engine(batch.input_ids, batch.attention_mask, batch.masked_index)
             loss, terms = s.objective(out, signals, batch)
+            self._timer.mark(f"{s.name}/forward")
             s.engine.backward(loss)
+            self._timer.mark(f"{s.name}/backward")
             s.engine.step()
+            self._timer.mark(f"{s.name}/optimizer")
             self._running[s.name].add(loss, terms)
             self._last_terms[s.name] = {k: v.detach() for k, v in terms.items()}
-            self._timer.mark(s.name)
         self.tokens += batch.tokens
         self.samples += batch.samples
 
@@ -245,7 +257,8 @@ class Trainer:
     # ---------------------------------------------------------------- logging
 
     def step_times(self) -> dict[str, float]:
-        """Seconds spent since the last call in "data", "teacher" and each student's step."""
+        """Seconds spent since the last call in "data", "teacher" and each student's
+        "<name>/forward" (loss included), "<name>/backward" and "<name>/optimizer"."""
         return self._timer.collect()
 
     def _log(self) -> None:
@@ -283,8 +296,9 @@ class Trainer:
         out["perf/data_share"] = times.get("data", 0.0) / total
         steps_in_window = max(1, self.step - step0)
         for s in self.students:
-            if s.name in times:
-                out[f"perf/step_time_s/{s.name}"] = times[s.name] / steps_in_window
+            parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
+            if parts:
+                out[f"perf/step_time_s/{s.name}"] = sum(parts) / steps_in_window
         out["perf/peak_memory_gb"] = _peak_memory_gb(self.rt.device)
         self.metrics.log(out, self.step)
         if self.rt.is_main:

@@ -9,10 +9,12 @@
 - The MLM head runs on the masked rows only (`masked_index`: flat positions b * L + t, computed
   on the host by `DeviceBatch`, so selecting them costs no host sync): the same logits as the
   full head at those rows, without the [B, L, V] tensor that is ~95% discarded.
-- Hidden states and attention maps are taken with forward hooks on the layers asked for; nothing
-  else is kept. Attention probabilities need eager attention in the model: SDPA returns none (and
-  HF's `output_attentions` silently gives an empty tuple), so a requested map that comes back
-  missing is an error here rather than a loss term that is quietly zero.
+- Hidden states and attention maps are taken with forward hooks on the layers asked for,
+  installed once per model (`tap_signals`, so torch.compile traces them); nothing else is kept.
+  Attention probabilities come only from layers that compute them (trainer/attention.py; SDPA
+  elsewhere returns none, and HF's `output_attentions` then silently gives an empty tuple), so a
+  requested map that comes back missing is an error here rather than a loss term that is quietly
+  zero.
 - The output is a flat dict of tensors, not a dataclass: DeepSpeed ZeRO-3 attaches its backward
   hooks to the tensors it finds in tuples, lists and dicts only.
 
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from trainer.attention import IMPLEMENTATION, returns_probabilities
 
 LOGITS = "logits"
 
@@ -102,10 +106,6 @@ def supports_layer_signals(model: nn.Module) -> bool:
     return getattr(model.config, "model_type", "") == "bert" and hasattr(model, "bert")
 
 
-def uses_eager_attention(model: nn.Module) -> bool:
-    return getattr(model.config, "_attn_implementation", None) == "eager"
-
-
 def check_need(model: nn.Module, need: Need, who: str) -> None:
     """Refuse, before training starts, signals this model cannot give."""
     layers = num_layers(model)
@@ -123,15 +123,38 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
             f"{who}: a {model.config.model_type!r} model; hidden states and attention maps of "
             "single layers are supported for BERT models only"
         )
-    if need.attentions and not uses_eager_attention(model):
+    silent = [i for i in sorted(need.attentions) if not returns_probabilities(model, i)]
+    if silent:
         raise ValueError(
-            f"{who}: attention maps are needed but the model uses "
-            f"{model.config._attn_implementation!r} attention, which returns none; load it with "
-            "attn_implementation='eager'"
+            f"{who}: attention maps of layers {silent} are needed but the model runs "
+            f"{model.config._attn_implementation!r} attention there, which returns none; build it "
+            f"with attn_implementation={IMPLEMENTATION!r} and trainer.attention."
+            "return_probabilities (or 'eager')"
         )
 
 
 # ---------------------------------------------------------------- the forward
+
+
+def tap_signals(model: nn.Module, need: Need) -> None:
+    """Install, once, forward hooks that keep the layer-wise signals of `need` (more calls add
+    what is missing). Installed before torch.compile, they are traced into the compiled graph;
+    hooks added and removed around every call would not be."""
+    taps = model.__dict__.setdefault("_biodistill_taps", {"store": {}, "keys": set()})
+    if not supports_layer_signals(model):
+        return
+    bert, layers = model.bert, num_layers(model)
+    wanted = [(hidden_key(i), i, 0) for i in need.hidden - {layers}]  # last: last_hidden_state
+    wanted += [(attention_key(i), i, 1) for i in need.attentions]
+    for key, index, position in wanted:
+        if key in taps["keys"]:
+            continue
+        if position == 1:
+            module = bert.encoder.layer[index].attention.self
+        else:
+            module = bert.embeddings if index == 0 else bert.encoder.layer[index - 1]
+        module.register_forward_hook(_keep(taps["store"], key, position))
+        taps["keys"].add(key)
 
 
 def masked_lm_signals(
@@ -142,35 +165,31 @@ def masked_lm_signals(
     need: Need,
 ) -> dict[str, torch.Tensor]:
     """Run an HF masked LM and return the signals in `need` (keys: see the module docstring)."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
+    tap_signals(model, need)
+    store = model.__dict__["_biodistill_taps"]["store"]
+    store.clear()
     layers = num_layers(model)
-    if supports_layer_signals(model):
-        bert = model.bert
-        for index in need.hidden - {layers}:  # the last one is last_hidden_state
-            module = bert.embeddings if index == 0 else bert.encoder.layer[index - 1]
-            handles.append(module.register_forward_hook(_keep(captured, hidden_key(index), 0)))
-        for layer in need.attentions:
-            module = bert.encoder.layer[layer].attention.self
-            handles.append(module.register_forward_hook(_keep(captured, attention_key(layer), 1)))
     head = mlm_head(model) if need.logits else None
     try:
         if need.logits and head is None:
             out = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             logits = out.logits.reshape(-1, out.logits.shape[-1])
-            captured[LOGITS] = logits.index_select(0, masked_index)
             last = None
         else:
             base = model.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, return_dict=True
             )
             last = base.last_hidden_state
+        wanted = [hidden_key(i) for i in need.hidden - {layers}]
+        wanted += [attention_key(i) for i in need.attentions]
+        captured = {key: store.get(key) for key in wanted}
     finally:
-        for h in handles:
-            h.remove()
-    if head is not None:
-        rows = last.reshape(-1, last.shape[-1]).index_select(0, masked_index)
-        captured[LOGITS] = head(rows)
+        store.clear()  # NOTE: the taps keep nothing between calls
+    if need.logits:
+        if head is None:
+            captured[LOGITS] = logits.index_select(0, masked_index)
+        else:
+            captured[LOGITS] = head(last.reshape(-1, last.shape[-1]).index_select(0, masked_index))
     if layers in need.hidden:
         if last is None:
             raise ValueError(
@@ -183,14 +202,13 @@ def masked_lm_signals(
             raise RuntimeError(
                 f"{type(model).__name__}: layer {layer} returned no attention probabilities "
                 f"(attention implementation {model.config._attn_implementation!r}); the "
-                "attention loss terms need eager attention"
+                "attention loss terms need layers that compute them (trainer/attention.py)"
             )
     return captured
 
 
 def _keep(store: dict, key: str, position: int) -> Callable:
     def hook(module: nn.Module, inputs: tuple, output) -> None:
-        value = output[position] if isinstance(output, tuple | list) else output
-        store[key] = value
+        store[key] = output[position] if isinstance(output, tuple | list) else output
 
     return hook

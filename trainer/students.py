@@ -28,11 +28,19 @@ import torch
 from torch import nn
 
 from data_pipeline.io_utils import first_line
+from trainer.attention import return_probabilities
 from trainer.bert_config import bert_config
 from trainer.config import LAYER_MAP_KINDS, StudentSection, check_layers, default_layer_maps
 from trainer.objectives import Objective, projected_key, uses_attention_maps
 from trainer.rng import derive_seed, seeded
-from trainer.signals import Need, check_need, hidden_key, masked_lm_signals, num_layers
+from trainer.signals import (
+    Need,
+    check_need,
+    hidden_key,
+    masked_lm_signals,
+    num_layers,
+    tap_signals,
+)
 from trainer.teacher import attn_implementation
 
 logger = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ class StudentModule(nn.Module):
         self.mlm = mlm
         self.fit_dense = fit_dense
         self.need = need
+        tap_signals(mlm, need)  # NOTE: before DeepSpeed (or torch.compile) wraps the module
 
     def forward(
         self,
@@ -100,6 +109,8 @@ def build_student(
         check_layers(spec, teacher_layers, num_layers(mlm))
         objective = Objective.from_section(section, num_layers(mlm), teacher_layers)
         need = objective.student_need()
+        if need.attentions:
+            return_probabilities(mlm, need.attentions)
         check_need(mlm, need, key)
         fit_dense = None
         if objective.projects_hidden:
@@ -120,7 +131,7 @@ def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: 
         )
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
-    config._attn_implementation = impl
+    config._attn_implementation = impl or "sdpa"
     student = BertForMaskedLM(config)
     student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
     for i, layer in enumerate(layers):

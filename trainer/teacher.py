@@ -11,7 +11,8 @@
   bf16 on GPU, never in a checkpoint. Its forward runs under no_grad rather than inference_mode:
   students' losses save teacher tensors for their backward, which inference tensors forbid.
 - It computes the union of the students' needs only (`Need`), e.g. no logits at all when no
-  student has a KD or soft-CE term, eager attention only when some student needs attention maps.
+  student has a KD or soft-CE term, attention probabilities only in the layers some student's
+  loss reads (SDPA computes every layer's output, trainer/attention.py).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import torch
 from torch import nn
 
 from data_pipeline.io_utils import first_line
+from trainer.attention import IMPLEMENTATION, return_probabilities
 from trainer.batch import DeviceBatch
 from trainer.bert_config import bert_config
 from trainer.config import TeacherSection
 from trainer.rng import seeded
-from trainer.signals import Need, check_need, masked_lm_signals
+from trainer.signals import Need, check_need, masked_lm_signals, tap_signals
 
 logger = logging.getLogger(__name__)
 
 
-def attn_implementation(attention_maps: bool) -> str:
-    """Eager where attention probabilities are needed (SDPA returns none), SDPA elsewhere."""
-    return "eager" if attention_maps else "sdpa"
+def attn_implementation(attention_maps: bool) -> str | None:
+    """Ours where some layer's attention probabilities are needed (trainer/attention.py: SDPA in
+    every other layer), else the model's default (SDPA for BERT)."""
+    return IMPLEMENTATION if attention_maps else None
 
 
 def load_teacher_model(
@@ -86,7 +89,10 @@ def load_teacher_model(
 
 class Teacher:
     def __init__(self, model: nn.Module, need: Need) -> None:
+        if need.attentions:
+            return_probabilities(model, need.attentions)
         check_need(model, need, "teacher")
+        tap_signals(model, need)
         model.eval()
         model.requires_grad_(False)
         self.model, self.need = model, need

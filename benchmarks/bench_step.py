@@ -1,0 +1,302 @@
+"""The cohort step: anatomy, tokens/s and MFU; against the paper-style loop; memory per ZeRO stage.
+
+    python benchmarks/run.py --only step [--quick]
+
+One trainer is built in this process with the trainer's own `build_trainer` (a world of one) for
+the cohort teacher + DistilBioBERT + CompactBioBERT + TinyBioBERT, at the demo sizes (--quick,
+recipes/demo.yaml on the demo shards) or the paper's (BERT-base teacher, seq 256, micro-batch 24,
+on generated full-length shards; benchmarks/bench_cohort.py explains them). Figures:
+
+- step: `tokens_per_s` (real tokens), `samples_per_s` and `mfu` over `Plan.steps` steps of the
+  training loop's own path (the device prefetcher over the loader, `Trainer.train_batch`), after
+  a warm-up. MFU = matmul FLOPs of the steps (benchmarks/flops.py; the formula is in the
+  settings) / time / the device's dense bf16 peak (989 TFLOP/s for an H100 SXM); null where the
+  peak is not known (CPUs). The settings hold the step anatomy: seconds per step waiting for
+  data, in the teacher's forward, and in each student's forward (loss included), backward and
+  optimizer step, from the trainer's step timer (CUDA events on a GPU).
+- vs_paper_loop: `speedup` = seconds per step of the paper-style loop (benchmarks/paper_loop.py:
+  eager attention and all maps everywhere, full-vocabulary logits, one teacher forward per
+  student, torch AdamW) / seconds per step of the cohort, on the same batches, the two taking
+  turns over `Plan.rounds` rounds; the median round.
+- memory (GPU only): `peak_gb` per ZeRO stage 1/2/3 and micro-batch 24/64/128 at the paper sizes,
+  each measured in a process of its own (`python -m benchmarks.bench_step --memory STAGE MICRO`):
+  torch.cuda.max_memory_allocated over 3 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.bench_cohort import (
+    DS_CONFIG,
+    FULL,
+    QUICK,
+    ROOT,
+    Plan,
+    log,
+    recipe_overrides,
+    run_config,
+    stdout_to_stderr,
+    train_steps,
+)
+from benchmarks.flops import FORMULA, cohort_flops, describe, shapes_from_recipe
+from benchmarks.run import device_name
+
+STEP_PLAN_QUICK = Plan(QUICK.sizes, QUICK.recipe, warmup=5, steps=20, rounds=16)
+STEP_PLAN_FULL = Plan(FULL.sizes, FULL.recipe, warmup=5, steps=20, rounds=5)
+MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
+
+# Dense bf16 tensor-core peaks (vendor datasheets), matched against torch's device name.
+BF16_PEAK = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
+
+
+def bf16_peak(device_name: str) -> float | None:
+    for key, peak in BF16_PEAK:
+        if key in device_name:
+            return peak
+    return None
+
+
+@dataclass
+class Measured:
+    seconds: float  # the timed steps, wall clock
+    steps: int
+    tokens: int
+    samples: int
+    seq_len: float  # mean padded length
+    anatomy: dict[str, float]  # seconds per step
+    ours: list[float]  # per round, seconds per step: cohort
+    paper: list[float]  # per round, seconds per step: paper-style loop
+    cfg: object
+    ds: dict
+
+
+def measure(plan: Plan, root: Path) -> Measured:
+    import deepspeed
+
+    from benchmarks.paper_loop import PaperLoop
+    from trainer.assemble import build_trainer
+    from trainer.batch import DevicePrefetcher
+    from trainer.ds_config import load_ds_config, micro_batch_size
+    from trainer.runtime import Runtime
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    ds = load_ds_config(DS_CONFIG)
+    per_step = micro_batch_size(ds, world_size=1) * int(ds.get("gradient_accumulation_steps", 1))
+    total = plan.warmup + plan.steps + plan.rounds * (1 + plan.warmup)
+    budget = Plan(plan.sizes, plan.recipe, warmup=0, steps=total, rounds=1)
+    overrides = recipe_overrides(budget, root, per_step)
+    rt = Runtime.start()
+    trainer = None
+    try:
+        cfg = run_config(budget, overrides, root / "runs", "step", None)
+        trainer = build_trainer(cfg, ds, rt)
+        for s in trainer.students:
+            s.engine.train()
+        sync = deepspeed.get_accelerator().synchronize
+        gas = trainer.students[0].engine.gradient_accumulation_steps()
+        batches = DevicePrefetcher(iter(trainer.inputs.loader), rt.device)
+
+        def run_steps(n: int) -> tuple[float, int, int, list[int]]:
+            tokens = samples = 0
+            lengths = []
+            sync()
+            start = time.perf_counter()
+            for _ in range(n * gas):
+                batch = next(batches)
+                trainer.train_batch(batch, trainer.active)
+                tokens, samples = tokens + batch.tokens, samples + batch.samples
+                lengths.append(batch.input_ids.shape[1])
+            sync()
+            return time.perf_counter() - start, tokens, samples, lengths
+
+        run_steps(plan.warmup)
+        trainer.step_times()  # the warm-up's anatomy is dropped
+        waited = batches.waited
+        seconds, tokens, samples, lengths = run_steps(plan.steps)
+        anatomy = {k: v / plan.steps for k, v in trainer.step_times().items()}
+        anatomy["data"] = (batches.waited - waited) / plan.steps
+        log(f"cohort: {plan.steps} steps in {seconds:.2f} s, {tokens / seconds:,.0f} tokens/s")
+
+        log("paper-style loop: copies of the same models")
+        paper = PaperLoop.from_trainer(trainer)
+        stream = iter(trainer.inputs.loader)
+        ours_times, paper_times = [], []
+        for r in range(plan.rounds):
+            block = [next(stream) for _ in range(plan.warmup * gas)]
+            first = r % 2 == 0  # alternate who goes first
+            for who in ("ours", "paper") if first else ("paper", "ours"):
+                if who == "ours":
+                    ours_times.append(train_steps(trainer, block) / plan.warmup)
+                else:
+                    sync()
+                    start = time.perf_counter()
+                    for b in block:
+                        paper.step(b)
+                    sync()
+                    paper_times.append((time.perf_counter() - start) / plan.warmup)
+            log(
+                f"round {r + 1}/{plan.rounds}: cohort {ours_times[-1]:.3f} s/step, paper loop "
+                f"{paper_times[-1]:.3f} s/step, speedup {paper_times[-1] / ours_times[-1]:.2f}"
+            )
+        return Measured(
+            seconds, plan.steps, tokens, samples, statistics.fmean(lengths), anatomy,
+            ours_times, paper_times, cfg, ds,
+        )  # fmt: skip
+    finally:
+        if trainer is not None:
+            trainer.inputs.loader.close()
+            trainer.metrics.close()
+        rt.close()
+
+
+def figures(plan: Plan, m: Measured) -> Iterator[dict]:
+    from trainer.ds_config import micro_batch_size
+
+    name = device_name()
+    teacher, students = shapes_from_recipe(m.cfg)
+    flops = cohort_flops(teacher, students, m.seq_len, m.cfg.data.mask_prob)
+    per_sequence = flops.cohort
+    achieved = per_sequence * m.samples / m.seconds
+    peak = bf16_peak(name) if m.ds.get("bf16", {}).get("enabled") else None
+    settings = {
+        "sizes": plan.sizes,
+        "recipe": str(plan.recipe.relative_to(ROOT)),
+        "ds_config": str(DS_CONFIG.relative_to(ROOT)),
+        "micro_batch": micro_batch_size(m.ds, 1),
+        "seq_len_mean": round(m.seq_len, 1),
+        "steps": m.steps,
+        "models": {"teacher": describe(teacher)} if teacher else {},
+        "versions": _versions(),
+    }
+    settings["models"].update({s.name: describe(s.config) for s in students})
+    anatomy = {k: round(v, 5) for k, v in sorted(m.anatomy.items())}
+    yield _line("step", "tokens_per_s", m.tokens / m.seconds, "tokens/s", name,
+                {**settings, "anatomy_s_per_step": anatomy})  # fmt: skip
+    yield _line("step", "samples_per_s", m.samples / m.seconds, "samples/s", name, settings)
+    yield _line("step", "mfu", achieved / peak if peak else None, "fraction", name, {
+        **settings,
+        "formula": FORMULA,
+        "flops_per_sequence": per_sequence,
+        "achieved_tflop_s": achieved / 1e12,
+        "peak_tflop_s": peak / 1e12 if peak else None,
+        "note": None if peak else "no known dense bf16 peak for this device",
+    })  # fmt: skip
+    ratios = [p / o for p, o in zip(m.paper, m.ours, strict=True)]
+    yield _line("vs_paper_loop", "speedup", statistics.median(ratios), "x", name, {
+        **settings,
+        "rounds": len(ratios),
+        "speedup_per_round": [round(r, 3) for r in ratios],
+        "cohort_s_per_step": statistics.median(m.ours),
+        "paper_loop_s_per_step": statistics.median(m.paper),
+    })  # fmt: skip
+
+
+def _line(benchmark, metric, value, unit, device, settings) -> dict:
+    value = round(value, 4) if isinstance(value, float) else value
+    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit,
+            "device": device, "settings": settings}  # fmt: skip
+
+
+def _versions() -> dict:
+    import deepspeed
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__}  # fmt: skip
+
+
+# ---------------------------------------------------------------- memory (GPU)
+
+
+def measure_memory(stage: int, micro: int, root: Path) -> float:
+    """Peak GPU memory (GB) of 3 cohort steps at the paper sizes, ZeRO `stage`, `micro`."""
+    import deepspeed
+    import torch
+
+    from trainer.assemble import build_trainer
+    from trainer.ds_config import load_ds_config
+    from trainer.runtime import Runtime
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    ds = copy.deepcopy(load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json"))
+    ds["train_micro_batch_size_per_gpu"] = micro
+    plan = Plan(FULL.sizes, FULL.recipe, warmup=0, steps=4, rounds=1)
+    overrides = recipe_overrides(plan, root, micro)
+    rt = Runtime.start()
+    try:
+        trainer = build_trainer(run_config(plan, overrides, root / "runs", "mem", None), ds, rt)
+        torch.cuda.reset_peak_memory_stats()
+        stream = iter(trainer.inputs.loader)
+        for _ in range(3):
+            trainer.train_batch(next(stream), trainer.active)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 1e9
+    finally:
+        rt.close()
+
+
+def memory_figures() -> Iterator[dict]:
+    import torch
+
+    if not torch.cuda.is_available():
+        log("memory: skipped (needs a GPU)")
+        return
+    name = device_name()
+    for stage in MEMORY_STAGES:
+        for micro in MEMORY_MICRO:
+            command = ["-m", "benchmarks.bench_step", "--memory", str(stage), str(micro)]
+            proc = subprocess.run(
+                [sys.executable, *command],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            if proc.returncode != 0:
+                tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+                log(f"memory ZeRO-{stage} micro-batch {micro}: failed ({tail[0]})")
+                value = None
+            else:
+                value = json.loads(proc.stdout.strip().splitlines()[-1])["peak_gb"]
+                log(f"memory ZeRO-{stage} micro-batch {micro}: {value:.2f} GB")
+            yield _line("memory", "peak_gb", value, "GB", name,
+                        {"zero_stage": stage, "micro_batch": micro, "sizes": "paper",
+                         "recipe": "recipes/paper_distilled.yaml"})  # fmt: skip
+
+
+def run(quick: bool) -> Iterator[dict]:
+    plan = STEP_PLAN_QUICK if quick else STEP_PLAN_FULL
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp, stdout_to_stderr():
+        measured = measure(plan, Path(tmp))
+    yield from figures(plan, measured)
+    if not quick:
+        yield from memory_figures()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--memory", nargs=2, type=int, metavar=("STAGE", "MICRO"), required=True)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        with stdout_to_stderr():
+            peak = measure_memory(*args.memory, Path(tmp))
+    print(json.dumps({"peak_gb": peak}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

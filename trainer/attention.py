@@ -1,0 +1,90 @@
+"""Attention: SDPA everywhere, attention probabilities only in the layers a loss reads.
+
+Models are built with `attn_implementation=IMPLEMENTATION`, an attention function registered with
+transformers' AttentionInterface (its masks are SDPA's: boolean, or None without padding). A layer
+marked with `return_probabilities(model, layers)` also returns its attention probabilities:
+
+- in training mode with attention dropout (a student): eager attention, exactly as HF's eager
+  path computes it, softmax(QK^T * scale + mask), dropout, times V; the probabilities returned are
+  the ones after dropout, as HF returns them and as the paper's losses saw them;
+- otherwise (the teacher, in eval mode): the output comes from SDPA like any other layer, and the
+  probabilities are computed beside it. The teacher's hidden states are then bit-identical whatever
+  maps the cohort asks for, which keeps "a student trained in a cohort equals the same student
+  trained alone" exact.
+Every other layer runs SDPA (flash or memory-efficient kernels on a GPU) and returns no
+probabilities. HF's plain SDPA returns none at all, and `output_attentions` then quietly gives an
+empty tuple: the trap this module exists to avoid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+IMPLEMENTATION = "biodistill_sdpa"
+FLAG = "biodistill_probabilities"  # set on the attention modules whose probabilities are needed
+
+
+def _probabilities(query, key, attention_mask, scaling) -> torch.Tensor:
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    return F.softmax(scores, dim=-1)
+
+
+def attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HF attention-interface signature: returns (output [B, L, heads, d], probabilities)."""
+    if not getattr(module, FLAG, False):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    probs = _probabilities(query, key, attention_mask, scaling)
+    if module.training and dropout > 0.0:
+        probs = F.dropout(probs, p=dropout, training=True)
+        out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+        return out, probs
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    return out, probs
+
+
+AttentionInterface.register(IMPLEMENTATION, attention_forward)
+AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every layer of a BERT masked LM, in order."""
+    return [layer.attention.self for layer in model.bert.encoder.layer]
+
+
+def return_probabilities(model: nn.Module, layers) -> None:
+    """Make exactly `layers` (indices from 0) return their attention probabilities."""
+    wanted = set(layers)
+    for i, module in enumerate(attention_modules(model)):
+        setattr(module, FLAG, i in wanted)
+
+
+def returns_probabilities(model: nn.Module, layer: int) -> bool:
+    if getattr(model.config, "_attn_implementation", None) == "eager":
+        return True
+    if getattr(model.config, "_attn_implementation", None) != IMPLEMENTATION:
+        return False
+    return bool(getattr(attention_modules(model)[layer], FLAG, False))
