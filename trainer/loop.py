@@ -30,18 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from trainer.batch import DeviceBatch, DevicePrefetcher
 from trainer.checkpoint import Checkpointer, latest_complete
 from trainer.config import RunConfig
 from trainer.export import SKELETON, export_student, write_skeleton
+from trainer.heldout import heldout_metrics
 from trainer.inputs import Inputs
 from trainer.metrics import MetricsWriter
 from trainer.model_card import model_card
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.runtime import Runtime
-from trainer.signals import LOGITS, Need
 from trainer.teacher import Teacher
 from trainer.timing import StepTimer
 
@@ -323,59 +322,22 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation and export
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out MLM loss and accuracy of every student and the teacher, and each student's
-        top-1 agreement with the teacher at masked positions. NOTE: collective."""
+        """Held-out metrics of every student and the teacher (trainer/heldout.py), logged.
+        NOTE: collective."""
         if self.inputs.eval_batches is None:
             return {}
-        names = [s.name for s in self.students]
-        has_teacher = self.teacher is not None
-        rows = len(names) + (1 if has_teacher else 0)
-        sums = torch.zeros(rows, 3, dtype=torch.float64, device=self.rt.device)
-        masked = torch.zeros(1, dtype=torch.float64, device=self.rt.device)
-        for s in self.students:
-            s.engine.eval()
-        for host_batch in self.inputs.eval_iter():
-            batch = DeviceBatch.from_host(host_batch, self.rt.device)
-            labels = batch.masked_labels
-            masked += batch.masked
-            teacher_top = None
-            if has_teacher:
-                logits = self.teacher(batch, Need(logits=True))[LOGITS].float()
-                teacher_top = logits.argmax(-1)
-                sums[-1, 0] += F.cross_entropy(logits, labels, reduction="sum").double()
-                sums[-1, 1] += (teacher_top == labels).sum()
-            for i, s in enumerate(self.students):
-                out = s.engine(
-                    batch.input_ids, batch.attention_mask, batch.masked_index, logits_only=True
-                )
-                logits = out[LOGITS].float()
-                top = logits.argmax(-1)
-                sums[i, 0] += F.cross_entropy(logits, labels, reduction="sum").double()
-                sums[i, 1] += (top == labels).sum()
-                if teacher_top is not None:
-                    sums[i, 2] += (top == teacher_top).sum()
-        for s in self.students:
-            s.engine.train()
-        flat = self.rt.all_reduce_sum(torch.cat([sums.flatten(), masked])).cpu()
-        count = max(flat[-1].item(), 1.0)
-        table = (flat[:-1].view(rows, 3) / count).tolist()
-        out: dict[str, float] = {}
-        for name, (loss, acc, agree) in zip(names + ["teacher"], table, strict=False):
-            out[f"eval/{name}/mlm_loss"] = loss
-            out[f"eval/{name}/mlm_acc"] = acc
-            if has_teacher and name != "teacher":
-                out[f"eval/{name}/teacher_agreement"] = agree
+        out = heldout_metrics(self.students, self.teacher, self.inputs.eval_iter(), self.rt)
         self.metrics.log(out, self.step)
         self.last_eval, self._eval_step = out, self.step
         if self.rt.is_main:
+            names = [s.name for s in self.students] + (["teacher"] if self.teacher else [])
             logger.info(
                 "eval at step %d: %s",
                 self.step,
                 " | ".join(
                     f"{n} loss {out[f'eval/{n}/mlm_loss']:.3f} acc {out[f'eval/{n}/mlm_acc']:.3f}"
-                    for n in names + (["teacher"] if has_teacher else [])
+                    for n in names
                 ),
             )
         return out
