@@ -1,9 +1,17 @@
 """Command line of the data pipeline.
 
     python -m data_pipeline extract --input PATH [PATH ...] --output DIR [--workers N]
+        [--parts-only [--slice I/N]]
+    python -m data_pipeline tokenize --input PATH [PATH ...] --records DIR --tokenizer NAME_OR_DIR
+        --cache CACHE [--slice I/N] ...
     python -m data_pipeline shard --input PATH [PATH ...] --tokenizer NAME_OR_DIR --output DIR ...
+        [--token-cache CACHE]
     python -m data_pipeline inspect DIR [--samples N]
     python -m data_pipeline demo [--output data/demo]
+
+On a cluster, `extract --parts-only --slice I/N` then `tokenize --slice I/N` run as array tasks
+and a final `extract` + `shard --token-cache` merge them (slurm/preprocess.sbatch); the result is
+byte-identical to the plain `extract` + `shard`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`.
 A PipelineError becomes one line `error: ...` on stderr and exit status 2.
@@ -19,6 +27,7 @@ from data_pipeline.io_utils import PipelineError
 
 COMMANDS = {
     "extract": ("data_pipeline.extract", "PubMed XML -> text records (jsonl.gz + report.json)"),
+    "tokenize": ("data_pipeline.token_cache", "extract's parts -> token ids for shard (arrays)"),
     "shard": ("data_pipeline.shards", "records -> WebDataset token shards + manifest.json"),
     "inspect": ("data_pipeline.inspect_shards", "summary and decoded samples of a shard directory"),
     "demo": ("data_pipeline.demo", "build the embedded demo corpus, tokenizer and shards"),

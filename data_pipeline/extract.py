@@ -30,6 +30,19 @@ the stale earlier version with an abstract survive.
 Parts are kept after a successful run so that adding the next update file only parses that file.
 They are named `.part.gz`, not `.jsonl.gz`, so that a directory scan for record files never picks
 them up.
+
+On a cluster (slurm/preprocess.sbatch) phase 1 is split over an array job and the rest is one
+final run over all inputs, which reuses every part:
+
+    python -m data_pipeline extract --input baseline/ updatefiles/ --output DIR \
+        --parts-only --slice I/N        # task I of N: parse only every N-th input from the I-th
+    python -m data_pipeline extract --input baseline/ updatefiles/ --output DIR     # the merge
+
+`--parts-only` stops after phase 1 (no resolution, no outputs, no report.json); `--slice I/N`
+(only with --parts-only, since resolving updates needs every file) takes every N-th input, in name
+order, from the I-th. Concurrent slices share DIR/.parts safely: each touches only its own
+inputs' files (temp files included). The final run's output is byte-identical to a run that parsed
+everything itself, whatever N was.
 """
 
 from __future__ import annotations
@@ -57,7 +70,9 @@ from data_pipeline.io_utils import (
     atomic_write_json,
     check_writable_dir,
     expand_inputs,
+    parse_slice,
     read_json,
+    take_slice,
 )
 from data_pipeline.pubmed import PARSER_VERSION, Deletions, PubmedReader, Skip
 
@@ -92,10 +107,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the output without unreadable inputs instead of failing",
     )
+    parser.add_argument(
+        "--parts-only",
+        action="store_true",
+        help="only parse the inputs into DIR/.parts (an array task); a run without it merges",
+    )
+    parser.add_argument(
+        "--slice",
+        metavar="I/N",
+        help="with --parts-only: parse every N-th input (name order) from the I-th",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    run_extract(args.input, args.output, args.workers, args.keep_no_abstract, args.skip_bad_files)
+    run_extract(
+        args.input,
+        args.output,
+        args.workers,
+        args.keep_no_abstract,
+        args.skip_bad_files,
+        parts_only=args.parts_only,
+        slice_spec=parse_slice(args.slice) if args.slice else None,
+    )
     return 0
 
 
@@ -109,6 +142,16 @@ def _stem(path: Path) -> str:
     for suffix in (".gz", ".xml"):
         name = name.removesuffix(suffix)
     return name
+
+
+def input_stem(path: Path) -> str:
+    """The name an input's part, output and token-cache entry share: its name less .xml[.gz]."""
+    return _stem(path)
+
+
+def part_is_complete(path: Path, parts: Path) -> bool:
+    """Whether DIR/.parts holds a complete part of this exact input (same size, mtime, parser)."""
+    return _reusable(path, parts) is not None
 
 
 def _signature(path: Path) -> dict:
@@ -292,10 +335,21 @@ def run_extract(
     keep_no_abstract: bool = False,
     skip_bad_files: bool = False,
     progress: bool = True,
+    parts_only: bool = False,
+    slice_spec: tuple[int, int] | None = None,
 ) -> dict:
-    """Extract PubMed XML `inputs` into `output`; returns the report (also DIR/report.json)."""
+    """Extract PubMed XML `inputs` into `output`; returns the report (also DIR/report.json).
+
+    With `parts_only`, stop after parsing (into DIR/.parts) the inputs of `slice_spec` (I, N), or
+    all of them when it is None; the return value is then {"files": [...], "bad_files": [...]}.
+    """
     if workers < 1:
         raise PipelineError(f"--workers must be at least 1, got {workers}")
+    if slice_spec is not None and not parts_only:
+        raise PipelineError(
+            "--slice needs --parts-only: resolving updates needs every file, so only parsing is "
+            "split (then run extract over all inputs, without --slice, to merge)"
+        )
     files = expand_inputs(inputs, SUFFIXES)
     if not files:
         raise PipelineError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
@@ -306,6 +360,8 @@ def run_extract(
     out = check_writable_dir(output)
     parts = out / PARTS_DIR
     parts.mkdir(exist_ok=True)
+    if parts_only:
+        return _parse_only(take_slice(files, slice_spec), parts, workers, skip_bad_files, progress)
     # Temp files of a crashed run are never trusted, just litter.
     for stray in [
         *parts.glob(".*.tmp"),
@@ -314,42 +370,17 @@ def run_extract(
     ]:
         stray.unlink(missing_ok=True)
 
-    stats: dict[str, dict] = {}
-    todo = []
-    for path in files:
-        if (done := _reusable(path, parts)) is not None:
-            stats[done["stem"]] = done
-        else:
-            todo.append((str(path), str(parts)))
-    n_files, n_done = len(files), len(stats)
-    if n_done:
-        _progress(progress, f"reusing {n_done} of {n_files} completed parts in {parts}")
+    stats, todo = _plan_parts(files, parts, progress)
+    n_files = len(files)
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(min(workers, n_files)) if workers > 1 else _InProcess()
     with pool:
-        start = time.perf_counter()
-        for k, st in enumerate(pool.imap_unordered(extract_part, todo), 1):
-            stats[st["stem"]] = st
-            if st["status"] != "ok":
-                _progress(progress, f"[{n_done + k}/{n_files}] {st['error']}")
-                continue
-            eta = (time.perf_counter() - start) / k * (len(todo) - k)
-            _progress(
-                progress,
-                f"[{n_done + k}/{n_files}] {st['name']}: "
-                f"{st['records_kept']:,} records ({st['seconds']:.1f} s) "
-                f"ETA {datetime.timedelta(seconds=round(eta))}",
-            )
+        _parse_parts(pool, todo, stats, n_files, progress)
         ordered = [stats[_stem(p)] for p in files]
         bad = [s for s in ordered if s["status"] != "ok"]
         good = [s for s in ordered if s["status"] == "ok"]
         if bad and (not skip_bad_files or not good):
-            errors = "; ".join(s["error"] for s in bad[:5]) + ("; ..." if len(bad) > 5 else "")
-            hint = " (rerun with --skip-bad-files to write the output without them)"
-            raise PipelineError(
-                f"{len(bad)} of {n_files} input files could not be read"
-                f"{hint if good else ''}: {errors}"
-            )
+            raise _bad_files_error(bad, good, n_files)
 
         size = max(s["max_pmid"] for s in good) + 1
         masks = list(resolve_updates(lambda f: load_index(parts, good[f]["stem"]), len(good), size))
@@ -383,6 +414,78 @@ def run_extract(
         f"deleted {report['deleted']:,}, bad files {len(bad)})",
     )
     return report
+
+
+def _plan_parts(files: list[Path], parts: Path, progress: bool) -> tuple[dict[str, dict], list]:
+    """The stats of the inputs whose parts are complete, and the (input, parts) tasks to parse."""
+    stats: dict[str, dict] = {}
+    todo = []
+    for path in files:
+        if (done := _reusable(path, parts)) is not None:
+            stats[done["stem"]] = done
+        else:
+            todo.append((str(path), str(parts)))
+    if stats:
+        _progress(progress, f"reusing {len(stats)} of {len(files)} completed parts in {parts}")
+    return stats, todo
+
+
+def _parse_parts(pool, todo: list, stats: dict[str, dict], n_files: int, progress: bool) -> None:
+    """Phase 1 for the `todo` inputs; their stats go into `stats` (by stem)."""
+    n_done, start = len(stats), time.perf_counter()
+    for k, st in enumerate(pool.imap_unordered(extract_part, todo), 1):
+        stats[st["stem"]] = st
+        if st["status"] != "ok":
+            _progress(progress, f"[{n_done + k}/{n_files}] {st['error']}")
+            continue
+        eta = (time.perf_counter() - start) / k * (len(todo) - k)
+        _progress(
+            progress,
+            f"[{n_done + k}/{n_files}] {st['name']}: "
+            f"{st['records_kept']:,} records ({st['seconds']:.1f} s) "
+            f"ETA {datetime.timedelta(seconds=round(eta))}",
+        )
+
+
+def _bad_files_error(bad: list[dict], good: list[dict], n_files: int) -> PipelineError:
+    errors = "; ".join(s["error"] for s in bad[:5]) + ("; ..." if len(bad) > 5 else "")
+    hint = " (rerun with --skip-bad-files to write the output without them)"
+    return PipelineError(
+        f"{len(bad)} of {n_files} input files could not be read{hint if good else ''}: {errors}"
+    )
+
+
+def _parse_only(
+    files: list[Path], parts: Path, workers: int, skip_bad_files: bool, progress: bool
+) -> dict:
+    """`--parts-only`: phase 1 for `files` (one slice), touching no other input's files."""
+    if not files:
+        _progress(progress, "no inputs in this slice (more slices than inputs): nothing to do")
+        return {"files": [], "bad_files": []}
+    # NOTE: other slices may be writing into the same .parts right now: remove only the temp
+    # files of this slice's inputs (an earlier attempt of this slice left them).
+    prefixes = tuple(f".{_stem(p)}.{kind}." for p in files for kind in ("part.gz", "index.npz"))
+    for stray in parts.iterdir():
+        if stray.name.startswith(prefixes) and stray.name.endswith(".tmp"):
+            stray.unlink(missing_ok=True)
+    stats, todo = _plan_parts(files, parts, progress)
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(min(workers, len(todo))) if workers > 1 and todo else _InProcess()
+    with pool:
+        _parse_parts(pool, todo, stats, len(files), progress)
+    ordered = [stats[_stem(p)] for p in files]
+    bad = [s for s in ordered if s["status"] != "ok"]
+    if bad and not skip_bad_files:
+        raise _bad_files_error(bad, [s for s in ordered if s["status"] == "ok"], len(files))
+    _progress(
+        progress,
+        f"parsed {len(files) - len(bad)} of {len(files)} inputs into {parts} "
+        f"({len(files) - len(todo)} reused, bad files {len(bad)})",
+    )
+    return {
+        "files": [{k: s.get(k) for k in ("name", "stem", "status", "error")} for s in ordered],
+        "bad_files": [s["name"] for s in bad],
+    }
 
 
 def _count_dropped(stats: dict, reason: str, dropped: np.ndarray, pmids: np.ndarray) -> None:

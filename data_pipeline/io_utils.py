@@ -118,3 +118,27 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise PipelineError(f"{p}: output directory is not writable ({e.strerror})") from None
     return p
+
+
+def parse_slice(spec: str) -> tuple[int, int]:
+    """`I/N` (slice I of N, 0 <= I < N) as (I, N); a one-line error names what is wrong."""
+    index, sep, count = spec.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit():
+        raise PipelineError(f"--slice must look like I/N (e.g. 3/16), got {spec!r}")
+    i, n = int(index), int(count)
+    if n < 1 or i >= n:
+        raise PipelineError(f"--slice {spec}: need 0 <= I < N")
+    return i, n
+
+
+def take_slice(files: list[Path], spec: tuple[int, int] | None) -> list[Path]:
+    """Slice I of N of a name-sorted file list: every N-th file from the I-th.
+
+    Round robin rather than blocks, so baseline and (smaller) update files spread over slices.
+    NOTE: `extract --parts-only` and `tokenize` must agree on this; only the work split depends on
+    it, never an output, so any N gives the same corpus.
+    """
+    if spec is None:
+        return list(files)
+    i, n = spec
+    return list(files[i::n])

@@ -198,6 +198,7 @@ class RecordReader:
         self.bytes_total = sum(f.stat().st_size for f in inputs.files)
         self._bytes_done = 0
         self._raw = None  # the open raw file, whose position measures progress through it
+        self.source: Source | None = None  # the source of the record yielded last
 
     @property
     def bytes_read(self) -> int:
@@ -208,6 +209,7 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[Record]:
         for src in self.inputs.sources:
+            self.source = src
             if src.kind == "hf":
                 yield from self._hf(src)
             else:

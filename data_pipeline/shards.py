@@ -1,7 +1,8 @@
 """`python -m data_pipeline shard`: records -> WebDataset token shards + manifest.json.
 
     python -m data_pipeline shard --input DIR --tokenizer NAME_OR_DIR --output SHARDS \
-        [--max-len 256] [--mode truncate|pack] [--eval-fraction 0.001] [--workers N]
+        [--max-len 256] [--mode truncate|pack] [--eval-fraction 0.001] [--workers N] \
+        [--samples-per-shard N] [--text-field NAME] [--token-cache CACHE]
 
 Each sample is `KEY.input_ids.npy` ([CLS] ... [SEP], uint16 when the vocabulary fits, else int32)
 and `KEY.json` ({"pmid"} or {"id"} in truncate mode, {"pmids"} in pack mode, always "n_tokens"),
@@ -13,6 +14,10 @@ workers only tokenize, one writer in the main process consumes their results in 
 have fixed mtime/owner, and a resumed run restores the exact writer state of its last journal.
 
 A crashed run resumes from its journal in DIR/.shard-state/ (data_pipeline/shard_journal.py).
+
+`--token-cache CACHE` takes token ids from what `python -m data_pipeline tokenize` made of the
+inputs' parts (array jobs tokenize slices of the corpus in parallel: data_pipeline/token_cache.py)
+and tokenizes only what the cache does not hold; the output is byte-identical either way.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from data_pipeline.records import (
     tokenized_chunks,
 )
 from data_pipeline.shard_journal import Journal, complete_run, fingerprint, resume
+from data_pipeline.token_cache import TokenCache
 
 PROGRESS_EVERY_S = 5.0
 
@@ -238,8 +244,12 @@ def run_shard(
     samples_per_shard: int = 10000,
     text_field: str | None = None,
     progress: bool = True,
+    token_cache: str | None = None,
 ) -> Manifest:
-    """Tokenize `inputs` into DIR/{train,eval}-NNNNNN.tar + manifest.json; resumes a crashed run."""
+    """Tokenize `inputs` into DIR/{train,eval}-NNNNNN.tar + manifest.json; resumes a crashed run.
+
+    With `token_cache`, ids come from that `tokenize` cache where it holds them (same output).
+    """
     _validate(max_len, mode, eval_fraction, workers, samples_per_shard)
     eval_fraction = float(eval_fraction)  # 0 and 0.0 must fingerprint (and record) the same
     input_set = resolve_inputs([str(i) for i in inputs])
@@ -250,6 +260,8 @@ def run_shard(
     name = str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
     info = tokenizer_info(hf_tok, name)
     tok = backend_tokenizer(hf_tok)
+    keep = max_len - 2 if mode == "truncate" else None
+    cache = TokenCache(token_cache, tok, keep) if token_cache is not None else None
     inputs_meta = [
         {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
         for f in input_set.files
@@ -271,8 +283,6 @@ def run_shard(
     consumed = resume(out, journal, writers, packers)
 
     reader = RecordReader(input_set, text_field)
-    records = itertools.islice(iter(reader), consumed, None)  # NOTE: skipped, never tokenized
-    keep = max_len - 2 if mode == "truncate" else None
     samples = sum(w.samples for w in writers.values())
     tokens = sum(w.tokens for w in writers.values())
     meter = _Progress(progress, input_set.total_records, reader, (consumed, tokens))
@@ -290,7 +300,11 @@ def run_shard(
             w.write_shard()
             journal.save(consumed, writers, packers)
 
-    batches = tokenized_chunks(records, tok, workers, keep)
+    if cache is None:
+        records = itertools.islice(iter(reader), consumed, None)  # NOTE: skipped, never tokenized
+        batches = tokenized_chunks(records, tok, workers, keep)
+    else:
+        batches = cache.tokenized_chunks(reader, consumed, workers)
     for chunk, (flat, offsets) in batches:
         for i, record in enumerate(chunk):
             consumed += 1
@@ -323,6 +337,8 @@ def run_shard(
     manifest.save(out)  # NOTE: last, and only once every shard it lists is in place
     shutil.rmtree(journal.dir, ignore_errors=True)
     meter.update(consumed, samples, tokens, final=True)
+    if cache is not None and progress:
+        print(cache.summary(), file=sys.stderr, flush=True)
     return manifest
 
 
@@ -357,6 +373,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes (cores)")
     parser.add_argument("--samples-per-shard", type=int, default=10000)
     parser.add_argument("--text-field", metavar="NAME", help="JSON/dataset field holding the text")
+    parser.add_argument(
+        "--token-cache",
+        metavar="CACHE",
+        help="take token ids from this `tokenize` cache where it has them (same output)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -370,5 +391,6 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
         samples_per_shard=args.samples_per_shard,
         text_field=args.text_field,
+        token_cache=args.token_cache,
     )
     return 0

@@ -20,6 +20,7 @@ from trainer.ds_config import micro_batch_size
 from trainer.inputs import build_inputs, ensure_demo
 from trainer.loop import Trainer
 from trainer.metrics import MetricsWriter
+from trainer.preemption import PreemptionFlag
 from trainer.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ def _git_state() -> str:
     return f"commit {commit}\n\n{git('status', '--short')}\n{git('diff', 'HEAD')}"
 
 
-def build_trainer(cfg: RunConfig, ds: dict, rt: Runtime) -> Trainer:
+def build_trainer(
+    cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
+) -> Trainer:
     run_dir = prepare_run_dir(cfg, ds, rt)
     ensure_demo(cfg, rt)
     inputs = build_inputs(cfg, rt, micro_batch_size(ds, rt.world_size))
@@ -79,6 +82,7 @@ def build_trainer(cfg: RunConfig, ds: dict, rt: Runtime) -> Trainer:
         Checkpointer(run_dir / "checkpoints", rt, cfg.train.keep),
         MetricsWriter(run_dir / "tensorboard", enabled=rt.is_main),
         run_dir,
+        preempt,
     )
     trainer.resume()
     return trainer

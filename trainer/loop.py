@@ -76,6 +76,7 @@ class Trainer:
         checkpointer: Checkpointer,
         metrics: MetricsWriter,
         run_dir: Path,
+        preempt: PreemptionFlag | None = None,
     ) -> None:
         self.cfg, self.rt, self.teacher, self.students = cfg, rt, teacher, students
         self.inputs, self.checkpointer, self.metrics = inputs, checkpointer, metrics
@@ -86,7 +87,8 @@ class Trainer:
         self.exported: set[str] = set()
         self.last_eval: dict[str, float] = {}
         self._eval_step = -1  # the step of the last evaluation
-        self.preempt = PreemptionFlag()
+        # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
+        self.preempt = preempt if preempt is not None else PreemptionFlag()
         self._timer = StepTimer(rt.device)
         self._batches: DevicePrefetcher | None = None
         self._running = {s.name: _Running() for s in students}
@@ -162,7 +164,6 @@ class Trainer:
         """Train to the end (returns 0) or to a preemption (saves, returns EXIT_PREEMPTED)."""
         cfg = self.cfg.train
         gas = self.students[0].engine.gradient_accumulation_steps()
-        self.preempt.install()
         batches = self._batches = DevicePrefetcher(iter(self.inputs.loader), self.rt.device)
         for s in self.students:
             s.engine.train()
@@ -199,7 +200,6 @@ class Trainer:
                 self._export(s)
             return 0
         finally:
-            self.preempt.restore()
             self.inputs.loader.close()
 
     def train_batch(self, batch: DeviceBatch | dict, active: list) -> None:

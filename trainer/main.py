@@ -52,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.assemble import build_trainer
     from trainer.loop import NonFiniteLoss
+    from trainer.preemption import PreemptionFlag
     from trainer.runtime import Runtime
 
+    preempt = PreemptionFlag()
+    preempt.install()  # NOTE: first: a time-limit signal during start-up must still checkpoint
     rt = Runtime.start()
     quiet_other_ranks(rt.rank)
     trainer = None
     try:
-        trainer = build_trainer(cfg, ds, rt)
+        trainer = build_trainer(cfg, ds, rt, preempt)
         return trainer.fit()
     except (ValueError, FileNotFoundError, PipelineError) as e:
         print(f"error{_where(rt)}: {e}", file=sys.stderr, flush=True)
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.metrics.close()
         rt.close()
+        preempt.restore()
 
 
 def quiet_other_ranks(rank: int) -> None:

@@ -5,9 +5,16 @@
     rt.any(flag)              # True on every rank if it is True on some rank (CPU gloo group)
     rt.close()
 
-- Launched by the DeepSpeed launcher (or torchrun, or srun exporting RANK/WORLD_SIZE/...), the
-  rank comes from the environment; run as a plain `python trainer/main.py` it is a world of one
-  (the variables are filled in with a free local port).
+- Launched by the DeepSpeed launcher (or torchrun), the rank comes from the environment; run as a
+  plain `python trainer/main.py` it is a world of one (the variables are filled in with a free
+  local port).
+- Launched by srun, one task per GPU (slurm/train.sbatch), each task maps Slurm's variables to
+  the launcher's when those are not set: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS,
+  LOCAL_RANK = SLURM_LOCALID, LOCAL_WORLD_SIZE = this node's entry of SLURM_STEP_TASKS_PER_NODE
+  (plus what the DeepSpeed launcher also exports: LOCAL_SIZE, CROSS_RANK, CROSS_SIZE).
+  MASTER_ADDR/MASTER_PORT come from the batch script. Only inside a job step (SLURM_STEP_ID set):
+  the batch script itself also carries SLURM_PROCID and SLURM_NTASKS, and a `python
+  trainer/main.py` run there is still a world of one.
 - The accelerator is DeepSpeed's: CUDA where there is one, else CPU with the gloo backend.
   On CPU, each rank gets an equal share of the cores for its intra-op threads unless
   OMP_NUM_THREADS says otherwise (two ranks with all cores each only fight over them).
@@ -32,6 +39,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tasks_on_node(tasks_per_node: str, node: int) -> int:
+    """Node `node`'s task count from Slurm's compressed list, e.g. "4(x2),3" -> 4, 4, 3."""
+    counts: list[int] = []
+    for item in tasks_per_node.split(","):
+        count, _, repeat = item.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts[node]
+
+
+def _fill_from_slurm() -> None:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env or "SLURM_STEP_ID" not in env:
+        return
+    node = int(env.get("SLURM_NODEID", "0"))
+    world = env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or world
+    local_world = str(_tasks_on_node(per_node, node))
+    env.update(
+        RANK=env["SLURM_PROCID"],
+        WORLD_SIZE=world,
+        LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
+        LOCAL_WORLD_SIZE=local_world,
+        LOCAL_SIZE=local_world,
+        CROSS_RANK=str(node),
+        CROSS_SIZE=env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES", "1"),
+    )
+    if world == "1":  # a one-task step needs no rendezvous address from the script
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(free_port()))
 
 
 def _fill_single_process_env() -> None:
@@ -63,6 +101,7 @@ class Runtime:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
+        _fill_from_slurm()
         _fill_single_process_env()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         accelerator = get_accelerator()
