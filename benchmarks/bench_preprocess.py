@@ -2,10 +2,11 @@
 
     python benchmarks/run.py --only preprocess [--quick]
 
-The paper tokenized PubMed with Hugging Face `datasets`: load the records, `Dataset.map` a batched
-fast-tokenizer call with truncation to 256, `save_to_disk`. We time that and our `shard` on the same
-extract output, with the same tokenizer, one process each (per-core rates), in the same run; then
-`shard --workers 2` for scaling. Figures:
+The paper's code (its preprocessing.py) tokenized PubMed with Hugging Face `datasets`: load the
+records, `Dataset.map` a batched fast-tokenizer call with truncation to 256 and the special-tokens
+mask, keep the columns, `save_to_disk`. We time that and our `shard` on the same extract output,
+with the same tokenizer, one process each (per-core rates), in the same run; then `shard --workers
+2` for scaling. Figures:
 - preprocess/speedup_vs_datasets_map: datasets path time / our shard time, 1 core each (goal >= 2).
 - preprocess/extract_records_per_s, shard_records_per_s, shard_tokens_per_s (1 core).
 - preprocess/shard_scaling_2_workers: shard time at 1 worker / at 2 workers (linear = 2.0).
@@ -34,7 +35,9 @@ MAX_LEN = 256
 
 
 def datasets_map_way(records: Path, tokenizer: Path, out: Path) -> int:
-    """The paper's preprocessing: datasets.load_dataset + batched map (truncation 256) + save."""
+    """The paper's preprocessing (its preprocessing.py): the records as a `datasets` dataset, a
+    batched map of the same fast-tokenizer call (title without brackets + " " + abstract,
+    truncation 256, special-tokens mask), the columns kept, `save_to_disk`."""
     import datasets
     from transformers import AutoTokenizer
 
@@ -45,10 +48,13 @@ def datasets_map_way(records: Path, tokenizer: Path, out: Path) -> int:
     )
 
     def tokenize(batch):
-        texts = [f"{t} {a}".strip() for t, a in zip(batch["title"], batch["abstract"], strict=True)]
-        return tok(texts, truncation=True, max_length=MAX_LEN)
+        texts = [
+            (t.replace("[", "").replace("]", "").strip() + " " + a.strip()).strip()
+            for t, a in zip(batch["title"], batch["abstract"], strict=True)
+        ]
+        return tok(texts, truncation=True, max_length=MAX_LEN, return_special_tokens_mask=True)
 
-    ds = ds.map(tokenize, batched=True, num_proc=None, remove_columns=ds.column_names)
+    ds = ds.map(tokenize, batched=True, num_proc=None)
     ds.save_to_disk(str(out / "tokenized"))
     return len(ds)
 
