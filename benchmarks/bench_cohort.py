@@ -209,19 +209,23 @@ def run_config(
     return select_students(cfg, students) if students is not None else cfg
 
 
-def train_steps(trainer: Trainer, batches: list[dict]) -> float:
-    """Seconds for the trainer's own per-batch step on each of `batches` (host clock, device
-    synchronized at both ends)."""
+def time_batches(step, batches: list[dict]) -> float:
+    """Seconds for `step(batch)` over `batches` (host clock, device synchronized at both ends)."""
     from deepspeed.accelerator import get_accelerator
 
     sync = get_accelerator().synchronize
-    active = trainer.active
     sync()
     start = time.perf_counter()
     for batch in batches:
-        trainer.train_batch(batch, active)
+        step(batch)
     sync()
     return time.perf_counter() - start
+
+
+def train_steps(trainer: Trainer, batches: list[dict]) -> float:
+    """Seconds for the trainer's own per-batch step on each of `batches`."""
+    active = trainer.active
+    return time_batches(lambda batch: trainer.train_batch(batch, active), batches)
 
 
 def padded_len(batches: list[dict]) -> float:
@@ -310,15 +314,14 @@ def measure(plan: Plan, root: Path) -> Measured:
 # ---------------------------------------------------------------- figures
 
 
-def figures(plan: Plan, m: Measured) -> Iterator[dict]:
+def run_settings(plan: Plan, cfg: RunConfig, ds: dict, seq_len: float) -> dict:
+    """What every figure of a run states: sizes, recipe, DeepSpeed settings, models."""
     from trainer.ds_config import micro_batch_size
 
-    cfg, ds = m.cfg, m.ds
-    names = list(m.separate)
     teacher, students = shapes_from_recipe(cfg)
-    flops = cohort_flops(teacher, students, m.seq_len, cfg.data.mask_prob)
-    ratios = [c / sum(m.separate[k][r] for k in names) for r, c in enumerate(m.cohort)]
-    settings = {
+    models = {"teacher": describe(teacher)} if teacher is not None else {}
+    models.update({s.name: describe(s.config) for s in students})
+    return {
         "sizes": plan.sizes,
         "recipe": str(plan.recipe.relative_to(ROOT)),
         "ds_config": str(DS_CONFIG.relative_to(ROOT)),
@@ -327,8 +330,19 @@ def figures(plan: Plan, m: Measured) -> Iterator[dict]:
         "bf16": ds.get("bf16", {}).get("enabled", False),
         "zero_stage": ds.get("zero_optimization", {}).get("stage", 0),
         "max_len": cfg.data.max_len,
-        "seq_len_mean": round(m.seq_len, 1),
-        "models": {"teacher": describe(teacher), **{s.name: describe(s.config) for s in students}},
+        "seq_len_mean": round(seq_len, 1),
+        "models": models,
+    }
+
+
+def figures(plan: Plan, m: Measured) -> Iterator[dict]:
+    cfg, ds = m.cfg, m.ds
+    names = list(m.separate)
+    teacher, students = shapes_from_recipe(cfg)
+    flops = cohort_flops(teacher, students, m.seq_len, cfg.data.mask_prob)
+    ratios = [c / sum(m.separate[k][r] for k in names) for r, c in enumerate(m.cohort)]
+    settings = {
+        **run_settings(plan, cfg, ds, m.seq_len),
         "warmup_steps": plan.warmup,
         "steps": plan.steps,
         "rounds": plan.rounds,

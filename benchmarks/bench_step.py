@@ -48,14 +48,16 @@ from benchmarks.bench_cohort import (
     log,
     recipe_overrides,
     run_config,
+    run_settings,
     stdout_to_stderr,
-    train_steps,
+    time_batches,
 )
-from benchmarks.flops import FORMULA, cohort_flops, describe, shapes_from_recipe
+from benchmarks.flops import FORMULA, cohort_flops, shapes_from_recipe
 from benchmarks.run import device_name
 
 STEP_PLAN_QUICK = Plan(QUICK.sizes, QUICK.recipe, warmup=5, steps=20, rounds=16)
 STEP_PLAN_FULL = Plan(FULL.sizes, FULL.recipe, warmup=5, steps=20, rounds=5)
+ROUND_STEPS = 5  # steps per timed block of each side in the paper-loop comparison
 MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
 
 # Dense bf16 tensor-core peaks (vendor datasheets), matched against torch's device name.
@@ -95,7 +97,8 @@ def measure(plan: Plan, root: Path) -> Measured:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(DS_CONFIG)
     per_step = micro_batch_size(ds, world_size=1) * int(ds.get("gradient_accumulation_steps", 1))
-    total = plan.warmup + plan.steps + plan.rounds * (1 + plan.warmup)
+    # + 1: the prefetcher takes one batch ahead of the anatomy's last step
+    total = plan.warmup + plan.steps + 1 + plan.rounds * ROUND_STEPS
     budget = Plan(plan.sizes, plan.recipe, warmup=0, steps=total, rounds=1)
     overrides = recipe_overrides(budget, root, per_step)
     rt = Runtime.start()
@@ -105,9 +108,9 @@ def measure(plan: Plan, root: Path) -> Measured:
         trainer = build_trainer(cfg, ds, rt)
         for s in trainer.students:
             s.engine.train()
-        sync = deepspeed.get_accelerator().synchronize
+        sync = deepspeed.get_accelerator().synchronize  # around the anatomy's block
         gas = trainer.students[0].engine.gradient_accumulation_steps()
-        batches = DevicePrefetcher(iter(trainer.inputs.loader), rt.device)
+        batches = DevicePrefetcher(trainer.inputs.loader, rt.device)
 
         def run_steps(n: int) -> tuple[float, int, int, list[int]]:
             tokens = samples = 0
@@ -133,27 +136,21 @@ def measure(plan: Plan, root: Path) -> Measured:
         log("paper-style loop: copies of the same models")
         paper = PaperLoop.from_trainer(trainer)
         stream = iter(trainer.inputs.loader)
-        ours_times, paper_times = [], []
+        active = trainer.active
+        steps = {"ours": lambda b: trainer.train_batch(b, active), "paper": paper.step}
+        times: dict[str, list[float]] = {"ours": [], "paper": []}  # seconds per step, per round
         for r in range(plan.rounds):
-            block = [next(stream) for _ in range(plan.warmup * gas)]
-            first = r % 2 == 0  # alternate who goes first
-            for who in ("ours", "paper") if first else ("paper", "ours"):
-                if who == "ours":
-                    ours_times.append(train_steps(trainer, block) / plan.warmup)
-                else:
-                    sync()
-                    start = time.perf_counter()
-                    for b in block:
-                        paper.step(b)
-                    sync()
-                    paper_times.append((time.perf_counter() - start) / plan.warmup)
+            block = [next(stream) for _ in range(ROUND_STEPS * gas)]
+            for who in ("ours", "paper") if r % 2 == 0 else ("paper", "ours"):  # alternate
+                times[who].append(time_batches(steps[who], block) / ROUND_STEPS)
+            ours, theirs = times["ours"][-1], times["paper"][-1]
             log(
-                f"round {r + 1}/{plan.rounds}: cohort {ours_times[-1]:.3f} s/step, paper loop "
-                f"{paper_times[-1]:.3f} s/step, speedup {paper_times[-1] / ours_times[-1]:.2f}"
+                f"round {r + 1}/{plan.rounds}: cohort {ours:.3f} s/step, paper loop "
+                f"{theirs:.3f} s/step, speedup {theirs / ours:.2f}"
             )
         return Measured(
             seconds, plan.steps, tokens, samples, statistics.fmean(lengths), anatomy,
-            ours_times, paper_times, cfg, ds,
+            times["ours"], times["paper"], cfg, ds,
         )  # fmt: skip
     finally:
         if trainer is not None:
@@ -163,8 +160,6 @@ def measure(plan: Plan, root: Path) -> Measured:
 
 
 def figures(plan: Plan, m: Measured) -> Iterator[dict]:
-    from trainer.ds_config import micro_batch_size
-
     name = device_name()
     teacher, students = shapes_from_recipe(m.cfg)
     flops = cohort_flops(teacher, students, m.seq_len, m.cfg.data.mask_prob)
@@ -172,21 +167,16 @@ def figures(plan: Plan, m: Measured) -> Iterator[dict]:
     achieved = per_sequence * m.samples / m.seconds
     peak = bf16_peak(name) if m.ds.get("bf16", {}).get("enabled") else None
     settings = {
-        "sizes": plan.sizes,
-        "recipe": str(plan.recipe.relative_to(ROOT)),
-        "ds_config": str(DS_CONFIG.relative_to(ROOT)),
-        "micro_batch": micro_batch_size(m.ds, 1),
-        "seq_len_mean": round(m.seq_len, 1),
+        **run_settings(plan, m.cfg, m.ds, m.seq_len),
         "steps": m.steps,
-        "models": {"teacher": describe(teacher)} if teacher else {},
+        "round_steps": ROUND_STEPS,
         "versions": _versions(),
     }
-    settings["models"].update({s.name: describe(s.config) for s in students})
     anatomy = {k: round(v, 5) for k, v in sorted(m.anatomy.items())}
-    yield _line("step", "tokens_per_s", m.tokens / m.seconds, "tokens/s", name,
+    yield _line("step", "tokens_per_s", m.tokens / m.seconds, "tokens/s",
                 {**settings, "anatomy_s_per_step": anatomy})  # fmt: skip
-    yield _line("step", "samples_per_s", m.samples / m.seconds, "samples/s", name, settings)
-    yield _line("step", "mfu", achieved / peak if peak else None, "fraction", name, {
+    yield _line("step", "samples_per_s", m.samples / m.seconds, "samples/s", settings)
+    yield _line("step", "mfu", achieved / peak if peak else None, "fraction", {
         **settings,
         "formula": FORMULA,
         "flops_per_sequence": per_sequence,
@@ -195,7 +185,7 @@ def figures(plan: Plan, m: Measured) -> Iterator[dict]:
         "note": None if peak else "no known dense bf16 peak for this device",
     })  # fmt: skip
     ratios = [p / o for p, o in zip(m.paper, m.ours, strict=True)]
-    yield _line("vs_paper_loop", "speedup", statistics.median(ratios), "x", name, {
+    yield _line("vs_paper_loop", "speedup", statistics.median(ratios), "x", {
         **settings,
         "rounds": len(ratios),
         "speedup_per_round": [round(r, 3) for r in ratios],
@@ -204,10 +194,11 @@ def figures(plan: Plan, m: Measured) -> Iterator[dict]:
     })  # fmt: skip
 
 
-def _line(benchmark, metric, value, unit, device, settings) -> dict:
+def _line(benchmark, metric, value, unit, settings) -> dict:
+    """One figure; benchmarks/run.py adds the device."""
     value = round(value, 4) if isinstance(value, float) else value
     return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit,
-            "device": device, "settings": settings}  # fmt: skip
+            "settings": settings}  # fmt: skip
 
 
 def _versions() -> dict:
@@ -255,7 +246,6 @@ def memory_figures() -> Iterator[dict]:
     if not torch.cuda.is_available():
         log("memory: skipped (needs a GPU)")
         return
-    name = device_name()
     for stage in MEMORY_STAGES:
         for micro in MEMORY_MICRO:
             command = ["-m", "benchmarks.bench_step", "--memory", str(stage), str(micro)]
@@ -273,7 +263,7 @@ def memory_figures() -> Iterator[dict]:
             else:
                 value = json.loads(proc.stdout.strip().splitlines()[-1])["peak_gb"]
                 log(f"memory ZeRO-{stage} micro-batch {micro}: {value:.2f} GB")
-            yield _line("memory", "peak_gb", value, "GB", name,
+            yield _line("memory", "peak_gb", value, "GB",
                         {"zero_stage": stage, "micro_batch": micro, "sizes": "paper",
                          "recipe": "recipes/paper_distilled.yaml"})  # fmt: skip
 

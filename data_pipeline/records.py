@@ -307,6 +307,13 @@ class PrefixBudget:
         self.chars = max(self.keep, int(self.keep * ratio) + 1)
 
 
+def ragged_offsets(seqs) -> np.ndarray:
+    """Offsets of sequences laid end to end: seqs[k] spans [offsets[k], offsets[k + 1])."""
+    offsets = np.zeros(len(seqs) + 1, np.int64)
+    np.cumsum([len(x) for x in seqs], out=offsets[1:])
+    return offsets
+
+
 def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | PrefixBudget | None):
     """Token ids of `texts` (no special tokens) as (flat int32 array, offsets).
 
@@ -333,8 +340,7 @@ def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | Prefix
                 ids[i] = e.ids
     if keep is not None:
         ids = [x[:keep] for x in ids]
-    offsets = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    offsets = ragged_offsets(ids)
     return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(offsets[-1])), offsets
 
 

@@ -64,6 +64,7 @@ from data_pipeline.records import (
     RecordReader,
     Source,
     backend_tokenizer,
+    ragged_offsets,
     record_text,
     tokenize_texts,
     tokenized_chunks,
@@ -121,8 +122,7 @@ def _part_texts(todo: list[tuple], text_field: str | None) -> Iterator[Record]:
 
 
 def _write_entry(path: Path, hashes: list[bytes], ids: list, dtype, meta: dict) -> None:
-    offsets = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    offsets = ragged_offsets(ids)
     flat = np.concatenate(ids).astype(dtype) if ids else np.zeros(0, dtype)
     digest = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, _HASH_BYTES)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.savez(path) would add ".npz"
@@ -270,8 +270,7 @@ class TokenCache:
                     for j, i in enumerate(miss):
                         ids[i] = flat[offsets[j] : offsets[j + 1]]
                 self.hits, self.misses = self.hits + len(chunk) - len(miss), self.misses + len(miss)
-                offsets = np.zeros(len(ids) + 1, np.int64)
-                np.cumsum([len(x) for x in ids], out=offsets[1:])
+                offsets = ragged_offsets(ids)
                 yield chunk, (np.concatenate(ids).astype(np.int32, copy=False), offsets)
 
     def summary(self) -> str:

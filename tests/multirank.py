@@ -13,14 +13,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import socket
 import traceback
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from trainer.runtime import free_port
 
 
 def _entry(fn, rank: int, world: int, port: int, args: tuple, results) -> None:

@@ -49,16 +49,17 @@ class DeviceBatch:
 
 
 class DevicePrefetcher:
-    """Device batches from a host iterator; on a GPU the next batch's copy overlaps this step.
+    """Device batches from a loader; on a GPU the next batch's copy overlaps this step.
 
     It stays one batch ahead. On CUDA, batch k+1 is copied on a side stream (from pinned memory,
     non-blocking) while the kernels of step k run; the compute stream waits for that copy only
-    when it uses the batch. `waited` accumulates the host time
-    spent waiting for the loader (the "data" share of the step anatomy).
+    when it uses the batch. `waited` accumulates the host time spent waiting for the loader (the
+    "data" share of the step anatomy), and `state_dict()` is the loader's position as of the
+    batches handed out, the one taken ahead not counted.
     """
 
-    def __init__(self, host_batches, device: torch.device) -> None:
-        self._host, self.device = host_batches, device
+    def __init__(self, loader, device: torch.device) -> None:
+        self._loader, self._host, self.device = loader, iter(loader), device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: DeviceBatch | None = None
         self.waited = 0.0
@@ -72,11 +73,12 @@ class DevicePrefetcher:
         with torch.cuda.stream(self._stream):
             return DeviceBatch.from_host(host, self.device)
 
-    @property
-    def pending(self) -> int:
-        """Batches taken from the loader but not yet handed out (0 or 1): a checkpoint's loader
-        position must not count them."""
-        return 0 if self._next is None else 1
+    def state_dict(self) -> dict:
+        """The loader's state_dict, positioned after the last batch handed out: a checkpoint
+        must not count the batch taken ahead, which no step has trained on yet."""
+        state = self._loader.state_dict()
+        state["batches_consumed"] -= 0 if self._next is None else 1
+        return state
 
     def __iter__(self) -> DevicePrefetcher:
         return self

@@ -60,7 +60,7 @@ class _Running:
 
     def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         for name, value in (("loss", loss), *terms.items()):
-            value = value.detach().float()
+            value = value.float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.micro_steps += 1
 
@@ -130,7 +130,7 @@ class Trainer:
             "samples": self.samples,
             "exported": sorted(self.exported),
             "last_eval": self.last_eval,
-            "loader": self._loader_state(),
+            "loader": (self._batches or self.inputs.loader).state_dict(),
             "rng": rng,
             "students": {s.name: {"rng": s.rng.state_dict()} for s in self.students},
         }
@@ -148,12 +148,6 @@ class Trainer:
         summary = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return self.checkpointer.save(self.step, self.students, state, summary, skeletons)
 
-    def _loader_state(self) -> dict:
-        state = self.inputs.loader.state_dict()
-        if self._batches is not None:  # a prefetched batch is not trained on yet
-            state["batches_consumed"] -= self._batches.pending
-        return state
-
     # ---------------------------------------------------------------- the loop
 
     @property
@@ -164,7 +158,7 @@ class Trainer:
         """Train to the end (returns 0) or to a preemption (saves, returns EXIT_PREEMPTED)."""
         cfg = self.cfg.train
         gas = self.students[0].engine.gradient_accumulation_steps()
-        batches = self._batches = DevicePrefetcher(iter(self.inputs.loader), self.rt.device)
+        batches = self._batches = DevicePrefetcher(self.inputs.loader, self.rt.device)
         for s in self.students:
             s.engine.train()
         try:
@@ -219,8 +213,9 @@ class Trainer:
             self._timer.mark(f"{s.name}/backward")
             s.engine.step()
             self._timer.mark(f"{s.name}/optimizer")
-            self._running[s.name].add(loss, terms)
-            self._last_terms[s.name] = {k: v.detach() for k, v in terms.items()}
+            terms = {k: v.detach() for k, v in terms.items()}
+            self._running[s.name].add(loss.detach(), terms)
+            self._last_terms[s.name] = terms
         self.tokens += batch.tokens
         self.samples += batch.samples
 

@@ -26,6 +26,7 @@ from trainer.bert_config import bert_config
 from trainer.config import LAYER_MAP_KINDS, RunConfig, default_layer_maps, to_yaml
 from trainer.ds_config import micro_batch_size
 from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.students import count_parameters
 
 GIB = 1024**3
 
@@ -44,7 +45,7 @@ def _params(config) -> int:
 
     with torch.device("meta"):
         model = AutoModelForMaskedLM.from_config(copy.deepcopy(config))
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return count_parameters(model)
 
 
 def _layers(config) -> int:

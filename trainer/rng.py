@@ -71,7 +71,7 @@ class RngStream:
         return {k: v.clone() for k, v in self._state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = {"cpu", "cuda"} - set(state) if self._cuda is not None else {"cpu"} - set(state)
+        missing = set(self._state) - set(state)
         if missing:
             raise ValueError(f"random stream state lacks {sorted(missing)}")
         self._state = {k: state[k].clone() for k in self._state}

@@ -136,6 +136,13 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
 # ---------------------------------------------------------------- the forward
 
 
+def _layer_signals(need: Need, layers: int) -> list[tuple[str, int, int]]:
+    """(key, layer index, position in the hooked module's output) of each layer-wise signal;
+    the last hidden state is last_hidden_state, no hook needed."""
+    wanted = [(hidden_key(i), i, 0) for i in need.hidden - {layers}]
+    return wanted + [(attention_key(i), i, 1) for i in need.attentions]
+
+
 def tap_signals(model: nn.Module, need: Need) -> None:
     """Install, once, forward hooks that keep the layer-wise signals of `need` (more calls add
     what is missing). Installed before torch.compile, they are traced into the compiled graph;
@@ -143,10 +150,8 @@ def tap_signals(model: nn.Module, need: Need) -> None:
     taps = model.__dict__.setdefault("_biodistill_taps", {"store": {}, "keys": set()})
     if not supports_layer_signals(model):
         return
-    bert, layers = model.bert, num_layers(model)
-    wanted = [(hidden_key(i), i, 0) for i in need.hidden - {layers}]  # last: last_hidden_state
-    wanted += [(attention_key(i), i, 1) for i in need.attentions]
-    for key, index, position in wanted:
+    bert = model.bert
+    for key, index, position in _layer_signals(need, num_layers(model)):
         if key in taps["keys"]:
             continue
         if position == 1:
@@ -165,10 +170,14 @@ def masked_lm_signals(
     need: Need,
 ) -> dict[str, torch.Tensor]:
     """Run an HF masked LM and return the signals in `need` (keys: see the module docstring)."""
-    tap_signals(model, need)
-    store = model.__dict__["_biodistill_taps"]["store"]
-    store.clear()
     layers = num_layers(model)
+    wanted = [key for key, _, _ in _layer_signals(need, layers)]
+    taps = model.__dict__.get("_biodistill_taps")
+    if taps is None or not taps["keys"].issuperset(wanted):  # built elsewhere: tap it now
+        tap_signals(model, need)
+        taps = model.__dict__["_biodistill_taps"]
+    store = taps["store"]
+    store.clear()
     head = mlm_head(model) if need.logits else None
     try:
         if need.logits and head is None:
@@ -180,8 +189,6 @@ def masked_lm_signals(
                 input_ids=input_ids, attention_mask=attention_mask, return_dict=True
             )
             last = base.last_hidden_state
-        wanted = [hidden_key(i) for i in need.hidden - {layers}]
-        wanted += [attention_key(i) for i in need.attentions]
         captured = {key: store.get(key) for key in wanted}
     finally:
         store.clear()  # NOTE: the taps keep nothing between calls

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import first_line
 from trainer.attention import return_probabilities
 from trainer.bert_config import bert_config
 from trainer.config import LAYER_MAP_KINDS, StudentSection, check_layers, default_layer_maps
@@ -41,7 +40,7 @@ from trainer.signals import (
     num_layers,
     tap_signals,
 )
-from trainer.teacher import attn_implementation
+from trainer.teacher import attn_implementation, load_masked_lm
 
 logger = logging.getLogger(__name__)
 
@@ -149,19 +148,9 @@ def _from_config(values: dict, impl: str, key: str) -> nn.Module:
 
 
 def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:
-    from transformers import AutoModelForMaskedLM
-
-    try:
-        mlm, info = AutoModelForMaskedLM.from_pretrained(
-            name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
-        )
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"{key}.init.pretrained={name!r}: cannot load it as a masked LM: {first_line(e)}"
-        ) from None
-    missing = sorted(info.get("missing_keys", ()))
-    if missing:  # e.g. a checkpoint without an MLM head: continual MLM trains it from scratch
-        logger.warning("%s: %d weights newly initialised: %s", key, len(missing), missing[:8])
+    mlm, new = load_masked_lm(name, impl, f"{key}.init.pretrained={name!r}")
+    if new:  # e.g. a checkpoint without an MLM head: continual MLM trains it from scratch
+        logger.warning("%s: %d weights newly initialised: %s", key, len(new), new[:8])
     return mlm
 
 

@@ -39,11 +39,29 @@ def attn_implementation(attention_maps: bool) -> str | None:
     return IMPLEMENTATION if attention_maps else None
 
 
+def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, list[str]]:
+    """An HF masked LM by hub name or directory, fp32 on the CPU, and the names of the weights
+    the checkpoint lacked (initialised at random); a load failure is one ValueError naming it."""
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
+        )
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{where}: cannot load it as a masked LM (expected a local directory or a Hugging "
+            f"Face hub name): {first_line(e)}"
+        ) from None
+    mismatched = {k for k, *_ in info.get("mismatched_keys", ())}
+    return model, sorted(set(info.get("missing_keys", ())) | mismatched)
+
+
 def load_teacher_model(
     section: TeacherSection, *, attention: bool, seed: int, vocab_size: int
 ) -> nn.Module:
     """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
-    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     impl = attn_implementation(attention)
     if section.config is not None:
@@ -52,24 +70,11 @@ def load_teacher_model(
             model = BertForMaskedLM(config)
         where = "teacher.config"
     else:
-        try:
-            model, info = AutoModelForMaskedLM.from_pretrained(
-                section.path,
-                output_loading_info=True,
-                attn_implementation=impl,
-                dtype=torch.float32,
-            )
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"teacher.path={section.path!r}: cannot load it as a masked LM (expected a local "
-                f"directory or a Hugging Face hub name): {first_line(e)}"
-            ) from None
-        new = sorted(
-            set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
-        )
+        where = f"teacher.path={section.path!r}"
+        model, new = load_masked_lm(section.path, impl, where)
         if new and not section.allow_new_weights:
             raise ValueError(
-                f"teacher.path={section.path!r}: loading left {len(new)} weights newly "
+                f"{where}: loading left {len(new)} weights newly "
                 f"initialised ({', '.join(new[:6])}{', ...' if len(new) > 6 else ''}); a "
                 "teacher without its trained MLM head gives meaningless soft targets. Use a "
                 "checkpoint with the head, or set teacher.allow_new_weights=true if no student "
@@ -77,7 +82,6 @@ def load_teacher_model(
             )
         if new:
             logger.warning("teacher: %d weights newly initialised (allowed): %s", len(new), new)
-        where = f"teacher.path={section.path!r}"
     model_vocab = model.get_output_embeddings().weight.shape[0]
     if model_vocab < vocab_size:
         raise ValueError(
