@@ -20,10 +20,15 @@ def timed(label: str, box: dict):
     print(f"   {label}: {box[label]:.2f} s", file=sys.stderr, flush=True)
 
 
-def corpus_with_tokenizer(root: Path, n_articles: int, vocab_size: int = 8000) -> tuple[Path, Path]:
-    """Generated PubMed XML (baseline files only) and a cased WordPiece tokenizer trained on it."""
+def corpus_with_tokenizer(
+    root: Path, n_articles: int, vocab_size: int = 8000, long_tail: bool = False
+) -> tuple[Path, Path]:
+    """Generated PubMed XML (baseline files only) and a cased WordPiece tokenizer trained on it
+    (`long_tail`: with rare terms and non-ASCII measurements, see synth.make_article)."""
     xml = root / "xml"
-    corpus = generate_corpus(xml, n_articles=n_articles, n_files=8, seed=11, update=False)
+    corpus = generate_corpus(
+        xml, n_articles=n_articles, n_files=8, seed=11, update=False, long_tail=long_tail
+    )
     texts = (f"{a.expected_title} {a.expected_abstract}" for a in corpus.expected.values())
     tok = root / "tokenizer"
     train_wordpiece(texts, tok, vocab_size=vocab_size)

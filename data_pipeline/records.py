@@ -14,42 +14,23 @@ Accepted inputs (files or directories, in the order given):
 Records whose text is empty are skipped. The stream is deterministic: the same inputs always give
 the same records in the same order, which is what lets a resumed run skip records by count.
 
-The second half turns records into token ids (`tokenized_chunks`): chunks of CHUNK records,
-tokenized in-process or by a pool of workers, always returned in input order. In truncate mode only
-a prefix of each text is tokenized, its length learnt from the corpus (`PrefixBudget`), with ids
-identical to tokenizing the whole text and truncating (`tokenize_texts`).
+Token ids of records are data_pipeline/token_ids.py's concern; `sample_identity` (the
+split hash and identity key of a record) is here, beside the records it names.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import itertools
 import json
-import multiprocessing
-import os
-import re
 import zlib
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from data_pipeline.io_utils import PipelineError
 
-CHUNK = 1024  # records per tokenizer call / per task sent to a worker
-# Truncate mode tokenizes a prefix of each text (PrefixBudget): it starts at keep * CHARS_PER_TOKEN
-# characters, far above what WordPiece needs (~4.5-6 a token), then follows the corpus so that about
-# FALLBACK_SHARE of the prefixes come out short of `keep` ids and the whole text is tokenized again.
-CHARS_PER_TOKEN = 8
-FALLBACK_SHARE = 0.05
-_RATIO_WINDOW = 4096  # characters-per-token samples the budget is estimated from
-# A cut point every tokenizer treats as a boundary: an ASCII whitespace that follows a non-space
-# (cutting inside a whitespace run would change how byte-level BPE groups the run).
-_CUT = re.compile(r"(?<=\S)[ \t\n\r]")
 RECORD_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt", ".txt.gz")
 _HF_MARKERS = ("state.json", "dataset_info.json")
 _HF_BATCH = 1024
@@ -265,135 +246,6 @@ class RecordReader:
 def iter_records(inputs: InputSet, text_field: str | None = None) -> Iterator[Record]:
     """All non-empty records of `inputs`, in order (see RecordReader for progress tracking)."""
     return iter(RecordReader(inputs, text_field))
-
-
-# ---- token ids of records (in-process or in pool workers) -------------------------------------
-
-
-def prefix_end(text: str, budget: int) -> int | None:
-    """Where to cut `text` to tokenize a prefix: before the first boundary at or after `budget`."""
-    if len(text) <= budget:
-        return None
-    m = _CUT.search(text, budget)
-    return m.start() if m else None
-
-
-class PrefixBudget:
-    """How many characters of each text truncate mode tokenizes, learnt from the texts seen so far.
-
-    Each text with at least keep/2 ids gives a sample of characters per token (over the prefix
-    tokenized, or the whole text); the budget is keep times the (1 - FALLBACK_SHARE) quantile of
-    the last _RATIO_WINDOW samples, so that share of prefixes falls short and is redone in full.
-    NOTE: the ids never depend on the budget (see tokenize_texts), so neither does the output:
-    each worker process may learn its own.
-    """
-
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.chars = keep * CHARS_PER_TOKEN  # until there are samples: generous, rarely short
-        self._ratios = np.zeros(0)
-        self.cut = self.short = 0  # texts cut to a prefix, and those of them redone in full
-
-    def update(self, chars: list[int], counts: list[int], cut: int, short: int) -> None:
-        """Learn from one batch: characters tokenized and ids found per text (before truncation)."""
-        self.cut, self.short = self.cut + cut, self.short + short
-        chars_a, counts_a = np.asarray(chars, np.float64), np.asarray(counts, np.float64)
-        sized = counts_a * 2 >= self.keep  # short texts (a lone title) read differently
-        if not sized.any():
-            return
-        fresh = chars_a[sized] / counts_a[sized]
-        self._ratios = np.concatenate((self._ratios, fresh))[-_RATIO_WINDOW:]
-        ratio = float(np.quantile(self._ratios, 1.0 - FALLBACK_SHARE))
-        self.chars = max(self.keep, int(self.keep * ratio) + 1)
-
-
-def ragged_offsets(seqs) -> np.ndarray:
-    """Offsets of sequences laid end to end: seqs[k] spans [offsets[k], offsets[k + 1])."""
-    offsets = np.zeros(len(seqs) + 1, np.int64)
-    np.cumsum([len(x) for x in seqs], out=offsets[1:])
-    return offsets
-
-
-def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | PrefixBudget | None):
-    """Token ids of `texts` (no special tokens) as (flat int32 array, offsets).
-
-    With `keep`, each is truncated to `keep` ids, tokenizing only a prefix of about `budget`
-    characters (a fixed count, or a PrefixBudget that learns from this batch) and redoing the whole
-    text when the prefix came out shorter than `keep`; the ids are the same as tokenizing
-    everything, since the prefix ends at a pre-token boundary.
-    """
-    chars = budget.chars if isinstance(budget, PrefixBudget) else budget
-    if keep is None or not chars:
-        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
-    else:
-        cuts = [prefix_end(t, chars) for t in texts]
-        heads = [t if c is None else t[:c] for t, c in zip(texts, cuts, strict=True)]
-        ids = [e.ids for e in tok.encode_batch_fast(heads, add_special_tokens=False)]
-        counts = [len(x) for x in ids]
-        short = [i for i, c in enumerate(cuts) if c is not None and counts[i] < keep]
-        if isinstance(budget, PrefixBudget):
-            n_cut = len(texts) - cuts.count(None)
-            budget.update([len(h) for h in heads], counts, n_cut, len(short))
-        if short:
-            redo = tok.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)
-            for i, e in zip(short, redo, strict=True):
-                ids[i] = e.ids
-    if keep is not None:
-        ids = [x[:keep] for x in ids]
-    offsets = ragged_offsets(ids)
-    return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(offsets[-1])), offsets
-
-
-def backend_tokenizer(hf_tok):
-    """A private copy of the Rust tokenizer with no truncation or padding of its own."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-_worker: dict = {}
-
-
-def _init_worker(tok_json: str, keep: int | None) -> None:
-    # One core per worker: --workers is the parallelism, not rayon inside each worker.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tokenizers import Tokenizer
-
-    budget = PrefixBudget(keep) if keep is not None else None
-    _worker.update(tok=Tokenizer.from_str(tok_json), keep=keep, budget=budget)
-
-
-def _tokenize_task(texts: list[str]):
-    return tokenize_texts(_worker["tok"], texts, _worker["keep"], _worker["budget"])
-
-
-def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
-    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
-    chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
-    if workers == 1:
-        # --workers N means N cores: no rayon threads in-process either, unless the user set it.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        budget = PrefixBudget(keep) if keep is not None else None
-        for chunk in chunks:
-            yield chunk, tokenize_texts(tok, [r.text for r in chunk], keep, budget)
-        return
-    # Pool.imap would read the whole input ahead into its task queue; a bounded window of
-    # apply_async results keeps memory flat and still returns chunks in order. spawn, not fork:
-    # the parent may hold rayon or torch threads.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, _init_worker, (tok.to_str(), keep)) as pool:
-        window: deque = deque()
-        for chunk in chunks:
-            window.append((chunk, pool.apply_async(_tokenize_task, ([r.text for r in chunk],))))
-            if len(window) >= 3 * workers:
-                chunk0, result = window.popleft()
-                yield chunk0, result.get()
-        while window:
-            chunk0, result = window.popleft()
-            yield chunk0, result.get()
 
 
 def sample_identity(record: Record) -> tuple[int, list]:

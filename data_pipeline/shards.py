@@ -45,15 +45,10 @@ from data_pipeline.manifest import (
     load_tokenizer,
     tokenizer_info,
 )
-from data_pipeline.records import (
-    RecordReader,
-    backend_tokenizer,
-    resolve_inputs,
-    sample_identity,
-    tokenized_chunks,
-)
+from data_pipeline.records import RecordReader, resolve_inputs, sample_identity
 from data_pipeline.shard_journal import Journal, complete_run, fingerprint, resume
 from data_pipeline.token_cache import TokenCache
+from data_pipeline.token_ids import backend_tokenizer, tokenized_chunks
 
 PROGRESS_EVERY_S = 5.0
 

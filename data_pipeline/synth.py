@@ -161,7 +161,46 @@ def _metadata(pmid: int) -> tuple[str, str, str]:
     )
 
 
-def _sentence(rng: random.Random) -> Rich:
+def _rare_term(rng: random.Random) -> str:
+    """A term from PubMed's long tail: gene symbols, variant, trial and registry ids, compounds."""
+    letters, digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+    kind = rng.randrange(5)
+    if kind == 0:
+        sym = "".join(rng.choices(letters, k=rng.randint(3, 5)))
+        return sym + "".join(rng.choices(digits, k=rng.randint(1, 4))) + rng.choice(["", "A", "B"])
+    if kind == 1:
+        return f"rs{rng.randint(10_000, 999_999_999)}"
+    if kind == 2:
+        return f"NCT{rng.randint(0, 99_999_999):08d}"
+    if kind == 3:
+        stems = ["chloro", "methyl", "phenyl", "amino", "hydroxy", "ethyl", "fluoro", "pyridin"]
+        return (
+            f"{rng.randint(1, 9)}-({rng.choice(stems)}{rng.choice(stems)})-"
+            + "".join(rng.choices(stems, k=rng.randint(1, 3)))
+            + rng.choice(["amide", "ol", "one", "ine", "ate"])
+        )
+    return f"{rng.randint(0, 999)}.{rng.randint(0, 99)}"
+
+
+_GREEK = "\u03b1\u03b2\u03b3\u03ba"  # alpha beta gamma kappa
+
+
+def _measure(rng: random.Random) -> str:
+    """A measurement or symbol as PubMed abstracts write them, mostly outside ASCII."""
+    a, b = rng.randint(1, 99), rng.randint(0, 9)
+    return rng.choice(
+        [
+            f"{a}.{b} \u00b1 {rng.randint(0, 9)}.{b} \u03bcg/mL",
+            f"\u2265 {a} years",
+            f"{a}\u2013{a + rng.randint(1, 60)} h",
+            rng.choice(_GREEK) + "-" + rng.choice(_NOUNS),
+            f"{a} \u00b0C",
+            f"{a} \u00d7 10{rng.randint(2, 9)} cells",
+        ]
+    )
+
+
+def _sentence(rng: random.Random, long_tail: bool = False) -> Rich:
     r = Rich()
     pick = rng.random()
     subject = rng.choice(_CHEMICALS) if pick < 0.4 else f"{rng.choice(_ADJS)} {rng.choice(_NOUNS)}"
@@ -190,21 +229,32 @@ def _sentence(rng: random.Random) -> Rich:
     elif roll < 0.34:
         r.add(" ")
         r.add("in vivo", "b")
+    if long_tail:  # NOTE: no rng draw without it, so the default corpora stay as they were
+        if rng.random() < 0.6:
+            r.add(f" and {_rare_term(rng)}")
+        if rng.random() < 0.4:
+            r.add(f" ({_measure(rng)})")
     r.add(". ")
     return r
 
 
-def _paragraph(rng: random.Random, n: int) -> Rich:
+def _paragraph(rng: random.Random, n: int, long_tail: bool = False) -> Rich:
     out = Rich()
     for _ in range(n):
-        s = _sentence(rng)
+        s = _sentence(rng, long_tail)
         out.xml += s.xml
         out.plain += s.plain
     return out
 
 
-def make_article(rng: random.Random, pmid: int, version: int = 1) -> Article:
-    """One citation with the variety of the real baseline (fractions roughly as in PubMed)."""
+def make_article(
+    rng: random.Random, pmid: int, version: int = 1, long_tail: bool = False
+) -> Article:
+    """One citation with the variety of the real baseline (fractions roughly as in PubMed).
+
+    `long_tail` adds what the small generated vocabulary lacks: rare terms (gene symbols, variant
+    and trial ids, compound names, numbers), so that most words are not seen a thousand times, and
+    measurements with non-ASCII symbols (plus-minus, micro, >=, en dash, Greek letters)."""
     title = Rich()
     title.add(f"{rng.choice(_ADJS).capitalize()} {rng.choice(_NOUNS)} of ")
     if rng.random() < 0.3:
@@ -222,10 +272,10 @@ def make_article(rng: random.Random, pmid: int, version: int = 1) -> Article:
     elif roll < 0.45:
         labels = rng.sample(_LABELS, k=rng.randint(3, 5))
         labels.sort(key=_LABELS.index)
-        sections = [(label, _paragraph(rng, rng.randint(2, 6))) for label in labels]
+        sections = [(label, _paragraph(rng, rng.randint(2, 6), long_tail)) for label in labels]
     else:
         # 8-26 sentences of ~75 characters: PubMed abstracts average about 1,300 characters.
-        sections = [(None, _paragraph(rng, rng.randint(8, 26)))]
+        sections = [(None, _paragraph(rng, rng.randint(8, 26), long_tail))]
     return Article(
         pmid=pmid,
         title=title,
@@ -284,16 +334,18 @@ def generate_corpus(
     seed: int = 0,
     update: bool = True,
     prefix: str = "pubmed26n",
+    long_tail: bool = False,
 ) -> Corpus:
     """Baseline files `<prefix>0001.xml.gz`... and, with `update`, one update file after them.
 
     The update file re-issues about 3% of the citations with new text (a third with a higher
-    PMID Version) and deletes about 1%, as NLM's daily update files do.
+    PMID Version) and deletes about 1%, as NLM's daily update files do. `long_tail`: see
+    make_article (benchmarks use it; tests and the demo keep the default).
     """
     rng = random.Random(seed)
     out = Path(out_dir)
     pmids = [10_000_000 + i * 7 for i in range(n_articles)]
-    articles = {p: make_article(rng, p) for p in pmids}
+    articles = {p: make_article(rng, p, long_tail=long_tail) for p in pmids}
     files = []
     per_file = -(-n_articles // n_files)
     for i in range(n_files):
@@ -312,7 +364,7 @@ def generate_corpus(
         deleted = set(chosen[n_revised:])
         new_versions = []
         for j, p in enumerate(revised_list):
-            new = make_article(rng, p, version=2 if j % 3 == 0 else 1)
+            new = make_article(rng, p, version=2 if j % 3 == 0 else 1, long_tail=long_tail)
             new_versions.append(new)
             expected[p] = new
         revised = set(revised_list)

@@ -57,16 +57,12 @@ from data_pipeline.io_utils import (
     take_slice,
 )
 from data_pipeline.manifest import MODES, load_tokenizer, tokenizer_info
-from data_pipeline.records import (
+from data_pipeline.records import Record, RecordReader, Source, record_text
+from data_pipeline.token_ids import (
     CHUNK,
-    PrefixBudget,
-    Record,
-    RecordReader,
-    Source,
+    TextIds,
     backend_tokenizer,
     ragged_offsets,
-    record_text,
-    tokenize_texts,
     tokenized_chunks,
 )
 
@@ -249,7 +245,7 @@ class TokenCache:
         return dict(zip(keys, zip(offsets[:-1], offsets[1:], strict=True), strict=True)), ids
 
     def tokenized_chunks(self, reader: RecordReader, skip: int, workers: int):
-        """Like records.tokenized_chunks over the reader's records after the first `skip`: yields
+        """Like token_ids.tokenized_chunks over the reader's records after the first `skip`: yields
         (chunk of records, (flat int32 ids, offsets)) in input order, ids from the cache."""
         records = itertools.islice(iter(reader), skip, None)
         # NOTE: the key is read right after the reader yields a record, so it is that record's file.
@@ -260,13 +256,13 @@ class TokenCache:
                     self.misses += len(chunk)
                     yield chunk, result
                 continue
-            budget = PrefixBudget(self.keep) if self.keep is not None else None
+            text_ids = TextIds(self.tok, self.keep)
             for chunk in iter(lambda g=group: list(itertools.islice(g, CHUNK)), []):
                 spans = [index.get(text_hash(r.text)) for r in chunk]
                 ids = [cached[s[0] : s[1]] if s else None for s in spans]
                 if miss := [i for i, s in enumerate(spans) if s is None]:
                     texts = [chunk[i].text for i in miss]
-                    flat, offsets = tokenize_texts(self.tok, texts, self.keep, budget)
+                    flat, offsets = text_ids(texts)
                     for j, i in enumerate(miss):
                         ids[i] = flat[offsets[j] : offsets[j + 1]]
                 self.hits, self.misses = self.hits + len(chunk) - len(miss), self.misses + len(miss)

@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_pipeline import records, shards
+from data_pipeline import shards, token_ids
 from data_pipeline.inspect_shards import inspect
 from data_pipeline.io_utils import PipelineError
 from data_pipeline.manifest import Manifest, length_bin, load_tokenizer
+from data_pipeline.records import resolve_inputs
 
 # Extra records where the prefix cut is hard: one long word across the budget, no whitespace at
 # all, whitespace runs and odd spaces, control characters, CJK, combining marks.
@@ -136,14 +137,14 @@ def test_prefix_trick_gives_the_ids_of_full_tokenization(docs, hf_tok):
     bpe = Tokenizer(models.BPE())  # byte-level BPE: groups whitespace runs, unlike WordPiece
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(texts[:200], trainers.BpeTrainer(vocab_size=500, show_progress=False))
-    for tok in (records.backend_tokenizer(hf_tok), bpe):
+    for tok in (token_ids.backend_tokenizer(hf_tok), bpe):
         full = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
         # budget = the real one, and budgets so small that most prefixes fall short (fallback).
         for keep, budget in [(62, 64 * 8), (254, 256 * 8), (30, 40), (126, 300), (6, 3)]:
-            flat, offsets = records.tokenize_texts(tok, texts, keep, budget)
+            flat, offsets = token_ids.tokenize_texts(tok, texts, keep, budget)
             got = [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
             assert got == [ids[:keep] for ids in full], (keep, budget)
-    assert records.prefix_end("abc def", 3) == 3 and records.prefix_end("ab  cd", 3) is None
+    assert token_ids.prefix_end("abc def", 3) == 3 and token_ids.prefix_end("ab  cd", 3) is None
 
 
 @pytest.mark.parametrize("max_len", [64, 128, 256])
@@ -156,14 +157,14 @@ def test_adaptive_prefix_gives_the_ids_of_full_tokenization(docs, hf_tok, max_le
     extra = ["word " * 2000, "x" * 6000, "肿瘤细胞" * 1500, sparse, "nowhitespace" * 800]
     texts = list(docs.values())
     texts = texts[:300] + extra + texts[300:] + extra
-    tok, budget = records.backend_tokenizer(hf_tok), records.PrefixBudget(keep)
+    tok, budget = token_ids.backend_tokenizer(hf_tok), token_ids.PrefixBudget(keep)
     got = []
     for start in range(0, len(texts), 50):  # many batches: the budget learns from the first
-        flat, offsets = records.tokenize_texts(tok, texts[start : start + 50], keep, budget)
+        flat, offsets = token_ids.tokenize_texts(tok, texts[start : start + 50], keep, budget)
         got += [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     for text, ids in zip(texts, got, strict=True):
         assert ids == hf_tok(text, truncation=True, max_length=max_len)["input_ids"][1:-1], text
-    assert budget.chars < keep * records.CHARS_PER_TOKEN * 0.9  # tighter than the start
+    assert budget.chars < keep * token_ids.CHARS_PER_TOKEN * 0.9  # tighter than the start
     assert budget.cut > len(texts) // 5 and 2 <= budget.short <= 0.1 * budget.cut
 
 
@@ -214,18 +215,21 @@ def test_eval_split_is_stable_and_independent_of_order(tmp_path, jsonl, tokenize
 
 
 @pytest.mark.parametrize("mode", ["truncate", "pack"])
-def test_workers_give_byte_identical_output(
+def test_workers_and_tokenizer_paths_give_byte_identical_output(
     tmp_path, monkeypatch, jsonl, docs, tokenizer_dir, mode
 ):
-    monkeypatch.setattr(records, "CHUNK", 37)  # many chunks in flight, so order really matters
+    monkeypatch.setattr(token_ids, "CHUNK", 37)  # many chunks in flight, so order really matters
     txt = tmp_path / "docs.txt"
     txt.write_text("\n\n".join(list(docs.values())[:150]) + "\n", encoding="utf-8")
     kw = dict(max_len=24, mode=mode, eval_fraction=0.05, samples_per_shard=200)
     shard([jsonl, txt], tokenizer_dir, tmp_path / "w1", workers=1, **kw)
     shard([jsonl, txt], tokenizer_dir, tmp_path / "w2", workers=2, **kw)
+    monkeypatch.setenv("BIODISTILL_TOKENIZE", "plain")  # the prefix path, not the piece cache
+    shard([jsonl, txt], tokenizer_dir, tmp_path / "plain", workers=2, **kw)
     one, two = all_bytes(tmp_path / "w1"), all_bytes(tmp_path / "w2")
-    assert one.keys() == two.keys() and len(one) >= 6
-    assert all(one[name] == two[name] for name in one)
+    plain = all_bytes(tmp_path / "plain")
+    assert one.keys() == two.keys() == plain.keys() and len(one) >= 6
+    assert all(one[name] == two[name] == plain[name] for name in one)
 
 
 class Crash(RuntimeError):
@@ -264,13 +268,13 @@ def test_resume_after_crash_is_byte_identical(tmp_path, monkeypatch, jsonl, toke
     assert len(kept) == 2
 
     tokenized = []
-    real_tokenize = records.tokenize_texts
+    real_call = token_ids.TextIds.__call__
 
-    def counting(tok, texts, keep, budget):
+    def counting(self, texts):
         tokenized.extend(texts)
-        return real_tokenize(tok, texts, keep, budget)
+        return real_call(self, texts)
 
-    monkeypatch.setattr(records, "tokenize_texts", counting)
+    monkeypatch.setattr(token_ids.TextIds, "__call__", counting)
     resumed = shard([jsonl], tokenizer_dir, out, **kw)
     assert resumed.to_dict()["splits"] == clean.to_dict()["splits"]
     assert all_bytes(out) == all_bytes(tmp_path / "clean")  # journal gone, same files, same bytes
@@ -324,7 +328,7 @@ def test_input_kinds(tmp_path, jsonl, docs, hf_tok, tokenizer_dir, small_corpus,
     write_jsonl_gz(ext / "a.jsonl.gz", rows[:20])
     write_jsonl_gz(ext / ".parts" / "a.part.jsonl.gz", [{"pmid": 1, "title": "junk"}])
     (ext / "report.json").write_text(json.dumps({"records_out": 40}))
-    assert records.resolve_inputs([str(ext)]).total_records == 40  # gives progress its ETA
+    assert resolve_inputs([str(ext)]).total_records == 40  # gives progress its ETA
     txt = tmp_path / "docs.txt"
     txt.write_text("\n  \n".join(texts) + "\n\n", encoding="utf-8")
     plain = write_jsonl_gz(tmp_path / "plain.jsonl.gz", [{"text": t} for t in texts])
@@ -353,7 +357,7 @@ def test_input_kinds(tmp_path, jsonl, docs, hf_tok, tokenizer_dir, small_corpus,
 
 def test_progress_reports_rates_and_eta(tmp_path, monkeypatch, jsonl, tokenizer_dir, capsys):
     monkeypatch.setattr(shards, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(records, "CHUNK", 100)
+    monkeypatch.setattr(token_ids, "CHUNK", 100)
     shard([jsonl], tokenizer_dir, tmp_path, max_len=16, progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) >= 3 and "ETA" in lines[0] and "done in" in lines[-1]

@@ -1,0 +1,295 @@
+"""Token ids of record texts, as fast as the tokenizer allows and identical to tokenizing in full.
+
+`tokenized_chunks` turns a stream of records into chunks of CHUNK records with their ids, in input
+order, in-process or in a pool of worker processes. Each process holds one `TextIds`, which takes
+one of two paths, both giving exactly the ids of `tok.encode(text).ids[:keep]`:
+
+- the piece cache (`PieceCache`), for tokenizers whose ids of a text are the ids of its
+  space-separated pieces laid end to end (`splits_on_spaces`: the BERT family, i.e. every model of
+  RECIPES.md). Text is split on " " in Python and each distinct piece is tokenized once by the Rust
+  tokenizer and then looked up: words repeat (Zipf), so most pieces cost a dict lookup, and in
+  truncate mode nothing after the kept ids is looked at;
+- the prefix path, for other tokenizers (byte-level BPE, ...): only a prefix of each text is
+  tokenized, its length learnt from the corpus (`PrefixBudget`), and the whole text again when the
+  prefix came out short (`tokenize_texts`).
+
+NOTE: the piece cache rests on a property of the tokenizer pipeline, so every batch also checks
+a sample of its texts against the full Rust call and stops with an error on any difference
+(BIODISTILL_TOKENIZE=plain takes the prefix path instead).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import re
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
+from data_pipeline.records import Record
+
+CHUNK = 1024  # records per tokenizer call / per task sent to a worker
+# Truncate mode tokenizes a prefix of each text (PrefixBudget): it starts at keep * CHARS_PER_TOKEN
+# characters, far above what WordPiece needs (~4.5-6 a token), then follows the corpus so that about
+# FALLBACK_SHARE of the prefixes come out short of `keep` ids and the whole text is tokenized again.
+CHARS_PER_TOKEN = 8
+FALLBACK_SHARE = 0.05
+_RATIO_WINDOW = 4096  # characters-per-token samples the budget is estimated from
+# A cut point every tokenizer treats as a boundary: an ASCII whitespace that follows a non-space
+# (cutting inside a whitespace run would change how byte-level BPE groups the run).
+_CUT = re.compile(r"(?<=\S)[ \t\n\r]")
+# Pieces the cache holds before it starts afresh: ~100-150 MB a process at PubMed's piece lengths.
+PIECE_CACHE_SIZE = 500_000
+# Normalizers that act on each character alone (so never across a space), and pre-tokenizers that
+# split on whitespace and drop it: with these, tokenizing a text piece by piece changes nothing.
+_LOCAL_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+_SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+ENV_SWITCH = "BIODISTILL_TOKENIZE"  # "plain": never use the piece cache
+
+
+# ---- the piece cache --------------------------------------------------------------------------
+
+
+def splits_on_spaces(tok) -> bool:
+    """Whether `tok`'s ids of any text equal the ids of its " "-separated pieces laid end to end.
+
+    True for a WordPiece model behind a whitespace-splitting pre-tokenizer and normalizers that map
+    each character on its own (a space is a Unicode starter, so even NFC/NFKC composition and
+    canonical reordering stop at it), with no added token that could span a space (content with
+    whitespace, or lstrip/rstrip eating the spaces around it).
+    """
+    spec = json.loads(tok.to_str())
+    norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    norms = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm] * bool(norm)
+    pres = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    added = spec.get("added_tokens") or []
+    return (
+        spec.get("model", {}).get("type") == "WordPiece"
+        and all(n.get("type") in _LOCAL_NORMALIZERS for n in norms)
+        and bool(pres)
+        and all(p.get("type") in _SPLITTING_PRE_TOKENIZERS for p in pres)
+        and not any(
+            a.get("lstrip") or a.get("rstrip") or any(c.isspace() for c in a.get("content", ""))
+            for a in added
+        )
+    )
+
+
+class PieceCache:
+    """Ids of texts from cached ids of their space-separated pieces (see splits_on_spaces)."""
+
+    def __init__(self, tok, capacity: int = PIECE_CACHE_SIZE):
+        self.tok, self.capacity = tok, capacity
+        self.ids: dict[str, list[int]] = {}
+        self.lookups = self.misses = 0
+
+    def __call__(self, texts: list[str], keep: int | None) -> list[list[int]]:
+        if len(self.ids) > self.capacity:
+            self.ids.clear()  # start afresh rather than track ages: frequent pieces return at once
+        cache = self.ids
+        pieces = [t.split(" ") for t in texts]
+        # Every piece yields at least one id unless normalization empties it, so with `keep` the
+        # first `keep` pieces of a text are all it can need (the rare rest: _slow).
+        head = pieces if keep is None else [p[:keep] for p in pieces]
+        new = list(set(itertools.chain.from_iterable(head)).difference(cache))
+        if new:
+            encoded = self.tok.encode_batch_fast(new, add_special_tokens=False)
+            cache.update(zip(new, (e.ids for e in encoded), strict=True))
+        self.misses += len(new)
+        self.lookups += sum(map(len, head))
+        out = []
+        for ps, hs in zip(pieces, head, strict=True):
+            ids = list(itertools.chain.from_iterable(map(cache.__getitem__, hs)))
+            if keep is not None:
+                if len(ids) < keep < len(ps):
+                    ids = self._slow(ps, keep)
+                del ids[keep:]
+            out.append(ids)
+        return out
+
+    def _slow(self, pieces: list[str], keep: int) -> list[int]:
+        """Ids of a text whose first `keep` pieces gave fewer than `keep` ids, piece by piece."""
+        ids: list[int] = []
+        for p in pieces:
+            if p not in self.ids:
+                self.ids[p] = self.tok.encode(p, add_special_tokens=False).ids
+                self.misses += 1
+            ids += self.ids[p]
+            if len(ids) >= keep:
+                break
+        return ids
+
+
+def check_sample(tok, texts: list[str], got: list[list[int]], keep: int | None) -> None:
+    """Compare the piece cache's ids of a few texts with the full Rust call; raise on a difference.
+
+    The sample is the first text and the first non-ASCII one: the property the cache rests on
+    could only fail on unusual characters.
+    """
+    sample = {0, next((i for i, t in enumerate(texts) if not t.isascii()), 0)}
+    for i in sample:
+        full = tok.encode(texts[i], add_special_tokens=False).ids
+        if (full if keep is None else full[:keep]) != got[i]:
+            raise RuntimeError(
+                f"tokenizer piece cache gave different ids than the tokenizer for the text "
+                f"starting {texts[i][:80]!r}: please report it; {ENV_SWITCH}=plain avoids the cache"
+            )
+
+
+# ---- the prefix path --------------------------------------------------------------------------
+
+
+def prefix_end(text: str, budget: int) -> int | None:
+    """Where to cut `text` to tokenize a prefix: before the first boundary at or after `budget`."""
+    if len(text) <= budget:
+        return None
+    m = _CUT.search(text, budget)
+    return m.start() if m else None
+
+
+class PrefixBudget:
+    """How many characters of each text truncate mode tokenizes, learnt from the texts seen so far.
+
+    Each text with at least keep/2 ids gives a sample of characters per token (over the prefix
+    tokenized, or the whole text); the budget is keep times the (1 - FALLBACK_SHARE) quantile of
+    the last _RATIO_WINDOW samples, so that share of prefixes falls short and is redone in full.
+    NOTE: the ids never depend on the budget (see tokenize_texts), so neither does the output:
+    each worker process may learn its own.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.chars = keep * CHARS_PER_TOKEN  # until there are samples: generous, rarely short
+        self._ratios = np.zeros(0)
+        self.cut = self.short = 0  # texts cut to a prefix, and those of them redone in full
+
+    def update(self, chars: list[int], counts: list[int], cut: int, short: int) -> None:
+        """Learn from one batch: characters tokenized and ids found per text (before truncation)."""
+        self.cut, self.short = self.cut + cut, self.short + short
+        chars_a, counts_a = np.asarray(chars, np.float64), np.asarray(counts, np.float64)
+        sized = counts_a * 2 >= self.keep  # short texts (a lone title) read differently
+        if not sized.any():
+            return
+        fresh = chars_a[sized] / counts_a[sized]
+        self._ratios = np.concatenate((self._ratios, fresh))[-_RATIO_WINDOW:]
+        ratio = float(np.quantile(self._ratios, 1.0 - FALLBACK_SHARE))
+        self.chars = max(self.keep, int(self.keep * ratio) + 1)
+
+
+def ragged_offsets(seqs) -> np.ndarray:
+    """Offsets of sequences laid end to end: seqs[k] spans [offsets[k], offsets[k + 1])."""
+    offsets = np.zeros(len(seqs) + 1, np.int64)
+    np.cumsum([len(x) for x in seqs], out=offsets[1:])
+    return offsets
+
+
+def flat_ids(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id lists as (flat int32 array, offsets)."""
+    offsets = ragged_offsets(ids)
+    return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(offsets[-1])), offsets
+
+
+def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | PrefixBudget | None):
+    """Token ids of `texts` (no special tokens) as (flat int32 array, offsets), the prefix path.
+
+    With `keep`, each is truncated to `keep` ids, tokenizing only a prefix of about `budget`
+    characters (a fixed count, or a PrefixBudget that learns from this batch) and redoing the whole
+    text when the prefix came out shorter than `keep`; the ids are the same as tokenizing
+    everything, since the prefix ends at a pre-token boundary.
+    """
+    chars = budget.chars if isinstance(budget, PrefixBudget) else budget
+    if keep is None or not chars:
+        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+    else:
+        cuts = [prefix_end(t, chars) for t in texts]
+        heads = [t if c is None else t[:c] for t, c in zip(texts, cuts, strict=True)]
+        ids = [e.ids for e in tok.encode_batch_fast(heads, add_special_tokens=False)]
+        counts = [len(x) for x in ids]
+        short = [i for i, c in enumerate(cuts) if c is not None and counts[i] < keep]
+        if isinstance(budget, PrefixBudget):
+            n_cut = len(texts) - cuts.count(None)
+            budget.update([len(h) for h in heads], counts, n_cut, len(short))
+        if short:
+            redo = tok.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)
+            for i, e in zip(short, redo, strict=True):
+                ids[i] = e.ids
+    if keep is not None:
+        ids = [x[:keep] for x in ids]
+    return flat_ids(ids)
+
+
+# ---- one process's tokenizer, and the pool ----------------------------------------------------
+
+
+class TextIds:
+    """Token ids of texts for one process: the piece cache where the tokenizer allows it, else
+    the prefix path. Call it with a list of texts; it returns (flat int32 ids, offsets)."""
+
+    def __init__(self, tok, keep: int | None):
+        self.tok, self.keep = tok, keep
+        plain = os.environ.get(ENV_SWITCH, "") == "plain"
+        self.pieces = PieceCache(tok) if not plain and splits_on_spaces(tok) else None
+        self.budget = PrefixBudget(keep) if keep is not None and self.pieces is None else None
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.pieces is None:
+            return tokenize_texts(self.tok, texts, self.keep, self.budget)
+        ids = self.pieces(texts, self.keep)
+        if texts:
+            check_sample(self.tok, texts, ids, self.keep)
+        return flat_ids(ids)
+
+
+def backend_tokenizer(hf_tok):
+    """A private copy of the Rust tokenizer with no truncation or padding of its own."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+_worker: dict = {}
+
+
+def _init_worker(tok_json: str, keep: int | None) -> None:
+    # One core per worker: --workers is the parallelism, not rayon inside each worker.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _worker["ids"] = TextIds(Tokenizer.from_str(tok_json), keep)
+
+
+def _tokenize_task(texts: list[str]):
+    return _worker["ids"](texts)
+
+
+def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
+    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
+    chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
+    if workers == 1:
+        # --workers N means N cores: no rayon threads in-process either, unless the user set it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        text_ids = TextIds(tok, keep)
+        for chunk in chunks:
+            yield chunk, text_ids([r.text for r in chunk])
+        return
+    # Pool.imap would read the whole input ahead into its task queue; a bounded window of
+    # apply_async results keeps memory flat and still returns chunks in order. spawn, not fork:
+    # the parent may hold rayon or torch threads.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, _init_worker, (tok.to_str(), keep)) as pool:
+        window: deque = deque()
+        for chunk in chunks:
+            window.append((chunk, pool.apply_async(_tokenize_task, ([r.text for r in chunk],))))
+            if len(window) >= 3 * workers:
+                chunk0, result = window.popleft()
+                yield chunk0, result.get()
+        while window:
+            chunk0, result = window.popleft()
+            yield chunk0, result.get()
