@@ -18,6 +18,12 @@ on generated full-length shards; benchmarks/bench_cohort.py explains them). Figu
   eager attention and all maps everywhere, full-vocabulary logits, one teacher forward per
   student, torch AdamW) / seconds per step of the cohort, on the same batches, the two taking
   turns over `Plan.rounds` rounds; the median round.
+- teacher_ahead: `speedup` = seconds per step with the teacher's forward for batch k+1 launched
+  right after batch k's (train.teacher_ahead, trainer/teacher_ahead.py: a side CUDA stream beside
+  the students' steps) / seconds per step without, same batches, taking turns over `Plan.rounds`
+  rounds of ROUND_STEPS steps; the median round. Each block starts cold (its first batch has no
+  early signals), so the figure slightly understates a long run's gain. On a CPU there is no
+  second stream and nothing can overlap: expect about 1.0 there.
 - memory (GPU only): `peak_gb` per ZeRO stage 1/2/3 and micro-batch 24/64/128 at the paper sizes,
   each measured in a process of its own (`python -m benchmarks.bench_step --memory STAGE MICRO`):
   torch.cuda.max_memory_allocated over 3 steps.
@@ -81,6 +87,7 @@ class Measured:
     anatomy: dict[str, float]  # seconds per step
     ours: list[float]  # per round, seconds per step: cohort
     paper: list[float]  # per round, seconds per step: paper-style loop
+    ahead: dict[str, list[float]]  # per round, seconds per step: teacher_ahead "off" / "on"
     cfg: object
     ds: dict
 
@@ -97,8 +104,9 @@ def measure(plan: Plan, root: Path) -> Measured:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(DS_CONFIG)
     per_step = micro_batch_size(ds, world_size=1) * int(ds.get("gradient_accumulation_steps", 1))
-    # + 1: the prefetcher takes one batch ahead of the anatomy's last step
-    total = plan.warmup + plan.steps + 1 + plan.rounds * ROUND_STEPS
+    # + 1: the prefetcher takes one batch ahead of the anatomy's last step; then the rounds
+    # against the paper loop, and twice as many for teacher ahead (off and on)
+    total = plan.warmup + plan.steps + 1 + 3 * plan.rounds * ROUND_STEPS
     budget = Plan(plan.sizes, plan.recipe, warmup=0, steps=total, rounds=1)
     overrides = recipe_overrides(budget, root, per_step)
     rt = Runtime.start()
@@ -148,15 +156,46 @@ def measure(plan: Plan, root: Path) -> Measured:
                 f"round {r + 1}/{plan.rounds}: cohort {ours:.3f} s/step, paper loop "
                 f"{theirs:.3f} s/step, speedup {theirs / ours:.2f}"
             )
+        ahead = compare_teacher_ahead(trainer, stream, plan.rounds, gas, rt.device)
         return Measured(
             seconds, plan.steps, tokens, samples, statistics.fmean(lengths), anatomy,
-            times["ours"], times["paper"], cfg, ds,
+            times["ours"], times["paper"], ahead, cfg, ds,
         )  # fmt: skip
     finally:
         if trainer is not None:
             trainer.inputs.loader.close()
             trainer.metrics.close()
         rt.close()
+
+
+def compare_teacher_ahead(trainer, stream, rounds: int, gas: int, device) -> dict[str, list[float]]:
+    """Seconds per step with train.teacher_ahead off and on, taking turns (see the module doc)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from trainer.batch import DeviceBatch
+    from trainer.teacher_ahead import TeacherAhead
+
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    if trainer.teacher is None:
+        return times
+    ahead, active = TeacherAhead(trainer.teacher, device), trainer.active
+    sync = get_accelerator().synchronize
+    for r in range(rounds):
+        block = [DeviceBatch.from_host(next(stream), device) for _ in range(ROUND_STEPS * gas)]
+        for who in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            trainer.teacher_ahead = ahead if who == "on" else None
+            sync()
+            start = time.perf_counter()
+            for i, batch in enumerate(block):
+                later = block[i + 1] if i + 1 < len(block) else None
+                upcoming = (lambda _stream, b=later: b) if later is not None else None
+                trainer.train_batch(batch, active, upcoming=upcoming)
+            sync()
+            times[who].append((time.perf_counter() - start) / ROUND_STEPS)
+        off, on = times["off"][-1], times["on"][-1]
+        log(f"teacher ahead round {r + 1}/{rounds}: off {off:.3f} s/step, on {on:.3f} s/step")
+    trainer.teacher_ahead = None
+    return times
 
 
 def figures(plan: Plan, m: Measured) -> Iterator[dict]:
@@ -192,6 +231,17 @@ def figures(plan: Plan, m: Measured) -> Iterator[dict]:
         "cohort_s_per_step": statistics.median(m.ours),
         "paper_loop_s_per_step": statistics.median(m.paper),
     })  # fmt: skip
+
+    if m.ahead["on"]:
+        ratios = [off / on for off, on in zip(m.ahead["off"], m.ahead["on"], strict=True)]
+        yield _line("teacher_ahead", "speedup", statistics.median(ratios), "x", {
+            **settings,
+            "rounds": len(ratios),
+            "speedup_per_round": [round(r, 3) for r in ratios],
+            "off_s_per_step": statistics.median(m.ahead["off"]),
+            "on_s_per_step": statistics.median(m.ahead["on"]),
+            "cold_start": "the first batch of each round's block has no early signals",
+        })  # fmt: skip
 
 
 def _line(benchmark, metric, value, unit, settings) -> dict:

@@ -232,6 +232,18 @@ def test_cohort_student_equals_student_trained_alone(env, uninterrupted):
         assert_same_weights(weights(reference, student), alone)
 
 
+def test_teacher_ahead_trains_the_same_cohort(env, uninterrupted):
+    """train.teacher_ahead computes each batch's teacher signals one batch early (on a GPU beside
+    the students' steps); the signals are a pure function of the batch, so the models are equal."""
+    recipe_path, reference = uninterrupted
+    extra = ["train.teacher_ahead=true", "run.name=ahead"]
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *extra))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    assert "11 of 12 batches' teacher signals computed a batch early" in result["stderr"]
+    for student in STUDENTS:
+        assert_same_weights(weights(reference, student), weights(env["runs"] / "ahead", student))
+
+
 def start(env, recipe_path: Path, name: str) -> subprocess.Popen:
     log = open(env["root"] / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(

@@ -80,6 +80,18 @@ class DevicePrefetcher:
         state["batches_consumed"] -= 0 if self._next is None else 1
         return state
 
+    def peek(self, stream: torch.cuda.Stream | None = None) -> DeviceBatch:
+        """The batch the next `next()` returns, usable on `stream` (on CUDA: that stream waits for
+        its copy; on other devices the argument is ignored)."""
+        if self._next is None:
+            self._next = self._load()
+        if self._stream is not None and stream is not None:
+            stream.wait_stream(self._stream)
+            for t in (self._next.input_ids, self._next.attention_mask, self._next.masked_index):
+                t.record_stream(stream)
+            self._next.masked_labels.record_stream(stream)
+        return self._next
+
     def __iter__(self) -> DevicePrefetcher:
         return self
 

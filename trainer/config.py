@@ -99,6 +99,7 @@ class TrainSection:
     eval_batches: int = 50
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
     compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
+    teacher_ahead: bool = False  # the next batch's teacher forward beside the students' steps
 
 
 @dataclass

@@ -17,6 +17,8 @@
   gradients are not finite, counting it in `skipped_steps`. The loop reads that host counter: with
   train.on_nonfinite=stop it stops naming the student, step and term (the checkpoints are kept);
   with skip it warns and goes on.
+- train.teacher_ahead launches the teacher's forward for the next batch right after this one's,
+  on a side CUDA stream, beside the students' steps (trainer/teacher_ahead.py); same results.
 - Preemption: SIGUSR1/SIGTERM only set a flag (trainer/preemption.py); at the next step boundary
   the ranks agree on it, save a complete checkpoint and exit with EXIT_PREEMPTED.
 """
@@ -42,6 +44,7 @@ from trainer.model_card import model_card
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.runtime import Runtime
 from trainer.teacher import Teacher
+from trainer.teacher_ahead import TeacherAhead
 from trainer.timing import StepTimer
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,9 @@ class Trainer:
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self._timer = StepTimer(rt.device)
         self._batches: DevicePrefetcher | None = None
+        ahead = teacher is not None and cfg.train.teacher_ahead
+        # None unless train.teacher_ahead (benchmarks switch it to compare)
+        self.teacher_ahead = TeacherAhead(teacher, rt.device) if ahead else None
         self._running = {s.name: _Running() for s in students}
         self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
         self._skipped = {s.name: 0 for s in students}
@@ -174,7 +180,7 @@ class Trainer:
                     waited = batches.waited
                     batch = next(batches)
                     self._timer.host("data", batches.waited - waited)
-                    self.train_batch(batch, active)
+                    self.train_batch(batch, active, upcoming=batches.peek)
                 self.step += 1
                 finished = self._after_step(active)
                 if self.step % cfg.log_every == 0:
@@ -192,17 +198,28 @@ class Trainer:
             self.save()
             for s in self.students:
                 self._export(s)
+            if self.teacher_ahead is not None:
+                done = self.teacher_ahead.hits + self.teacher_ahead.misses
+                logger.info(
+                    "train.teacher_ahead: %d of %d batches' teacher signals computed a batch early",
+                    self.teacher_ahead.hits,
+                    done,
+                )
             return 0
         finally:
             self.inputs.loader.close()
 
-    def train_batch(self, batch: DeviceBatch | dict, active: list) -> None:
+    def train_batch(self, batch: DeviceBatch | dict, active: list, upcoming=None) -> None:
         """One micro-batch (on the device, or a loader's host dict) through the teacher and every
-        student in `active` (their step)."""
+        student in `active` (their step). `upcoming` gives the next batch, for train.teacher_ahead
+        (trainer/teacher_ahead.py)."""
         self._timer.start()
         if isinstance(batch, dict):
             batch = DeviceBatch.from_host(batch, self.rt.device)
-        signals = self.teacher(batch) if self.teacher is not None else None
+        if self.teacher_ahead is not None:
+            signals = self.teacher_ahead(batch, upcoming)
+        else:
+            signals = self.teacher(batch) if self.teacher is not None else None
         self._timer.mark("teacher")
         for s in active:
             with s.rng.active():
