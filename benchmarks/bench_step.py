@@ -1,4 +1,4 @@
-"""The cohort step: anatomy, tokens/s and MFU; against the paper-style loop; memory per ZeRO stage.
+"""The cohort step: anatomy, tokens/s and MFU; against the paper-style loop; teacher ahead.
 
     python benchmarks/run.py --only step [--quick]
 
@@ -24,21 +24,14 @@ on generated full-length shards; benchmarks/bench_cohort.py explains them). Figu
   rounds of ROUND_STEPS steps; the median round. Each block starts cold (its first batch has no
   early signals), so the figure slightly understates a long run's gain. On a CPU there is no
   second stream and nothing can overlap: expect about 1.0 there.
-- memory (GPU only): `peak_gb` per ZeRO stage 1/2/3 and micro-batch 24/64/128 at the paper sizes,
-  each measured in a process of its own (`python -m benchmarks.bench_step --memory STAGE MICRO`):
-  torch.cuda.max_memory_allocated over 3 steps.
+
+Peak memory per ZeRO stage is its own benchmark (benchmarks/bench_memory.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import logging
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,7 +42,6 @@ from benchmarks.bench_cohort import (
     DS_CONFIG,
     FULL,
     QUICK,
-    ROOT,
     Plan,
     log,
     recipe_overrides,
@@ -64,7 +56,6 @@ from benchmarks.run import device_name
 STEP_PLAN_QUICK = Plan(QUICK.sizes, QUICK.recipe, warmup=5, steps=20, rounds=16)
 STEP_PLAN_FULL = Plan(FULL.sizes, FULL.recipe, warmup=5, steps=20, rounds=5)
 ROUND_STEPS = 5  # steps per timed block of each side in the paper-loop comparison
-MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
 
 # Dense bf16 tensor-core peaks (vendor datasheets), matched against torch's device name.
 BF16_PEAK = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -260,83 +251,8 @@ def _versions() -> dict:
             "transformers": transformers.__version__}  # fmt: skip
 
 
-# ---------------------------------------------------------------- memory (GPU)
-
-
-def measure_memory(stage: int, micro: int, root: Path) -> float:
-    """Peak GPU memory (GB) of 3 cohort steps at the paper sizes, ZeRO `stage`, `micro`."""
-    import deepspeed
-    import torch
-
-    from trainer.assemble import build_trainer
-    from trainer.ds_config import load_ds_config
-    from trainer.runtime import Runtime
-
-    deepspeed.utils.logger.setLevel(logging.WARNING)
-    ds = copy.deepcopy(load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json"))
-    ds["train_micro_batch_size_per_gpu"] = micro
-    plan = Plan(FULL.sizes, FULL.recipe, warmup=0, steps=4, rounds=1)
-    overrides = recipe_overrides(plan, root, micro)
-    rt = Runtime.start()
-    try:
-        trainer = build_trainer(run_config(plan, overrides, root / "runs", "mem", None), ds, rt)
-        torch.cuda.reset_peak_memory_stats()
-        stream = iter(trainer.inputs.loader)
-        for _ in range(3):
-            trainer.train_batch(next(stream), trainer.active)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 1e9
-    finally:
-        rt.close()
-
-
-def memory_figures() -> Iterator[dict]:
-    import torch
-
-    if not torch.cuda.is_available():
-        log("memory: skipped (needs a GPU)")
-        return
-    for stage in MEMORY_STAGES:
-        for micro in MEMORY_MICRO:
-            command = ["-m", "benchmarks.bench_step", "--memory", str(stage), str(micro)]
-            proc = subprocess.run(
-                [sys.executable, *command],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-            if proc.returncode != 0:
-                tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-                log(f"memory ZeRO-{stage} micro-batch {micro}: failed ({tail[0]})")
-                value = None
-            else:
-                value = json.loads(proc.stdout.strip().splitlines()[-1])["peak_gb"]
-                log(f"memory ZeRO-{stage} micro-batch {micro}: {value:.2f} GB")
-            yield _line("memory", "peak_gb", value, "GB",
-                        {"zero_stage": stage, "micro_batch": micro, "sizes": "paper",
-                         "recipe": "recipes/paper_distilled.yaml"})  # fmt: skip
-
-
 def run(quick: bool) -> Iterator[dict]:
     plan = STEP_PLAN_QUICK if quick else STEP_PLAN_FULL
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp, stdout_to_stderr():
         measured = measure(plan, Path(tmp))
     yield from figures(plan, measured)
-    if not quick:
-        yield from memory_figures()
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--memory", nargs=2, type=int, metavar=("STAGE", "MICRO"), required=True)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        with stdout_to_stderr():
-            peak = measure_memory(*args.memory, Path(tmp))
-    print(json.dumps({"peak_gb": peak}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

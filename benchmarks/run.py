@@ -26,6 +26,7 @@ BENCHMARKS = {
     "loader": "benchmarks.bench_loader",
     "cohort": "benchmarks.bench_cohort",
     "step": "benchmarks.bench_step",
+    "memory": "benchmarks.bench_memory",
 }
 
 

@@ -11,8 +11,9 @@ the run is the same as without the switch; only when the teacher's kernels run c
 
 On a CPU there is no second stream: the forward for batch k+1 runs at the end of step k's
 teacher call, which exercises the same bookkeeping (tests compare the runs bit for bit).
-Costs: one more set of teacher signals alive during the students' step, and on a GPU the step
-anatomy's "teacher" share becomes the time to launch it (its kernels run on the side stream).
+Costs: one more set of teacher signals alive during the students' step. On a GPU the step
+anatomy's "teacher" share (CUDA events on the compute stream) becomes the time the students wait
+for the early forward to finish, zero when it finished during the previous step.
 Checkpoints never hold signals: a resumed run computes them again.
 """
 

@@ -1,0 +1,113 @@
+"""Peak GPU memory of the paper's cohort per ZeRO stage and micro-batch.
+
+    python benchmarks/run.py --only memory        # on a GPU; skipped (no figures) elsewhere
+
+For ZeRO-1/2/3 (ds_configs/zero{1,2,3}.json) and micro-batch 24, 64 and 128, the paper-size cohort
+(benchmarks/bench_cohort.py: a random BERT-base teacher + DistilBioBERT + CompactBioBERT +
+TinyBioBERT, seq 256, generated full-length shards) trains 3 steps in a process of its own
+(`python -m benchmarks.bench_memory STAGE MICRO`, so no run's cached blocks count in the next);
+figure `memory` / `peak_gb` = torch.cuda.max_memory_allocated, or null where the run failed (out
+of memory, say; the reason goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.bench_cohort import (
+    FULL,
+    ROOT,
+    Plan,
+    log,
+    recipe_overrides,
+    run_config,
+    stdout_to_stderr,
+)
+
+MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
+
+
+def measure_memory(stage: int, micro: int, root: Path) -> float:
+    """Peak GPU memory (GB) of 3 cohort steps at the paper sizes, ZeRO `stage`, `micro`."""
+    import deepspeed
+    import torch
+
+    from trainer.assemble import build_trainer
+    from trainer.ds_config import load_ds_config
+    from trainer.runtime import Runtime
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    ds = copy.deepcopy(load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json"))
+    ds["train_micro_batch_size_per_gpu"] = micro
+    plan = Plan(FULL.sizes, FULL.recipe, warmup=0, steps=4, rounds=1)
+    overrides = recipe_overrides(plan, root, micro)
+    rt = Runtime.start()
+    try:
+        trainer = build_trainer(run_config(plan, overrides, root / "runs", "mem", None), ds, rt)
+        torch.cuda.reset_peak_memory_stats()
+        stream = iter(trainer.inputs.loader)
+        for _ in range(3):
+            trainer.train_batch(next(stream), trainer.active)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 1e9
+    finally:
+        rt.close()
+
+
+def memory_figures() -> Iterator[dict]:
+    import torch
+
+    if not torch.cuda.is_available():
+        log("memory: skipped (needs a GPU)")
+        return
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]  # kept
+    for stage in MEMORY_STAGES:
+        for micro in MEMORY_MICRO:
+            command = ["-m", "benchmarks.bench_memory", str(stage), str(micro)]
+            proc = subprocess.run(
+                [sys.executable, *command],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *path])},
+            )
+            if proc.returncode != 0:
+                tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+                log(f"memory ZeRO-{stage} micro-batch {micro}: failed ({tail[0]})")
+                value = None
+            else:
+                value = json.loads(proc.stdout.strip().splitlines()[-1])["peak_gb"]
+                log(f"memory ZeRO-{stage} micro-batch {micro}: {value:.2f} GB")
+            yield {"metric": "peak_gb", "value": value, "unit": "GB", "settings": {
+                "zero_stage": stage, "micro_batch": micro, "sizes": "paper",
+                "recipe": "recipes/paper_distilled.yaml"}}  # fmt: skip
+
+
+def run(quick: bool) -> Iterator[dict]:
+    """The figures (the same with --quick: the paper sizes are the point)."""
+    yield from memory_figures()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", type=int, choices=MEMORY_STAGES)
+    p.add_argument("micro", type=int)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        with stdout_to_stderr():
+            peak = measure_memory(args.stage, args.micro, Path(tmp))
+    print(json.dumps({"peak_gb": peak}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
