@@ -30,6 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from data_pipeline.io_utils import PipelineError
 from data_pipeline.records import Record
 
 CHUNK = 1024  # records per tokenizer call / per task sent to a worker
@@ -225,14 +226,21 @@ def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | Prefix
 # ---- one process's tokenizer, and the pool ----------------------------------------------------
 
 
+def plain_switch() -> bool:
+    """Whether BIODISTILL_TOKENIZE=plain asks for the prefix path; other values are an error."""
+    switch = os.environ.get(ENV_SWITCH, "")
+    if switch not in ("", "plain"):
+        raise PipelineError(f"{ENV_SWITCH}={switch!r}: expected 'plain' or unset")
+    return switch == "plain"
+
+
 class TextIds:
     """Token ids of texts for one process: the piece cache where the tokenizer allows it, else
     the prefix path. Call it with a list of texts; it returns (flat int32 ids, offsets)."""
 
     def __init__(self, tok, keep: int | None):
         self.tok, self.keep = tok, keep
-        plain = os.environ.get(ENV_SWITCH, "") == "plain"
-        self.pieces = PieceCache(tok) if not plain and splits_on_spaces(tok) else None
+        self.pieces = PieceCache(tok) if not plain_switch() and splits_on_spaces(tok) else None
         self.budget = PrefixBudget(keep) if keep is not None and self.pieces is None else None
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +280,7 @@ def _tokenize_task(texts: list[str]):
 def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
     """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
     chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
+    plain_switch()  # NOTE: here, not only in the workers: an initializer's error respawns them
     if workers == 1:
         # --workers N means N cores: no rayon threads in-process either, unless the user set it.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,6 +16,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from data_pipeline import token_ids
+from data_pipeline.io_utils import PipelineError
 from data_pipeline.manifest import load_tokenizer
 from data_pipeline.synth import train_wordpiece
 
@@ -141,3 +142,6 @@ def test_plain_switch_takes_the_prefix_path(monkeypatch, cased, corpus):
     assert fast.pieces is not None and plain.pieces is None and plain.budget is not None
     a, b = fast(corpus), plain(corpus)
     assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+    monkeypatch.setenv("BIODISTILL_TOKENIZE", "fast")
+    with pytest.raises(PipelineError, match="TOKENIZE='fast': expected 'plain' or unset"):
+        token_ids.TextIds(cased, 20)
