@@ -193,6 +193,30 @@ def test_plan_teacher_computes_the_union_of_the_students_needs(monkeypatch):
     )
 
 
+def test_plan_counts_two_batches_of_teacher_signals_with_teacher_ahead(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ds = dict(load_ds_config(ROOT / "ds_configs" / "zero2.json"), train_micro_batch_size_per_gpu=64)
+    sizes = ["data.max_len=512"]
+    off = render_plan(load_config(ROOT / "recipes" / "demo.yaml", sizes), ds)
+    cfg = load_config(ROOT / "recipes" / "demo.yaml", [*sizes, "train.teacher_ahead=true"])
+    on = render_plan(cfg, ds)
+    assert _plan_line(on, "teacher ").endswith("signals of two batches alive (train.teacher_ahead)")
+    # One batch's signals, by hand from demo.yaml: attention maps of 2 layers, hidden states of 3
+    # and the logits at the 15% masked rows, 2 bytes an element.
+    teacher = BertConfig(**copy.deepcopy(cfg.teacher.config))
+    b, s = 64, 512
+    maps = 2 * b * teacher.num_attention_heads * s * s
+    hidden = 3 * b * s * teacher.hidden_size
+    logits = 0.15 * b * s * teacher.vocab_size
+    signals_gib = 2 * (maps + hidden + logits) / 1024**3
+
+    def teacher_gib(plan: str) -> float:
+        memory = _plan_line(plan, "memory per rank (estimate): ")
+        return float(re.search(r"teacher (\d+\.\d+)", memory).group(1))
+
+    assert abs(teacher_gib(on) - teacher_gib(off) - signals_gib) <= 0.011
+
+
 def test_plan_offline_reports_the_hub_teacher_as_unreachable(monkeypatch):
     import huggingface_hub.constants
 

@@ -11,7 +11,8 @@ ranks, with mixed precision as the DeepSpeed JSON sets it:
 - activations of one student's micro-batch (students step one after another, so the largest
   counts): per layer s*b*h*(34 + 5*a*s/h) bytes with eager attention (Korthikanti et al. 2022),
   s*b*h*34 with SDPA, plus the masked-row logits (15% of s*b rows x vocabulary, fp32 loss math).
-- the teacher's weights (bf16 on GPU) and the signals it keeps for the losses.
+- the teacher's weights (bf16 on GPU) and the signals it keeps for the losses (two batches' worth
+  with train.teacher_ahead).
 """
 
 from __future__ import annotations
@@ -150,10 +151,13 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
         teacher_bytes = params * (2 if on_gpu else 4)
         keep = len(need.attentions) * micro * _heads(teacher_cfg) * seq * seq
         keep += len(need.hidden) * micro * seq * _hidden(teacher_cfg)
-        teacher_bytes += 2 * keep + (0.15 * micro * seq * teacher_cfg.vocab_size * 2 * need.logits)
+        signals = 2 * keep + (0.15 * micro * seq * teacher_cfg.vocab_size * 2 * need.logits)
+        # train.teacher_ahead: the next batch's signals are alive beside this batch's
+        teacher_bytes += signals * (2 if cfg.train.teacher_ahead else 1)
+        ahead = "; signals of two batches alive (train.teacher_ahead)" * cfg.train.teacher_ahead
         lines.append(
             f"teacher {cfg.teacher.path or 'teacher.config'}: {params:,} parameters, frozen; "
-            f"computes {need.describe()}"
+            f"computes {need.describe()}{ahead}"
         )
     elif cfg.teacher is not None:
         lines.append(
