@@ -13,7 +13,6 @@ of memory, say; the reason goes to stderr).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -46,7 +45,7 @@ def measure_memory(stage: int, micro: int, root: Path) -> float:
     from trainer.runtime import Runtime
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    ds = copy.deepcopy(load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json"))
+    ds = load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json")
     ds["train_micro_batch_size_per_gpu"] = micro
     plan = Plan(FULL.sizes, FULL.recipe, warmup=0, steps=4, rounds=1)
     overrides = recipe_overrides(plan, root, micro)

@@ -54,7 +54,6 @@ from benchmarks.flops import FORMULA, cohort_flops, shapes_from_recipe
 from benchmarks.run import device_name
 
 STEP_PLAN_QUICK = Plan(QUICK.sizes, QUICK.recipe, warmup=5, steps=20, rounds=16)
-STEP_PLAN_FULL = Plan(FULL.sizes, FULL.recipe, warmup=5, steps=20, rounds=5)
 ROUND_STEPS = 5  # steps per timed block of each side in the paper-loop comparison
 
 # Dense bf16 tensor-core peaks (vendor datasheets), matched against torch's device name.
@@ -161,8 +160,6 @@ def measure(plan: Plan, root: Path) -> Measured:
 
 def compare_teacher_ahead(trainer, stream, rounds: int, gas: int, device) -> dict[str, list[float]]:
     """Seconds per step with train.teacher_ahead off and on, taking turns (see the module doc)."""
-    from deepspeed.accelerator import get_accelerator
-
     from trainer.batch import DeviceBatch
     from trainer.teacher_ahead import TeacherAhead
 
@@ -170,19 +167,17 @@ def compare_teacher_ahead(trainer, stream, rounds: int, gas: int, device) -> dic
     if trainer.teacher is None:
         return times
     ahead, active = TeacherAhead(trainer.teacher, device), trainer.active
-    sync = get_accelerator().synchronize
+
+    def step(pair) -> None:  # (batch, the next one or None)
+        upcoming = (lambda _stream, b=pair[1]: b) if pair[1] is not None else None
+        trainer.train_batch(pair[0], active, upcoming=upcoming)
+
     for r in range(rounds):
         block = [DeviceBatch.from_host(next(stream), device) for _ in range(ROUND_STEPS * gas)]
+        pairs = list(zip(block, [*block[1:], None], strict=True))
         for who in ("off", "on") if r % 2 == 0 else ("on", "off"):
             trainer.teacher_ahead = ahead if who == "on" else None
-            sync()
-            start = time.perf_counter()
-            for i, batch in enumerate(block):
-                later = block[i + 1] if i + 1 < len(block) else None
-                upcoming = (lambda _stream, b=later: b) if later is not None else None
-                trainer.train_batch(batch, active, upcoming=upcoming)
-            sync()
-            times[who].append((time.perf_counter() - start) / ROUND_STEPS)
+            times[who].append(time_batches(step, pairs) / ROUND_STEPS)
         off, on = times["off"][-1], times["on"][-1]
         log(f"teacher ahead round {r + 1}/{rounds}: off {off:.3f} s/step, on {on:.3f} s/step")
     trainer.teacher_ahead = None
@@ -252,7 +247,7 @@ def _versions() -> dict:
 
 
 def run(quick: bool) -> Iterator[dict]:
-    plan = STEP_PLAN_QUICK if quick else STEP_PLAN_FULL
+    plan = STEP_PLAN_QUICK if quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp, stdout_to_stderr():
         measured = measure(plan, Path(tmp))
     yield from figures(plan, measured)

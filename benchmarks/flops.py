@@ -167,14 +167,16 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
     fetches config.json and no weights. What each student computes comes from the trainer's own
     Objective, so a term switched off (weight 0) is not counted.
     """
-    from transformers import AutoConfig, BertConfig
+    from transformers import AutoConfig
 
+    from trainer.bert_config import bert_config
+    from trainer.config import fill_layer_maps
     from trainer.objectives import Objective
 
     teacher = None
     if cfg.teacher is not None:
         if cfg.teacher.config is not None:
-            teacher = BertConfig(**copy.deepcopy(cfg.teacher.config))
+            teacher = bert_config(cfg.teacher.config, "teacher.config")
         else:
             teacher = AutoConfig.from_pretrained(cfg.teacher.path)
     shapes = []
@@ -184,11 +186,13 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
             config = copy.deepcopy(teacher)
             config.num_hidden_layers = len(init.from_teacher_layers)
         elif init.config is not None:
-            config = BertConfig(**copy.deepcopy(init.config))
+            config = bert_config(init.config, f"students.{spec.name}.init.config")
         else:
             config = AutoConfig.from_pretrained(init.pretrained)
         t_layers = teacher.num_hidden_layers if teacher is not None else None
-        obj = Objective.from_section(spec.objective, config.num_hidden_layers, t_layers)
+        section = copy.deepcopy(spec.objective)  # maps a pretrained student's depth decides
+        fill_layer_maps(section, config.num_hidden_layers)
+        obj = Objective.from_section(section, config.num_hidden_layers, t_layers)
         t_need = obj.teacher_need()
         shapes.append(
             StudentShape(

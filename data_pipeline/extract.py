@@ -137,21 +137,12 @@ def _gzip_writer(raw) -> gzip.GzipFile:
     return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL)
 
 
-def _stem(path: Path) -> str:
+def input_stem(path: Path) -> str:
+    """The name an input's part, output and token-cache entry share: its name less .xml[.gz]."""
     name = path.name
     for suffix in (".gz", ".xml"):
         name = name.removesuffix(suffix)
     return name
-
-
-def input_stem(path: Path) -> str:
-    """The name an input's part, output and token-cache entry share: its name less .xml[.gz]."""
-    return _stem(path)
-
-
-def part_is_complete(path: Path, parts: Path) -> bool:
-    """Whether DIR/.parts holds a complete part of this exact input (same size, mtime, parser)."""
-    return _reusable(path, parts) is not None
 
 
 def _signature(path: Path) -> dict:
@@ -159,9 +150,10 @@ def _signature(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "parser_version": PARSER_VERSION}
 
 
-def _reusable(path: Path, parts: Path) -> dict | None:
-    """The stats of a completed part for this exact input and settings, else None."""
-    stem = _stem(path)
+def completed_part(path: Path, parts: Path) -> dict | None:
+    """The stats of a complete part of this exact input in DIR/.parts (same size, mtime, parser),
+    else None."""
+    stem = input_stem(path)
     try:
         with np.load(parts / f"{stem}.index.npz") as z:
             stats = json.loads(str(z["stats"]))
@@ -176,7 +168,7 @@ def _reusable(path: Path, parts: Path) -> dict | None:
 def extract_part(task: tuple[str, str]) -> dict:
     """Phase 1 for one input file (runs in a worker process). Returns the file's stats."""
     path, parts = Path(task[0]), Path(task[1])
-    stem, start = _stem(path), time.perf_counter()
+    stem, start = input_stem(path), time.perf_counter()
     part, index = parts / f"{stem}.part.gz", parts / f"{stem}.index.npz"
     stats: dict = {"name": path.name, "path": str(path), "stem": stem, "status": "error"}
     pmids, versions, deletions = array("i"), array("i"), array("i")
@@ -355,7 +347,7 @@ def run_extract(
         raise PipelineError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
     by_stem: dict[str, Path] = {}
     for path in files:
-        if (other := by_stem.setdefault(_stem(path), path)) != path:
+        if (other := by_stem.setdefault(input_stem(path), path)) != path:
             raise PipelineError(f"two inputs would share an output name: {other} and {path}")
     out = check_writable_dir(output)
     parts = out / PARTS_DIR
@@ -376,7 +368,7 @@ def run_extract(
     pool = ctx.Pool(min(workers, n_files)) if workers > 1 else _InProcess()
     with pool:
         _parse_parts(pool, todo, stats, n_files, progress)
-        ordered = [stats[_stem(p)] for p in files]
+        ordered = [stats[input_stem(p)] for p in files]
         bad = [s for s in ordered if s["status"] != "ok"]
         good = [s for s in ordered if s["status"] == "ok"]
         if bad and (not skip_bad_files or not good):
@@ -421,7 +413,7 @@ def _plan_parts(files: list[Path], parts: Path, progress: bool) -> tuple[dict[st
     stats: dict[str, dict] = {}
     todo = []
     for path in files:
-        if (done := _reusable(path, parts)) is not None:
+        if (done := completed_part(path, parts)) is not None:
             stats[done["stem"]] = done
         else:
             todo.append((str(path), str(parts)))
@@ -464,7 +456,8 @@ def _parse_only(
         return {"files": [], "bad_files": []}
     # NOTE: other slices may be writing into the same .parts right now: remove only the temp
     # files of this slice's inputs (an earlier attempt of this slice left them).
-    prefixes = tuple(f".{_stem(p)}.{kind}." for p in files for kind in ("part.gz", "index.npz"))
+    kinds = ("part.gz", "index.npz")
+    prefixes = tuple(f".{input_stem(p)}.{kind}." for p in files for kind in kinds)
     for stray in parts.iterdir():
         if stray.name.startswith(prefixes) and stray.name.endswith(".tmp"):
             stray.unlink(missing_ok=True)
@@ -473,7 +466,7 @@ def _parse_only(
     pool = ctx.Pool(min(workers, len(todo))) if workers > 1 and todo else _InProcess()
     with pool:
         _parse_parts(pool, todo, stats, len(files), progress)
-    ordered = [stats[_stem(p)] for p in files]
+    ordered = [stats[input_stem(p)] for p in files]
     bad = [s for s in ordered if s["status"] != "ok"]
     if bad and not skip_bad_files:
         raise _bad_files_error(bad, [s for s in ordered if s["status"] == "ok"], len(files))

@@ -142,3 +142,11 @@ def take_slice(files: list[Path], spec: tuple[int, int] | None) -> list[Path]:
         return list(files)
     i, n = spec
     return list(files[i::n])
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file under `directory` (before a marker or rename says it is complete)."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())

@@ -48,7 +48,7 @@ from data_pipeline.manifest import (
 from data_pipeline.records import RecordReader, resolve_inputs, sample_identity
 from data_pipeline.shard_journal import Journal, complete_run, fingerprint, resume
 from data_pipeline.token_cache import TokenCache
-from data_pipeline.token_ids import backend_tokenizer, tokenized_chunks
+from data_pipeline.token_ids import backend_tokenizer, kept_ids, tokenized_chunks
 
 PROGRESS_EVERY_S = 5.0
 
@@ -255,7 +255,7 @@ def run_shard(
     name = str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
     info = tokenizer_info(hf_tok, name)
     tok = backend_tokenizer(hf_tok)
-    keep = max_len - 2 if mode == "truncate" else None
+    keep = kept_ids(max_len, mode)
     cache = TokenCache(token_cache, tok, keep) if token_cache is not None else None
     inputs_meta = [
         {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}

@@ -44,9 +44,8 @@ import numpy as np
 from data_pipeline.extract import (
     PARTS_DIR,
     SUFFIXES,
+    completed_part,
     input_stem,
-    load_index,
-    part_is_complete,
 )
 from data_pipeline.io_utils import (
     PipelineError,
@@ -60,8 +59,10 @@ from data_pipeline.manifest import MODES, load_tokenizer, tokenizer_info
 from data_pipeline.records import Record, RecordReader, Source, record_text
 from data_pipeline.token_ids import (
     CHUNK,
+    ChunkTokenizer,
     TextIds,
     backend_tokenizer,
+    kept_ids,
     ragged_offsets,
     tokenized_chunks,
 )
@@ -79,10 +80,6 @@ def fingerprint(tok, keep: int | None) -> str:
     blob = {"format": FORMAT, "tokenizer": hashlib.sha256(tok.to_str().encode()).hexdigest()}
     blob["keep"] = keep
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
-
-
-def _keep(max_len: int, mode: str) -> int | None:
-    return max_len - 2 if mode == "truncate" else None
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -153,7 +150,7 @@ def run_tokenize(
     out = check_writable_dir(cache)
     hf_tok = load_tokenizer(tokenizer)
     tok = backend_tokenizer(hf_tok)
-    keep = _keep(max_len, mode)
+    keep = kept_ids(max_len, mode)
     fp, dtype = fingerprint(tok, keep), np.dtype(tokenizer_info(hf_tok, tokenizer).dtype)
     stems = {input_stem(p) for p in files}
     for stray in out.glob(".*.npz.*.tmp"):  # NOTE: only this slice's, others may be writing
@@ -163,7 +160,7 @@ def run_tokenize(
     todo, missing, reused = [], [], 0
     for path in files:
         stem = input_stem(path)
-        if not part_is_complete(path, parts):
+        if (stats := completed_part(path, parts)) is None:
             missing.append(path.name)
             continue
         part = parts / f"{stem}.part.gz"
@@ -172,7 +169,7 @@ def run_tokenize(
         if [meta.get(k) for k in ("format", "fingerprint", "source")] == [FORMAT, fp, source]:
             reused += 1
             continue
-        todo.append((stem, part, len(load_index(parts, stem)[0]), source))
+        todo.append((stem, part, stats["records_kept"], source))
     if missing and not skip_bad_files:
         raise PipelineError(
             f"{len(missing)} of {len(files)} inputs have no complete part in {parts} (run "
@@ -248,26 +245,28 @@ class TokenCache:
         """Like token_ids.tokenized_chunks over the reader's records after the first `skip`: yields
         (chunk of records, (flat int32 ids, offsets)) in input order, ids from the cache."""
         records = itertools.islice(iter(reader), skip, None)
-        # NOTE: the key is read right after the reader yields a record, so it is that record's file.
-        for source, group in itertools.groupby(records, key=lambda _: reader.source):
-            index, cached = self._entry(source)
-            if not index:  # no usable entry: the normal path, with its worker processes
-                for chunk, result in tokenized_chunks(group, self.tok, workers, self.keep):
-                    self.misses += len(chunk)
-                    yield chunk, result
-                continue
-            text_ids = TextIds(self.tok, self.keep)
-            for chunk in iter(lambda g=group: list(itertools.islice(g, CHUNK)), []):
-                spans = [index.get(text_hash(r.text)) for r in chunk]
-                ids = [cached[s[0] : s[1]] if s else None for s in spans]
-                if miss := [i for i, s in enumerate(spans) if s is None]:
-                    texts = [chunk[i].text for i in miss]
-                    flat, offsets = text_ids(texts)
-                    for j, i in enumerate(miss):
-                        ids[i] = flat[offsets[j] : offsets[j + 1]]
-                self.hits, self.misses = self.hits + len(chunk) - len(miss), self.misses + len(miss)
-                offsets = ragged_offsets(ids)
-                yield chunk, (np.concatenate(ids).astype(np.int32, copy=False), offsets)
+        with ChunkTokenizer(self.tok, workers, self.keep) as tokenize:  # one pool for every file
+            # NOTE: the key is read right after the reader yields a record: that record's file.
+            for source, group in itertools.groupby(records, key=lambda _: reader.source):
+                index, cached = self._entry(source)
+                if not index:  # no usable entry: the normal path, with its worker processes
+                    for chunk, result in tokenize.chunks(group):
+                        self.misses += len(chunk)
+                        yield chunk, result
+                    continue
+                for chunk in iter(lambda g=group: list(itertools.islice(g, CHUNK)), []):
+                    yield chunk, self._ids(chunk, index, cached, tokenize.local())
+
+    def _ids(self, chunk: list[Record], index: dict, cached: np.ndarray, text_ids: TextIds):
+        """(flat int32 ids, offsets) of a chunk: from the entry, tokenizing what it lacks here."""
+        spans = [index.get(text_hash(r.text)) for r in chunk]
+        ids = [cached[s[0] : s[1]] if s else None for s in spans]
+        if miss := [i for i, s in enumerate(spans) if s is None]:
+            flat, offsets = text_ids([chunk[i].text for i in miss])
+            for j, i in enumerate(miss):
+                ids[i] = flat[offsets[j] : offsets[j + 1]]
+        self.hits, self.misses = self.hits + len(chunk) - len(miss), self.misses + len(miss)
+        return np.concatenate(ids).astype(np.int32, copy=False), ragged_offsets(ids)
 
     def summary(self) -> str:
         total = self.hits + self.misses

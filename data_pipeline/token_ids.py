@@ -226,6 +226,12 @@ def tokenize_texts(tok, texts: list[str], keep: int | None, budget: int | Prefix
 # ---- one process's tokenizer, and the pool ----------------------------------------------------
 
 
+def kept_ids(max_len: int, mode: str) -> int | None:
+    """Ids a sequence keeps of its text: max_len less [CLS] and [SEP] in truncate mode, all in
+    pack mode (None). NOTE: `shard` and `tokenize` must agree: it is part of the cache's key."""
+    return max_len - 2 if mode == "truncate" else None
+
+
 def plain_switch() -> bool:
     """Whether BIODISTILL_TOKENIZE=plain asks for the prefix path; other values are an error."""
     switch = os.environ.get(ENV_SWITCH, "")
@@ -277,28 +283,60 @@ def _tokenize_task(texts: list[str]):
     return _worker["ids"](texts)
 
 
-def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
-    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
-    chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
-    plain_switch()  # NOTE: here, not only in the workers: an initializer's error respawns them
-    if workers == 1:
-        # --workers N means N cores: no rayon threads in-process either, unless the user set it.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        text_ids = TextIds(tok, keep)
-        for chunk in chunks:
-            yield chunk, text_ids([r.text for r in chunk])
-        return
-    # Pool.imap would read the whole input ahead into its task queue; a bounded window of
-    # apply_async results keeps memory flat and still returns chunks in order. spawn, not fork:
-    # the parent may hold rayon or torch threads.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, _init_worker, (tok.to_str(), keep)) as pool:
+class ChunkTokenizer:
+    """Chunks of CHUNK records with their ids, in input order: in this process (workers == 1) or
+    by a pool of worker processes that lives as long as the `with` block, however many record
+    streams go through `chunks`."""
+
+    def __init__(self, tok, workers: int, keep: int | None) -> None:
+        plain_switch()  # NOTE: here, not only in the workers: an initializer's error respawns them
+        self.tok, self.workers, self.keep = tok, workers, keep
+        self._pool = None
+        self._local: TextIds | None = None
+        if workers == 1:
+            # --workers N means N cores: no rayon threads in-process either, unless the user set it.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def __enter__(self) -> ChunkTokenizer:
+        if self.workers > 1:
+            # spawn, not fork: the parent may hold rayon or torch threads.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(self.workers, _init_worker, (self.tok.to_str(), self.keep))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def local(self) -> TextIds:
+        """This process's TextIds (for a few texts, where a round trip to a worker costs more)."""
+        if self._local is None:
+            self._local = TextIds(self.tok, self.keep)
+        return self._local
+
+    def chunks(self, records: Iterator[Record]):
+        """Yield (chunk of records, (flat ids, offsets)) in input order."""
+        chunks = iter(lambda: list(itertools.islice(records, CHUNK)), [])
+        if self._pool is None:
+            for chunk in chunks:
+                yield chunk, self.local()([r.text for r in chunk])
+            return
+        # Pool.imap would read the whole input ahead into its task queue; a bounded window of
+        # apply_async results keeps memory flat and still returns chunks in order.
         window: deque = deque()
         for chunk in chunks:
-            window.append((chunk, pool.apply_async(_tokenize_task, ([r.text for r in chunk],))))
-            if len(window) >= 3 * workers:
+            task = self._pool.apply_async(_tokenize_task, ([r.text for r in chunk],))
+            window.append((chunk, task))
+            if len(window) >= 3 * self.workers:
                 chunk0, result = window.popleft()
                 yield chunk0, result.get()
         while window:
             chunk0, result = window.popleft()
             yield chunk0, result.get()
+
+
+def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
+    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
+    with ChunkTokenizer(tok, workers, keep) as tokenize:
+        yield from tokenize.chunks(records)

@@ -80,15 +80,13 @@ def status(path: Path, ident: dict[str, Any]) -> tuple[str, str]:
     except (OSError, json.JSONDecodeError) as e:
         return "stale", f"unreadable ({e})"
     for key in IDENTITY_KEYS:
-        if old.get(key) != ident[key]:
-            if key == "settings":
-                diff = [
-                    f"{k} {old[key].get(k)!r} -> {v!r}"
-                    for k, v in ident[key].items()
-                    if old.get(key, {}).get(k) != v
-                ]
-                return "stale", "settings changed: " + ", ".join(diff)
+        if key != "settings" and old.get(key) != ident[key]:
             return "stale", f"{key} changed: {old.get(key)!r} -> {ident[key]!r}"
+    before = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    if before != ident["settings"]:
+        diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in ident["settings"].items()
+                if before.get(k) != v]  # fmt: skip
+        return "stale", "settings changed: " + ", ".join(diff)
     return "done", ""
 
 

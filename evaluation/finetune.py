@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from evaluation.config import TaskSettings
+from trainer.parameters import param_groups
 
 IGNORE_INDEX = -100
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -33,6 +34,10 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 class Runtime:
     device: torch.device
     bf16: bool
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -70,19 +75,6 @@ def collate(features: Sequence[dict[str, list[int] | int]], pad_id: int) -> dict
     return batch
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No decay on biases and LayerNorm weights (the HF Trainer's rule, so the paper's): in
-    BERT-family models those are exactly the 1-D parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def steps_per_epoch(n_features: int, batch_size: int) -> int:
     return math.ceil(n_features / batch_size)
 
@@ -110,7 +102,7 @@ def train(
     per_epoch = steps_per_epoch(len(features), settings.batch_size)
     total = per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(
-        _param_groups(model, settings.weight_decay),
+        param_groups(model, settings.weight_decay),
         lr=settings.lr,
         betas=(0.9, 0.999),
         eps=1e-8,

@@ -25,11 +25,16 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from data_pipeline.io_utils import first_line
 from evaluation.config import SpeedSettings
+from trainer.parameters import count_parameters
+
+if TYPE_CHECKING:
+    from evaluation.finetune import Runtime
 
 # weights, config, tokenizer files (tokenizer.json, vocab.txt, sentencepiece .model)
 FINGERPRINTED = (".safetensors", ".bin", ".json", ".txt", ".model")
@@ -177,22 +182,20 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s)"
 
 
-def measure(
-    spec: ModelSpec, settings: SpeedSettings, device: torch.device, bf16: bool
-) -> dict[str, object]:
+def measure(spec: ModelSpec, settings: SpeedSettings, runtime: Runtime) -> dict[str, object]:
     """Parameter count of the encoder and its forward throughput in sequences/s."""
     from transformers import AutoModel
 
     with quiet_transformers():
-        model = AutoModel.from_pretrained(spec.source).to(device).eval()
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        model = AutoModel.from_pretrained(spec.source).to(runtime.device).eval()
+    params = count_parameters(model)
     seq = min(settings.seq_len, max_positions(model))
     g = torch.Generator().manual_seed(0)
     low = min(1000, model.config.vocab_size // 2)  # past the special tokens of WordPiece vocabs
     ids = torch.randint(low, model.config.vocab_size, (settings.batch_size, seq), generator=g)
+    device = runtime.device
     batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), runtime.autocast():
         for _ in range(settings.warmup):
             model(**batch)
         _sync(device)
@@ -205,8 +208,6 @@ def measure(
         "parameters": params,
         "sequences_per_s": settings.batch_size * settings.iters / elapsed,
         "speed_batch": [settings.batch_size, seq],
-        "device": device_name(device),
-        "precision": "bf16" if bf16 else "fp32",
     }
 
 

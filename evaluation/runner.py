@@ -77,7 +77,7 @@ def run(req: RunRequest, settings: EvalSettings) -> dict[str, Any]:
         check_model(spec)
         tokenizers[spec.slug] = load_tokenizer(spec)
     prints = {spec.slug: fingerprint(spec) for spec in specs}
-    precision = "bf16" if runtime.bf16 else "fp32"
+    precision = runtime.precision
 
     plan = plan_cells(specs, splits, req)
     idents, pending, stale, finished = {}, [], [], 0
@@ -161,16 +161,16 @@ def _speed_probe(
         "fingerprint": print_,
         "speed_settings": as_dict(settings.speed),
         "device": device_name(runtime.device),
-        "precision": "bf16" if runtime.bf16 else "fp32",
+        "precision": runtime.precision,
     }
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         if all(old.get(k) == v for k, v in want.items()) or not needed:
             return
-    info = measure(spec, settings.speed, runtime.device, runtime.bf16)
+    info = measure(spec, settings.speed, runtime)
     log.info(
         "%s: %.1fM parameters, %.0f sequences/s (%s)",
-        spec.label, info["parameters"] / 1e6, info["sequences_per_s"], info["device"],
+        spec.label, info["parameters"] / 1e6, info["sequences_per_s"], want["device"],
     )  # fmt: skip
     atomic_write_json(path, want | info)
 

@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from slurm_cluster import SlurmCluster, SlurmUnavailable
-from trainer_setup import ds_config, recipe, write_recipe
+from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
 from data_pipeline import shards
 from data_pipeline.extract import run_extract
@@ -35,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PREPROCESS, TRAIN = ROOT / "slurm" / "preprocess.sbatch", ROOT / "slurm" / "train.sbatch"
 # 2 ranks on the one 2-CPU node; GPUS_PER_NODE defaults to --ntasks-per-node without GPUs.
 CPU_JOB = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1")
-STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
 STEPS = 40  # long enough (~6 s) that USR1 lands mid-run after the step-3 checkpoint
 SHARD_SETTINGS = {"max_len": 64, "eval_fraction": 0.1, "samples_per_shard": 32}
 
@@ -216,10 +213,10 @@ def test_trainer_reads_slurm_rank_variables(monkeypatch):
 
 @pytest.mark.slow
 def test_preprocess_array_job_equals_extract_and_shard(
-    cluster, small_corpus, tokenizer_dir, tmp_path
+    cluster, small_corpus, tokenizer_dir, tiny_shards, tmp_path
 ):
     inputs = [str(f) for f in small_corpus.files]  # 3 baseline files + 1 update file
-    direct_run(inputs, tokenizer_dir, tmp_path / "direct")
+    # tiny_shards (conftest.py) is the direct run: extract + shard of these inputs, SHARD_SETTINGS
 
     out, logs = tmp_path / "slurm", tmp_path / "logs"
     logs.mkdir()
@@ -252,8 +249,8 @@ def test_preprocess_array_job_equals_extract_and_shard(
     assert record["JobState"] == "COMPLETED", log + "".join(
         p.read_text() for p in logs.glob("slice-*")
     )
-    assert_same_output(tmp_path / "direct" / "records", out / "records")
-    assert_same_output(tmp_path / "direct" / "shards", out / "shards")
+    assert_same_output(tiny_shards.parent / "records", out / "records")
+    assert_same_output(tiny_shards, out / "shards")
     # The slices did the parsing and the tokenizing, each input once; the merge only reused them.
     stems = [Path(f).name.removesuffix(".xml.gz") for f in inputs]
     for i in range(3):
@@ -313,10 +310,6 @@ def submit_training(cluster, training: dict, name: str, **knobs: str) -> tuple[i
     return job, log, Path(env["RUN_DIR"])
 
 
-def weights(run_dir: Path, student: str) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "export" / student / "model.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, training):
     job, log, run_dir = submit_training(cluster, training, "uninterrupted")
@@ -366,10 +359,7 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(
     assert resumed and 3 <= int(resumed.group(1)) < STEPS, text
     _, _, _, reference = uninterrupted
     for student in STUDENTS:
-        a, b = weights(reference, student), weights(run_dir, student)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (student, key)
+        assert_same_weights(weights(reference, student), weights(run_dir, student))
 
 
 @pytest.mark.slow

@@ -21,8 +21,9 @@ from trainer.attention import IMPLEMENTATION, returns_probabilities
 from trainer.batch import DeviceBatch
 from trainer.config import TeacherSection, config_from_dict
 from trainer.losses import IGNORE_INDEX
+from trainer.parameters import count_parameters
 from trainer.signals import LOGITS, Need
-from trainer.students import build_student, count_parameters
+from trainer.students import build_student
 from trainer.teacher import Teacher, load_teacher_model
 
 VOCAB, T_HIDDEN, S_HIDDEN, T_LAYERS, MAX_LEN, SEED = 100, 32, 16, 4, 16, 42

@@ -26,13 +26,11 @@ import pytest
 import torch
 import yaml
 from multirank import run_distributed
-from safetensors.torch import load_file
-from trainer_setup import ds_config, recipe, write_recipe
+from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
 from data_pipeline.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
 pytestmark = pytest.mark.slow
 
 
@@ -64,21 +62,6 @@ def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None
     return {"rc": rc, "stderr": err.getvalue()}
 
 
-def weights(run_dir: Path, student: str, step: str | None = None) -> dict[str, torch.Tensor]:
-    """A student's exported weights: the run's export, or `python -m trainer.export`'s of a step."""
-    export = run_dir / ("export" if step is None else f"export-{step}")
-    return load_file(str(export / student / "model.safetensors"))
-
-
-def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if atol == 0.0:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], rtol=0.0, atol=atol, msg=key)
-
-
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -105,7 +88,6 @@ def env(tmp_path_factory, tiny_shards, tokenizer_dir):
         "make": make,
         "fp32": ds_config(root / "fp32.json", stage=2, bf16=False),
         "zero2": ds_config(root / "zero2.json", stage=2),
-        "zero3": ds_config(root / "zero3.json", stage=3),
         "tokenizer": tokenizer_dir,
         "shards": tiny_shards,
         "vocab": vocab,

@@ -10,9 +10,12 @@ import copy
 import json
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 MAX_LEN = 64
+STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")  # the students of `recipe`
 
 
 def teacher_config(vocab: int) -> dict:
@@ -103,3 +106,18 @@ def ds_config(path: Path, *, stage: int = 2, bf16: bool = True, micro: int = 8) 
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
+
+
+def weights(run_dir: Path, student: str, step: str | None = None) -> dict[str, torch.Tensor]:
+    """A student's exported weights: the run's export, or `python -m trainer.export`'s of a step."""
+    export = run_dir / ("export" if step is None else f"export-{step}")
+    return load_file(str(export / student / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=0.0, atol=atol, msg=key)

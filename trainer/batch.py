@@ -9,6 +9,7 @@ sync: the MLM heads, KD and accuracy use `masked_index` / `masked_labels` with f
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,14 @@ class DeviceBatch:
         )
 
 
+def hand_over(tensors, producer: torch.cuda.Stream, consumer: torch.cuda.Stream) -> None:
+    """Make tensors made on the `producer` stream safe to use on `consumer`: it waits for them,
+    and the allocator keeps their memory until `consumer` is done with it too."""
+    consumer.wait_stream(producer)
+    for t in tensors:
+        t.record_stream(consumer)
+
+
 class DevicePrefetcher:
     """Device batches from a loader; on a GPU the next batch's copy overlaps this step.
 
@@ -68,10 +77,12 @@ class DevicePrefetcher:
         start = time.perf_counter()
         host = next(self._host)
         self.waited += time.perf_counter() - start
-        if self._stream is None:
+        with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
             return DeviceBatch.from_host(host, self.device)
-        with torch.cuda.stream(self._stream):
-            return DeviceBatch.from_host(host, self.device)
+
+    def _hand_over(self, batch: DeviceBatch, stream: torch.cuda.Stream) -> None:
+        tensors = (batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_labels)
+        hand_over(tensors, self._stream, stream)
 
     def state_dict(self) -> dict:
         """The loader's state_dict, positioned after the last batch handed out: a checkpoint
@@ -86,10 +97,7 @@ class DevicePrefetcher:
         if self._next is None:
             self._next = self._load()
         if self._stream is not None and stream is not None:
-            stream.wait_stream(self._stream)
-            for t in (self._next.input_ids, self._next.attention_mask, self._next.masked_index):
-                t.record_stream(stream)
-            self._next.masked_labels.record_stream(stream)
+            self._hand_over(self._next, stream)
         return self._next
 
     def __iter__(self) -> DevicePrefetcher:
@@ -99,10 +107,6 @@ class DevicePrefetcher:
         # One batch ahead on every device (so the CPU tests run the same bookkeeping as a GPU).
         current = self._next if self._next is not None else self._load()
         if self._stream is not None:
-            compute = torch.cuda.current_stream(self.device)
-            compute.wait_stream(self._stream)
-            for t in (current.input_ids, current.attention_mask, current.masked_index):
-                t.record_stream(compute)  # NOTE: made on the side stream, used on this one
-            current.masked_labels.record_stream(compute)
+            self._hand_over(current, torch.cuda.current_stream(self.device))
         self._next = self._load()
         return current

@@ -23,7 +23,6 @@ Layout, one directory per save:
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.io_utils import atomic_path, atomic_write_json, read_json
+from data_pipeline.io_utils import atomic_path, atomic_write_json, fsync_tree, read_json
 from trainer.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class Checkpointer:
         if self.rt.is_main:
             if main_rank_files is not None:
                 main_rank_files(directory)
-            _fsync_tree(directory)
+            fsync_tree(directory)
             marker = {
                 "format": FORMAT_VERSION,
                 "step": step,
@@ -146,10 +145,3 @@ class Checkpointer:
             if path is None or client.get("student") != s.name:
                 raise ValueError(f"{directory / s.name}: not a checkpoint of student {s.name}")
         return torch.load(rank_file(directory, self.rt.rank), weights_only=False)
-
-
-def _fsync_tree(directory: Path) -> None:
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())

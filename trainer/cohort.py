@@ -29,9 +29,10 @@ from torch import nn
 from trainer.config import RunConfig, StudentSection
 from trainer.ds_config import ds_config_for_student
 from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.parameters import count_parameters, param_groups
 from trainer.rng import RngStream, derive_seed
 from trainer.runtime import Runtime
-from trainer.students import build_student, count_parameters
+from trainer.students import build_student
 from trainer.teacher import Teacher, load_teacher_model
 
 logger = logging.getLogger(__name__)
@@ -77,17 +78,6 @@ def teacher_dtype(ds: dict, rt: Runtime) -> torch.dtype:
     if ds.get("fp16", {}).get("enabled"):
         return torch.float16
     return torch.float32
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def _teacher_used(cfg: RunConfig) -> bool:

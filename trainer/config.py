@@ -17,7 +17,7 @@ Loading resolves every default into the config, so the resolved recipe shows wha
   compactbiobert: ATT_KL pairs attention i -> 2i+1, COS_layers pairs hidden i -> 2i (i >= 1);
   tinybiobert: ATT_MSE pairs attention i -> 3i+2, HID_MSE pairs hidden j -> 3j (j >= 0). Defaults
   are filled in when the student's depth is known at load (from_teacher_layers or init.config);
-  otherwise the trainer calls `default_layer_maps` and `check_layers` once the model is built.
+  otherwise the trainer calls `fill_layer_maps` and `check_layers` once the model is built.
 - `optimizer.max_steps` (the student's budget and LR-schedule length) defaults to `train.max_steps`.
   The run stops at `train.max_steps` or when every student has spent its budget, if sooner.
 - Shards: a directory with manifest.json means "that split of it" (train for train_shards, eval for
@@ -335,10 +335,8 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
             ok = bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
             ok = ok and len({p[0] for p in pairs}) == len(pairs)
             _require(ok, f"{k}.{name}", pairs, "[student, teacher] pairs >= 0, students distinct")
-    if s_layers is not None and obj.kind in LAYER_MAP_KINDS:
-        att, hid = default_layer_maps(obj.kind, s_layers)
-        obj.attention_map = att if obj.attention_map is None else obj.attention_map
-        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
+    if s_layers is not None:
+        fill_layer_maps(obj, s_layers)
     check_layers(s, t_layers, s_layers)
 
     k = f"{key}.optimizer"
@@ -361,6 +359,14 @@ def default_layer_maps(kind: str, student_layers: int) -> tuple[list | None, lis
     if kind == "tinybiobert":
         return [[i, 3 * i + 2] for i in range(n)], [[j, 3 * j] for j in range(n + 1)]
     return None, None
+
+
+def fill_layer_maps(obj: ObjectiveSection, student_layers: int) -> None:
+    """Give each layer map the recipe leaves null its default for a student this deep."""
+    if obj.kind in LAYER_MAP_KINDS:
+        att, hid = default_layer_maps(obj.kind, student_layers)
+        obj.attention_map = att if obj.attention_map is None else obj.attention_map
+        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
 
 
 def check_layers(

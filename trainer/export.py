@@ -21,7 +21,6 @@ complete.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from data_pipeline.io_utils import fsync_tree
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card
@@ -68,9 +69,7 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        fsync_tree(tmp)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

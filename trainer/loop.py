@@ -42,6 +42,7 @@ from trainer.inputs import Inputs
 from trainer.metrics import MetricsWriter
 from trainer.model_card import model_card
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
+from trainer.rng import global_state, set_global_state
 from trainer.runtime import Runtime
 from trainer.teacher import Teacher
 from trainer.teacher_ahead import TeacherAhead
@@ -90,6 +91,7 @@ class Trainer:
         self.exported: set[str] = set()
         self.last_eval: dict[str, float] = {}
         self._eval_step = -1  # the step of the last evaluation
+        self._cards_made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
         # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self._timer = StepTimer(rt.device)
@@ -115,9 +117,7 @@ class Trainer:
         self.exported = set(state["exported"])
         self.last_eval = state.get("last_eval", {})
         self.inputs.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and self.rt.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
+        set_global_state(state["rng"], self.rt.device)
         for s in self.students:
             s.rng.load_state_dict(state["students"][s.name]["rng"])
             self._skipped[s.name] = s.engine.skipped_steps
@@ -127,9 +127,6 @@ class Trainer:
         return True
 
     def save(self) -> Path:
-        rng = {"cpu": torch.get_rng_state()}
-        if self.rt.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
         state = {
             "step": self.step,
             "tokens": self.tokens,
@@ -137,7 +134,7 @@ class Trainer:
             "exported": sorted(self.exported),
             "last_eval": self.last_eval,
             "loader": (self._batches or self.inputs.loader).state_dict(),
-            "rng": rng,
+            "rng": global_state(self.rt.device),
             "students": {s.name: {"rng": s.rng.state_dict()} for s in self.students},
         }
         cards = self._cards()
@@ -355,11 +352,15 @@ class Trainer:
         return out
 
     def _cards(self) -> dict[str, str]:
-        """Every student's model card as of now. NOTE: collective (sums what ranks have seen)."""
+        """Every student's model card as of now. NOTE: collective (sums what ranks have seen);
+        every rank asks at the same points, so all reuse the cards of this step together."""
+        when = (self.step, self._eval_step)  # cards change with steps and evaluations only
+        if self._cards_made[0] == when:
+            return self._cards_made[1]
         seen = self.rt.all_reduce_sum(
             torch.tensor([self.tokens, self.samples], dtype=torch.float64, device=self.rt.device)
         ).tolist()
-        return {
+        cards = {
             s.name: model_card(
                 s,
                 self.cfg,
@@ -370,6 +371,8 @@ class Trainer:
             )
             for s in self.students
         }
+        self._cards_made = (when, cards)
+        return cards
 
     def _export(self, s) -> None:
         """Export a student (collective; once per student per run, at its last step)."""

@@ -24,10 +24,10 @@ import torch
 
 from data_pipeline.io_utils import first_line
 from trainer.bert_config import bert_config
-from trainer.config import LAYER_MAP_KINDS, RunConfig, default_layer_maps, to_yaml
+from trainer.config import RunConfig, fill_layer_maps, to_yaml
 from trainer.ds_config import micro_batch_size
 from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
-from trainer.students import count_parameters
+from trainer.parameters import count_parameters
 
 GIB = 1024**3
 
@@ -120,10 +120,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
         if config is None:
             lines.append(f"student {s.name}: {section.kind}; parameters unknown{note}")
             continue
-        if section.kind in LAYER_MAP_KINDS and section.attention_map is None:
-            section.attention_map, section.hidden_map = default_layer_maps(
-                section.kind, _layers(config)
-            )
+        fill_layer_maps(section, _layers(config))
         objective = Objective.from_section(section, _layers(config), t_layers)
         objectives.append(objective)
         params = _params(config)

@@ -27,6 +27,26 @@ def _device_index(device: torch.device) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def global_state(device: torch.device, cuda: int | None = None) -> dict[str, torch.Tensor]:
+    """The global generators' states: the CPU's, and the device's on CUDA (`cuda`: its index,
+    when the caller has it at hand)."""
+    cuda = _device_index(device) if cuda is None else cuda
+    state = {"cpu": torch.get_rng_state()}
+    if cuda is not None:
+        state["cuda"] = torch.cuda.get_rng_state(cuda)
+    return state
+
+
+def set_global_state(
+    state: dict[str, torch.Tensor], device: torch.device, cuda: int | None = None
+) -> None:
+    """Restore what `global_state` returned."""
+    cuda = _device_index(device) if cuda is None else cuda
+    torch.set_rng_state(state["cpu"])
+    if cuda is not None and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], cuda)
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with the global generators (CPU and `device`) seeded, then restore them."""
@@ -46,15 +66,10 @@ class RngStream:
             self._state = self._read()
 
     def _read(self) -> dict[str, torch.Tensor]:
-        state = {"cpu": torch.get_rng_state()}
-        if self._cuda is not None:
-            state["cuda"] = torch.cuda.get_rng_state(self._cuda)
-        return state
+        return global_state(self.device, self._cuda)
 
     def _write(self, state: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(state["cpu"])
-        if self._cuda is not None:
-            torch.cuda.set_rng_state(state["cuda"], self._cuda)
+        set_global_state(state, self.device, self._cuda)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

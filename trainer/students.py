@@ -29,7 +29,7 @@ from torch import nn
 
 from trainer.attention import return_probabilities
 from trainer.bert_config import bert_config
-from trainer.config import LAYER_MAP_KINDS, StudentSection, check_layers, default_layer_maps
+from trainer.config import StudentSection, check_layers, fill_layer_maps
 from trainer.objectives import Objective, projected_key, uses_attention_maps
 from trainer.rng import derive_seed, seeded
 from trainer.signals import (
@@ -100,11 +100,8 @@ def build_student(
             mlm = _from_pretrained(init.pretrained, impl, key)
             tokenizer = base = init.pretrained
         teacher_layers = num_layers(teacher_model) if teacher_model is not None else None
-        if section.kind in LAYER_MAP_KINDS:
-            # depth unknown when the recipe was loaded (a pretrained student): defaults now
-            att, hid = default_layer_maps(section.kind, num_layers(mlm))
-            section.attention_map = att if section.attention_map is None else section.attention_map
-            section.hidden_map = hid if section.hidden_map is None else section.hidden_map
+        # depth unknown when the recipe was loaded (a pretrained student): defaults now
+        fill_layer_maps(section, num_layers(mlm))
         check_layers(spec, teacher_layers, num_layers(mlm))
         objective = Objective.from_section(section, num_layers(mlm), teacher_layers)
         need = objective.student_need()
@@ -170,8 +167,3 @@ def _check_vocab(
                 f"{key}: KD compares its {rows} logits with the teacher's {t_rows}; the "
                 "vocabularies must be the same"
             )
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -19,9 +19,11 @@ Checkpoints never hold signals: a resumed run computes them again.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
-from trainer.batch import DeviceBatch
+from trainer.batch import DeviceBatch, hand_over
 from trainer.teacher import Teacher
 
 
@@ -42,9 +44,7 @@ class TeacherAhead:
             signals, self.hits = self._signals, self.hits + 1
             if self.stream is not None:
                 compute = torch.cuda.current_stream(self.stream.device)
-                compute.wait_stream(self.stream)
-                for t in signals.values():
-                    t.record_stream(compute)  # NOTE: made on the side stream, used on this one
+                hand_over(signals.values(), self.stream, compute)
         else:  # the first batch, or the batches after a resume
             signals, self.misses = self.teacher(batch), self.misses + 1
         self._batch = self._signals = None
@@ -53,13 +53,8 @@ class TeacherAhead:
         return signals
 
     def _launch(self, upcoming) -> None:
-        if self.stream is None:
-            nxt = upcoming(None)
-            self._batch, self._signals = nxt, self.teacher(nxt)
-            return
-        # NOTE: the side stream must not start before the compute stream has finished with
-        # anything it reuses; teacher weights are read-only, so only the batch copy matters
-        # (peek makes the side stream wait for it).
-        with torch.cuda.stream(self.stream):
+        # NOTE: teacher weights are read-only, so the side stream need wait only for the batch's
+        # copy (which `upcoming`, the prefetcher's peek, arranges).
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             nxt = upcoming(self.stream)
             self._batch, self._signals = nxt, self.teacher(nxt)
