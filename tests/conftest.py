@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from data_pipeline.synth import generate_corpus, train_wordpiece
+
+# The tests of the bf16 path keep bf16 on this CPU (trainer/ds_config.py: for_device); spawned
+# ranks and subprocesses inherit it.
+os.environ.setdefault("BIODISTILL_CPU_BF16", "1")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from data_pipeline.io_utils import atomic_write_bytes, check_writable_dir
 from trainer.checkpoint import Checkpointer
 from trainer.cohort import build_cohort
 from trainer.config import ROOT, RunConfig, to_yaml
-from trainer.ds_config import micro_batch_size
+from trainer.ds_config import for_device, micro_batch_size
 from trainer.inputs import build_inputs, ensure_demo
 from trainer.loop import Trainer
 from trainer.metrics import MetricsWriter
@@ -63,6 +63,7 @@ def _git_state() -> str:
 def build_trainer(
     cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
 ) -> Trainer:
+    ds = for_device(ds, rt.device)
     run_dir = prepare_run_dir(cfg, ds, rt)
     ensure_demo(cfg, rt)
     inputs = build_inputs(cfg, rt, micro_batch_size(ds, rt.world_size))
