@@ -3,47 +3,69 @@
     python -m data_pipeline demo [--output data/demo] [--articles 4000] [--workers 2]
 
 Everything is made offline by the pipeline's own commands, so the demo exercises exactly the code a
-real PubMed run does. Each step is skipped when its output is already complete, so `make demo`
-builds the corpus once. Layout under --output:
+real PubMed run does. The citations are knowledge articles (data_pipeline/knowledge.py): made-up
+genes, diseases, chemicals and tissues with fixed relations, so that a model can learn something.
+Each step is skipped when its output is already complete, so `make demo` builds the corpus once;
+a changed generator (its code) or changed settings rebuild it, and say so. Layout under --output:
 
-    xml/        pubmed26n0001.xml.gz ... (baseline) + one update file (revisions, deletions)
-    records/    extract output (*.jsonl.gz, report.json)
-    tokenizer/  cased BERT-style WordPiece tokenizer (Hugging Face directory)
-    shards/     train-*.tar, eval-*.tar, manifest.json
+    xml/            pubmed26n0001.xml.gz ... (baseline) + one update file (revisions, deletions),
+                    mentions.jsonl.gz (every article's entity mentions and their bounds)
+    records/        extract output (*.jsonl.gz, report.json)
+    tokenizer/      cased BERT-style WordPiece tokenizer (Hugging Face directory): characters and
+                    the most frequent words, the same on every machine
+    shards/         train-*.tar, eval-*.tar, manifest.json
+    knowledge.json  the knowledge base (entities by type, relations, noise) and the ceiling: the
+                    best accuracy any model can reach at the eval split's entity positions
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from data_pipeline import knowledge, synth
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import atomic_write_json, check_writable_dir
-from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.knowledge import KnowledgeBase, split_ceiling, write_mentions
+from data_pipeline.manifest import MANIFEST_NAME, Manifest, load_tokenizer
 from data_pipeline.records import iter_records, resolve_inputs
 from data_pipeline.shards import run_shard
-from data_pipeline.synth import generate_corpus, train_wordpiece
+from data_pipeline.synth import frequent_words_wordpiece, generate_corpus
 
 DEFAULT_OUTPUT = "data/demo"
 DEMO_MAX_LEN = 128  # the demo's tiny models train in minutes on 2 CPU cores at this length
 DEMO_VOCAB = 4096
+DEMO_EVAL_FRACTION = 0.15  # a large eval split: gains of a point must be resolvable
+# NOTE: small shards, so that 2 ranks x 2 loader workers get even work and few samples are dropped.
+DEMO_SAMPLES_PER_SHARD = 128
+KNOWLEDGE_NAME = "knowledge.json"  # the knowledge base, its entity words and the ceiling
+MENTIONS_NAME = "mentions.jsonl.gz"  # in xml/: every article's entity mentions and bounds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="demo directory (default: %(default)s)")
-    p.add_argument("--articles", type=int, default=4000, help="citations in the baseline")
+    p.add_argument("--articles", type=int, default=8000, help="citations in the baseline")
     p.add_argument("--files", type=int, default=8, help="baseline files (plus one update file)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=2023)
 
 
+def generator_digest() -> str:
+    """A hash of the generator's code: a changed generator rebuilds the demo corpus."""
+    h = hashlib.sha256()
+    for module in (synth, knowledge):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build_demo(
     output: str | Path = DEFAULT_OUTPUT,
-    articles: int = 4000,
+    articles: int = 8000,
     files: int = 8,
     workers: int = 2,
     seed: int = 2023,
@@ -54,25 +76,48 @@ def build_demo(
     xml_dir, records, tok_dir, shards = (
         root / d for d in ("xml", "records", "tokenizer", "shards")
     )
+    kb_file = root / KNOWLEDGE_NAME
 
     xml_done = xml_dir / ".complete.json"
-    settings = {"articles": articles, "files": files, "seed": seed}
-    if not xml_done.exists() or json.loads(xml_done.read_text()) != settings:
+    settings = {
+        "articles": articles,
+        "files": files,
+        "seed": seed,
+        "generator": generator_digest(),
+        "max_len": DEMO_MAX_LEN,
+        "vocab": DEMO_VOCAB,
+        "eval_fraction": DEMO_EVAL_FRACTION,
+        "samples_per_shard": DEMO_SAMPLES_PER_SHARD,
+    }
+    old = json.loads(xml_done.read_text()) if xml_done.exists() else None
+    if old == settings and kb_file.exists():  # NOTE: written last, so every step is complete
+        return shards
+    kb = KnowledgeBase.generate(seed)
+    if old != settings:
+        if old is not None:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            log(f"demo: {', '.join(changed)} changed since {root} was built: rebuilding it")
+        for stale in (xml_dir, records, tok_dir, shards):
+            shutil.rmtree(stale, ignore_errors=True)
+        kb_file.unlink(missing_ok=True)
         log(f"demo: generating {articles} PubMed citations in {files} files + 1 update file")
-        shutil.rmtree(xml_dir, ignore_errors=True)
-        generate_corpus(xml_dir, n_articles=articles, n_files=files, seed=seed)
+        corpus = generate_corpus(
+            xml_dir, n_articles=articles, n_files=files, seed=seed, knowledge=kb
+        )
+        write_mentions(xml_dir / MENTIONS_NAME, kb, corpus.expected)
         atomic_write_json(xml_done, settings)
 
-    log("demo: extract")
+    if not (records / "report.json").exists():
+        log("demo: extract")
     run_extract([str(xml_dir)], str(records), workers=workers, progress=False)
 
     if not (tok_dir / "tokenizer.json").exists():
-        log(f"demo: training a cased WordPiece tokenizer (vocab {DEMO_VOCAB})")
+        log(f"demo: a cased WordPiece tokenizer of the {DEMO_VOCAB} most frequent words")
         # NOTE: trained into a temporary directory renamed into place, so a crash mid-save never
         # leaves a tokenizer directory that looks complete.
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=root))
         texts = (r.text for r in iter_records(resolve_inputs([str(records)])))
-        train_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
+        frequent_words_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
         shutil.rmtree(tok_dir, ignore_errors=True)
         tmp.rename(tok_dir)
 
@@ -83,16 +128,30 @@ def build_demo(
         str(tok_dir),
         str(shards),
         max_len=DEMO_MAX_LEN,
-        eval_fraction=0.05,
+        eval_fraction=DEMO_EVAL_FRACTION,
         workers=workers,
-        samples_per_shard=256,
+        samples_per_shard=DEMO_SAMPLES_PER_SHARD,
         progress=False,
     )
     manifest = Manifest.load(shards)
+    if not kb_file.exists():
+        log("demo: the ceiling at entity positions of the eval split")
+        ceiling = split_ceiling(
+            xml_dir / MENTIONS_NAME,
+            records,
+            load_tokenizer(str(tok_dir)),
+            kb.words,
+            max_len=manifest.max_len,
+            eval_fraction=manifest.eval_fraction,
+        )
+        atomic_write_json(kb_file, {**kb.to_dict(), "ceiling": ceiling})
     train, held = manifest.splits["train"], manifest.splits["eval"]
+    ceiling = json.loads(kb_file.read_text())["ceiling"]
     log(
         f"demo: ready in {shards}: {train.samples} train samples in {len(train.shards)} shards, "
-        f"{held.samples} eval samples, {train.tokens + held.tokens:,} tokens"
+        f"{held.samples} eval samples, {train.tokens + held.tokens:,} tokens; best possible "
+        f"accuracy at the {ceiling['entity_positions']} entity positions of the eval split "
+        f"{ceiling['entity_acc']:.3f} ({kb_file})"
     )
     return shards
 

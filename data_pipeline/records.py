@@ -248,6 +248,11 @@ def iter_records(inputs: InputSet, text_field: str | None = None) -> Iterator[Re
     return iter(RecordReader(inputs, text_field))
 
 
+def split_of(split_hash: int, eval_fraction: float) -> str:
+    """ "eval" or "train": the split a record with this `sample_identity` hash lands in."""
+    return "eval" if split_hash / 2**64 < eval_fraction else "train"
+
+
 def sample_identity(record: Record) -> tuple[int, list]:
     """(64-bit split hash, identity key): blake2b of "pmid:<n>", else of "text:<text>"."""
     src = f"pmid:{record.pmid}" if record.pmid is not None else f"text:{record.text}"

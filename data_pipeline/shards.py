@@ -45,7 +45,7 @@ from data_pipeline.manifest import (
     load_tokenizer,
     tokenizer_info,
 )
-from data_pipeline.records import RecordReader, resolve_inputs, sample_identity
+from data_pipeline.records import RecordReader, resolve_inputs, sample_identity, split_of
 from data_pipeline.shard_journal import Journal, complete_run, fingerprint, resume
 from data_pipeline.token_cache import TokenCache
 from data_pipeline.token_ids import backend_tokenizer, kept_ids, tokenized_chunks
@@ -307,7 +307,7 @@ def run_shard(
             if not len(ids):
                 continue  # nothing to learn from, and pack mode would get a bare [SEP]
             h, key = sample_identity(record)
-            split = "eval" if h / 2**64 < eval_fraction else "train"
+            split = split_of(h, eval_fraction)
             pieces = packers[split].add(ids, key) if pack else [(ids, [key])]
             for content, keys in pieces:
                 emit(split, content, keys)

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import gzip
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
+
+if TYPE_CHECKING:
+    from data_pipeline.knowledge import Facts, KnowledgeBase
 
 DOCTYPE = (
     '<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
@@ -46,8 +51,8 @@ _VERBS = (
     "increased|decreased|improved|inhibited|promoted|predicted|reduced|enhanced|regulated|"
     "was associated with|correlated with|did not affect|modulated|induced|suppressed"
 ).split("|")
-_LABELS = ("BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS")
-_JOURNALS = (
+LABELS = ("BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS")
+JOURNALS = (
     "Journal of Clinical Investigation|The Lancet|BMC Medicine|PLoS One|Nature Medicine|"
     "Bioinformatics|Journal of Biological Chemistry|Cancer Research|Diabetes Care|Circulation"
 ).split("|")
@@ -90,6 +95,7 @@ class Article:
     journal: str | None = "PLoS One"
     translated: bool = False  # title wrapped in [ ] as NLM does for translated titles
     metadata: bool = True  # authors, MeSH, references: ignored by extraction, but real-sized XML
+    facts: Facts | None = None  # what a knowledge article states (data_pipeline/knowledge.py)
 
     @property
     def expected_title(self) -> str:
@@ -129,6 +135,12 @@ _SURNAMES = "Smith Wang Garcia Müller Rossi Kim Nguyen Silva Cohen Novak Tanaka
 _MESH = "Humans|Female|Male|Adult|Middle Aged|Aged|Mice|Risk Factors|Prognosis|Cohort Studies"
 
 
+def filler_words() -> set[str]:
+    """Every word the ordinary generator writes (knowledge entities must avoid them)."""
+    words = " ".join([*_GENES, *_DISEASES, *_CHEMICALS, *_NOUNS, *_ADJS, *_VERBS, *LABELS])
+    return set(words.split())
+
+
 def _metadata(pmid: int) -> tuple[str, str, str]:
     """Author list, MeSH headings and references, sized like real baseline records (~6 KB).
 
@@ -148,7 +160,7 @@ def _metadata(pmid: int) -> tuple[str, str, str]:
         for term in rng.sample(_MESH.split("|"), k=rng.randint(3, 9))
     )
     references = "".join(
-        f"<Reference><Citation>{rng.choice(_SURNAMES)} X, et al. {rng.choice(_JOURNALS)}. "
+        f"<Reference><Citation>{rng.choice(_SURNAMES)} X, et al. {rng.choice(JOURNALS)}. "
         f"{rng.randint(1980, 2025)};{rng.randint(1, 99)}:{rng.randint(1, 999)}.</Citation>"
         f'<ArticleIdList><ArticleId IdType="pubmed">{rng.randint(1, 39_999_999)}</ArticleId>'
         "</ArticleIdList></Reference>"
@@ -200,7 +212,7 @@ def _measure(rng: random.Random) -> str:
     )
 
 
-def _sentence(rng: random.Random, long_tail: bool = False) -> Rich:
+def filler_sentence(rng: random.Random, long_tail: bool = False) -> Rich:
     r = Rich()
     pick = rng.random()
     subject = rng.choice(_CHEMICALS) if pick < 0.4 else f"{rng.choice(_ADJS)} {rng.choice(_NOUNS)}"
@@ -241,7 +253,7 @@ def _sentence(rng: random.Random, long_tail: bool = False) -> Rich:
 def _paragraph(rng: random.Random, n: int, long_tail: bool = False) -> Rich:
     out = Rich()
     for _ in range(n):
-        s = _sentence(rng, long_tail)
+        s = filler_sentence(rng, long_tail)
         out.xml += s.xml
         out.plain += s.plain
     return out
@@ -270,8 +282,8 @@ def make_article(
     if roll < 0.08:
         sections: list[tuple[str | None, Rich]] = []
     elif roll < 0.45:
-        labels = rng.sample(_LABELS, k=rng.randint(3, 5))
-        labels.sort(key=_LABELS.index)
+        labels = rng.sample(LABELS, k=rng.randint(3, 5))
+        labels.sort(key=LABELS.index)
         sections = [(label, _paragraph(rng, rng.randint(2, 6), long_tail)) for label in labels]
     else:
         # 8-26 sentences of ~75 characters: PubMed abstracts average about 1,300 characters.
@@ -282,7 +294,7 @@ def make_article(
         sections=sections,
         version=version,
         year=rng.choice([None, *range(1975, 2027)]),
-        journal=rng.choice(_JOURNALS),
+        journal=rng.choice(JOURNALS),
         translated=translated,
     )
 
@@ -335,17 +347,25 @@ def generate_corpus(
     update: bool = True,
     prefix: str = "pubmed26n",
     long_tail: bool = False,
+    knowledge: KnowledgeBase | None = None,
 ) -> Corpus:
     """Baseline files `<prefix>0001.xml.gz`... and, with `update`, one update file after them.
 
     The update file re-issues about 3% of the citations with new text (a third with a higher
     PMID Version) and deletes about 1%, as NLM's daily update files do. `long_tail`: see
-    make_article (benchmarks use it; tests and the demo keep the default).
+    make_article (benchmarks use it; tests keep the default). `knowledge`: every citation is a
+    knowledge article of that knowledge base (data_pipeline/knowledge.py; the demo uses it).
     """
     rng = random.Random(seed)
     out = Path(out_dir)
+
+    def make(pmid: int, version: int = 1) -> Article:
+        if knowledge is not None:
+            return knowledge.make_article(rng, pmid, version)
+        return make_article(rng, pmid, version, long_tail=long_tail)
+
     pmids = [10_000_000 + i * 7 for i in range(n_articles)]
-    articles = {p: make_article(rng, p, long_tail=long_tail) for p in pmids}
+    articles = {p: make(p) for p in pmids}
     files = []
     per_file = -(-n_articles // n_files)
     for i in range(n_files):
@@ -364,7 +384,7 @@ def generate_corpus(
         deleted = set(chosen[n_revised:])
         new_versions = []
         for j, p in enumerate(revised_list):
-            new = make_article(rng, p, version=2 if j % 3 == 0 else 1, long_tail=long_tail)
+            new = make(p, version=2 if j % 3 == 0 else 1)
             new_versions.append(new)
             expected[p] = new
         revised = set(revised_list)
@@ -395,6 +415,34 @@ def train_wordpiece(
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return _save_bert_tokenizer(tok, out_dir, lowercase)
+
+
+def frequent_words_wordpiece(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, lowercase: bool = False
+):
+    """The same kind of tokenizer with a vocabulary made the same way on every machine: the
+    special tokens, every character (alone and as a "##" continuation, so every word can be
+    spelled), then whole words by falling count, ties by the word, up to `vocab_size`.
+
+    NOTE: HF's WordPieceTrainer breaks ties between merges by hash order, which differs between
+    processes (measured: four runs on the demo's texts, four different vocabularies, with one
+    thread too), so a corpus tokenized with it differs from build to build."""
+    from tokenizers import models
+
+    tok = _bert_tokenizer(models.WordPiece(unk_token="[UNK]"), lowercase)
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normalized = tok.normalizer.normalize_str(text)
+        counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalized))
+    chars = sorted({c for word in counts for c in word})
+    vocab = dict.fromkeys([*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)])
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size={vocab_size}: the texts have {len(chars)} characters")
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word)
+    return wordpiece_from_vocab({t: i for i, t in enumerate(vocab)}, out_dir, lowercase)
 
 
 def wordpiece_from_vocab(vocab: dict[str, int], out_dir: str | Path, lowercase: bool = False):
