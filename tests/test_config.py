@@ -143,17 +143,75 @@ def test_demo_recipe_fits_the_demo_corpus():
     cfg = load_config(None, [])  # no --recipe: the demo
     assert cfg == load_config(DEMO_RECIPE, [])
     assert cfg.data.train_shards == cfg.data.eval_shards == "data/demo/shards"
-    assert cfg.data.max_len == DEMO_MAX_LEN
-    assert cfg.teacher.config["vocab_size"] == DEMO_VOCAB
-    assert cfg.teacher.config["max_position_embeddings"] >= cfg.data.max_len
-    assert cfg.train.max_steps <= 100
+    assert cfg.data.max_len == DEMO_MAX_LEN and cfg.data.mask_prob == 0.15
+    assert cfg.data.entities == "data/demo/knowledge.json"
+    # its teacher is the product's own, trained by recipes/demo_teacher.yaml on the same shards
+    assert cfg.teacher.path == "data/demo/teacher"
+    built = load_config(ROOT / cfg.teacher.build, [])
+    assert built.data.train_shards == cfg.data.train_shards and len(built.students) == 1
+    teacher = built.students[0]
+    assert teacher.objective.kind == "mlm" and teacher.init.config["vocab_size"] == DEMO_VOCAB
+    assert teacher.init.config["max_position_embeddings"] >= cfg.data.max_len
     kinds = [s.objective.kind for s in cfg.students]
-    assert kinds == ["distilbiobert", "compactbiobert", "tinybiobert"]
-    tiny = cfg.students[2]
+    assert kinds == ["distilbiobert", "mlm", "compactbiobert", "mlm", "tinybiobert", "mlm"]
+    tiny = cfg.students[4]
     assert (
         tiny.init.config["vocab_size"] == DEMO_VOCAB and tiny.init.config["num_hidden_layers"] == 2
     )
     assert all(s.optimizer.max_steps <= cfg.train.max_steps for s in cfg.students)
+
+
+def test_mlm_twins_mirror_each_distilled_student(tmp_path):
+    raw = yaml.safe_load(DISTILLED.read_text())
+    cfg = config_from_dict(apply_overrides(raw, ["train.mlm_twins=true"]))
+    names = [s.name for s in cfg.students]
+    assert names == [
+        "DistilBioBERT", "DistilBioBERT-MLM", "CompactBioBERT", "CompactBioBERT-MLM",
+        "TinyBioBERT", "TinyBioBERT-MLM",
+    ]  # fmt: skip
+    for student, twin in zip(cfg.students[::2], cfg.students[1::2], strict=True):
+        assert twin.twin_of == student.name and twin.objective.kind == "mlm"
+        assert twin.init == student.init and twin.optimizer == student.optimizer
+        assert twin.objective.weights == {"mlm": 1.0} and twin.objective.temperature is None
+        assert twin.seed_name == student.seed_name == student.name  # same initial weights
+    # the resolved recipe lists the twins and loads back to the same config, not to more twins
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml", []) == cfg
+    # --students keeps a student's twin; continual-MLM students get none
+    picked = select_students(cfg, ["TinyBioBERT"])
+    assert [s.name for s in picked.students] == ["TinyBioBERT", "TinyBioBERT-MLM"]
+    continual = load_config(CONTINUAL, ["train.mlm_twins=true"])
+    assert all(s.twin_of is None for s in continual.students)
+
+
+@pytest.mark.parametrize(
+    "twin, message",
+    [
+        ({"twin_of": "Nope"}, r"students.T.twin_of='Nope': expected another student"),
+        ({"twin_of": "T"}, r"students.T.twin_of='T': expected another student"),
+        (
+            {"twin_of": "S", "init": {"config": {"num_hidden_layers": 3}}},
+            r"students.T.twin_of='S': expected another student of the recipe with the same init",
+        ),
+        (
+            {"twin_of": "S", "objective": {"kind": "distilbiobert"}},
+            r"students.T.objective.kind='distilbiobert': expected mlm",
+        ),
+    ],
+)
+def test_twin_of_errors(twin, message):
+    raw = minimal()
+    entry = {**copy.deepcopy(raw["students"][0]), "name": "T", **twin}
+    raw["students"].append(entry)
+    with error(message):
+        config_from_dict(raw)
+
+
+def test_teacher_build_needs_a_path():
+    raw = minimal()
+    raw["teacher"] = {"config": {"num_hidden_layers": 2}, "build": "recipes/demo_teacher.yaml"}
+    with error(r"teacher.build='recipes/demo_teacher.yaml': expected teacher.path too"):
+        config_from_dict(raw)
 
 
 # ---------------------------------------------------------------- overrides
@@ -386,23 +444,25 @@ def test_objective_defaults_and_layer_maps():
 
 
 def test_layer_indices_checked_against_known_depths():
-    demo = DEMO_RECIPE  # teacher: 4 layers from its config
+    def load(*overrides: str):  # a teacher of 4 layers from its config: its depth is known
+        return load_config(DEMO_RECIPE, ["teacher={config: {num_hidden_layers: 4}}", *overrides])
+
     with error("DistilBioBERT.init.from_teacher_layers=\\[7\\]: expected teacher indices < 4"):
-        load_config(demo, ["students.DistilBioBERT.init.from_teacher_layers=[0, 7]"])
+        load("students.DistilBioBERT.init.from_teacher_layers=[0, 7]")
     with error("TinyBioBERT.objective.attention_map=\\[5\\]: expected teacher indices < 4"):
-        load_config(demo, ["students.TinyBioBERT.objective.attention_map=[[0, 1], [1, 5]]"])
+        load("students.TinyBioBERT.objective.attention_map=[[0, 1], [1, 5]]")
     with error("TinyBioBERT.objective.hidden_map=\\[3\\]: expected student indices < 3"):
-        load_config(demo, ["students.TinyBioBERT.objective.hidden_map=[[0, 0], [3, 4]]"])
+        load("students.TinyBioBERT.objective.hidden_map=[[0, 0], [3, 4]]")
     with error("hidden_map=.*pairs"):
-        load_config(demo, ["students.TinyBioBERT.objective.hidden_map=[[0, 0, 1]]"])
+        load("students.TinyBioBERT.objective.hidden_map=[[0, 0, 1]]")
     with error("DistilBioBERT.objective.hidden_map=.*expected null"):
-        load_config(demo, ["students.DistilBioBERT.objective.hidden_map=[[1, 2]]"])
+        load("students.DistilBioBERT.objective.hidden_map=[[1, 2]]")
     deep = [
         "teacher.config.num_hidden_layers=12",
         "students.TinyBioBERT.objective.hidden_map=[[0, 13]]",
     ]
     with error("TinyBioBERT.objective.hidden_map=\\[13\\]: expected teacher indices < 13"):
-        load_config(demo, deep)
+        load(*deep)
 
 
 def test_select_students():
@@ -498,3 +558,28 @@ def test_missing_or_invalid_recipe(tmp_path):
     with error("recipe=None: expected a mapping"):
         load_config(tmp_path / "empty.yaml", [])
     assert Path(DEMO_RECIPE).is_file()
+
+
+def test_bf16_becomes_fp32_on_a_cpu_without_native_bf16(monkeypatch, caplog):
+    import torch
+
+    from trainer.ds_config import KEEP_CPU_BF16, for_device
+
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.delenv(KEEP_CPU_BF16, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    out = for_device(ds, cpu)
+    assert out["bf16"]["enabled"] is False and ds["bf16"]["enabled"] is True  # a copy
+    assert {k: v for k, v in out.items() if k != "bf16"} == {
+        k: v for k, v in ds.items() if k != "bf16"
+    }
+    assert "training in fp32 instead; BIODISTILL_CPU_BF16=1 keeps bf16" in caplog.text
+    assert for_device(ds, gpu) is ds  # GPUs train as the JSON says
+    monkeypatch.setenv(KEEP_CPU_BF16, "1")
+    assert for_device(ds, cpu) is ds
+    monkeypatch.delenv(KEEP_CPU_BF16)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert for_device(ds, cpu) is ds  # a CPU with bf16 kernels keeps bf16
+    fp32 = {**ds, "bf16": {"enabled": False}}
+    assert for_device(fp32, cpu) is fp32

@@ -1,4 +1,5 @@
-"""trainer/heldout.py: held-out MLM loss, accuracy and teacher agreement, any world size.
+"""trainer/heldout.py: held-out MLM loss, accuracy, teacher agreement and accuracy at entity
+positions, any world size; the teacher's results cached across evaluations.
 
     .venv/bin/python -m pytest tests/test_heldout.py -q
 
@@ -21,7 +22,7 @@ from data_pipeline.eval_batches import EvalBatches
 from data_pipeline.manifest import Manifest
 from trainer.heldout import heldout_metrics
 from trainer.runtime import Runtime
-from trainer.signals import Need
+from trainer.signals import LOGITS, Need
 from trainer.students import StudentModule
 from trainer.teacher import Teacher
 
@@ -50,13 +51,46 @@ def _models(vocab: int):
     return teacher, students
 
 
+def _entities(shards) -> torch.Tensor:
+    """Entity ids for the test: the odd ids, and the ids the teacher gets right somewhere (so
+    that some entity rows are right and some wrong)."""
+    vocab = Manifest.load(shards).tokenizer.vocab_size
+    teacher, _ = _models(vocab)
+    table = torch.zeros(vocab, dtype=torch.bool)
+    table[1::2] = True
+    for batch in EvalBatches(shards, 8, seed=5):
+        mask = batch["labels"] != -100
+        with torch.no_grad():
+            top = teacher.model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        hits = top.logits[mask].argmax(-1) == batch["labels"][mask]
+        table[batch["labels"][mask][hits]] = True
+    return table
+
+
+class _Counting:
+    """A teacher that counts its forwards."""
+
+    def __init__(self, teacher) -> None:
+        self.teacher, self.calls = teacher, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.teacher(*args, **kwargs)
+
+
 def _metrics(rank: int, world: int, shards: str) -> dict[str, float]:
     rt = Runtime.start() if world > 1 else Runtime(0, 1, 0, torch.device("cpu"))
     try:
         vocab = Manifest.load(shards).tokenizer.vocab_size
         teacher, students = _models(vocab)
         batches = EvalBatches(shards, 8, rank=rank, world_size=world, seed=5)
-        return heldout_metrics(students, teacher, iter(batches), rt)
+        counting, cache, entities = _Counting(teacher), [], _entities(shards)
+        first = heldout_metrics(students, counting, iter(batches), rt, entities, cache)
+        calls = counting.calls
+        again = heldout_metrics(students, counting, iter(batches), rt, entities, cache)
+        # the teacher's results come from the cache the second time, unchanged
+        assert calls == len(batches) and counting.calls == calls and again == first
+        return first
     finally:
         if world > 1:
             rt.close()
@@ -66,12 +100,15 @@ def _expected(shards) -> dict[str, float]:
     vocab = Manifest.load(shards).tokenizer.vocab_size
     teacher, students = _models(vocab)
     models = {"teacher": teacher.model, **{s.name: s.engine.mlm for s in students}}
-    totals = {name: [0.0, 0, 0] for name in models}  # loss sum, correct, agree
-    rows = 0
+    totals = {name: [0.0, 0, 0, 0] for name in models}  # loss sum, correct, agree, entity
+    rows = entity_rows = 0
+    entity = _entities(shards)
     for batch in EvalBatches(shards, 8, seed=5):
         mask = batch["labels"] != -100
         labels = batch["labels"][mask]
         rows += int(mask.sum())
+        is_entity = entity[labels]
+        entity_rows += int(is_entity.sum())
         with torch.no_grad():
             logits = {
                 name: m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -84,12 +121,15 @@ def _expected(shards) -> dict[str, float]:
             totals[name][0] += F.cross_entropy(lg, labels, reduction="sum").item()
             totals[name][1] += int((lg.argmax(-1) == labels).sum())
             totals[name][2] += int((lg.argmax(-1) == teacher_top).sum())
+            totals[name][3] += int(((lg.argmax(-1) == labels) & is_entity).sum())
+    assert 0 < entity_rows < rows
     out = {}
-    for name, (loss, correct, agree) in totals.items():
+    for name, (loss, correct, agree, entity_correct) in totals.items():
         out[f"eval/{name}/mlm_loss"] = loss / rows
         out[f"eval/{name}/mlm_acc"] = correct / rows
         if name != "teacher":
             out[f"eval/{name}/teacher_agreement"] = agree / rows
+        out[f"eval/{name}/entity_acc"] = entity_correct / entity_rows
     return out
 
 
@@ -105,3 +145,48 @@ def test_heldout_metrics_match_the_plain_forward_on_one_and_two_ranks(tiny_shard
     assert two[0] == two[1]
     for key, value in one.items():
         assert two[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+class _Oracle:
+    """A student engine right at every other masked row (it is handed the labels)."""
+
+    def __init__(self, labels: list[torch.Tensor], vocab: int) -> None:
+        self.labels, self.vocab, self.calls = labels, vocab, 0
+
+    def eval(self):
+        return self
+
+    def train(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask, masked_index, logits_only=False):
+        labels = self.labels[self.calls].clone()
+        self.calls += 1
+        labels[1::2] = (labels[1::2] + 1) % self.vocab  # wrong at odd rows
+        return {LOGITS: F.one_hot(labels, self.vocab).float() * 10}
+
+
+def test_entity_accuracy_counts_only_rows_labelled_with_entities(tiny_shards):
+    vocab = Manifest.load(tiny_shards).tokenizer.vocab_size
+    batches = list(EvalBatches(tiny_shards, 8, seed=5))
+    labels = [b["labels"][b["labels"] != -100] for b in batches]
+    table = torch.zeros(vocab, dtype=torch.bool)
+    table[1::3] = True
+    right = wrong = 0
+    for row in labels:
+        is_entity = table[row]
+        right += int(is_entity[0::2].sum())
+        wrong += int(is_entity[1::2].sum())
+    student = SimpleNamespace(name="oracle", engine=_Oracle(labels, vocab))
+    rt = Runtime(0, 1, 0, torch.device("cpu"))
+    out = heldout_metrics([student], None, iter(batches), rt, table)
+    assert 0 < right and 0 < wrong
+    assert out["eval/oracle/entity_acc"] == pytest.approx(right / (right + wrong))
+    rows = sum(len(r) for r in labels)
+    assert out["eval/oracle/mlm_acc"] == pytest.approx(
+        sum((len(r) + 1) // 2 for r in labels) / rows
+    )
+    assert "eval/teacher/entity_acc" not in out
+    plain = heldout_metrics([SimpleNamespace(name="oracle", engine=_Oracle(labels, vocab))], None,
+                            iter(batches), rt)  # fmt: skip
+    assert "eval/oracle/entity_acc" not in plain  # no entity words, no entity accuracy

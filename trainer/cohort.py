@@ -133,7 +133,7 @@ def build_cohort(
         )
         if compile_models:
             engine.compile()  # DeepSpeed's: knows ZeRO-3's parameter hooks
-        rng = RngStream(derive_seed(seed, "dropout", spec.name), rt.device)
+        rng = RngStream(derive_seed(seed, "dropout", spec.seed_name), rt.device)
         students.append(Student(spec, engine, b.objective, rng, b.tokenizer, b.base_model, params))
         logger.info(
             "student %s: %s parameters, %s, budget %d steps",

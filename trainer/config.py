@@ -79,13 +79,15 @@ class DataSection:
     shuffle_shards: int = 4
     skip_corrupt: bool = False
     tokenizer: str | None = None  # for exports; None: the teacher's, else the shards' tokenizer
+    entities: str | None = None  # entity words (JSON, see trainer/inputs.py): eval entity_acc
 
 
 @dataclass
 class TeacherSection:
     path: str | None = None  # HF name or directory, loaded as BertForMaskedLM
-    config: dict | None = None  # BertConfig kwargs for a random teacher (tests, demo)
+    config: dict | None = None  # BertConfig kwargs for a random teacher (tests)
     allow_new_weights: bool = False  # accept weights `path` lacks (e.g. no MLM head) at random
+    build: str | None = None  # a recipe whose one student, exported to `path`, is the teacher
 
 
 @dataclass
@@ -100,6 +102,7 @@ class TrainSection:
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
     compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
     teacher_ahead: bool = False  # the next batch's teacher forward beside the students' steps
+    mlm_twins: bool = False  # beside each distilled student X, "X-MLM": same model, MLM only
 
 
 @dataclass
@@ -134,6 +137,13 @@ class StudentSection:
     init: InitSection
     objective: ObjectiveSection
     optimizer: OptimizerSection
+    twin_of: str | None = None  # an MLM-only twin of this student: its initial weights, dropout
+
+    @property
+    def seed_name(self) -> str:
+        """The name its random draws (initialisation, dropout) are seeded by: a twin's are its
+        sibling's, so that the two differ in their objective only."""
+        return self.twin_of or self.name
 
 
 @dataclass(kw_only=True)
@@ -218,12 +228,39 @@ def _child(node: Any, part: str, where: str, item: str) -> Any:
 def config_from_dict(raw: Any) -> RunConfig:
     """Build and validate a RunConfig from a recipe dict (as read from YAML)."""
     cfg = build_typed(RunConfig, raw, "")
+    add_twins(cfg)
     _validate(cfg)
     return cfg
 
 
+TWIN_SUFFIX = "-MLM"
+
+
+def add_twins(cfg: RunConfig) -> None:
+    """train.mlm_twins: after each distilled student X, its MLM-only twin "X-MLM" (same init,
+    optimizer and budget; objective mlm; seeded like X). A recipe that already lists the twin
+    (a resolved recipe) keeps it as it is."""
+    if not cfg.train.mlm_twins:
+        return
+    have = {s.name for s in cfg.students}
+    out = []
+    for s in cfg.students:
+        out.append(s)
+        if s.objective.kind == "mlm" or s.twin_of is not None or s.name + TWIN_SUFFIX in have:
+            continue
+        twin = StudentSection(
+            name=s.name + TWIN_SUFFIX,
+            init=copy.deepcopy(s.init),
+            objective=ObjectiveSection(kind="mlm"),
+            optimizer=copy.deepcopy(s.optimizer),
+            twin_of=s.name,
+        )
+        out.append(twin)
+    cfg.students = out
+
+
 def select_students(config: RunConfig, names: Sequence[str]) -> RunConfig:
-    """The config with only the named students (kept in recipe order)."""
+    """The config with only the named students and their twins (kept in recipe order)."""
     known = [s.name for s in config.students]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -231,7 +268,8 @@ def select_students(config: RunConfig, names: Sequence[str]) -> RunConfig:
             f"--students {','.join(names)!r}: unknown student(s) {unknown}; "
             f"the recipe has: {', '.join(known)}"
         )
-    return dataclasses.replace(config, students=[s for s in config.students if s.name in names])
+    kept = [s for s in config.students if s.name in names or s.twin_of in names]
+    return dataclasses.replace(config, students=kept)
 
 
 def to_dict(config: Any) -> dict:
@@ -287,12 +325,21 @@ def _validate(cfg: RunConfig) -> None:
     teacher_layers = None
     if teacher is not None and _one_of("teacher", teacher, ("path", "config")) == "config":
         teacher_layers = _depth("teacher.config", teacher.config)
+    if teacher is not None and teacher.build is not None:
+        ok = teacher.path is not None
+        _require(ok, "teacher.build", teacher.build, "teacher.path too: where it is exported")
     _require(bool(cfg.students), "students", cfg.students, "at least one student")
     names = [s.name for s in cfg.students]
     for s in cfg.students:
         key = f"students.{s.name}"
         _require(bool(_NAME.match(s.name)), f"{key}.name", s.name, _NAME_RULE)
         _require(names.count(s.name) == 1, f"{key}.name", s.name, "a name no other student has")
+        if s.twin_of is not None:
+            sibling = next((o for o in cfg.students if o.name == s.twin_of), None)
+            ok = sibling is not None and sibling is not s and sibling.init == s.init
+            expected = "another student of the recipe with the same init"
+            _require(ok, f"{key}.twin_of", s.twin_of, expected)
+            _require(s.objective.kind == "mlm", f"{key}.objective.kind", s.objective.kind, "mlm")
         _validate_student(s, key, cfg, teacher_layers)
 
 

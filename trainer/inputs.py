@@ -9,17 +9,26 @@
   one the manifest names; it must be the one the shards were made with.
 - The embedded demo (recipes/demo.yaml) is built on first use, by rank 0, through the pipeline's
   own extract and shard commands; the other ranks wait for it.
+- `data.entities` names a JSON file of entity words: {"entities": {"gene": ["ZOR4", ...], ...}}
+  (or a plain list), optionally with {"ceiling": {"entity_acc": 0.94}}, the best accuracy any
+  model can reach at those positions. Held-out evaluation then also reports the accuracy at the
+  masked positions whose label is one of the words (each must be a single token). The demo's
+  data/demo/knowledge.json is such a file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import torch
+
 from data_pipeline.eval_batches import EvalBatches
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.io_utils import PipelineError, first_line
+from data_pipeline.knowledge import entity_token_ids
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.manifest import Manifest, TokenizerInfo, load_tokenizer, tokenizer_info
 from data_pipeline.masking import continuation_table
@@ -33,14 +42,16 @@ DEMO_DIR = Path("data/demo")
 
 
 def ensure_demo(cfg: RunConfig, rt: Runtime) -> None:
-    """Build the demo corpus when the recipe reads the demo shards and they are missing."""
+    """Build or complete the demo corpus when the recipe reads the demo shards: missing, it is
+    built (about 20 s); built with other settings or by another generator, it is rebuilt."""
     shards = Path(str(cfg.data.train_shards))
-    if shards.resolve() != (DEMO_DIR / "shards").resolve() or (shards / "manifest.json").exists():
+    if shards.resolve() != (DEMO_DIR / "shards").resolve():
         return
     if rt.is_main:
         from data_pipeline.demo import build_demo
 
-        logger.info("demo corpus missing: building %s (once, about 20 s)", DEMO_DIR)
+        if not (shards / "manifest.json").exists():
+            logger.info("demo corpus missing: building %s (once, about 20 s)", DEMO_DIR)
         build_demo(DEMO_DIR, log=logger.info)
     rt.barrier()
 
@@ -54,6 +65,8 @@ class Inputs:
     eval_batches: EvalBatches | None
     eval_limit: int
     student_tokenizers: dict[str, object]  # continual students' own tokenizers, by source
+    entities: torch.Tensor | None = None  # bool over the vocabulary: entity tokens
+    ceiling: float | None = None  # the best possible accuracy at entity positions, if known
 
     def student_tokenizer(self, student):
         """The tokenizer exported with `student`: its own, else the run's."""
@@ -62,6 +75,27 @@ class Inputs:
     def eval_iter(self):
         """This pass's eval batches: the first `train.eval_batches` of the split, on every rank."""
         return islice(iter(self.eval_batches), self.eval_limit) if self.eval_batches else iter(())
+
+
+def load_entities(path: str, tok, vocab_size: int) -> tuple[torch.Tensor, float | None]:
+    """`data.entities`: the entity tokens as a bool table over the vocabulary, and the ceiling."""
+    where = f"data.entities={path!r}"
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where}: cannot read it as JSON ({first_line(e)})") from None
+    words = raw.get("entities") if isinstance(raw, dict) else None
+    if isinstance(words, dict):
+        words = [w for group in words.values() for w in group]
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError(
+            f'{where}: expected an object with "entities": a non-empty list of words, or '
+            "lists of words by type"
+        )
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    table[list(entity_token_ids(tok, words, where))] = True
+    ceiling = raw.get("ceiling", {}).get("entity_acc") if isinstance(raw, dict) else None
+    return table, ceiling
 
 
 def manifest_of(cfg: RunConfig) -> Manifest:
@@ -137,4 +171,7 @@ def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int) -> Inputs:
             mask_prob=d.mask_prob,
             whole_word=d.whole_word,
         )
-    return Inputs(manifest, tok, info, loader, held, t.eval_batches, own)
+    entities, ceiling = None, None
+    if d.entities is not None:
+        entities, ceiling = load_entities(d.entities, tok, info.vocab_size)
+    return Inputs(manifest, tok, info, loader, held, t.eval_batches, own, entities, ceiling)

@@ -44,6 +44,16 @@ from trainer.model_card import model_card
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.rng import global_state, set_global_state
 from trainer.runtime import Runtime
+from trainer.summary import (
+    RELATIVE_SUFFIXES,
+    eval_line,
+    relative_figures,
+    render_markdown,
+    render_table,
+    run_summary,
+    twins_of,
+    write_summary,
+)
 from trainer.teacher import Teacher
 from trainer.teacher_ahead import TeacherAhead
 from trainer.timing import StepTimer
@@ -91,6 +101,8 @@ class Trainer:
         self.exported: set[str] = set()
         self.last_eval: dict[str, float] = {}
         self._eval_step = -1  # the step of the last evaluation
+        self._settled: set[str] = set()  # students evaluated after they left the cohort
+        self._teacher_eval: list = []  # the teacher's results per eval batch (trainer/heldout.py)
         self._cards_made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
         # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
         self.preempt = preempt if preempt is not None else PreemptionFlag()
@@ -192,6 +204,8 @@ class Trainer:
                 self._log()
             if self._eval_step != self.step:
                 self.evaluate()
+            if self.last_eval:
+                self.summarize()
             self.save()
             for s in self.students:
                 self._export(s)
@@ -336,20 +350,42 @@ class Trainer:
         NOTE: collective."""
         if self.inputs.eval_batches is None:
             return {}
-        out = heldout_metrics(self.students, self.teacher, self.inputs.eval_iter(), self.rt)
+        # NOTE: a student that left the cohort and was evaluated since keeps its figures, and
+        # the teacher's are computed once: the eval batches are the same every time.
+        fresh = [s for s in self.students if s.name not in self._settled]
+        out = {
+            k: v
+            for k, v in self.last_eval.items()
+            if k.split("/")[1] in self._settled and not k.endswith(RELATIVE_SUFFIXES)
+        }
+        out |= heldout_metrics(
+            fresh,
+            self.teacher,
+            self.inputs.eval_iter(),
+            self.rt,
+            self.inputs.entities,
+            teacher_cache=self._teacher_eval,
+        )
+        self._settled |= {s.name for s in fresh if s.done}
+        out |= relative_figures(out, twins_of(self.cfg), self.inputs.ceiling)
         self.metrics.log(out, self.step)
         self.last_eval, self._eval_step = out, self.step
         if self.rt.is_main:
-            names = [s.name for s in self.students] + (["teacher"] if self.teacher else [])
-            logger.info(
-                "eval at step %d: %s",
-                self.step,
-                " | ".join(
-                    f"{n} loss {out[f'eval/{n}/mlm_loss']:.3f} acc {out[f'eval/{n}/mlm_acc']:.3f}"
-                    for n in names
-                ),
-            )
+            logger.info("eval at step %d: %s", self.step, eval_line(out))
         return out
+
+    def summarize(self) -> dict:
+        """The run's summary (trainer/summary.py) from the last evaluation: runs/<name>/
+        summary.{md,json}, the console and TensorBoard's Text tab (rank 0)."""
+        summary = run_summary(
+            self.cfg, self.step, self.last_eval, twins_of(self.cfg), self.inputs.ceiling
+        )
+        if self.rt.is_main:
+            write_summary(self.run_dir, summary)
+            table = render_table(summary)
+            self.metrics.text("summary", render_markdown(summary), self.step)
+            logger.info("held-out figures at step %d:\n%s", self.step, table)
+        return summary
 
     def _cards(self) -> dict[str, str]:
         """Every student's model card as of now. NOTE: collective (sums what ranks have seen);

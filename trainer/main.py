@@ -3,7 +3,9 @@
     deepspeed trainer/main.py --ds_config ds_configs/zero2.json [--recipe recipes/X.yaml]
         [--students NAME[,NAME]] [--dry-run] [key.sub=value ...]
 
-With no --recipe it runs recipes/demo.yaml on the embedded demo corpus (built on first use).
+With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo teacher
+(recipes/demo_teacher.yaml) is trained first when data/demo/teacher is missing or stale, then
+the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
 `python trainer/main.py ...` runs one. Exit codes: 0 done, 2 bad input (one line says what),
 3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume).
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import NonFiniteLoss
     from trainer.preemption import PreemptionFlag
     from trainer.runtime import Runtime
+    from trainer.teacher_build import ensure_teacher
 
     preempt = PreemptionFlag()
     preempt.install()  # NOTE: first: a time-limit signal during start-up must still checkpoint
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_other_ranks(rt.rank)
     trainer = None
     try:
+        rc = ensure_teacher(cfg, ds, rt, preempt)  # the demo's: trained first when missing
+        if rc != 0:
+            return rc
         trainer = build_trainer(cfg, ds, rt, preempt)
         return trainer.fit()
     except (ValueError, FileNotFoundError, PipelineError) as e:

@@ -1,4 +1,5 @@
-"""One metrics interface: `log(values, step)` and `close()`; TensorBoard on rank 0, no-op elsewhere.
+"""One metrics interface: `log(values, step)`, `text(tag, markdown, step)` and `close()`;
+TensorBoard on rank 0, no-op elsewhere.
 
 Tags are namespaced (what TensorBoard groups by):
     train/<student>/loss, train/<student>/loss_<term>, train/<student>/lr,
@@ -6,7 +7,11 @@ Tags are namespaced (what TensorBoard groups by):
     perf/tokens_per_s, perf/samples_per_s, perf/teacher_share, perf/data_share,
     perf/step_time_s/<student>, perf/peak_memory_gb
     eval/<student>/mlm_loss, eval/<student>/mlm_acc, eval/<student>/teacher_agreement,
-    eval/teacher/mlm_loss, eval/teacher/mlm_acc
+    eval/<student>/entity_acc (with data.entities), eval/teacher/mlm_loss, eval/teacher/mlm_acc,
+    eval/teacher/entity_acc; relative figures (trainer/summary.py): eval/<student>/acc_to_teacher,
+    eval/<student>/entity_acc_to_teacher, eval/teacher/entity_acc_to_ceiling,
+    eval/<student>/acc_gain_vs_twin, eval/<student>/entity_acc_gain_vs_twin
+    text: summary (the run's summary table, at its end)
 Watch a run with `tensorboard --logdir runs/<name>/tensorboard`.
 """
 
@@ -30,6 +35,12 @@ class MetricsWriter:
             if value is not None:  # NaN is logged as NaN: a diverging run should show it
                 self._writer.add_scalar(tag, value, global_step=step)
         self._writer.flush()
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Markdown in TensorBoard's Text tab."""
+        if self._writer is not None:
+            self._writer.add_text(tag, markdown, global_step=step)
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import torch
 
-from data_pipeline.io_utils import first_line
+from data_pipeline.io_utils import PipelineError, first_line
 from trainer.bert_config import bert_config
 from trainer.config import RunConfig, fill_layer_maps, to_yaml
 from trainer.ds_config import micro_batch_size
@@ -81,6 +82,33 @@ def _activation_bytes(config, batch: int, seq: int, eager: bool, vocab: int) -> 
     return n * per_layer + masked_rows * vocab * (2 + 4 + 4)
 
 
+def _built_config(recipe: str):
+    """The config of the teacher `teacher.build` will train (its one student's), if it says."""
+    from trainer.config import load_config
+
+    spec = load_config(recipe).students[0]
+    if spec.init.config is not None:
+        return bert_config(spec.init.config, f"{recipe}: students.{spec.name}.init.config")
+    return _config(spec.init.pretrained)[0] if spec.init.pretrained is not None else None
+
+
+def _build_line(cfg: RunConfig) -> str:
+    from trainer.teacher_build import build_config, fingerprint, stale_reason
+
+    build = build_config(cfg)
+    spec = build.students[0]
+    try:
+        reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build))
+    except (OSError, ValueError, PipelineError) as e:  # e.g. the demo shards are not built yet
+        reason = f"cannot tell yet ({first_line(e)})"
+    if reason is None:
+        return f"teacher stage: {cfg.teacher.path} is built and current ({cfg.teacher.build})"
+    return (
+        f"teacher stage first: {cfg.teacher.path} {reason}; {cfg.teacher.build} trains "
+        f"{spec.name} for {spec.optimizer.max_steps:,} steps in {build.run_dir}, then exports it"
+    )
+
+
 def render_plan(cfg: RunConfig, ds: dict) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro = micro_batch_size(ds, world)
@@ -101,6 +129,10 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
         else:
             teacher_cfg, err = _config(cfg.teacher.path)
             teacher_note = f" (config not reachable: {err})" if teacher_cfg is None else ""
+            if cfg.teacher.build is not None:
+                lines.append(_build_line(cfg))
+                if teacher_cfg is None:
+                    teacher_cfg, teacher_note = _built_config(cfg.teacher.build), ""
         t_layers = _layers(teacher_cfg) if teacher_cfg is not None else None
 
     objectives, device_bytes, host_bytes, peak_activations = [], 0.0, 0.0, 0.0

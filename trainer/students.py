@@ -12,7 +12,8 @@ Initialisation (`students.NAME.init`, exactly one):
 - config: a BERT masked LM with these BertConfig values, initialised at random.
 - pretrained: any HF masked LM by name or directory (continual MLM), with its own tokenizer.
 Random draws (initialisation, fit_dense) are seeded from (seed, "student", name): a student built
-alone or in a cohort starts from the same weights.
+alone or in a cohort starts from the same weights, and an MLM-only twin (`twin_of`, seeded by its
+sibling's name) from its sibling's.
 
 TinyBioBERT's `fit_dense` (student hidden -> teacher hidden, used only by HID_MSE) lives in the
 StudentModule, is trained with it and is not exported.
@@ -90,7 +91,7 @@ def build_student(
     init, section = spec.init, spec.objective
     impl = attn_implementation(uses_attention_maps(section))
     tokenizer, base = None, None
-    with seeded(derive_seed(seed, "student", spec.name), torch.device("cpu")):
+    with seeded(derive_seed(seed, "student", spec.seed_name), torch.device("cpu")):
         if init.from_teacher_layers is not None:
             mlm = _from_teacher_layers(teacher_model, init.from_teacher_layers, impl, key)
             base = f"teacher layers {init.from_teacher_layers}"

@@ -1,0 +1,152 @@
+"""What a run achieved, where users look: the console, runs/<name>/summary.{md,json}, TensorBoard.
+
+    figures = relative_figures(metrics, twins={"DistilBioBERT": "DistilBioBERT-MLM"}, ceiling=0.94)
+    summary = run_summary(cfg, step, metrics | figures, twins, ceiling)
+    write_summary(run_dir, summary); print(render_table(summary))
+
+From the held-out figures of trainer/heldout.py (`eval/<model>/mlm_acc`, `mlm_loss`,
+`teacher_agreement`, `entity_acc`), each student's figures as a fraction of the teacher's
+(`acc_to_teacher`, `entity_acc_to_teacher`), the teacher's entity accuracy as a fraction of the
+ceiling (the best accuracy any model can reach there, when `data.entities` gives it), and each
+distilled student against its MLM-only twin (`acc_gain_vs_twin`, `entity_acc_gain_vs_twin`, in
+accuracy points): what the teacher added at equal steps, model and batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.io_utils import atomic_write_bytes, atomic_write_json
+from trainer.config import RunConfig
+
+SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
+TEACHER = "teacher"
+RELATIVE_SUFFIXES = ("_to_teacher", "_to_ceiling", "_gain_vs_twin")  # what relative_figures adds
+
+
+def twins_of(cfg: RunConfig) -> dict[str, str]:
+    """Distilled student -> its MLM-only twin, for the twins the run trains."""
+    return {s.twin_of: s.name for s in cfg.students if s.twin_of is not None}
+
+
+def relative_figures(
+    metrics: dict[str, float], twins: dict[str, str], ceiling: float | None
+) -> dict[str, float]:
+    """Ratios to the teacher (and the ceiling) and gains over twins, as `eval/...` scalars."""
+    names = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/")} - {TEACHER})
+
+    def get(name: str, figure: str) -> float | None:
+        return metrics.get(f"eval/{name}/{figure}")
+
+    out: dict[str, float] = {}
+    for name in names:
+        for figure in ("mlm_acc", "entity_acc"):
+            value, ref = get(name, figure), get(TEACHER, figure)
+            if value is not None and ref:
+                out[f"eval/{name}/{figure.removeprefix('mlm_')}_to_teacher"] = value / ref
+    teacher_entity = get(TEACHER, "entity_acc")
+    if ceiling and teacher_entity is not None:
+        out[f"eval/{TEACHER}/entity_acc_to_ceiling"] = teacher_entity / ceiling
+    for name, twin in twins.items():
+        for figure in ("mlm_acc", "entity_acc"):
+            value, base = get(name, figure), get(twin, figure)
+            if value is not None and base is not None:
+                out[f"eval/{name}/{figure.removeprefix('mlm_')}_gain_vs_twin"] = 100 * (
+                    value - base
+                )
+    return out
+
+
+def run_summary(
+    cfg: RunConfig, step: int, metrics: dict[str, float], twins: dict[str, str], ceiling
+) -> dict:
+    """The summary.json content: per model every figure of `metrics` (held-out and relative)."""
+    order = [TEACHER] + [s.name for s in cfg.students]
+    models = {}
+    for name in order:
+        prefix = f"eval/{name}/"
+        row = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+        if row:
+            models[name] = row
+    twin_of = {twin: name for name, twin in twins.items()}
+    for name, row in models.items():
+        if name in twins:
+            row["twin"] = twins[name]
+        if name in twin_of:
+            row["twin_of"] = twin_of[name]
+    return {"run": cfg.run.name, "step": step, "ceiling_entity_acc": ceiling, "models": models}
+
+
+def eval_line(metrics: dict[str, float]) -> str:
+    """The console's line for an evaluation: loss, accuracy (and entity accuracy) per model."""
+    names = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.endswith("/mlm_acc")))
+    parts = []
+    for n in names:
+        text = (
+            f"{n} loss {metrics[f'eval/{n}/mlm_loss']:.3f} acc {metrics[f'eval/{n}/mlm_acc']:.3f}"
+        )
+        if (entity := metrics.get(f"eval/{n}/entity_acc")) is not None:
+            text += f" entity {entity:.3f}"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def render_table(summary: dict) -> str:
+    """A Markdown table of the summary (the console prints it, summary.md holds it)."""
+    models = summary["models"]
+    entity = any("entity_acc" in r for r in models.values())
+    head = ["model", "masked acc", "of teacher", "MLM loss", "agreement"]
+    if entity:
+        head += ["entity acc", "of teacher"]
+    head.append("vs MLM twin (points)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in models.items():
+        cells = [
+            name if "twin_of" not in r else f"{name} (twin)",
+            _f(r.get("mlm_acc")),
+            _ratio(r.get("acc_to_teacher")),
+            _f(r.get("mlm_loss")),
+            _f(r.get("teacher_agreement")),
+        ]
+        if entity:
+            to_ref = r.get("entity_acc_to_teacher", r.get("entity_acc_to_ceiling"))
+            cells += [_f(r.get("entity_acc")), _ratio(to_ref)]
+        gains = [r.get("acc_gain_vs_twin"), r.get("entity_acc_gain_vs_twin")]
+        cells.append(" / ".join(f"{g:+.1f}" for g in gains if g is not None) or "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(summary: dict) -> str:
+    ceiling = summary["ceiling_entity_acc"]
+    notes = [
+        f"# Run `{summary['run']}`: held-out figures at step {summary['step']}",
+        "",
+        render_table(summary),
+        "",
+        "- masked acc, MLM loss: at the masked positions of the eval split; agreement: top-1 "
+        'agreement with the teacher there; "of teacher": the student\'s figure over the '
+        "teacher's.",
+        "- vs MLM twin: the student's masked accuracy (and entity accuracy) minus its MLM-only "
+        "twin's, in points: same model, init, batches and steps, no teacher.",
+    ]
+    if ceiling:
+        notes.append(
+            f"- entity acc: at the masked positions whose label is an entity word. The teacher's "
+            f'"of teacher" cell is its fraction of the ceiling, {ceiling:.4f}: the best '
+            "accuracy any model can reach there (data.entities)."
+        )
+    return "\n".join(notes) + "\n"
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY_JSON, summary)
+    atomic_write_bytes(Path(run_dir) / SUMMARY_MD, render_markdown(summary).encode())
+
+
+def _f(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"

@@ -1,0 +1,168 @@
+"""`teacher.build`: a teacher the product makes itself, trained and exported on first use.
+
+    rc = ensure_teacher(cfg, ds, rt, preempt)     # main.py, before building the run itself
+
+recipes/demo.yaml has `teacher: {path: data/demo/teacher, build: recipes/demo_teacher.yaml}`.
+When `teacher.path` holds no teacher built from that recipe on these shards, the build recipe is
+trained first, in this process and on these ranks, through the same trainer as any run (its run
+directory is <run.output_dir>/<its run.name>, resumable like any other), and its one student's
+export is copied to `teacher.path` with BUILT.json beside the weights: the recipe, a digest of
+its resolved content (run section excluded) and a digest of the shards' manifest. Later runs find
+it and load it like any teacher (`teacher.path`, as a user loads BioBERT); a changed recipe or
+changed shards (a new generator makes new shards) retrain it, and the console says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from data_pipeline.io_utils import atomic_write_json, fsync_tree
+from trainer.config import RunConfig, load_config, to_dict
+from trainer.inputs import ensure_demo, manifest_of
+from trainer.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+BUILT = "BUILT.json"
+TEACHER_MARK = "TEACHER.json"  # in a run directory: the teacher fingerprint it was made with
+
+
+def build_config(cfg: RunConfig) -> RunConfig:
+    """The build recipe, its run directory beside the run's; it must have exactly one student."""
+    section = cfg.teacher
+    build = load_config(section.build)
+    if len(build.students) != 1:
+        names = [s.name for s in build.students]
+        raise ValueError(
+            f"teacher.build={section.build!r}: expected a recipe with one student (the "
+            f"teacher to export), found {names}"
+        )
+    run = dataclasses.replace(build.run, output_dir=cfg.run.output_dir)
+    return dataclasses.replace(build, run=run)
+
+
+def fingerprint(cfg: RunConfig, build: RunConfig) -> dict:
+    recipe = {k: v for k, v in to_dict(build).items() if k != "run"}
+    manifest = manifest_of(build).to_dict()
+    return {
+        "recipe": cfg.teacher.build,
+        "recipe_sha256": _digest(recipe),
+        "shards_manifest_sha256": _digest(manifest),
+    }
+
+
+def stale_reason(path: Path, expected: dict) -> str | None:
+    """Why the teacher at `path` cannot be used, as "<path> <reason>" reads (None: it can)."""
+    stamp = path / BUILT
+    if not stamp.is_file():
+        return "is missing" if not path.exists() else f"holds no {BUILT}"
+    try:
+        found = json.loads(stamp.read_text(encoding="utf-8"))
+    except ValueError:
+        return f"is stale: its {BUILT} is unreadable"
+    if found.get("shards_manifest_sha256") != expected["shards_manifest_sha256"]:
+        return "is stale: the shards changed since it was built"
+    if found.get("recipe_sha256") != expected["recipe_sha256"]:
+        return f"is stale: {expected['recipe']} changed since it was built"
+    return None
+
+
+def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
+    """Train and export the teacher when `teacher.build` says how and it is missing or stale.
+    Returns the build run's exit code (0 also when nothing had to be done). NOTE: collective."""
+    if cfg.teacher is None or cfg.teacher.build is None:
+        return 0
+    from trainer.assemble import build_trainer  # NOTE: assemble builds runs; this precedes one
+
+    build = build_config(cfg)
+    ensure_demo(build, rt)  # the demo's shards, which the fingerprint reads
+    path = Path(cfg.teacher.path)
+    expected = fingerprint(cfg, build)
+    reason = stale_reason(path, expected)
+    if reason is None:
+        logger.info("teacher: %s (built by %s, reused)", path, cfg.teacher.build)
+    else:
+        logger.info(
+            "teacher: %s %s: training it with %s in %s first",
+            path,
+            reason,
+            cfg.teacher.build,
+            build.run_dir,
+        )
+        # NOTE: a build run left by another recipe or other shards would resume (or, finished,
+        # re-export) the old teacher: it is set aside and this one starts afresh.
+        claim_run_dir(build.run_dir, expected, rt)
+        trainer = build_trainer(build, ds, rt, preempt)
+        try:
+            rc = trainer.fit()
+        finally:
+            trainer.metrics.close()
+        if rc != 0:
+            return rc
+        if rt.is_main:
+            export = build.run_dir / "export" / build.students[0].name
+            _install(export, path, {**expected, "run_dir": str(build.run_dir)})
+            logger.info("teacher: exported to %s", path)
+        rt.barrier()
+    # NOTE: the same for the run itself: checkpoints distilled from another teacher are not
+    # resumed as if they came from this one.
+    claim_run_dir(cfg.run_dir, json.loads((path / BUILT).read_text(encoding="utf-8")), rt)
+    return 0
+
+
+def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
+    """Mark `run_dir` as made with `stamp` (a teacher's fingerprint) in TEACHER.json; a run
+    directory marked with another is renamed to <run_dir>.stale-<n> first, and that is said.
+    NOTE: collective; rank 0 touches the file system."""
+    if rt.is_main:
+        mark = run_dir / TEACHER_MARK
+        found = _read_or_none(mark)
+        if run_dir.exists() and found is not None and found != stamp:
+            n = 1
+            while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+                n += 1
+            aside = run_dir.with_name(f"{run_dir.name}.stale-{n}")
+            run_dir.rename(aside)
+            logger.warning(
+                "teacher: %s was made with another teacher (or another build of it); moved "
+                "to %s and starting afresh",
+                run_dir,
+                aside,
+            )
+        if _read_or_none(mark) != stamp:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(mark, stamp)
+    rt.barrier()
+
+
+def _read_or_none(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _install(export: Path, path: Path, stamp: dict) -> None:
+    """Copy the export to `path` with its BUILT.json, atomically (temp dir, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        shutil.copytree(export, tmp, dirs_exist_ok=True)
+        atomic_write_json(tmp / BUILT, stamp)
+        fsync_tree(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
