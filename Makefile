@@ -38,4 +38,4 @@ bench: install
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) data/demo runs/demo .pytest_cache
+	rm -rf $(VENV) data/demo runs/demo runs/demo.stale-* runs/demo-teacher runs/demo-teacher.stale-* .pytest_cache

@@ -29,9 +29,10 @@ its SDPA attention (trainer/attention.py); that is what a separate run would cos
 - cohort_s_per_step, separate_s_per_step_<student>: median seconds per optimizer step.
 
 Sizes:
-- --quick: recipes/demo.yaml as it is (random 4-layer hidden-64 teacher, 2-layer students, seq
-  128) on the embedded demo shards (built first if missing), micro-batch 24 from
-  ds_configs/zero2.json. About a minute on 2 idle CPU cores (several on a busy machine).
+- --quick: recipes/demo.yaml's three students (2 layers, no MLM twins) with a random teacher of
+  the demo teacher's shape (4 layers, hidden 64), seq 128, on the embedded demo shards (built
+  first if missing), micro-batch 24 from ds_configs/zero2.json. About a minute on 2 idle CPU
+  cores (several on a busy machine).
 - full: the paper's sizes, recipes/paper_distilled.yaml with a random BERT-base teacher
   (`teacher.config`: 12 layers, hidden 768, 12 heads, FFN 3072, vocabulary 28996; no hub access)
   and the recipe's students (DistilBioBERT from teacher layers [0,2,4,6,8,10], CompactBioBERT
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
 DEMO_DIR = ROOT / "data" / "demo"
+DEMO_TEACHER_RECIPE = ROOT / "recipes" / "demo_teacher.yaml"
 
 PAPER_VOCAB = 28996
 PAPER_MAX_LEN = 256
@@ -178,7 +180,19 @@ def recipe_overrides(plan: Plan, root: Path, samples_per_step: int) -> list[str]
 
             log(f"demo corpus missing: building {DEMO_DIR}")
             build_demo(DEMO_DIR, log=log)
-        return [f"data.train_shards={DEMO_DIR / 'shards'}", "data.eval_shards=null"]
+        # A teacher of the demo teacher's shape, random: speed does not depend on its weights,
+        # and the demo's trained one may not be built yet. No MLM twins: the paper's three.
+        from trainer.config import load_config
+
+        shape = load_config(DEMO_TEACHER_RECIPE).students[0].init.config
+        teacher = ", ".join(f"{k}: {v}" for k, v in shape.items())
+        return [
+            f"data.train_shards={DEMO_DIR / 'shards'}",
+            "data.eval_shards=null",
+            "data.entities=null",
+            f"teacher={{config: {{{teacher}}}}}",
+            "train.mlm_twins=false",
+        ]
     docs = (plan.total_steps + 1) * samples_per_step  # every batch distinct (no epoch wraps)
     log(f"synthetic shards: {docs} samples of {PAPER_MAX_LEN} tokens, vocabulary {PAPER_VOCAB}")
     shards, tok = synthetic_shards(root / "data", PAPER_VOCAB, PAPER_MAX_LEN, docs)

@@ -1,0 +1,111 @@
+"""Learning quality: what the demo's students learn from its teacher, over several seeds.
+
+    python benchmarks/run.py --only quality [--quick]
+
+The demo as `make demo` runs it (recipes/demo.yaml: the teacher pre-trained by
+recipes/demo_teacher.yaml on the demo corpus and cached in data/demo/teacher, then DistilBioBERT,
+CompactBioBERT and TinyBioBERT distilled from it, each beside its MLM-only twin), once per seed:
+`deepspeed --num_gpus 2 trainer/main.py --ds_config ds_configs/zero2.json train.seed=S`, each
+in its own run directory under a temporary folder. train.seed sets the students' initialisation,
+masks, dropout and data order; the teacher is the same for every seed (the first run builds it
+when it is missing). Figures, from each run's summary.json (trainer/summary.py); value = the mean
+over seeds, settings = every seed's value, min, max, spread (max - min) and the sample std:
+
+- teacher_to_ceiling_acc: the teacher's held-out accuracy at entity positions over the ceiling,
+  the best accuracy any model can reach there (data/demo/knowledge.json).
+- <student>_to_teacher_acc: the student's held-out masked accuracy over the teacher's.
+- <student>_gain_vs_mlm_twin: its held-out masked accuracy minus its twin's, in points (also at
+  entity positions, in the settings).
+
+--quick: 3 seeds (about 10 minutes on 2 CPU cores with the teacher built); full: 5 seeds.
+DEMO_RANKS (default 2) sets the ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.bench_cohort import ROOT, log
+from trainer.runtime import free_port
+from trainer.summary import SUMMARY_JSON
+
+SEEDS = (42, 7, 2023, 11, 5)
+STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
+
+
+def run_demo(seed: int, root: Path, ranks: int) -> dict:
+    """One demo run with train.seed=seed; its summary.json."""
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    name = f"seed-{seed}"
+    cmd = [
+        str(deepspeed), "--master_port", str(free_port()), "--num_gpus", str(ranks),
+        "trainer/main.py", "--ds_config", "ds_configs/zero2.json",
+        f"train.seed={seed}", f"run.output_dir={root}", f"run.name={name}",
+    ]  # fmt: skip
+    out = root / f"{name}.log"
+    log(f"quality: seed {seed}: {' '.join(cmd[1:])} (log: {out})")
+    with open(out, "w") as f:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        tail = out.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"quality: the demo run for seed {seed} failed:\n{tail}")
+    return json.loads((root / name / SUMMARY_JSON).read_text())
+
+
+def spread(values: list[float], seeds: list[int]) -> dict:
+    return {
+        "per_seed": dict(zip(map(str, seeds), values, strict=True)),
+        "min": min(values),
+        "max": max(values),
+        "spread": max(values) - min(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def figures(summaries: list[dict], seeds: list[int]) -> Iterator[dict]:
+    models = [s["models"] for s in summaries]
+    common = {"recipe": "recipes/demo.yaml", "seeds": seeds}
+    values = [m["teacher"]["entity_acc_to_ceiling"] for m in models]
+    ceilings = sorted({s["ceiling_entity_acc"] for s in summaries})
+    yield {
+        "metric": "teacher_to_ceiling_acc",
+        "value": statistics.mean(values),
+        "unit": "ratio",
+        "settings": {**common, **spread(values, seeds), "ceiling": ceilings},
+    }
+    for name in STUDENTS:
+        values = [m[name]["acc_to_teacher"] for m in models]
+        yield {
+            "metric": f"{name}_to_teacher_acc",
+            "value": statistics.mean(values),
+            "unit": "ratio",
+            "settings": {**common, **spread(values, seeds)},
+        }
+        gains = [m[name]["acc_gain_vs_twin"] for m in models]
+        entity = [m[name].get("entity_acc_gain_vs_twin") for m in models]
+        yield {
+            "metric": f"{name}_gain_vs_mlm_twin",
+            "value": statistics.mean(gains),
+            "unit": "accuracy points",
+            "settings": {
+                **common,
+                **spread(gains, seeds),
+                "twin": models[0][name]["twin"],
+                "entity_gain_per_seed": dict(zip(map(str, seeds), entity, strict=True)),
+            },
+        }
+
+
+def run(quick: bool) -> Iterator[dict]:
+    seeds = list(SEEDS[: 3 if quick else 5])
+    ranks = int(os.environ.get("DEMO_RANKS", "2"))
+    with tempfile.TemporaryDirectory(prefix="biodistill-quality-") as tmp:
+        summaries = [run_demo(seed, Path(tmp), ranks) for seed in seeds]
+    yield from figures(summaries, seeds)
