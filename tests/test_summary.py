@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trainer.config import load_config
+from trainer.runtime import Runtime
 from trainer.summary import (
     SUMMARY_JSON,
     SUMMARY_MD,
@@ -22,7 +23,6 @@ from trainer.summary import (
     twins_of,
     write_summary,
 )
-from trainer.runtime import Runtime
 from trainer.teacher_build import BUILT, TEACHER_MARK, claim_run_dir, stale_reason
 
 METRICS = {
