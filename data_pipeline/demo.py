@@ -14,8 +14,11 @@ a changed generator (its code) or changed settings rebuild it, and say so. Layou
     tokenizer/      cased BERT-style WordPiece tokenizer (Hugging Face directory): characters and
                     the most frequent words, the same on every machine
     shards/         train-*.tar, eval-*.tar, manifest.json
+    datasets/       NER/{NCBI-disease,BC5CDR-chem,BC2GM}/{train,devel,test}.tsv: the downstream
+                    task in miniature, in BioBERT's layout (data_pipeline/demo_ner.py)
     knowledge.json  the knowledge base (entities by type, relations, noise) and the ceiling: the
-                    best accuracy any model can reach at the eval split's entity positions
+                    best accuracy any model can reach at the eval split's entity positions;
+                    written last, so its presence says every step above is complete
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline import knowledge, synth
+from data_pipeline import demo_ner, knowledge, synth
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import atomic_write_json, check_writable_dir
 from data_pipeline.knowledge import KnowledgeBase, split_ceiling, write_mentions
@@ -38,6 +41,7 @@ from data_pipeline.shards import run_shard
 from data_pipeline.synth import frequent_words_wordpiece, generate_corpus
 
 DEFAULT_OUTPUT = "data/demo"
+NER_DIR = "datasets"  # `python -m evaluation run --data data/demo/datasets`
 DEMO_MAX_LEN = 128  # the demo's tiny models train in minutes on 2 CPU cores at this length
 DEMO_VOCAB = 4096
 DEMO_EVAL_FRACTION = 0.15  # a large eval split: gains of a point must be resolvable
@@ -58,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def generator_digest() -> str:
     """A hash of the generator's code: a changed generator rebuilds the demo corpus."""
     h = hashlib.sha256()
-    for module in (synth, knowledge):
+    for module in (synth, knowledge, demo_ner):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -97,7 +101,7 @@ def build_demo(
         if old is not None:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
             log(f"demo: {', '.join(changed)} changed since {root} was built: rebuilding it")
-        for stale in (xml_dir, records, tok_dir, shards):
+        for stale in (xml_dir, records, tok_dir, shards, root / NER_DIR):
             shutil.rmtree(stale, ignore_errors=True)
         kb_file.unlink(missing_ok=True)
         log(f"demo: generating {articles} PubMed citations in {files} files + 1 update file")
@@ -135,6 +139,9 @@ def build_demo(
     )
     manifest = Manifest.load(shards)
     if not kb_file.exists():
+        log("demo: NER datasets in BioBERT's layout (the downstream task in miniature)")
+        shutil.rmtree(root / NER_DIR, ignore_errors=True)
+        demo_ner.write_ner_datasets(kb, root / NER_DIR, seed)
         log("demo: the ceiling at entity positions of the eval split")
         ceiling = split_ceiling(
             xml_dir / MENTIONS_NAME,

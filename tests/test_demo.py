@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from data_pipeline.demo import DEMO_MAX_LEN, build_demo
+from data_pipeline.demo import DEMO_MAX_LEN, NER_DIR, build_demo
+from data_pipeline.demo_ner import DATASETS, SIZES
 from data_pipeline.manifest import Manifest, load_tokenizer, tokenizer_info
 
 
@@ -52,10 +53,25 @@ def test_the_demo_corpus_is_the_same_on_every_build(tmp_path):
     """Tokenizer, shards and knowledge base are functions of the settings alone."""
     for name in ("a", "b"):
         build_demo(tmp_path / name, articles=200, files=2, workers=1, log=lambda *_: None)
-    for rel in ("tokenizer/tokenizer.json", "knowledge.json", "xml/mentions.jsonl.gz"):
+    ner = [f"datasets/NER/{d}/{f}.tsv" for d in DATASETS.values() for f in SIZES]
+    for rel in ("tokenizer/tokenizer.json", "knowledge.json", "xml/mentions.jsonl.gz", *ner):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     shards = sorted(p.name for p in (tmp_path / "a" / "shards").glob("*.tar"))
     assert shards
     for name in shards:
         a, b = (tmp_path / d / "shards" / name for d in ("a", "b"))
         assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_a_build_that_stopped_before_its_last_step_completes_the_ner_datasets(tmp_path):
+    """knowledge.json is written last: without it the NER datasets are written again."""
+    out = tmp_path / "demo"
+    build_demo(out, articles=200, files=2, workers=1, log=lambda *_: None)
+    test = out / NER_DIR / "NER" / "BC2GM" / "test.tsv"
+    whole = test.read_bytes()
+    test.write_bytes(whole[: len(whole) // 2])  # as a crash mid-write of a non-atomic writer
+    (out / "knowledge.json").unlink()
+    messages: list[str] = []
+    build_demo(out, articles=200, files=2, workers=1, log=messages.append)
+    assert any("NER datasets" in m for m in messages)
+    assert test.read_bytes() == whole and (out / "knowledge.json").is_file()
