@@ -137,6 +137,15 @@ def _distinct(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def _teacher_config(cfg) -> dict:
+    """The demo teacher's BertConfig keys: its build recipe's one student (teacher.build)."""
+    return copy.deepcopy(load_config(ROOT / cfg.teacher.build).students[0].init.config)
+
+
+def _teacher_line(plan: str, cfg) -> str:
+    return _plan_line(plan, f"teacher {cfg.teacher.path}: ")
+
+
 def test_plan_of_the_demo_recipe(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = load_config(ROOT / "recipes" / "demo.yaml")
@@ -144,14 +153,14 @@ def test_plan_of_the_demo_recipe(monkeypatch):
     plan = render_plan(cfg, ds)
     assert plan.startswith("# resolved recipe\n")
     students = {s.name: s for s in cfg.students}
-    teacher = BertConfig(**copy.deepcopy(cfg.teacher.config))
+    teacher = BertConfig(**_teacher_config(cfg))
     expected = {
         name: _distinct(
             BertForMaskedLM(
                 BertConfig(**copy.deepcopy(s.init.config))
                 if s.init.config is not None
                 else BertConfig(
-                    **dict(cfg.teacher.config, num_hidden_layers=len(s.init.from_teacher_layers))
+                    **dict(_teacher_config(cfg), num_hidden_layers=len(s.init.from_teacher_layers))
                 )
             )
         )
@@ -160,10 +169,10 @@ def test_plan_of_the_demo_recipe(monkeypatch):
     counts = {name: _params(_plan_line(plan, f"student {name}:")) for name in students}
     assert counts == expected
     assert "TinyBioBERT: 157,600 parameters (2 layers, hidden 32, eager attention)" in plan
-    assert "DistilBioBERT: 345,920 parameters (2 layers, hidden 64, SDPA attention)" in plan
+    assert "DistilBioBERT: 378,944 parameters (2 layers, hidden 64, SDPA attention)" in plan
     # The union of the three objectives' teacher signals, worked out by hand from demo.yaml:
     # COS_last 4; CompactBioBERT hidden 2, 4 and attentions 1, 3; TinyBioBERT hidden 0, 2, 4.
-    line = _plan_line(plan, "teacher ")
+    line = _teacher_line(plan, cfg)
     assert _params(line) == _distinct(BertForMaskedLM(teacher))
     assert line.endswith(
         "frozen; computes MLM logits at masked rows, hidden_states [0, 2, 4], "
@@ -183,12 +192,12 @@ def test_plan_teacher_computes_the_union_of_the_students_needs(monkeypatch):
     cfg = load_config(
         ROOT / "recipes" / "demo.yaml", ["students.TinyBioBERT.objective.weights={soft_ce: 0}"]
     )
-    assert _plan_line(render_plan(cfg, ds), "teacher ").endswith(
+    assert _teacher_line(render_plan(cfg, ds), cfg).endswith(
         "computes MLM logits at masked rows, hidden_states [0, 2, 4], "
         "attention maps of layers [1, 3]"
     )
     only_tiny = select_students(cfg, ["TinyBioBERT"])
-    assert _plan_line(render_plan(only_tiny, ds), "teacher ").endswith(
+    assert _teacher_line(render_plan(only_tiny, ds), cfg).endswith(
         "computes hidden_states [0, 2, 4], attention maps of layers [1, 3]"
     )
 
@@ -200,10 +209,10 @@ def test_plan_counts_two_batches_of_teacher_signals_with_teacher_ahead(monkeypat
     off = render_plan(load_config(ROOT / "recipes" / "demo.yaml", sizes), ds)
     cfg = load_config(ROOT / "recipes" / "demo.yaml", [*sizes, "train.teacher_ahead=true"])
     on = render_plan(cfg, ds)
-    assert _plan_line(on, "teacher ").endswith("signals of two batches alive (train.teacher_ahead)")
+    assert _teacher_line(on, cfg).endswith("signals of two batches alive (train.teacher_ahead)")
     # One batch's signals, by hand from demo.yaml: attention maps of 2 layers, hidden states of 3
     # and the logits at the 15% masked rows, 2 bytes an element.
-    teacher = BertConfig(**copy.deepcopy(cfg.teacher.config))
+    teacher = BertConfig(**_teacher_config(cfg))
     b, s = 64, 512
     maps = 2 * b * teacher.num_attention_heads * s * s
     hidden = 3 * b * s * teacher.hidden_size
@@ -309,3 +318,37 @@ def test_model_card_of_a_continual_student():
     assert "No teacher (masked-LM objective only)." in card
     assert "7 optimizer steps" in card and "# MiniBioBERT" in card
     assert "Held-out evaluation" not in card
+
+
+def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, tiny_shards):
+    """teacher.build: the plan's stage line for shards not built yet, a missing teacher, a
+    current one and a stale one (its recipe changed)."""
+    from trainer.teacher_build import BUILT, build_config, fingerprint
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo_teacher.yaml").read_text())
+    build = tmp_path / "build.yaml"
+    teacher = tmp_path / "teacher"
+
+    def stage(shards: str, lr: float = 3e-3) -> str:
+        recipe["data"]["train_shards"] = shards
+        recipe["students"][0]["optimizer"]["lr"] = lr
+        build.write_text(yaml.safe_dump(recipe))
+        cfg = load_config(
+            ROOT / "recipes" / "demo.yaml",
+            [f"teacher.build={build}", f"teacher.path={teacher}", f"data.train_shards={shards}"],
+        )
+        return _plan_line(render_plan(cfg, ds), "teacher stage"), cfg
+
+    line, _ = stage(str(tmp_path / "not-yet"))
+    assert f"cannot be checked before {tmp_path / 'not-yet'} is built" in line
+    line, cfg = stage(str(tiny_shards))
+    assert line.startswith(f"teacher stage first: {teacher} is missing; {build} trains ")
+    assert "DemoTeacher for 1,500 steps" in line
+    teacher.mkdir()
+    (teacher / BUILT).write_text(json.dumps(fingerprint(cfg, build_config(cfg))))
+    line, _ = stage(str(tiny_shards))
+    assert line == f"teacher stage: {teacher} is built and current ({build})"
+    line, _ = stage(str(tiny_shards), lr=1e-3)
+    assert line.startswith(f"teacher stage first: {teacher} is stale: {build} changed since")

@@ -97,10 +97,14 @@ def _build_line(cfg: RunConfig) -> str:
 
     build = build_config(cfg)
     spec = build.students[0]
+    shards = build.data.train_shards
     try:
-        reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build))
-    except (OSError, ValueError, PipelineError) as e:  # e.g. the demo shards are not built yet
-        reason = f"cannot tell yet ({first_line(e)})"
+        if isinstance(shards, str) and "://" not in shards and not Path(shards).exists():
+            reason = f"cannot be checked before {shards} is built (the run builds the demo's)"
+        else:
+            reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build))
+    except (OSError, ValueError, PipelineError) as e:
+        reason = f"cannot be checked yet ({first_line(e)})"
     if reason is None:
         return f"teacher stage: {cfg.teacher.path} is built and current ({cfg.teacher.build})"
     return (
