@@ -78,6 +78,14 @@ def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg 
                 if not found:
                     raise PipelineError(f"{url}: no shards match this pattern")
                 urls.extend(found)
+            elif _is_local(url) and not Path(url).exists():
+                # NOTE: said here, naming the path: the manifest lookup beside it would name a
+                # manifest.json one level up, which is not where the user pointed.
+                raise PipelineError(
+                    f"{url}: not found; expected a shard directory holding {MANIFEST_NAME} "
+                    f"(made by `python -m data_pipeline shard`), a {MANIFEST_NAME} path or .tar "
+                    f"shard paths"
+                )
             else:
                 urls.append(url)
     if not urls:

@@ -10,6 +10,7 @@ import functools
 import http.server
 import json
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -268,6 +269,10 @@ def test_globs_braces_pipes_and_manifest_paths_give_the_same_stream(tmp_path):
         MaskedBatchLoader(str(tmp_path / "*.tar"), cfg(), tokenizer=TOK)
     with pytest.raises(PipelineError, match="no shards match"):
         MaskedBatchLoader(str(tmp_path / "nothing-*.tar"), cfg(), tokenizer=TOK)
+    # A path that does not exist is named as it was given, not as a manifest beside it.
+    for gone in (tmp_path / "pubmed" / "shards", tmp_path / "train-000009.tar"):
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(gone))}: not found; expected"):
+            MaskedBatchLoader(str(gone), cfg(), tokenizer=TOK)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset opens http URLs with curl")
