@@ -107,6 +107,12 @@ def test_zero2_cohort_on_two_ranks(env):
     assert [r["rc"] for r in results] == [0, 0], results[0]["stderr"][-2000:]
     run_dir = env["runs"] / "zero2"
 
+    # every rank's log file: rank 0's progress, rank 1's records the console left out
+    assert "checkpoint: step 6 saved" in (run_dir / "train.log").read_text()
+    rank1 = (run_dir / "train.rank-00001.log").read_text()
+    assert "Attempting to get learning rate" in rank1  # DeepSpeed noise, kept in the file
+    assert "INFO" in rank1 and "INFO" not in results[1]["stderr"]
+
     # checkpoints: complete (marker + both ranks' files), the newest `keep` = 2 kept
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step-00000003", "step-00000006"]

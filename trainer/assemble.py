@@ -18,6 +18,7 @@ from trainer.cohort import build_cohort
 from trainer.config import ROOT, RunConfig, to_yaml
 from trainer.ds_config import for_device, micro_batch_size
 from trainer.inputs import build_inputs, ensure_demo
+from trainer.logs import attach_run_log
 from trainer.loop import Trainer
 from trainer.metrics import MetricsWriter
 from trainer.preemption import PreemptionFlag
@@ -43,6 +44,7 @@ def prepare_run_dir(cfg: RunConfig, ds: dict, rt: Runtime) -> Path:
         atomic_write_bytes(run_dir / "ds_config.json", json.dumps(ds, indent=2).encode())
         atomic_write_bytes(run_dir / "git.txt", _git_state().encode())
     rt.barrier()
+    attach_run_log(run_dir, rt.rank)
     return run_dir
 
 

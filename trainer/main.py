@@ -20,6 +20,7 @@ import sys
 from data_pipeline.io_utils import PipelineError
 from trainer.config import load_config, select_students
 from trainer.ds_config import load_ds_config
+from trainer.logs import quiet_console, setup_logging
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
     try:
         cfg = load_config(args.recipe, args.overrides)
         if args.students:
@@ -83,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_other_ranks(rank: int) -> None:
-    """Progress and info come from rank 0; other ranks report warnings and errors only."""
+    """Progress and info come from rank 0; other ranks report warnings and errors only on the
+    console (their train.rank-0000N.log keeps their info too). DeepSpeed: warnings and errors."""
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     if rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)
+        quiet_console()
 
 
 def _where(rt) -> str:
