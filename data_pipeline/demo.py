@@ -33,7 +33,7 @@ from pathlib import Path
 
 from data_pipeline import demo_ner, knowledge, synth
 from data_pipeline.extract import run_extract
-from data_pipeline.io_utils import atomic_write_json, check_writable_dir
+from data_pipeline.io_utils import atomic_write_json, check_writable_dir, share_tree
 from data_pipeline.knowledge import KnowledgeBase, split_ceiling, write_mentions
 from data_pipeline.manifest import MANIFEST_NAME, Manifest, load_tokenizer
 from data_pipeline.records import iter_records, resolve_inputs
@@ -122,6 +122,7 @@ def build_demo(
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=root))
         texts = (r.text for r in iter_records(resolve_inputs([str(records)])))
         frequent_words_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
+        share_tree(tmp)
         shutil.rmtree(tok_dir, ignore_errors=True)
         tmp.rename(tok_dir)
 

@@ -144,6 +144,20 @@ def take_slice(files: list[Path], spec: tuple[int, int] | None) -> list[Path]:
     return list(files[i::n])
 
 
+def share_tree(directory: str | os.PathLike) -> None:
+    """Give `directory` and everything under it the modes the umask allows (0755/0644 under
+    022): mkdtemp makes directories 0700 and some writers make files 0600, which nobody else on a
+    shared cluster could read. Executable files stay executable."""
+    os.chmod(directory, 0o777 & ~_UMASK)
+    for dirpath, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o777 & ~_UMASK)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~_UMASK)
+
+
 def fsync_tree(directory: Path) -> None:
     """fsync every file under `directory` (before a marker or rename says it is complete)."""
     for dirpath, _, files in os.walk(directory):

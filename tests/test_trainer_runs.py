@@ -17,6 +17,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -174,6 +175,23 @@ def test_zero2_cohort_on_two_ranks(env):
     assert len(fill(f"The patients received {fill.tokenizer.mask_token} daily.")) == 5
     card = (run_dir / "export" / "DistilBioBERT" / "README.md").read_text()
     assert "pipeline_tag: fill-mask" in card and "6 optimizer steps" in card
+
+    # readable by others as the umask allows (not mkdtemp's 0700 or a writer's 0600), and
+    # truncating where the model's positions end
+    from transformers import AutoTokenizer
+
+    umask = os.umask(0)
+    os.umask(umask)
+    export = run_dir / "export" / "TinyBioBERT"
+    assert stat.S_IMODE(export.stat().st_mode) == 0o777 & ~umask
+    for f in export.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+    tok = AutoTokenizer.from_pretrained(export)
+    positions = AutoModelForMaskedLM.from_pretrained(export).config.max_position_embeddings
+    assert tok.model_max_length == positions
+    ids = tok("word " * (2 * positions), truncation=True, return_tensors="pt")
+    assert ids["input_ids"].shape[1] == positions
+    AutoModelForMaskedLM.from_pretrained(export)(**ids)  # runs; no shape error
 
 
 def test_zero3_trains_the_same_as_zero2(env):

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import fsync_tree
+from data_pipeline.io_utils import fsync_tree, share_tree
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card
@@ -67,8 +67,9 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        share_tree(tmp)
         fsync_tree(tmp)
         old = None
         if out_dir.exists():
@@ -97,8 +98,20 @@ def write_skeleton(directory: Path, mlm: nn.Module, tokenizer, card: str) -> Non
     """What a checkpoint keeps so that it can be exported alone: config, tokenizer, card."""
     directory.mkdir(parents=True, exist_ok=True)
     mlm.config.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory, mlm.config.max_position_embeddings)
     (directory / "README.md").write_text(card, encoding="utf-8")
+
+
+def save_tokenizer(tokenizer, directory: Path, positions: int) -> None:
+    """Save `tokenizer` with model_max_length = the model's positions, so that `truncation=True`
+    cuts long inputs where the model needs it (the shards' tokenizer says 512 whatever the
+    model)."""
+    before = tokenizer.model_max_length
+    tokenizer.model_max_length = positions
+    try:
+        tokenizer.save_pretrained(directory)
+    finally:
+        tokenizer.model_max_length = before
 
 
 # ---------------------------------------------------------------- exports from checkpoints

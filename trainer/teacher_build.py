@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from data_pipeline.io_utils import atomic_write_json, fsync_tree
+from data_pipeline.io_utils import atomic_write_json, fsync_tree, share_tree
 from trainer.config import RunConfig, load_config, to_dict
 from trainer.inputs import ensure_demo, manifest_of
 from trainer.runtime import Runtime
@@ -155,6 +155,7 @@ def _install(export: Path, path: Path, stamp: dict) -> None:
     try:
         shutil.copytree(export, tmp, dirs_exist_ok=True)
         atomic_write_json(tmp / BUILT, stamp)
+        share_tree(tmp)
         fsync_tree(tmp)
         if path.exists():
             shutil.rmtree(path)
