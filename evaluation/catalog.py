@@ -125,9 +125,16 @@ def locate(spec: DatasetSpec, data_dir: Path, folds: list[int] | None = None) ->
 
 def _dir(root: Path, spec: DatasetSpec) -> Path:
     if not root.is_dir():
+        data_dir = root.parents[len(Path(spec.subdir).parts) - 1]
+        present = [d.name for d in PAPER_DATASETS if (data_dir / d.subdir).is_dir()]
+        hint = (
+            f"; to run only the datasets that are there, pass --datasets {','.join(present)}"
+            if present
+            else ""
+        )
         raise DataError(
             f"{root}: dataset {spec.name} not found; expected the folder {spec.subdir} under "
-            f"--data (BioBERT's datasets layout) holding {FORMAT_HINT[spec.task]}"
+            f"--data (BioBERT's datasets layout) holding {FORMAT_HINT[spec.task]}{hint}"
         )
     return root
 

@@ -216,7 +216,11 @@ def _error(fn, *args) -> str:
 def test_missing_dataset_names_the_folder_and_the_layout(tmp_path):
     msg = _error(locate, BY_NAME["BC5CDR-chem"], tmp_path)
     assert str(tmp_path / "NER" / "BC5CDR-chem") in msg and "token<TAB>label" in msg
+    assert "--datasets" not in msg  # nothing there to suggest
     write_gad(tmp_path, folds=1)
+    (tmp_path / "NER" / "NCBI-disease").mkdir(parents=True)
+    msg = _error(locate, BY_NAME["BC5CDR-chem"], tmp_path)
+    assert msg.endswith("to run only the datasets that are there, pass --datasets NCBI-disease,GAD")
     (tmp_path / "RE" / "GAD" / "1" / "test.tsv").unlink()
     msg = _error(locate, BY_NAME["GAD"], tmp_path)
     assert str(tmp_path / "RE" / "GAD" / "1" / "test.tsv") in msg and "file not found" in msg
