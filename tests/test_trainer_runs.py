@@ -448,3 +448,24 @@ def test_continual_student_with_another_vocabulary_is_refused(env, distilbert_di
     (result,) = run_distributed(train, 1, argv(env["zero2"], recipe_path))
     assert result["rc"] == 2
     assert "students.BioDistilBERT" in result["stderr"] and "re-shard" in result["stderr"]
+
+
+def test_two_runs_in_one_process(env):
+    """A process that runs twice (the benchmarks, a notebook) gets a working DeepSpeed the second
+    time: destroying the process group also forgets the groups DeepSpeed cached."""
+    recipe_path = env["make"]("twice", steps=2)
+    script = (
+        "import sys; from trainer.main import main; "
+        "a = sys.argv[1:]; "
+        "sys.exit(10 * main([*a, 'run.name=first']) + main([*a, 'run.name=second']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv(env["fp32"], recipe_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("first", "second"):
+        assert (env["runs"] / name / "export" / "TinyBioBERT" / "model.safetensors").is_file()

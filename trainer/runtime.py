@@ -143,6 +143,20 @@ class Runtime:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+            _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches process groups in module globals (its clone of the world group, ZeRO's
+    and the expert groups). After destroy_process_group they name groups that no longer exist,
+    and the next run in this process (benchmarks, tests) failed with "Group ... is not
+    registered"; reset, DeepSpeed makes them again on first use."""
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and "GROUP" in name:
+            setattr(groups, name, {} if isinstance(value, dict) else None)
+    groups.mesh_device = None
 
 
 def _share_cores(local_ranks: int) -> None:
