@@ -25,7 +25,7 @@ from trainer.config import (
     select_students,
     to_dict,
 )
-from trainer.ds_config import ds_config_for_student, load_ds_config
+from trainer.ds_config import apply_ds_overrides, ds_config_for_student, load_ds_config
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -583,3 +583,32 @@ def test_bf16_becomes_fp32_on_a_cpu_without_native_bf16(monkeypatch, caplog):
     assert for_device(ds, cpu) is ds  # a CPU with bf16 kernels keeps bf16
     fp32 = {**ds, "bf16": {"enabled": False}}
     assert for_device(fp32, cpu) is fp32
+
+
+def test_ds_overrides_set_deepspeed_keys_and_refuse_unknown_ones():
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    out = apply_ds_overrides(
+        ds,
+        [
+            "ds.train_micro_batch_size_per_gpu=2",  # in the JSON
+            "ds.gradient_accumulation_steps=8",  # a DeepSpeed key the JSON does not carry
+            "ds.zero_optimization.stage=3",
+            "ds.zero_optimization.offload_optimizer={device: cpu}",  # a ZeRO field, YAML value
+            "ds.bf16.enabled=false",
+        ],
+    )
+    assert out["train_micro_batch_size_per_gpu"] == 2 and out["gradient_accumulation_steps"] == 8
+    assert out["zero_optimization"]["stage"] == 3
+    assert out["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    assert out["bf16"] == {"enabled": False}
+    assert ds["zero_optimization"]["stage"] == 2  # the loaded JSON is left as it was
+    for item, fragment in (
+        ("ds.train_micro_batch_size=2", "did you mean train_micro_batch_size_per_gpu"),
+        ("ds.zero_optimization.stag=3", "'stag' is not a DeepSpeed key at zero_optimization"),
+        ("ds.bf16.enable=true", "did you mean enabled"),
+        ("ds.optimizer.type=Adam", "the recipe owns"),
+        ("ds.gradient_clipping.x=1", "gradient_clipping is 1.0, not a section"),
+        ("ds.train_batch_size", "expected ds.key.sub=value"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            apply_ds_overrides(ds, [item])

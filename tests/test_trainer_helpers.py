@@ -352,3 +352,24 @@ def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, t
     assert line == f"teacher stage: {teacher} is built and current ({build})"
     line, _ = stage(str(tiny_shards), lr=1e-3)
     assert line.startswith(f"teacher stage first: {teacher} is stale: {build} changed since")
+
+
+def test_ds_overrides_reach_the_plan_and_bad_ones_exit_2(monkeypatch, capsys):
+    from trainer.main import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    zero2 = str(ROOT / "ds_configs" / "zero2.json")
+    assert main(["--ds_config", zero2, "--dry-run", "ds.train_micro_batch_size_per_gpu=2"]) == 0
+    assert "ranks 1 x micro-batch 2 x accumulation 1" in capsys.readouterr().out
+    assert main(["--ds_config", zero2, "--dry-run", "ds.train_micro_batch=2"]) == 2
+    assert "did you mean train_micro_batch_size_per_gpu" in capsys.readouterr().err
+
+
+def test_python_dash_m_trainer_is_the_trainer():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "ds.key.sub=value" in done.stdout

@@ -51,6 +51,80 @@ def load_ds_config(path: str | Path) -> dict:
     return ds
 
 
+DS_OVERRIDE_PREFIX = "ds."
+# Sections whose keys DeepSpeed knows beyond the string constants of deepspeed.runtime.constants
+_DS_SECTIONS = (
+    "zero_optimization", "activation_checkpointing", "tensorboard", "wandb", "csv_monitor",
+    "flops_profiler", "comms_logger", "aio", "compile", "data_efficiency", "elasticity", "amp",
+    "autotuning", "torch_autocast",
+)  # fmt: skip
+
+
+def _known_keys(path: tuple[str, ...], node: dict) -> set[str]:
+    """The keys DeepSpeed accepts under `path`: those of the JSON, the documented top-level
+    keys (deepspeed.runtime.constants) and ZeRO's fields; elsewhere only the JSON's own."""
+    known = set(node)
+    if not path:
+        import deepspeed.runtime.constants as constants
+
+        known |= {v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str)}
+        known |= set(_DS_SECTIONS)
+    elif path == ("zero_optimization",):
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        for name, field in DeepSpeedZeroConfig.model_fields.items():
+            known |= {name, field.alias} - {None}
+    return known
+
+
+def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
+    """A copy of the DeepSpeed JSON with each `ds.key.sub=value` set (value parsed as YAML, as
+    recipe overrides are), e.g. ds.train_micro_batch_size_per_gpu=2,
+    ds.zero_optimization.stage=3. An unknown key is refused, naming the closest known ones."""
+    import difflib
+
+    import yaml
+
+    out = copy.deepcopy(ds)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().removeprefix(DS_OVERRIDE_PREFIX).split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"override {item!r}: expected ds.key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse the value as YAML ({e})") from None
+        if parts[0] in RECIPE_OWNED:
+            raise ValueError(
+                f"override {item!r}: the recipe owns each student's {parts[0]} "
+                f"(students.NAME.optimizer), not the DeepSpeed JSON"
+            )
+        node: dict = out
+        for depth, part in enumerate(parts):
+            where = tuple(parts[:depth])
+            known = _known_keys(where, node)
+            if part not in known:
+                close = difflib.get_close_matches(part, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                section = ".".join(where) or "the top level"
+                raise ValueError(
+                    f"override {item!r}: {part!r} is not a DeepSpeed key at {section}{hint}"
+                )
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ValueError(
+                        f"override {item!r}: {'.'.join(parts[: depth + 1])} is "
+                        f"{child!r}, not a section"
+                    )
+                node = child
+    _check_not_owned(out, "DeepSpeed overrides")
+    return out
+
+
 def for_device(ds: dict, device) -> dict:
     """The JSON as this device trains it. On a CPU without native bf16 kernels, torch emulates
     bf16 matrix products about 20x slower than fp32 (measured on an AVX2 EPYC), so bf16 becomes

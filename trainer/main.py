@@ -1,7 +1,7 @@
 """Train a cohort of compact students on one frozen teacher.
 
     deepspeed trainer/main.py --ds_config ds_configs/zero2.json [--recipe recipes/X.yaml]
-        [--students NAME[,NAME]] [--dry-run] [key.sub=value ...]
+        [--students NAME[,NAME]] [--dry-run] [key.sub=value ...] [ds.key.sub=value ...]
 
 With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo teacher
 (recipes/demo_teacher.yaml) is trained first when data/demo/teacher is missing or stale, then
@@ -9,6 +9,8 @@ the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
 `python trainer/main.py ...` runs one. Exit codes: 0 done, 2 bad input (one line says what),
 3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume).
+Overrides starting with `ds.` set keys of the DeepSpeed JSON (ds.train_micro_batch_size_per_gpu=2,
+ds.zero_optimization.stage=3); the JSON a run used is in runs/<name>/ds_config.json.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 
 from data_pipeline.io_utils import PipelineError
 from trainer.config import load_config, select_students
-from trainer.ds_config import load_ds_config
+from trainer.ds_config import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config
 from trainer.logs import quiet_console, setup_logging
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
@@ -32,7 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--students", default=None, help="train only these students (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and plan")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher's
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="recipe overrides; ds.key.sub=value sets a DeepSpeed JSON key",
+    )
     return p.parse_intermixed_args(argv)
 
 
@@ -40,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
+        recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]
+        cfg = load_config(args.recipe, recipe_overrides)
         if args.students:
             cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
-        ds = load_ds_config(args.ds_config)
+        ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
         if args.dry_run:
             from trainer.plan import render_plan
 
