@@ -373,3 +373,27 @@ def test_python_dash_m_trainer_is_the_trainer():
         [sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0 and "ds.key.sub=value" in done.stdout
+
+
+def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
+    from trainer.config import to_dict
+    from trainer.main import main
+
+    assert main(["--print-keys"]) == 0
+    printed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if key == "students":
+                for s in value:
+                    yield from flat({k: v for k, v in s.items()}, "students.NAME.")
+            elif isinstance(value, dict) and key in ("run", "data", "teacher", "train", "init",
+                                                     "objective", "optimizer"):  # fmt: skip
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    cfg = load_config(ROOT / "recipes" / "paper_distilled.yaml")
+    keys = set(flat(to_dict(cfg)))
+    assert keys and keys <= printed, keys - printed
+    assert "students.NAME.optimizer.lr" in printed and "train.mlm_twins" in printed

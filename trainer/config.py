@@ -115,7 +115,7 @@ class InitSection:  # exactly one source
 @dataclass
 class ObjectiveSection:
     kind: Literal["distilbiobert", "compactbiobert", "tinybiobert", "mlm"]
-    temperature: float | None = None
+    temperature: float | None = None  # None: the kind's default (RECIPES.md, OBJECTIVES above)
     weights: dict[str, float] = field(default_factory=dict)
     attention_map: list[list[int]] | None = None  # [[student, teacher], ...], see the docstring
     hidden_map: list[list[int]] | None = None
@@ -455,3 +455,64 @@ def _finite(x: float) -> float:
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ValueError(f"{key}={value!r}: expected {expected}")
+
+
+# ---------------------------------------------------------------- every key, for --print-keys
+
+_FIELD_LINE = re.compile(r"^\s+(\w+): [^#]+?(?:#\s*(.*))?$")
+
+
+def _field_notes(cls: type) -> dict[str, str]:
+    """The comment after each field in the class's source: the key's one-line description."""
+    import inspect
+
+    notes = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = _FIELD_LINE.match(line)
+        if m and m.group(2):
+            notes[m.group(1)] = m.group(2).strip()
+    return notes
+
+
+def recipe_keys() -> list[tuple[str, str, str, str]]:
+    """Every recipe key as (dotted key, type, default or "required", note), in schema order;
+    students are addressed by name (students.NAME.key), as overrides address them."""
+    import typing
+
+    out: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        notes = _field_notes(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+            if dataclasses.is_dataclass(hint) or inner:
+                sub = hint if dataclasses.is_dataclass(hint) else inner[0]
+                if typing.get_origin(hint) is list:
+                    walk(sub, f"{prefix}{f.name}.NAME.")
+                else:
+                    walk(sub, f"{prefix}{f.name}.")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
+            kind = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+            out.append((prefix + f.name, kind or str(hint).replace("typing.", ""), default,
+                        notes.get(f.name, "")))  # fmt: skip
+
+    walk(RunConfig, "")
+    return out
+
+
+def render_keys() -> str:
+    rows = recipe_keys()
+    width = max(len(k) for k, *_ in rows)
+    lines = ["# every recipe key (override any with key.sub=value; students by name)"]
+    for key, kind, default, note in rows:
+        line = f"{key:<{width}}  {kind}  = {default}"
+        lines.append(f"{line}  # {note}" if note else line)
+    return "\n".join(lines)

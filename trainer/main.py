@@ -2,6 +2,7 @@
 
     deepspeed trainer/main.py --ds_config ds_configs/zero2.json [--recipe recipes/X.yaml]
         [--students NAME[,NAME]] [--dry-run] [key.sub=value ...] [ds.key.sub=value ...]
+    python trainer/main.py --print-keys      # every recipe key, its type and default
 
 With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo teacher
 (recipes/demo_teacher.yaml) is trained first when data/demo/teacher is missing or stale, then
@@ -20,7 +21,7 @@ import logging
 import sys
 
 from data_pipeline.io_utils import PipelineError
-from trainer.config import load_config, select_students
+from trainer.config import load_config, render_keys, select_students
 from trainer.ds_config import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config
 from trainer.logs import quiet_console, setup_logging
 
@@ -29,10 +30,13 @@ EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="trainer/main.py", description=__doc__.splitlines()[0])
-    p.add_argument("--ds_config", required=True, help="DeepSpeed JSON, e.g. ds_configs/zero2.json")
+    p.add_argument("--ds_config", help="DeepSpeed JSON, e.g. ds_configs/zero2.json (required)")
     p.add_argument("--recipe", default=None, help="run recipe (default: recipes/demo.yaml)")
     p.add_argument("--students", default=None, help="train only these students (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and plan")
+    p.add_argument(
+        "--print-keys", action="store_true", help="list every recipe key, its type and default"
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher's
     p.add_argument(
         "overrides",
@@ -40,12 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="key.sub=value",
         help="recipe overrides; ds.key.sub=value sets a DeepSpeed JSON key",
     )
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if args.ds_config is None and not args.print_keys:
+        p.error("the following arguments are required: --ds_config")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
+    if args.print_keys:
+        print(render_keys(), flush=True)
+        return 0
     try:
         ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
         recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]
