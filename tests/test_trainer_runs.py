@@ -163,6 +163,9 @@ def test_zero2_cohort_on_two_ranks(env):
         )
     for key in ("eval/teacher/mlm_loss", "perf/tokens_per_s", "perf/teacher_share"):
         assert key in tags
+    # memory named for what it is: on these CPU ranks the process's peak RSS
+    assert "perf/cpu_peak_rss_gb" in tags and not any("peak_memory" in t for t in tags)
+    assert 0.05 < tags["perf/cpu_peak_rss_gb"][-1][1] < 64
     # each student's own schedule: warm-up over 2 steps, then a linear decay
     lrs = [v for _, v in tags["train/DistilBioBERT/lr"]]
     assert 0 < lrs[2] < lrs[1] <= 1e-3

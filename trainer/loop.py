@@ -321,7 +321,8 @@ class Trainer:
             parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
             if parts:
                 out[f"perf/step_time_s/{s.name}"] = sum(parts) / steps_in_window
-        out["perf/peak_memory_gb"] = _peak_memory_gb(self.rt.device)
+        tag, value = _peak_memory_gb(self.rt.device)
+        out[tag] = value
         self.metrics.log(out, self.step)
         if self.rt.is_main:
             logger.info(self._progress_line(out, names))
@@ -426,12 +427,16 @@ class Trainer:
             logger.info("%s: exported to %s", s.name, out)
 
 
-def _peak_memory_gb(device: torch.device) -> float:
+def _peak_memory_gb(device: torch.device) -> tuple[str, float]:
+    """The peak memory tag and value, named for what it measures: the GPU's peak allocated
+    memory, or on a CPU the process's peak resident set (it includes the Python heap, the
+    loader, everything)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
+        return "perf/gpu_peak_allocated_gb", torch.cuda.max_memory_allocated(device) / 1e9
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    return "perf/cpu_peak_rss_gb", rss
 
 
 def _si(x: float) -> str:
