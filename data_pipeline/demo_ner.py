@@ -50,7 +50,7 @@ def draw(kb: KnowledgeBase, rng: random.Random, pool: list[str], keywords: bool)
     sentence of a freshly drawn knowledge article."""
     if keywords:
         names = rng.sample(pool, rng.randint(3, 5))
-        return ["Keywords", ":", *(x for name in names for x in (name, ","))][:-1] + ["."]
+        return ["Keywords", ":", *" , ".join(names).split(" "), "."]
     facts = kb.article_facts(rng)
     parts = kb.render(rng, facts, rng.randrange(len(facts.facts)), title=False)
     return _WORDS.findall("".join(text for text, _, _ in parts))

@@ -192,14 +192,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
     """A copy of the recipe dict with each `key.sub=value` set; students are addressed by name."""
     raw = copy.deepcopy(raw)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"override {item!r}: expected key.sub=value")
-        try:
-            value = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: cannot parse the value as YAML ({e})") from None
+        parts, value = parse_override(item)
         node = raw
         for depth, part in enumerate(parts[:-1]):
             node = _child(node, part, ".".join(parts[:depth]), item)
@@ -208,6 +201,19 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
             raise ValueError(f"override {item!r}: {where} is not a mapping")
         node[parts[-1]] = value
     return raw
+
+
+def parse_override(item: str, prefix: str = "") -> tuple[list[str], Any]:
+    """`[prefix]key.sub=value` -> (["key", "sub"], value), the value read as YAML with YAML 1.2
+    numbers (`1e-4` is a float); the recipe's and the DeepSpeed JSON's overrides alike."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().removeprefix(prefix).split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"override {item!r}: expected {prefix}key.sub=value")
+    try:
+        return parts, yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: cannot parse the value as YAML ({e})") from None
 
 
 def _child(node: Any, part: str, where: str, item: str) -> Any:

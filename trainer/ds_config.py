@@ -25,7 +25,7 @@ import logging
 import os
 from pathlib import Path
 
-from trainer.config import ROOT, StudentSection
+from trainer.config import ROOT, StudentSection, parse_override
 
 DS_CONFIG_DIR = ROOT / "ds_configs"
 
@@ -83,18 +83,9 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
     ds.zero_optimization.stage=3. An unknown key is refused, naming the closest known ones."""
     import difflib
 
-    import yaml
-
     out = copy.deepcopy(ds)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.strip().removeprefix(DS_OVERRIDE_PREFIX).split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"override {item!r}: expected ds.key.sub=value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: cannot parse the value as YAML ({e})") from None
+        parts, value = parse_override(item, DS_OVERRIDE_PREFIX)
         if parts[0] in RECIPE_OWNED:
             raise ValueError(
                 f"override {item!r}: the recipe owns each student's {parts[0]} "

@@ -321,7 +321,7 @@ class Trainer:
             parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
             if parts:
                 out[f"perf/step_time_s/{s.name}"] = sum(parts) / steps_in_window
-        tag, value = _peak_memory_gb(self.rt.device)
+        tag, value = _peak_memory(self.rt.device)
         out[tag] = value
         self.metrics.log(out, self.step)
         if self.rt.is_main:
@@ -427,7 +427,7 @@ class Trainer:
             logger.info("%s: exported to %s", s.name, out)
 
 
-def _peak_memory_gb(device: torch.device) -> tuple[str, float]:
+def _peak_memory(device: torch.device) -> tuple[str, float]:
     """The peak memory tag and value, named for what it measures: the GPU's peak allocated
     memory, or on a CPU the process's peak resident set (it includes the Python heap, the
     loader, everything)."""

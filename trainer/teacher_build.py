@@ -22,7 +22,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from data_pipeline.io_utils import atomic_write_json, fsync_tree, share_tree
+from data_pipeline.io_utils import (
+    PipelineError,
+    atomic_write_json,
+    fsync_tree,
+    read_json,
+    share_tree,
+)
 from trainer.config import RunConfig, load_config, to_dict
 from trainer.inputs import ensure_demo, manifest_of
 from trainer.runtime import Runtime
@@ -62,9 +68,8 @@ def stale_reason(path: Path, expected: dict) -> str | None:
     stamp = path / BUILT
     if not stamp.is_file():
         return "is missing" if not path.exists() else f"holds no {BUILT}"
-    try:
-        found = json.loads(stamp.read_text(encoding="utf-8"))
-    except ValueError:
+    found = _read_or_none(stamp)
+    if found is None:
         return f"is stale: its {BUILT} is unreadable"
     if found.get("shards_manifest_sha256") != expected["shards_manifest_sha256"]:
         return "is stale: the shards changed since it was built"
@@ -112,7 +117,7 @@ def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
         rt.barrier()
     # NOTE: the same for the run itself: checkpoints distilled from another teacher are not
     # resumed as if they came from this one.
-    claim_run_dir(cfg.run_dir, json.loads((path / BUILT).read_text(encoding="utf-8")), rt)
+    claim_run_dir(cfg.run_dir, read_json(path / BUILT), rt)
     return 0
 
 
@@ -129,22 +134,23 @@ def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
                 n += 1
             aside = run_dir.with_name(f"{run_dir.name}.stale-{n}")
             run_dir.rename(aside)
+            found = None
             logger.warning(
                 "teacher: %s was made with another teacher (or another build of it); moved "
                 "to %s and starting afresh",
                 run_dir,
                 aside,
             )
-        if _read_or_none(mark) != stamp:
+        if found != stamp:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(mark, stamp)
     rt.barrier()
 
 
-def _read_or_none(path: Path):
+def _read_or_none(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path)
+    except PipelineError:  # missing, not JSON, or not an object
         return None
 
 
