@@ -548,6 +548,37 @@ def test_load_ds_config_errors(tmp_path):
         load_ds_config(tmp_path / "owned.json")
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            {"gradient_clipingg": 1.0},
+            "'gradient_clipingg' is not a DeepSpeed key; did you mean gradient_clipping?",
+        ),
+        (
+            {"zero_optimization": {"stage": 2, "overlap_com": True}},
+            "'zero_optimization.overlap_com' is not a DeepSpeed key; did you mean overlap_comm?",
+        ),
+        ({"fp16": {"enabled": True}}, "fp16 is not supported: the trainer trains in bf16"),
+    ],
+)
+def test_ds_config_typos_and_fp16_are_refused(tmp_path, content, message):
+    """DeepSpeed ignores keys it does not know (a misspelt gradient_clipping turns clipping
+    off) and fp16 needs loss scaling: both are refused when the JSON is read."""
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, **content}))
+    with pytest.raises(ValueError) as e:
+        load_ds_config(path)
+    assert str(e.value).startswith(f"DeepSpeed config {path}: ")
+    assert message in str(e.value)
+
+
+def test_fp16_override_is_refused():
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    with error("override 'ds.fp16.enabled=true': fp16 is not supported"):
+        apply_ds_overrides(ds, ["ds.fp16.enabled=true"])
+
+
 def test_missing_or_invalid_recipe(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "nope.yaml", [])

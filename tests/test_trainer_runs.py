@@ -1,6 +1,7 @@
 """Whole trainer runs on tiny models: 2-rank ZeRO-2 and ZeRO-3 cohorts, a cohort student equal to
-the student trained alone, kill -9 and preemption with exact resume, non-finite losses, continual
-MLM students with their own vocabulary, exports and TensorBoard.
+the student trained alone, kill -9 and preemption with exact resume, one trainer per run
+directory, non-finite losses, continual MLM students with their own vocabulary, exports and
+TensorBoard. Resume from every checkpoint: tests/test_resume.py.
 
     .venv/bin/python -m pytest tests/test_trainer_runs.py -q
 
@@ -16,10 +17,14 @@ import contextlib
 import io
 import json
 import os
+import queue
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from multirank import run_distributed
 from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
 from data_pipeline.manifest import Manifest
+from trainer.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -289,14 +295,82 @@ def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
     proc = start(env, recipe_path, "killed")
     first = env["runs"] / "killed" / "checkpoints" / "step-00000003" / "COMPLETE.json"
     wait_for(first, proc)
+
+    # one trainer per run directory: a second start on it is refused at once, naming the first
+    second = subprocess.run(
+        [sys.executable, "trainer/main.py", *argv(env["fp32"], recipe_path, "run.name=killed")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"killed: in use by another trainer (pid {proc.pid} on host {socket.gethostname()}" in (
+        second.stderr
+    )
+    assert proc.poll() is None  # the first goes on
+
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (env["runs"] / "killed" / "export").exists()  # it died mid-run
+    assert (env["runs"] / "killed" / ".lock").is_file()  # left behind, locking nothing
 
     log = finish(env, recipe_path, "killed")
     assert "resumed from" in log
     for student in STUDENTS:
         assert_same_weights(weights(reference, student), weights(env["runs"] / "killed", student))
+
+
+def flip_byte(path: Path, offset: int | None = None) -> bytes:
+    """XOR one bit into `path` (in its middle by default); returns the original bytes."""
+    data = path.read_bytes()
+    at = len(data) // 2 if offset is None else offset
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+    return data
+
+
+def test_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_newest_that_verifies(
+    env, uninterrupted
+):
+    from trainer.checkpoint import verify
+    from trainer.export import main as export_main
+
+    recipe_path, reference = uninterrupted
+    run = env["runs"] / "corrupt"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "export")
+    newest = run / "checkpoints" / "step-00000012"
+    assert sorted(p.name for p in newest.parent.iterdir()) == ["step-00000009", newest.name]
+
+    # every file of the checkpoint (engine states, optimizer partitions, `latest`, the rank's
+    # loader and random streams, the export skeleton) is vouched for: one flipped bit is named
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and p.name != "COMPLETE.json")
+    kinds = {p.name for p in files}
+    assert {"rank-00000.pt", "latest", "mp_rank_00_model_states.pt", "config.json"} <= kinds
+    assert any("optim_states" in k for k in kinds)
+    assert verify(newest) is None
+    for path in files:
+        original = flip_byte(path)
+        rel = path.relative_to(newest).as_posix()
+        assert verify(newest) == f"{rel}: its SHA-256 differs from the one in COMPLETE.json " + (
+            "(corrupted)"
+        )
+        path.write_bytes(original[:-1])
+        assert f"{rel} has {len(original) - 1:,} bytes where COMPLETE.json says" in verify(newest)
+        path.write_bytes(original)
+    assert verify(newest) is None
+
+    optimizer = next(p for p in files if "optim_states" in p.name)
+    flip_byte(optimizer)
+    assert export_main([str(newest)]) == 2  # the export refuses it too
+
+    log = finish(env, recipe_path, "corrupt")
+    rel = optimizer.relative_to(newest).as_posix()
+    assert f"checkpoint {newest} fails verification: {rel}: its SHA-256 differs" in log
+    assert "resuming from the newest that verifies: step-00000009" in log
+    assert "resumed from" in log and "step-00000009 at step 9" in log
+    for student in STUDENTS:
+        assert_same_weights(weights(reference, student), weights(run, student))
 
 
 def test_preemption_signal_checkpoints_exits_75_and_resumes_exactly(env, uninterrupted):
@@ -314,6 +388,117 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes_exactly(env, uninter
     for student in STUDENTS:
         a, b = weights(reference, student), weights(env["runs"] / "preempted", student)
         assert_same_weights(a, b)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+def test_signal_during_start_up_stops_at_once_naming_the_phase(env, tmp_path, sig, code):
+    """Rank 0 of 2 waits in the rendezvous for a rank that never comes (blocked in C++, where no
+    Python signal handler runs). A slow phase is said, naming a leftover torch-extensions lock;
+    a signal then stops the process within seconds: nothing to save before training starts."""
+    lock = tmp_path / "extensions" / "py311_cpu" / "fused_adam" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    port = free_port()
+    rank0 = {
+        **os.environ,
+        **{"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"},
+        **{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        **{"TORCH_EXTENSIONS_DIR": str(lock.parents[2]), "BIODISTILL_STARTUP_WARN_S": "1"},
+    }
+    recipe_path = env["make"](f"startup-{sig.name}", steps=2)
+    proc = subprocess.Popen(
+        [sys.executable, "trainer/main.py", *argv(env["fp32"], recipe_path)],
+        cwd=ROOT,
+        env=rank0,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
+        reader.start()
+        seen, deadline = [], time.monotonic() + 180
+        while not any("has taken 1 s" in line for line in seen):
+            assert time.monotonic() < deadline, "".join(seen)[-2000:]
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+        phase = f"joining 2 ranks at 127.0.0.1:{port}"
+        assert f"start-up: {phase} has taken 1 s; torch extension lock(s) exist: {lock}" in seen[-1]
+
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == code  # the rendezvous alone would wait 30 minutes
+        time.sleep(0.2)  # the reader thread drains the pipe
+        while not lines.empty():
+            seen.append(lines.get())
+        log = "".join(seen)
+        said = f"{sig.name} during start-up ({phase}): stopping now; training had not started"
+        assert said in log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_master_port_in_use_is_refused_at_once(env):
+    recipe_path = env["make"]("port-in-use", steps=2)
+    with socket.socket() as other_job:
+        other_job.bind(("127.0.0.1", 0))
+        other_job.listen()
+        port = other_job.getsockname()[1]
+        rank0 = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+        done = subprocess.run(
+            [sys.executable, "trainer/main.py", *argv(env["fp32"], recipe_path)],
+            cwd=ROOT,
+            env={**os.environ, **rank0, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: MASTER_PORT {port} is in use (another job on this machine?)" in done.stderr
+    assert "deepspeed --master_port" in done.stderr
+    assert "Traceback" not in done.stderr  # not the rendezvous's DistNetworkError, 50 s later
+
+
+def test_sequences_longer_than_the_models_positions_are_refused_at_start_up(env):
+    recipe_path = env["make"]("positions", steps=2)
+    short = ["teacher.config.max_position_embeddings=32", "run.name=positions"]
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *short))
+    assert result["rc"] == 2
+    assert (
+        "error: data.max_len=64: longer than the teacher's 32 positions; re-shard with "
+        "`--max-len 32` (or less)"
+    ) in result["stderr"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs: room for the run directory and one tiny checkpoint (3.8 MB), not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(env, small_disk):
+    from trainer.checkpoint import verify
+
+    recipe_path = env["make"]("full", steps=6, train={"save_every": 1, "keep": 5})
+    extra = [f"run.output_dir={small_disk}", "run.name=full", "train.eval_every=100"]
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *extra))
+    assert result["rc"] == 2, result["stderr"][-3000:]
+    checkpoints = small_disk / "full" / "checkpoints"
+    line = next(x for x in result["stderr"].splitlines() if x.startswith("error: "))
+    assert f"error: {checkpoints}/step-00000002: no space left on device while saving" in line
+    assert "step-00000001 is complete and intact: free space and start again" in line
+    assert "Traceback" not in result["stderr"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001"]  # no partial one
+    assert verify(checkpoints / "step-00000001") is None
 
 
 def test_compiled_cohort_trains_the_same_model(env):

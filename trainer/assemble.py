@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from data_pipeline.io_utils import atomic_write_bytes, check_writable_dir
+from trainer import run_lock
 from trainer.checkpoint import Checkpointer
 from trainer.cohort import build_cohort
 from trainer.config import ROOT, RunConfig, to_yaml
@@ -29,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 def prepare_run_dir(cfg: RunConfig, ds: dict, rt: Runtime) -> Path:
     run_dir = cfg.run_dir
-    if rt.is_main:
+
+    def write() -> None:
         check_writable_dir(run_dir)
+        run_lock.hold(run_dir)  # NOTE: before anything in it is touched
         resolved = run_dir / "recipe.resolved.yaml"
         text = to_yaml(cfg)
         if resolved.is_file() and resolved.read_text(encoding="utf-8") != text:
@@ -43,7 +46,8 @@ def prepare_run_dir(cfg: RunConfig, ds: dict, rt: Runtime) -> Path:
         atomic_write_bytes(resolved, text.encode())
         atomic_write_bytes(run_dir / "ds_config.json", json.dumps(ds, indent=2).encode())
         atomic_write_bytes(run_dir / "git.txt", _git_state().encode())
-    rt.barrier()
+
+    rt.on_main(write)
     attach_run_log(run_dir, rt.rank)
     return run_dir
 

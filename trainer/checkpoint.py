@@ -10,18 +10,22 @@ Layout, one directory per save:
                                turns the checkpoint into a Hugging Face model with these
         rank-00000.pt ...      per rank: loader position, random streams, counters
         COMPLETE.json          written last, by rank 0, after every rank finished and the files
-                               were fsynced: step, world size, students and their steps
+                               were fsynced: step, world size, students and their steps, and
+                               every other file of the checkpoint with its size and SHA-256
 
 - Every rank calls `save` (DeepSpeed's save is collective). A directory without COMPLETE.json is
   a save that did not finish: it is never loaded, and the next save removes it.
-- Start-up resumes from the newest complete checkpoint (`latest_complete`). The newest `keep` are
-  kept; older ones are deleted after a new one is complete.
+- Start-up resumes from the newest complete checkpoint whose files all match their sizes and
+  SHA-256s (`Checkpointer.newest_verified`); one that does not (a flipped bit, a truncated or
+  missing file) is named with the first file that fails, and the next older one is tried. The
+  newest `keep` are kept; older ones are deleted after a new one is complete.
 - DeepSpeed's own tools read a student's directory as it is:
   `python -m deepspeed.utils.zero_to_fp32 .../step-00002500/<student> OUT_DIR`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import shutil
@@ -30,7 +34,14 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.io_utils import atomic_path, atomic_write_json, fsync_tree, read_json
+from data_pipeline.io_utils import (
+    PipelineError,
+    atomic_path,
+    atomic_write_json,
+    fsync_tree,
+    read_json,
+    sha256_file,
+)
 from trainer.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -65,6 +76,49 @@ def rank_file(directory: Path, rank: int) -> Path:
     return directory / f"rank-{rank:05d}.pt"
 
 
+def file_records(directory: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `directory` but the marker."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel != MARKER:
+            out[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return out
+
+
+def verify(directory: Path) -> str | None:
+    """None when every file COMPLETE.json lists is there with its size and SHA-256; otherwise
+    the first problem, for a message. A marker from before checksums (no "files") passes."""
+    try:
+        files = read_json(directory / MARKER).get("files", {})
+    except PipelineError as e:
+        return str(e)
+    for rel, want in files.items():
+        path = directory / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{rel} has {size:,} bytes where {MARKER} says {want['size']:,}"
+        if sha256_file(path) != want["sha256"]:
+            return f"{rel}: its SHA-256 differs from the one in {MARKER} (corrupted)"
+    return None
+
+
+def out_of_space(e: BaseException, path: Path) -> bool:
+    """Whether `e` (from a write under `path`) means the file system is full. torch.save says it
+    as "[enforce fail at inline_container.cc] unexpected pos" or "file write failed", without
+    an errno, so those count when the file system has under 1 MiB left."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    if "unexpected pos" in text or "file write failed" in text:
+        return shutil.disk_usage(path).free < 1 << 20
+    return False
+
+
 class Checkpointer:
     def __init__(self, root: Path, rt: Runtime, keep: int) -> None:
         self.root, self.rt, self.keep = Path(root), rt, keep
@@ -89,6 +143,32 @@ class Checkpointer:
         if self.rt.is_main and directory.exists():
             shutil.rmtree(directory)  # an unfinished save at this step from a crashed run
         self.rt.barrier()
+        try:
+            self._write(directory, step, students, rank_state, summary, main_rank_files)
+        except (OSError, RuntimeError) as e:
+            if not out_of_space(e, self.root):
+                raise
+            shutil.rmtree(directory, ignore_errors=True)  # partial (no marker): frees its space
+            raise ValueError(self._full_message(directory)) from None
+        logger.info("checkpoint: step %d saved to %s", step, directory)
+        return directory
+
+    def _full_message(self, directory: Path) -> str:
+        free = shutil.disk_usage(self.root).free
+        newest = latest_complete(self.root)
+        if newest is None:
+            return (
+                f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
+                "free now); there is no complete checkpoint yet: free space and start again"
+            )
+        need = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
+        return (
+            f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
+            f"free now, the last one took {need:,}); {newest.name} is complete and intact: free "
+            "space and start again to resume from it"
+        )
+
+    def _write(self, directory, step, students, rank_state, summary, main_rank_files) -> None:
         for s in students:
             s.engine.save_checkpoint(
                 str(directory / s.name),
@@ -108,12 +188,11 @@ class Checkpointer:
                 "world_size": self.rt.world_size,
                 "students": {s.name: s.steps for s in students},
                 **summary,
+                "files": file_records(directory),
             }
             atomic_write_json(directory / MARKER, marker)
             self._prune(directory)
         self.rt.barrier()
-        logger.info("checkpoint: step %d saved to %s", step, directory)
-        return directory
 
     def _prune(self, newest: Path) -> None:
         done = complete_checkpoints(self.root)
@@ -121,6 +200,24 @@ class Checkpointer:
         stale |= {p for _, p in _step_dirs(self.root) if not (p / MARKER).is_file()}
         for p in sorted(stale - {newest}):
             shutil.rmtree(p, ignore_errors=True)
+
+    def newest_verified(self) -> Path | None:
+        """The newest complete checkpoint that passes `verify`, said when it is not the newest.
+        NOTE: collective; rank 0 reads the files and every rank gets its choice."""
+        done = complete_checkpoints(self.root)
+        chosen = -1
+        if self.rt.is_main:
+            for i in range(len(done) - 1, -1, -1):
+                problem = verify(done[i])
+                if problem is None:
+                    chosen = i
+                    break
+                logger.warning("checkpoint %s fails verification: %s; skipped", done[i], problem)
+            if done and chosen != len(done) - 1:
+                fallback = done[chosen].name if chosen >= 0 else "none (starting afresh)"
+                logger.warning("checkpoint: resuming from the newest that verifies: %s", fallback)
+        chosen = self.rt.from_main(chosen)
+        return done[chosen] if chosen >= 0 else None
 
     def load(self, directory: Path, students: list) -> dict:
         """Restore every student's engine from `directory`; returns this rank's saved state."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainer import startup
 from trainer.config import RunConfig, StudentSection
 from trainer.ds_config import ds_config_for_student
 from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
@@ -80,6 +81,30 @@ def teacher_dtype(ds: dict, rt: Runtime) -> torch.dtype:
     return torch.float32
 
 
+def _check_positions(cfg: RunConfig, teacher_model: nn.Module | None, built: list) -> None:
+    """Every model must have positions for the shards' sequences, or training fails later with a
+    shape error deep in the embeddings."""
+    models = [("the teacher", teacher_model)] if teacher_model is not None else []
+    students = zip(cfg.students, built, strict=True)
+    models += [(f"student {s.name}", b.module.mlm) for s, b in students]
+    for who, model in models:
+        positions = model.config.max_position_embeddings
+        if positions < cfg.data.max_len:
+            raise ValueError(
+                f"data.max_len={cfg.data.max_len}: longer than {who}'s {positions} positions; "
+                f"re-shard with `--max-len {positions}` (or less)"
+            )
+
+
+def _engine_phase(name: str, rt: Runtime) -> str:
+    if not rt.on_gpu:
+        return f"student {name}: initialising its DeepSpeed engine"
+    return (
+        f"student {name}: initialising its DeepSpeed engine (its Adam op is loaded from "
+        f"{startup.extensions_root()}, JIT-built there the first time: minutes)"
+    )
+
+
 def _teacher_used(cfg: RunConfig) -> bool:
     for s in cfg.students:
         if s.init.from_teacher_layers is not None or s.objective.kind != "mlm":
@@ -96,12 +121,14 @@ def build_cohort(
     teacher_model = None
     if cfg.teacher is not None and _teacher_used(cfg):
         attention = any(uses_attention_maps(s.objective) for s in cfg.students)
-        teacher_model = load_teacher_model(
-            cfg.teacher,
-            attention=attention,
-            seed=derive_seed(seed, "teacher"),
-            vocab_size=vocab_size,
-        )
+        source = cfg.teacher.path or "teacher.config"
+        with startup.phase(f"loading the teacher from {source}", log=rt.is_main):
+            teacher_model = load_teacher_model(
+                cfg.teacher,
+                attention=attention,
+                seed=derive_seed(seed, "teacher"),
+                vocab_size=vocab_size,
+            )
     elif cfg.teacher is not None:
         logger.info("teacher: not loaded (no selected student uses it)")
 
@@ -109,6 +136,7 @@ def build_cohort(
         build_student(s, teacher_model=teacher_model, vocab_size=vocab_size, seed=seed)
         for s in cfg.students
     ]
+    _check_positions(cfg, teacher_model, built)
     need = cohort_teacher_need(b.objective for b in built)
     compile_models = rt.on_gpu if cfg.train.compile is None else cfg.train.compile
     teacher = None
@@ -126,11 +154,16 @@ def build_cohort(
     students = []
     for spec, b in zip(cfg.students, built, strict=True):
         params = count_parameters(b.module.mlm)  # NOTE: before ZeRO-3 partitions the weights
-        engine, *_ = deepspeed.initialize(
-            model=b.module,
-            model_parameters=param_groups(b.module, spec.optimizer.weight_decay),
-            config=ds_config_for_student(ds, spec),
-        )
+        with startup.phase(_engine_phase(spec.name, rt), log=rt.is_main):
+            engine, *_ = deepspeed.initialize(
+                model=b.module,
+                model_parameters=param_groups(b.module, spec.optimizer.weight_decay),
+                # NOTE: torch's AdamW off the GPU: DeepSpeed's CPU Adam kernels keep beta**t as
+                # a float32 running product, so a resumed run (which starts from pow(beta, t))
+                # drifts from the uninterrupted one by an ulp at some steps; torch derives it
+                # from the step each time, as the CUDA FusedAdam does. And nothing to JIT-build.
+                config=ds_config_for_student(ds, spec, torch_adam=not rt.on_gpu),
+            )
         if compile_models:
             engine.compile()  # DeepSpeed's: knows ZeRO-3's parameter hooks
         rng = RngStream(derive_seed(seed, "dropout", spec.seed_name), rt.device)

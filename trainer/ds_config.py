@@ -9,10 +9,14 @@ each student has its own lr, weight decay, warmup and budget, which `ds_config_f
 from the recipe as AdamW + WarmupDecayLR: linear warmup from 0 to lr over warmup_steps, then linear
 decay to 0 at max_steps, counted in optimizer steps. It is HF's linear schedule one step late
 (DeepSpeed sets lr(0) = 0 at start and again after step 1, so steps 1 and 2 run at lr 0).
-Checked on DeepSpeed 0.19.8: {"type": "AdamW"} builds DeepSpeed's FusedAdam on GPU and on the CPU
-accelerator alike (there a C++ op JIT-compiled once into ~/.cache/torch_extensions, about 2.5
-minutes on 2 cores, reused after) and DeepSpeedCPUAdam under ZeRO-Offload (also built once);
-`torch_adam=True` sets DeepSpeed's own "torch_adam" switch for torch.optim.AdamW, nothing to build.
+Checked on DeepSpeed 0.19.8: {"type": "AdamW"} builds DeepSpeed's FusedAdam on GPU and
+DeepSpeedCPUAdam under ZeRO-Offload; `torch_adam=True` sets DeepSpeed's own "torch_adam" switch for
+torch.optim.AdamW, which the trainer uses on a CPU accelerator. There DeepSpeed's FusedAdam is a C++
+op JIT-compiled into ~/.cache/torch_extensions (minutes on 2 cores) whose bias correction keeps
+beta**t as a float32 running product shared by every instance in the process: a run resumed at
+step t starts from pow(beta, t) instead and ends an ulp or so away from the uninterrupted run at
+some steps (tests/test_resume.py). torch's AdamW derives beta**t from the step count each time, as
+the CUDA FusedAdam does. DeepSpeedCPUAdam (ZeRO-Offload) keeps the running product too.
 Either way the trainer passes no optimizer to deepspeed.initialize. Weight decay applies to every
 parameter unless the trainer passes parameter groups (e.g. no decay on biases and LayerNorm).
 """
@@ -48,6 +52,8 @@ def load_ds_config(path: str | Path) -> dict:
     if not isinstance(ds, dict):
         raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
     _check_not_owned(ds, str(p))
+    _check_keys(ds, f"DeepSpeed config {p}")
+    _check_precision(ds, f"DeepSpeed config {p}")
     return ds
 
 
@@ -77,6 +83,36 @@ def _known_keys(path: tuple[str, ...], node: dict) -> set[str]:
     return known
 
 
+def _check_keys(ds: dict, where: str) -> None:
+    """DeepSpeed ignores keys it does not know: a typo (gradient_clipingg) silently turns a
+    setting off. Refuse them at the top level and in zero_optimization, naming the closest."""
+    import difflib
+
+    for path in ((), ("zero_optimization",)):
+        node = ds if not path else ds.get(path[0])
+        if not isinstance(node, dict):
+            continue
+        known = _known_keys(path, {})
+        for key in node:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                dotted = ".".join((*path, key))
+                raise ValueError(f"{where}: {dotted!r} is not a DeepSpeed key{hint}")
+
+
+_NO_FP16 = (
+    "fp16 is not supported: the trainer trains in bf16 (the shipped configs) or fp32, and fp16 "
+    "would need loss scaling that its non-finite checks do not handle. Use bf16.enabled=true "
+    "(or neither, for fp32)"
+)
+
+
+def _check_precision(ds: dict, where: str) -> None:
+    if ds.get("fp16", {}).get("enabled"):
+        raise ValueError(f"{where}: {_NO_FP16}")
+
+
 def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
     """A copy of the DeepSpeed JSON with each `ds.key.sub=value` set (value parsed as YAML, as
     recipe overrides are), e.g. ds.train_micro_batch_size_per_gpu=2,
@@ -86,6 +122,8 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
     out = copy.deepcopy(ds)
     for item in overrides:
         parts, value = parse_override(item, DS_OVERRIDE_PREFIX)
+        if parts[0] == "fp16":
+            raise ValueError(f"override {item!r}: {_NO_FP16}")
         if parts[0] in RECIPE_OWNED:
             raise ValueError(
                 f"override {item!r}: the recipe owns each student's {parts[0]} "

@@ -138,7 +138,7 @@ def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.checkpoint import MARKER
+    from trainer.checkpoint import MARKER, verify
 
     p = argparse.ArgumentParser(
         prog="python -m trainer.export",
@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.checkpoint
     if not (ckpt / MARKER).is_file():
         print(f"error: {ckpt}: no {MARKER}; not a complete checkpoint", file=sys.stderr)
+        return 2
+    problem = verify(ckpt)
+    if problem is not None:
+        print(f"error: {ckpt}: fails verification: {problem}", file=sys.stderr)
         return 2
     have = sorted(d.name for d in ckpt.iterdir() if (d / SKELETON).is_dir())
     wanted = args.students.split(",") if args.students else have

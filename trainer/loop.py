@@ -19,8 +19,9 @@
   with skip it warns and goes on.
 - train.teacher_ahead launches the teacher's forward for the next batch right after this one's,
   on a side CUDA stream, beside the students' steps (trainer/teacher_ahead.py); same results.
-- Preemption: SIGUSR1/SIGTERM only set a flag (trainer/preemption.py); at the next step boundary
-  the ranks agree on it, save a complete checkpoint and exit with EXIT_PREEMPTED.
+- Preemption: SIGUSR1/SIGTERM (or a first Ctrl-C) only set a flag (trainer/preemption.py); at the
+  next step boundary the ranks agree on it, save a complete checkpoint and exit with
+  EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from trainer.batch import DeviceBatch, DevicePrefetcher
-from trainer.checkpoint import Checkpointer, latest_complete
+from trainer.checkpoint import Checkpointer
 from trainer.config import RunConfig
 from trainer.export import SKELETON, export_student, write_skeleton
 from trainer.heldout import heldout_metrics
@@ -120,8 +121,8 @@ class Trainer:
     # ---------------------------------------------------------------- resume and save
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint, if any. NOTE: collective."""
-        latest = latest_complete(self.checkpointer.root)
+        """Continue from the newest complete checkpoint that verifies, if any. NOTE: collective."""
+        latest = self.checkpointer.newest_verified()
         if latest is None:
             return False
         state = self.checkpointer.load(latest, self.students)
@@ -176,6 +177,7 @@ class Trainer:
         batches = self._batches = DevicePrefetcher(self.inputs.loader, self.rt.device)
         for s in self.students:
             s.engine.train()
+        self.preempt.training = True  # NOTE: from here a signal checkpoints instead of exiting
         try:
             while self.active and self.step < cfg.max_steps:
                 if self.rt.any(self.preempt.requested is not None):
@@ -218,6 +220,7 @@ class Trainer:
                 )
             return 0
         finally:
+            self.preempt.training = False
             self.inputs.loader.close()
 
     def train_batch(self, batch: DeviceBatch | dict, active: list, upcoming=None) -> None:

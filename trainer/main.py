@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
 
+    from trainer import run_lock
     from trainer.assemble import build_trainer
     from trainer.loop import NonFiniteLoss
     from trainer.preemption import PreemptionFlag
@@ -79,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.teacher_build import ensure_teacher
 
     preempt = PreemptionFlag()
-    preempt.install()  # NOTE: first: a time-limit signal during start-up must still checkpoint
-    rt = Runtime.start()
+    preempt.install()  # NOTE: first: a signal during start-up stops the process at once
+    try:
+        rt = Runtime.start()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        preempt.restore()
+        return EXIT_BAD_INPUT
     quiet_other_ranks(rt.rank)
     trainer = None
     try:
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.metrics.close()
         rt.close()
+        run_lock.release_all()
         preempt.restore()
 
 

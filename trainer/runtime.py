@@ -3,6 +3,8 @@
     rt = Runtime.start()      # after `deepspeed`, `torchrun`, srun with rank variables, or alone
     rt.rank, rt.world_size, rt.device, rt.is_main
     rt.any(flag)              # True on every rank if it is True on some rank (CPU gloo group)
+    rt.on_main(fn)            # fn() on rank 0; its error is raised on every rank
+    rt.from_main(value)       # rank 0's int on every rank
     rt.close()
 
 - Launched by the DeepSpeed launcher (or torchrun), the rank comes from the environment; run as a
@@ -24,13 +26,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from data_pipeline.io_utils import PipelineError
+from trainer import startup
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +114,23 @@ class Runtime:
         accelerator = get_accelerator()
         if accelerator.device_name() == "cpu":
             _share_cores(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+            _skip_shm_all_reduce()
             device = torch.device("cpu")
         else:
             accelerator.set_device(local_rank)
             device = torch.device(accelerator.device_name(local_rank))
         if not dist.is_initialized():
-            deepspeed.init_distributed(
-                dist_backend=accelerator.communication_backend_name(),
-                auto_mpi_discovery=False,
-                verbose=False,
-            )
+            _check_master_port()
+            world = int(os.environ["WORLD_SIZE"])
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            first = os.environ.get("RANK", "0") == "0"
+            with startup.phase(f"joining {world} ranks at {where}", log=world > 1 and first):
+                deepspeed.init_distributed(
+                    dist_backend=accelerator.communication_backend_name(),
+                    auto_mpi_discovery=False,
+                    verbose=False,
+                )
+            _OUR_PORTS.add(int(os.environ["MASTER_PORT"]))
         control = None
         if dist.get_backend() != "gloo":
             control = dist.new_group(backend="gloo")  # NOTE: collective: every rank creates it
@@ -133,6 +147,27 @@ class Runtime:
         t = torch.tensor([1 if flag else 0], dtype=torch.int32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._control)
         return bool(t.item())
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's `value` (an int >= -1) on every rank. NOTE: collective."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value if self.is_main else -1], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._control)
+        return int(t.item())
+
+    def on_main(self, fn: Callable[[], None]) -> None:
+        """`fn()` on rank 0 only (file-system work); if it raises a bad-input error, every rank
+        raises, so that no rank waits in a collective for one that has given up.
+        NOTE: collective, every rank must call it."""
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                fn()
+            except (ValueError, OSError, PipelineError) as e:
+                error = e
+        if self.any(error is not None):
+            raise error if error is not None else ValueError("stopped: rank 0 says why")
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of `t` (on this rank's device) over ranks. NOTE: collective."""
@@ -157,6 +192,44 @@ def _forget_deepspeed_groups() -> None:
         if name.startswith("_") and name.isupper() and "GROUP" in name:
             setattr(groups, name, {} if isinstance(value, dict) else None)
     groups.mesh_device = None
+
+
+_OUR_PORTS: set[int] = set()  # rendezvous ports this process has hosted
+
+
+def _check_master_port() -> None:
+    """Rank 0 hosts the rendezvous on MASTER_PORT. One that another job holds (two jobs on the
+    default 29500) failed only after about 50 s, as a DistNetworkError: say so at once. Under
+    torchrun the agent holds the port itself, on purpose."""
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE"):
+        return
+    port = int(os.environ["MASTER_PORT"])
+    if port in _OUR_PORTS:
+        return  # an earlier run in this process (benchmarks, tests) may still hold its store
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise ValueError(
+                f"MASTER_PORT {port} is in use (another job on this machine?): start with "
+                f"another, e.g. `deepspeed --master_port {free_port()} trainer/main.py ...` "
+                "(MASTER_PORT=... under srun)"
+            ) from None
+
+
+def _skip_shm_all_reduce() -> None:
+    """On the CPU accelerator DeepSpeed's communication backend JIT-builds a shared-memory
+    all-reduce op at start-up (minutes, the first time) and, under the deepspeed launcher,
+    maps 66 MiB of /dev/shm per run that nothing removes. Only DeepSpeed inference's tensor
+    parallelism (`inference_all_reduce`) uses it, never training: mark the op unavailable, as
+    DeepSpeed does on a machine that cannot build it."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def _share_cores(local_ranks: int) -> None:

@@ -29,6 +29,7 @@ from data_pipeline.io_utils import (
     read_json,
     share_tree,
 )
+from trainer import run_lock
 from trainer.config import RunConfig, load_config, to_dict
 from trainer.inputs import ensure_demo, manifest_of
 from trainer.runtime import Runtime
@@ -122,18 +123,23 @@ def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
 
 
 def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
-    """Mark `run_dir` as made with `stamp` (a teacher's fingerprint) in TEACHER.json; a run
-    directory marked with another is renamed to <run_dir>.stale-<n> first, and that is said.
+    """Hold `run_dir` (trainer/run_lock.py) and mark it as made with `stamp` (a teacher's
+    fingerprint) in TEACHER.json; a run directory marked with another is renamed to
+    <run_dir>.stale-<n> first, and that is said.
     NOTE: collective; rank 0 touches the file system."""
-    if rt.is_main:
+
+    def claim() -> None:
+        run_lock.hold(run_dir)
         mark = run_dir / TEACHER_MARK
         found = _read_or_none(mark)
-        if run_dir.exists() and found is not None and found != stamp:
+        if found is not None and found != stamp:
             n = 1
             while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
                 n += 1
             aside = run_dir.with_name(f"{run_dir.name}.stale-{n}")
-            run_dir.rename(aside)
+            run_dir.rename(aside)  # held: no other trainer is inside it
+            run_lock.release(run_dir)
+            run_lock.hold(run_dir)  # the new, empty one
             found = None
             logger.warning(
                 "teacher: %s was made with another teacher (or another build of it); moved "
@@ -142,9 +148,9 @@ def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
                 aside,
             )
         if found != stamp:
-            run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(mark, stamp)
-    rt.barrier()
+
+    rt.on_main(claim)
 
 
 def _read_or_none(path: Path) -> dict | None:
