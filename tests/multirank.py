@@ -24,6 +24,7 @@ def _entry(fn, rank: int, world: int, port: int, args: tuple, results) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
+        LOCAL_SIZE=str(world),  # as the deepspeed launcher sets it
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )

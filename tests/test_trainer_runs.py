@@ -110,8 +110,11 @@ def argv(ds: Path, recipe_path: Path, *extra: str) -> list[str]:
 
 def test_zero2_cohort_on_two_ranks(env):
     recipe_path = env["make"]("zero2", steps=6)
+    shm = set(os.listdir("/dev/shm"))
     results = run_distributed(train, 2, argv(env["zero2"], recipe_path))
     assert [r["rc"] for r in results] == [0, 0], results[0]["stderr"][-2000:]
+    # no shared-memory all-reduce buffers (DeepSpeed's, for its inference) left behind
+    assert set(os.listdir("/dev/shm")) <= shm
     run_dir = env["runs"] / "zero2"
 
     # every rank's log file: rank 0's progress, rank 1's records the console left out
