@@ -9,6 +9,9 @@ it with 5x headroom. Figures:
 - loader/tokens_per_s_one_worker: real (non-padding) tokens/s with num_workers=0 (one process).
 - loader/batches_per_s_one_worker, loader/tokens_per_s_two_workers.
 - loader/headroom_vs_h100_cohort: tokens_per_s_one_worker / 500k.
+- loader/verify_cost_ratio: tokens/s with each shard's SHA-256 checked against the manifest (the
+  default) over tokens/s with the checksums left out of the manifest the loader is given (what an
+  old manifest gets), num_workers=0, measured alternately in the same run; 1.0 = free.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from benchmarks.common import corpus_with_tokenizer
 from data_pipeline.extract import run_extract
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
+from data_pipeline.manifest import Manifest
 from data_pipeline.shards import run_shard
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,9 +34,12 @@ H100_COHORT_TOKENS_PER_S = 500_000
 BATCH = 24
 
 
-def measure(shards: Path, num_workers: int, batches: int) -> tuple[float, float]:
+def measure(
+    shards: Path, num_workers: int, batches: int, manifest: Manifest | None = None
+) -> tuple[float, float]:
     """(batches/s, real tokens/s) over `batches` batches after a warm-up of 20."""
-    loader = MaskedBatchLoader(str(shards), LoaderConfig(batch_size=BATCH, num_workers=num_workers))
+    config = LoaderConfig(batch_size=BATCH, num_workers=num_workers)
+    loader = MaskedBatchLoader(str(shards), config, manifest=manifest)
     try:
         it = iter(loader)
         for _ in range(20):
@@ -65,6 +72,16 @@ def run(quick: bool) -> Iterator[dict]:
         )
         b0, t0 = measure(root / "shards", 0, batches)
         b2, t2 = measure(root / "shards", 2, batches)
+        unverified = Manifest.load(root / "shards")
+        for split in unverified.splits.values():
+            for s in split.shards:
+                s.sha256 = None
+        # Alternating rounds, best of each: a round slowed by another job on the machine is noise.
+        verified, plain = [], []
+        for _ in range(3):
+            verified.append(measure(root / "shards", 0, batches)[1])
+            plain.append(measure(root / "shards", 0, batches, unverified)[1])
+        t_verified, t_unverified = max(verified), max(plain)
     settings = {"batch_size": BATCH, "max_len": 256, "mode": "truncate", "batches": batches}
     yield {
         "metric": "tokens_per_s_one_worker",
@@ -83,6 +100,18 @@ def run(quick: bool) -> Iterator[dict]:
         "value": round(t2),
         "unit": "tokens/s",
         "settings": {**settings, "num_workers": 2, "batches_per_s": round(b2, 1)},
+    }
+    yield {
+        "metric": "verify_cost_ratio",
+        "value": round(t_verified / t_unverified, 3),
+        "unit": "x",
+        "settings": {
+            **settings,
+            "num_workers": 0,
+            "tokens_per_s_verified": round(t_verified),
+            "tokens_per_s_unverified": round(t_unverified),
+            "rounds": len(verified),
+        },
     }
     yield {
         "metric": "headroom_vs_h100_cohort",

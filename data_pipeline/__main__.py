@@ -6,7 +6,7 @@
         --cache CACHE [--slice I/N] ...
     python -m data_pipeline shard --input PATH [PATH ...] --tokenizer NAME_OR_DIR --output DIR ...
         [--token-cache CACHE]
-    python -m data_pipeline inspect DIR [--samples N]
+    python -m data_pipeline inspect DIR [--samples N] [--verify]
     python -m data_pipeline demo [--output data/demo]
 
 On a cluster, `extract --parts-only --slice I/N` then `tokenize --slice I/N` run as array tasks

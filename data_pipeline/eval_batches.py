@@ -77,10 +77,9 @@ class EvalBatches:
     def _rows(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         cfg, tok = self.config, self.tokenizer
         index, filler = 0, None
-        for url, name, count in zip(
-            self.shards.urls, self.shards.names, self.shards.counts, strict=True
-        ):
-            for key, ids in read_shard(url, count, tok.vocab_size):
+        s = self.shards
+        for url, name, count, sha256 in zip(s.urls, s.names, s.counts, s.sha256, strict=True):
+            for key, ids in read_shard(url, count, tok.vocab_size, sha256):
                 if filler is None:
                     filler = (f"{name}/{key}", torch.from_numpy(ids.astype(np.int64)))
                 if index % self.world_size == self.rank:

@@ -15,6 +15,11 @@ Three phases, each restartable; memory stays flat for the full 37M-citation corp
    then DIR/report.json, last. An output whose part and keep mask are those of the previous run's
    report is left as it is, so a rerun rewrites nothing that has not changed.
 
+report.json is the completion record: each `files` entry of a readable input names its `output`
+with `output_bytes` and `output_sha256` (hashed from the file on disk once every output is in
+place), and `shard` refuses a directory whose *.jsonl.gz do not match it exactly
+(data_pipeline/records.py). A killed run leaves outputs that look complete and no report.
+
 Update rule. Files are ordered by name (never by argument order), and each record occurrence has
 a position (file index, record index in the file). Among the occurrences of a PMID, the winner is
 the one with the highest version, and at equal version the latest position: a record replaces an
@@ -72,6 +77,7 @@ from data_pipeline.io_utils import (
     expand_inputs,
     parse_slice,
     read_json,
+    sha256_file,
     take_slice,
 )
 from data_pipeline.pubmed import PARSER_VERSION, Deletions, PubmedReader, Skip
@@ -302,6 +308,11 @@ def write_output(task: tuple[str, str, np.ndarray | None]) -> None:
             )
 
 
+def output_checksum(path: str) -> tuple[str, int, str]:
+    """(file name, size in bytes, SHA-256) of one output, as report.json lists it."""
+    return Path(path).name, os.stat(path).st_size, sha256_file(path)
+
+
 class _InProcess:
     """Stands in for a Pool when workers == 1 (no start-up cost, same code path)."""
 
@@ -397,6 +408,11 @@ def run_extract(
         _progress(progress, f"writing {len(tasks)} output files to {out}")
         for _ in pool.imap_unordered(write_output, tasks):
             pass
+        # NOTE: hashed from disk after every write, reused outputs included: the report vouches
+        # for the bytes shard will read, not for what this run meant to write.
+        outputs = [str(out / f"{s['stem']}.jsonl.gz") for s in good]
+        for name, size, digest in pool.imap_unordered(output_checksum, outputs):
+            stats[name.removesuffix(".jsonl.gz")].update(output_bytes=size, output_sha256=digest)
     report = _report(ordered, keep_no_abstract)
     atomic_write_json(out / REPORT, report)
     _progress(
@@ -531,6 +547,8 @@ def _report(ordered: list[dict], keep_no_abstract: bool) -> dict:
         entry = {k: s[k] for k in ("name", "path", "status", "error")}
         entry.update({k: s.get(k, 0) for k in counts}, output=output, skipped=s.get("skipped", {}))
         entry["output_digest"] = s.get("output_digest")
+        entry["output_bytes"] = s.get("output_bytes")
+        entry["output_sha256"] = s.get("output_sha256")
         files.append(entry)
         skipped.update(entry["skipped"])
         for reason, pmid in s.get("examples", []):

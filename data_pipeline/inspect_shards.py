@@ -1,11 +1,15 @@
 """`python -m data_pipeline inspect DIR`: what a shard directory holds, and a few samples as text.
 
-    python -m data_pipeline inspect SHARDS [--samples 3] [--split train|eval]
+    python -m data_pipeline inspect SHARDS [--samples 3] [--split train|eval] [--verify]
 
 Prints the manifest summary (tokenizer, mode, max_len, dtype; per split: shards, samples, tokens,
 mean length, the share of a max_len-padded batch that would be padding, and a length histogram),
 then the first samples of a split read with stock `webdataset` (no project code in the read path,
 so what this shows is what any WebDataset consumer sees), decoded with the manifest's tokenizer.
+
+`--verify` first checks every shard the manifest lists, both splits, against its recorded size
+and SHA-256 and fails (exit status 2) naming each one that is missing or differs. Shards of a
+manifest older than checksums are listed as not verified and do not fail the check.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import textwrap
 from pathlib import Path
 from typing import TextIO
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.io_utils import PipelineError, sha256_file
 from data_pipeline.manifest import LENGTH_BINS, SPLITS, Manifest, load_tokenizer, tokenizer_info
 
 _BAR = 40  # characters of the widest histogram bar
@@ -53,6 +57,36 @@ def summary_lines(m: Manifest) -> list[str]:
     return lines
 
 
+def verify_shards(directory: Path, m: Manifest, out: TextIO) -> None:
+    """Check every listed shard's size and SHA-256; raise PipelineError naming each bad one."""
+    bad, unverified, total = [], [], 0
+    for name in SPLITS:
+        for s in m.splits[name].shards if name in m.splits else []:
+            total += 1
+            path = directory / s.name
+            if not path.is_file():
+                bad.append(f"{s.name} (missing)")
+            elif s.sha256 is None:
+                unverified.append(s.name)
+            elif s.bytes is not None and (size := path.stat().st_size) != s.bytes:
+                bad.append(f"{s.name} ({size} bytes, manifest.json lists {s.bytes})")
+            elif sha256_file(path) != s.sha256:
+                bad.append(f"{s.name} (corrupt: SHA-256 differs from manifest.json)")
+    for why in bad:
+        print(f"  BAD {why}", file=out)
+    if unverified:
+        print(
+            f"  not verified: {len(unverified)} shards have no SHA-256 in manifest.json (made "
+            f"before shard recorded checksums; re-shard to verify them): {unverified[:3]}",
+            file=out,
+        )
+    if bad:
+        raise PipelineError(
+            f"{directory}: {len(bad)} of {total} shards fail verification: {', '.join(bad)}"
+        )
+    print(f"  verified: {total - len(unverified)} of {total} shards match manifest.json", file=out)
+
+
 def _decoder(m: Manifest):
     """(tokenizer, None) when the manifest's tokenizer loads and matches, else (None, why)."""
     try:
@@ -64,9 +98,14 @@ def _decoder(m: Manifest):
 
 
 def inspect(
-    directory: str | Path, samples: int = 3, split: str = "train", out: TextIO | None = None
+    directory: str | Path,
+    samples: int = 3,
+    split: str = "train",
+    out: TextIO | None = None,
+    verify: bool = False,
 ) -> None:
-    """Print the manifest summary of `directory` and its first `samples` samples of `split`."""
+    """Print the manifest summary of `directory` and its first `samples` samples of `split`;
+    with `verify`, check every shard against the manifest first (PipelineError if one fails)."""
     out = out if out is not None else sys.stdout  # resolved late so redirected stdout is honoured
     directory = Path(directory)
     if split not in SPLITS:
@@ -77,6 +116,8 @@ def inspect(
     print(f"{directory}", file=out)
     for line in summary_lines(m):
         print(f"  {line}", file=out)
+    if verify:
+        verify_shards(directory, m, out)
     shards = m.splits.get(split)
     if not samples or shards is None or not shards.shards:
         if samples:
@@ -107,8 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a shard directory (with manifest.json)")
     parser.add_argument("--samples", type=int, default=3, help="samples to decode and show")
     parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every shard's size and SHA-256 against the manifest (exit 2 naming bad ones)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    inspect(args.directory, samples=args.samples, split=args.split)
+    inspect(args.directory, samples=args.samples, split=args.split, verify=args.verify)
     return 0

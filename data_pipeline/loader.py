@@ -24,9 +24,14 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
   without replaying the stream. A state saved with another world_size, num_workers, batch size or
   shard list cannot be continued exactly: the loader warns and starts at the same epoch at the same
   fraction of it (rounded down).
-- Corrupt shards raise PipelineError naming the shard. With skip_corrupt=True the shard is logged
-  and skipped, and a slot that runs short wraps to the start of its epoch stream, so batch counts
-  stay exact; a resume is then bit-exact only if no shard was skipped earlier in that epoch.
+- Corrupt shards raise PipelineError naming the shard: a damaged tar, a sample count or token id
+  the manifest contradicts, or a local shard whose SHA-256 differs from the manifest's (hashed
+  from the buffer read_shard reads anyway; remote and pipe: shards are not hashed). With
+  skip_corrupt=True the shard is logged once and skipped, and a slot that runs short wraps to the
+  start of its epoch stream, so batch counts stay exact (no rank stops early or waits on a
+  collective); a resume is then bit-exact only if no shard was skipped earlier in that epoch.
+  `skipped_corrupt` counts the distinct shards this rank skipped (DataLoader workers report
+  theirs with the next batch they yield), for the trainer to log.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ STATE_VERSION = 1
 DROP_WARN_FRACTION = 0.05
 # Domain tags keep the seed streams of different uses apart even when their other inputs collide.
 _TAG_SHARDS, _TAG_GROUP, _TAG_MASK, _TAG_EVAL = 0, 1, 2, 3
+_SKIPPED_KEY = "_skipped_corrupt"  # worker -> loader: skipped shards; popped, never yielded
 _POSITION_KEYS = ("seed", "world_size", "num_workers", "batch_size", "shuffle_shards", "shards")
 
 
@@ -116,18 +122,23 @@ class _Plan:
 _warned: set[str] = set()
 
 
-def _read_group(plan: _Plan, shards: list[int], epoch: int, slot: int, g: int) -> list:
+def _read_group(
+    plan: _Plan, shards: list[int], epoch: int, slot: int, g: int, skipped: list[str]
+) -> list:
+    """A group's samples, permuted; the names of shards skipped as corrupt go into `skipped`."""
     items: list[tuple[str, np.ndarray]] = []
+    sha256 = plan.shards.sha256 or (None,) * len(plan.shards.urls)
     for i in shards:
         url, name = plan.shards.urls[i], plan.shards.names[i]
         try:
-            got = read_shard(url, plan.shards.counts[i], plan.tokenizer.vocab_size)
+            got = read_shard(url, plan.shards.counts[i], plan.tokenizer.vocab_size, sha256[i])
         except PipelineError as e:
             if not plan.config.skip_corrupt:
                 raise
             if url not in _warned:
                 _warned.add(url)
                 logger.warning("skipping shard %s (skip_corrupt=True): %s", url, e)
+            skipped.append(name)
             continue
         items.extend((f"{name}/{key}", ids) for key, ids in got)
     perm = torch.randperm(
@@ -136,7 +147,9 @@ def _read_group(plan: _Plan, shards: list[int], epoch: int, slot: int, g: int) -
     return [items[i] for i in perm.tolist()]
 
 
-def _epoch_samples(plan: _Plan, epoch: int, slot: int, offset: int) -> Iterator[tuple]:
+def _epoch_samples(
+    plan: _Plan, epoch: int, slot: int, offset: int, skipped: list[str]
+) -> Iterator[tuple]:
     """Samples offset .. n*B-1 of a slot's epoch stream, reading from the group holding offset."""
     need = plan.n * plan.config.batch_size - offset
     groups = plan.groups(epoch, slot)
@@ -146,7 +159,7 @@ def _epoch_samples(plan: _Plan, epoch: int, slot: int, offset: int) -> Iterator[
     while True:
         produced = 0
         for g in range(first, len(groups)):
-            items = _read_group(plan, groups[g], epoch, slot, g)
+            items = _read_group(plan, groups[g], epoch, slot, g, skipped)
             for item in items[skip:]:
                 yield item
                 produced, need = produced + 1, need - 1
@@ -173,8 +186,9 @@ class _SlotStream(IterableDataset):
         local = (self.consumed - worker + w_count - 1) // w_count if self.consumed > worker else 0
         slot = plan.rank * w_count + worker
         epoch, pos = divmod(local, plan.n)
+        skipped: list[str] = []  # shards skipped since the last batch, reported with the next
         while True:
-            samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size)
+            samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size, skipped)
             for _ in range(plan.n - pos):
                 rows = [next(samples) for _ in range(cfg.batch_size)]
                 batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
@@ -189,6 +203,8 @@ class _SlotStream(IterableDataset):
                 )
                 if cfg.debug_keys:
                     out["keys"] = [key for key, _ in rows]
+                if skipped:
+                    out[_SKIPPED_KEY], skipped[:] = list(skipped), []
                 yield out
                 local += 1
             epoch, pos = epoch + 1, 0
@@ -271,6 +287,12 @@ class MaskedBatchLoader:
             )
         self._consumed = 0
         self._active: Iterator[dict] | None = None
+        self._skipped: set[str] = set()
+
+    @property
+    def skipped_corrupt(self) -> int:
+        """Distinct shards this rank has skipped as corrupt so far (skip_corrupt=True)."""
+        return len(self._skipped)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -300,6 +322,7 @@ class MaskedBatchLoader:
                     raise _unwrap_worker_error(e) from None
                 # Count on the way out, so prefetched batches are never counted as consumed.
                 self._consumed += 1
+                self._skipped.update(batch.pop(_SKIPPED_KEY, ()))
                 yield batch
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)

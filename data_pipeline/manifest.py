@@ -10,10 +10,15 @@ complete shards) and the loader (which refuses shards made with another tokenize
       "max_len": 256, "mode": "truncate" | "pack", "dtype": "uint16" | "int32",
       "eval_fraction": 0.001,
       "splits": {"train": {"samples", "tokens", "shards": [{"name", "samples", "tokens",
-                                                             "length_hist"}]},
+                                                             "length_hist", "bytes", "sha256"}]},
                  "eval": {...}},
       "inputs": [{"path", "bytes", "sha256"}]
     }
+
+A shard's "bytes" and "sha256" are those of its tar file as the writer finished it; the loader
+compares the SHA-256 of every local shard it reads, `inspect --verify` both. They are optional, so
+manifests written before they existed still load (format_version stays 1): a shard without
+"sha256" is read unverified.
 
 `tokens` counts real tokens ([CLS]/[SEP] included, no padding). `length_hist` has LENGTH_BINS
 counts; bin i holds sequences with length in (i*max_len/LENGTH_BINS, (i+1)*max_len/LENGTH_BINS].
@@ -64,6 +69,8 @@ class ShardInfo:
     samples: int
     tokens: int
     length_hist: list[int] = field(default_factory=lambda: [0] * LENGTH_BINS)
+    bytes: int | None = None  # size of the tar file; None in manifests older than checksums
+    sha256: str | None = None  # of the tar file; None: the shard is read unverified
 
 
 @dataclass
@@ -164,6 +171,8 @@ class Manifest:
                     samples=get(x, "samples", int, f"splits.{name}.shards[]."),
                     tokens=get(x, "tokens", int, f"splits.{name}.shards[]."),
                     length_hist=list(get(x, "length_hist", list, f"splits.{name}.shards[].")),
+                    bytes=_optional(x, "bytes", int, get, f"splits.{name}.shards[]."),
+                    sha256=_optional(x, "sha256", str, get, f"splits.{name}.shards[]."),
                 )
                 for x in get(s, "shards", list, f"splits.{name}.")
             ]
@@ -202,6 +211,11 @@ class Manifest:
                 f"but this run uses '{info.name}' (vocab {info.vocab_size}, "
                 f"hash {info.vocab_hash[:12]}); re-shard with the run's tokenizer"
             )
+
+
+def _optional(obj: dict, key: str, kind: type, get, where: str) -> Any:
+    """`obj[key]` checked like a required key when present and not null, else None."""
+    return None if obj.get(key) is None else get(obj, key, kind, where)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -3,7 +3,12 @@
 Accepted inputs (files or directories, in the order given):
 
 - `extract` output: a directory holding report.json and *.jsonl.gz records; its files are read in
-  sorted name order and hidden entries (the .parts/ work area, temp files) are ignored;
+  sorted name order and hidden entries (the .parts/ work area, temp files) are ignored. A directory
+  with report.json or .parts/ is taken as extract output and must match its report exactly: every
+  listed output present with the listed size and SHA-256, no record file the report does not list.
+  Anything else (an interrupted extract leaves complete-looking outputs and no report) is one
+  error naming the directory and each problem, unless `allow_partial` (shard --allow-partial),
+  which prints them as a warning and reads what is there;
 - any other directory: its *.jsonl.gz, *.jsonl and *.txt files, same order and rules;
 - .jsonl / .jsonl.gz: one JSON object a line; text = title + " " + abstract when those keys exist
   (the paper's text, RECIPES.md), else the "text" field, or the field named by --text-field;
@@ -23,13 +28,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.extract import PARTS_DIR, REPORT
+from data_pipeline.io_utils import PipelineError, read_json, sha256_file
 
 RECORD_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt", ".txt.gz")
 _HF_MARKERS = ("state.json", "dataset_info.json")
@@ -53,6 +60,7 @@ class Source:
 class InputSet:
     sources: list[Source]
     total_records: int | None  # known when every input says how many records it holds
+    sha256: dict[Path, str] = field(default_factory=dict)  # digests the extract check computed
 
     @property
     def files(self) -> list[Path]:
@@ -84,19 +92,80 @@ def _dir_files(d: Path) -> list[Path]:
 def _report_records(d: Path) -> int | None:
     """Records an `extract` run wrote, from its report.json (None when it does not say)."""
     try:
-        report = json.loads((d / "report.json").read_text(encoding="utf-8"))
+        report = json.loads((d / REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     value = report.get("records_out") if isinstance(report, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def resolve_inputs(inputs: list[str]) -> InputSet:
-    """Turn --input paths into sources; missing paths and DatasetDict directories are errors."""
+def _is_extract_dir(d: Path) -> bool:
+    return (d / REPORT).is_file() or (d / PARTS_DIR).is_dir()
+
+
+def check_extract_dir(d: Path, files: list[Path]) -> tuple[list[str], dict[Path, str]]:
+    """What is wrong with extract output `d` (its record `files`) against its report.json, one
+    line per problem (none when complete), and the SHA-256 of every file it hashed."""
+    if not (d / REPORT).is_file():
+        return [f"no {REPORT} (extract writes it last: an interrupted run leaves none)"], {}
+    try:
+        entries = read_json(d / REPORT).get("files")
+    except PipelineError as e:
+        return [str(e)], {}
+    if not isinstance(entries, list):
+        return [f"{REPORT} has no 'files' list"], {}
+    listed: dict[str, dict] = {}
+    for entry in entries:
+        name = entry.get("output") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            listed[name] = entry
+    problems, digests = [], {}
+    for name, entry in sorted(listed.items()):
+        path, size, want = d / name, entry.get("output_bytes"), entry.get("output_sha256")
+        if not isinstance(want, str) or not isinstance(size, int):
+            problems.append(f"{name}: {REPORT} lists no size and SHA-256 (an older extract)")
+        elif not path.is_file():
+            problems.append(f"{name}: listed in {REPORT} but missing")
+        elif (got_size := path.stat().st_size) != size:
+            problems.append(f"{name}: {got_size} bytes, {REPORT} lists {size}")
+        elif (got := digests.setdefault(path, sha256_file(path))) != want:
+            problems.append(f"{name}: SHA-256 {got[:12]}... differs from {REPORT}'s {want[:12]}...")
+    for f in files:
+        rel = str(f.relative_to(d))
+        if rel not in listed:
+            problems.append(f"{rel}: not listed in {REPORT}")
+    return problems, digests
+
+
+def _extract_files(d: Path, allow_partial: bool) -> tuple[list[Path], dict[Path, str], bool]:
+    """The record files of extract output `d`, their digests, and whether the report vouches
+    for them (see the module docstring)."""
+    files = _dir_files(d)
+    problems, digests = check_extract_dir(d, files)
+    if not problems:
+        return files, digests, True
+    listing = "; ".join(problems[:5])
+    if len(problems) > 5:
+        listing += f"; ... ({len(problems)} problems)"
+    if not allow_partial:
+        raise PipelineError(
+            f"{d}: incomplete or changed extract output: {listing}. Rerun `python -m "
+            "data_pipeline extract` into it (complete parts are reused), or pass --allow-partial "
+            "to use the files that are there"
+        )
+    warning = f"warning: {d}: using a partial extract output (--allow-partial): {listing}"
+    print(warning, file=sys.stderr, flush=True)
+    return files, {}, False
+
+
+def resolve_inputs(inputs: list[str], allow_partial: bool = False) -> InputSet:
+    """Turn --input paths into sources; missing paths and DatasetDict directories are errors,
+    and so is an extract output that its report.json does not vouch for, unless `allow_partial`."""
     if not inputs:
         raise PipelineError("no inputs given (pass --input PATH [PATH ...])")
     sources: list[Source] = []
     total: int | None = 0
+    sha256: dict[Path, str] = {}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -109,16 +178,20 @@ def resolve_inputs(inputs: list[str]) -> InputSet:
                 raise PipelineError(
                     f"{p}: a saved DatasetDict; pass one split's directory (e.g. {p / 'train'})"
                 )
-            files = _dir_files(p)
+            if _is_extract_dir(p):
+                files, digests, complete = _extract_files(p, allow_partial)
+                sha256.update(digests)
+            else:
+                files, complete = _dir_files(p), False
             sources += [Source(_file_kind(f), f, (f,)) for f in files]
-            known = _report_records(p) if (p / "report.json").is_file() else None
+            known = _report_records(p) if complete else None
             total = None if total is None or known is None else total + known
         elif p.is_file():
             sources.append(Source(_file_kind(p), p, (p,)))
             total = None
         else:
             raise PipelineError(f"{p}: no such file or directory")
-    return InputSet(sources, total)
+    return InputSet(sources, total, sha256)
 
 
 def _hf_files(d: Path) -> tuple[Path, ...]:

@@ -2,7 +2,7 @@
 
     python -m data_pipeline shard --input DIR --tokenizer NAME_OR_DIR --output SHARDS \
         [--max-len 256] [--mode truncate|pack] [--eval-fraction 0.001] [--workers N] \
-        [--samples-per-shard N] [--text-field NAME] [--token-cache CACHE]
+        [--samples-per-shard N] [--text-field NAME] [--token-cache CACHE] [--allow-partial]
 
 Each sample is `KEY.input_ids.npy` ([CLS] ... [SEP], uint16 when the vocabulary fits, else int32)
 and `KEY.json` ({"pmid"} or {"id"} in truncate mode, {"pmids"} in pack mode, always "n_tokens"),
@@ -15,6 +15,11 @@ have fixed mtime/owner, and a resumed run restores the exact writer state of its
 
 A crashed run resumes from its journal in DIR/.shard-state/ (data_pipeline/shard_journal.py).
 
+Integrity: an extract output is read only when its report.json vouches for every file in it
+(--allow-partial: warn and read what is there; data_pipeline/records.py), and the manifest lists
+each shard's size and SHA-256, hashed from the bytes as they are written, for the loader and
+`inspect --verify` to check.
+
 `--token-cache CACHE` takes token ids from what `python -m data_pipeline tokenize` made of the
 inputs' parts (array jobs tokenize slices of the corpus in parallel: data_pipeline/token_cache.py)
 and tokenizes only what the cache does not hold; the output is byte-identical either way.
@@ -23,6 +28,7 @@ and tokenizes only what the cache does not hold; the output is byte-identical ei
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import itertools
 import json
@@ -175,8 +181,12 @@ class SplitWriter:
             info.length_hist[length_bin(len(ids), self.max_len)] += 1
         size = sum(map(len, parts)) + 2 * _BLOCK
         parts.append(_NUL * (2 * _BLOCK + -size % _RECORD))  # end-of-archive, padded like tar
+        data = b"".join(parts)
+        # Hashed as written, not re-read: the manifest vouches for what the writer produced, and
+        # every later read (the loader, inspect --verify) is compared with it.
+        info.bytes, info.sha256 = len(data), hashlib.sha256(data).hexdigest()
         with atomic_path(self.directory / info.name) as tmp, open(tmp, "wb") as f:
-            f.writelines(parts)
+            f.write(data)
         self.shards.append(info)
         return info
 
@@ -240,14 +250,17 @@ def run_shard(
     text_field: str | None = None,
     progress: bool = True,
     token_cache: str | None = None,
+    allow_partial: bool = False,
 ) -> Manifest:
     """Tokenize `inputs` into DIR/{train,eval}-NNNNNN.tar + manifest.json; resumes a crashed run.
 
     With `token_cache`, ids come from that `tokenize` cache where it holds them (same output).
+    An extract output whose report.json does not vouch for its files is refused unless
+    `allow_partial` (data_pipeline/records.py).
     """
     _validate(max_len, mode, eval_fraction, workers, samples_per_shard)
     eval_fraction = float(eval_fraction)  # 0 and 0.0 must fingerprint (and record) the same
-    input_set = resolve_inputs([str(i) for i in inputs])
+    input_set = resolve_inputs([str(i) for i in inputs], allow_partial)
     if not input_set.files:
         raise PipelineError(f"no record files found in {', '.join(map(str, inputs))}")
     out = check_writable_dir(output)
@@ -257,9 +270,10 @@ def run_shard(
     tok = backend_tokenizer(hf_tok)
     keep = kept_ids(max_len, mode)
     cache = TokenCache(token_cache, tok, keep) if token_cache is not None else None
+    # The extract check already hashed what it verified; the rest is hashed here.
+    digest = {f: input_set.sha256.get(f) or sha256_file(f) for f in input_set.files}
     inputs_meta = [
-        {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
-        for f in input_set.files
+        {"path": str(f), "bytes": f.stat().st_size, "sha256": digest[f]} for f in input_set.files
     ]
     settings = {
         "vocab_hash": info.vocab_hash,
@@ -373,6 +387,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CACHE",
         help="take token ids from this `tokenize` cache where it has them (same output)",
     )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="use an extract output its report.json does not vouch for (warns; default: refuse)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -387,5 +406,6 @@ def main(args: argparse.Namespace) -> int:
         samples_per_shard=args.samples_per_shard,
         text_field=args.text_field,
         token_cache=args.token_cache,
+        allow_partial=args.allow_partial,
     )
     return 0

@@ -23,7 +23,7 @@ import webdataset as wds
 
 from data_pipeline import shards, token_ids
 from data_pipeline.inspect_shards import inspect
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.io_utils import PipelineError, sha256_file
 from data_pipeline.manifest import Manifest, length_bin, load_tokenizer
 from data_pipeline.records import resolve_inputs
 
@@ -327,7 +327,12 @@ def test_input_kinds(tmp_path, jsonl, docs, hf_tok, tokenizer_dir, small_corpus,
     write_jsonl_gz(ext / "b.jsonl.gz", rows[20:])
     write_jsonl_gz(ext / "a.jsonl.gz", rows[:20])
     write_jsonl_gz(ext / ".parts" / "a.part.jsonl.gz", [{"pmid": 1, "title": "junk"}])
-    (ext / "report.json").write_text(json.dumps({"records_out": 40}))
+    outputs = [ext / "a.jsonl.gz", ext / "b.jsonl.gz"]
+    listed = [
+        {"output": f.name, "output_bytes": f.stat().st_size, "output_sha256": sha256_file(f)}
+        for f in outputs
+    ]
+    (ext / "report.json").write_text(json.dumps({"records_out": 40, "files": listed}))
     assert resolve_inputs([str(ext)]).total_records == 40  # gives progress its ETA
     txt = tmp_path / "docs.txt"
     txt.write_text("\n  \n".join(texts) + "\n\n", encoding="utf-8")

@@ -77,7 +77,7 @@ class DataSection:
     whole_word: bool = False
     num_workers: int = 0
     shuffle_shards: int = 4
-    skip_corrupt: bool = False
+    skip_corrupt: bool = False  # skip (warn, count) shards failing their checks (SHA-256, ...)
     tokenizer: str | None = None  # for exports; None: the teacher's, else the shards' tokenizer
     entities: str | None = None  # entity words (JSON, see trainer/inputs.py): eval entity_acc
 
