@@ -27,6 +27,7 @@ BENCHMARKS = {
     "cohort": "benchmarks.bench_cohort",
     "step": "benchmarks.bench_step",
     "memory": "benchmarks.bench_memory",
+    "checkpoint": "benchmarks.bench_checkpoint",
     "quality": "benchmarks.bench_quality",
 }
 
