@@ -266,6 +266,12 @@ def run_shard(
     out = check_writable_dir(output)
     hf_tok = load_tokenizer(tokenizer)
     name = str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
+    positions = getattr(hf_tok, "model_max_length", None)
+    if isinstance(positions, int) and max_len > positions:  # a tokenizer without one says 1e30
+        raise PipelineError(
+            f"--max-len {max_len}: longer than the {positions} positions tokenizer {name} is "
+            f"made for (its model_max_length); use --max-len {positions} or less"
+        )
     info = tokenizer_info(hf_tok, name)
     tok = backend_tokenizer(hf_tok)
     keep = kept_ids(max_len, mode)

@@ -446,6 +446,14 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, jsonl, tokenizer_dir):
         ([str(jsonl)], tok, out, {"eval_fraction": 1.0}, r"--eval-fraction must be in \[0, 1\)"),
         ([str(jsonl)], tok, out, {"eval_fraction": -0.1}, r"--eval-fraction must be in"),
         ([str(jsonl)], tok, out, {"workers": 0}, "--workers must be at least 1"),
+        (
+            [str(jsonl)],
+            tok,
+            out,
+            {"max_len": 100000},
+            r"--max-len 100000: longer than the 512 positions tokenizer .* is made for "
+            r"\(its model_max_length\); use --max-len 512 or less",
+        ),
     ]
     for inputs, tok_arg, out_arg, kw, pattern in cases:
         with pytest.raises(PipelineError, match=pattern) as e:
