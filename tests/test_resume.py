@@ -27,7 +27,7 @@ from trainer.runtime import free_port
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6  # checkpoints at steps 1..5 are each resumed; warm-up ends at step 2
+STEPS = 4  # checkpoints at steps 1..3 are each resumed: before, at and after the warm-up's end (2)
 # A layer-copied student with logits and hidden-state terms, and a random-init one with
 # attention maps: every kind of state a checkpoint carries (CompactBioBERT adds none, and time).
 SWEPT = ("DistilBioBERT", "TinyBioBERT")
