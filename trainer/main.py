@@ -9,7 +9,8 @@ With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo
 the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
 `python trainer/main.py ...` runs one. Exit codes: 0 done, 2 bad input (one line says what),
-3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume).
+3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume) or
+by SIGTERM/SIGUSR1 before training started, 130 Ctrl-C before training started.
 Overrides starting with `ds.` set keys of the DeepSpeed JSON (ds.train_micro_batch_size_per_gpu=2,
 ds.zero_optimization.stage=3); the JSON a run used is in runs/<name>/ds_config.json.
 """
