@@ -161,7 +161,7 @@ class Checkpointer:
                 f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
                 "free now); there is no complete checkpoint yet: free space and start again"
             )
-        need = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
+        need = sum(f["size"] for f in read_json(newest / MARKER).get("files", {}).values())
         return (
             f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
             f"free now, the last one took {need:,}); {newest.name} is complete and intact: free "

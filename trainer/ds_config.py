@@ -83,11 +83,16 @@ def _known_keys(path: tuple[str, ...], node: dict) -> set[str]:
     return known
 
 
+def _did_you_mean(key: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def _check_keys(ds: dict, where: str) -> None:
     """DeepSpeed ignores keys it does not know: a typo (gradient_clipingg) silently turns a
     setting off. Refuse them at the top level and in zero_optimization, naming the closest."""
-    import difflib
-
     for path in ((), ("zero_optimization",)):
         node = ds if not path else ds.get(path[0])
         if not isinstance(node, dict):
@@ -95,9 +100,8 @@ def _check_keys(ds: dict, where: str) -> None:
         known = _known_keys(path, {})
         for key in node:
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
                 dotted = ".".join((*path, key))
+                hint = _did_you_mean(key, known)
                 raise ValueError(f"{where}: {dotted!r} is not a DeepSpeed key{hint}")
 
 
@@ -117,8 +121,6 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
     """A copy of the DeepSpeed JSON with each `ds.key.sub=value` set (value parsed as YAML, as
     recipe overrides are), e.g. ds.train_micro_batch_size_per_gpu=2,
     ds.zero_optimization.stage=3. An unknown key is refused, naming the closest known ones."""
-    import difflib
-
     out = copy.deepcopy(ds)
     for item in overrides:
         parts, value = parse_override(item, DS_OVERRIDE_PREFIX)
@@ -134,8 +136,7 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
             where = tuple(parts[:depth])
             known = _known_keys(where, node)
             if part not in known:
-                close = difflib.get_close_matches(part, sorted(known), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                hint = _did_you_mean(part, known)
                 section = ".".join(where) or "the top level"
                 raise ValueError(
                     f"override {item!r}: {part!r} is not a DeepSpeed key at {section}{hint}"
