@@ -74,7 +74,9 @@ from data_pipeline.io_utils import (
     atomic_path,
     atomic_write_json,
     check_writable_dir,
+    disk_full_is_an_error,
     expand_inputs,
+    out_of_space,
     parse_slice,
     read_json,
     sha256_file,
@@ -211,6 +213,8 @@ def extract_part(task: tuple[str, str]) -> dict:
     except PipelineError as e:
         return {**stats, "error": str(e)}
     except OSError as e:
+        if out_of_space(e, parts):
+            raise  # not this input's fault: the whole run stops (run_extract says so)
         return {**stats, "error": f"{path}: {e.strerror or e}"}
     stats.update(
         status="ok",
@@ -364,7 +368,46 @@ def run_extract(
     parts = out / PARTS_DIR
     parts.mkdir(exist_ok=True)
     if parts_only:
-        return _parse_only(take_slice(files, slice_spec), parts, workers, skip_bad_files, progress)
+        files = take_slice(files, slice_spec)
+    try:
+        with disk_full_is_an_error(out, "extracting", _FULL_ADVICE):
+            if parts_only:
+                return _parse_only(files, parts, workers, skip_bad_files, progress)
+            return _extract(files, out, workers, keep_no_abstract, skip_bad_files, progress)
+    except BaseException:
+        # NOTE: leaving the pool terminates its other workers mid-write, past their own clean-up.
+        for stray in _temp_files(out, files):
+            stray.unlink(missing_ok=True)
+        raise
+
+
+def _temp_files(out: Path, files: list[Path]) -> list[Path]:
+    """The temp files the inputs `files` leave when their writers die (atomic_path's)."""
+    parts = out / PARTS_DIR
+    kinds = ("part.gz", "index.npz")
+    prefixes = tuple(f".{input_stem(p)}.{kind}." for p in files for kind in kinds)
+    found = [p for p in parts.iterdir() if p.name.startswith(prefixes)]
+    outputs = tuple(f".{input_stem(p)}.jsonl.gz." for p in files) + (f".{REPORT}.",)
+    found += [p for p in out.iterdir() if p.name.startswith(outputs)]
+    return [p for p in found if p.name.endswith(".tmp")]
+
+
+# Every file is written atomically and report.json last, so a full disk leaves complete files.
+_FULL_ADVICE = (
+    f"no {REPORT} was written, so shard will refuse this directory; free space and rerun the "
+    "same command: the inputs parsed so far are kept"
+)
+
+
+def _extract(
+    files: list[Path],
+    out: Path,
+    workers: int,
+    keep_no_abstract: bool,
+    skip_bad_files: bool,
+    progress: bool,
+) -> dict:
+    parts = out / PARTS_DIR
     # Temp files of a crashed run are never trusted, just litter.
     for stray in [
         *parts.glob(".*.tmp"),
@@ -472,11 +515,8 @@ def _parse_only(
         return {"files": [], "bad_files": []}
     # NOTE: other slices may be writing into the same .parts right now: remove only the temp
     # files of this slice's inputs (an earlier attempt of this slice left them).
-    kinds = ("part.gz", "index.npz")
-    prefixes = tuple(f".{input_stem(p)}.{kind}." for p in files for kind in kinds)
-    for stray in parts.iterdir():
-        if stray.name.startswith(prefixes) and stray.name.endswith(".tmp"):
-            stray.unlink(missing_ok=True)
+    for stray in _temp_files(parts.parent, files):
+        stray.unlink(missing_ok=True)
     stats, todo = _plan_parts(files, parts, progress)
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(min(workers, len(todo))) if workers > 1 and todo else _InProcess()

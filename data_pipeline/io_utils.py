@@ -7,11 +7,13 @@ fsync, rename), so a crash never leaves a half-written file under its final name
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -26,6 +28,60 @@ _UMASK = _read_umask()
 
 class PipelineError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
+
+
+def out_of_space(e: BaseException, path: str | os.PathLike) -> bool:
+    """Whether `e` (from a write under `path`) means the file system is full.
+
+    An OSError from a worker process arrives re-raised with its errno. torch.save says it as
+    "[enforce fail at inline_container.cc] unexpected pos" or "file write failed", without an
+    errno, so those count when the file system has under 1 MiB left.
+    """
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    if "unexpected pos" in text or "file write failed" in text:
+        return free_bytes(path) < 1 << 20
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the file system of `path` (or of its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def no_space_message(path: str | os.PathLike, doing: str, need: int | None, advice: str) -> str:
+    """One line: the path, what was being written, free and needed bytes, what to do."""
+    needed = f", about {need:,} needed" if need else ""
+    return (
+        f"{path}: no space left on device while {doing} ({free_bytes(path):,} bytes free "
+        f"now{needed}); {advice}"
+    )
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(
+    path: str | os.PathLike,
+    doing: str,
+    advice: str,
+    need: Callable[[], int | None] = lambda: None,
+) -> Iterator[None]:
+    """Turn running out of space under `path` into a one-line PipelineError.
+
+    NOTE: the writes inside must be atomic (atomic_path), so that what they leave behind is only
+    complete files; `advice` says what the user can rely on and how to go on.
+    """
+    try:
+        yield
+    except Exception as e:  # NOTE: writers say it in their own types (safetensors, torch.save)
+        if not out_of_space(e, path):
+            raise
+        raise PipelineError(no_space_message(path, doing, need(), advice)) from None
 
 
 def first_line(e: BaseException) -> str:

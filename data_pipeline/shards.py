@@ -39,7 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.io_utils import PipelineError, atomic_path, check_writable_dir, sha256_file
+from data_pipeline.io_utils import (
+    PipelineError,
+    atomic_path,
+    check_writable_dir,
+    disk_full_is_an_error,
+    sha256_file,
+)
 from data_pipeline.manifest import (
     MANIFEST_NAME,
     MODES,
@@ -238,6 +244,13 @@ def _validate(max_len: int, mode: str, eval_fraction: float, workers: int, per_s
         raise PipelineError(f"--samples-per-shard must be positive, got {per_shard}")
 
 
+# Shards are written atomically, the journal after each and the manifest last (shard_journal.py).
+_FULL_ADVICE = (
+    "the shards written so far are complete and journalled, and there is no manifest yet: free "
+    "space and rerun the same command to go on from the last shard"
+)
+
+
 def run_shard(
     inputs: list[str],
     tokenizer: str,
@@ -289,72 +302,75 @@ def run_shard(
         "samples_per_shard": samples_per_shard,
         "text_field": text_field,
     }
-    journal = Journal(out, fingerprint(inputs_meta, tok.to_str(), settings))
-    if (out / MANIFEST_NAME).exists():
-        return complete_run(out, journal, info, inputs_meta, settings, progress)
-    writers = {s: SplitWriter(out, s, samples_per_shard, max_len, info.dtype) for s in SPLITS}
-    pack = mode == "pack"
-    packers = {s: Packer(max_len - 2, info.sep_id) for s in SPLITS} if pack else {}
-    consumed = resume(out, journal, writers, packers)
+    with disk_full_is_an_error(out, "writing shards", _FULL_ADVICE):
+        journal = Journal(out, fingerprint(inputs_meta, tok.to_str(), settings))
+        if (out / MANIFEST_NAME).exists():
+            return complete_run(out, journal, info, inputs_meta, settings, progress)
+        writers = {s: SplitWriter(out, s, samples_per_shard, max_len, info.dtype) for s in SPLITS}
+        pack = mode == "pack"
+        packers = {s: Packer(max_len - 2, info.sep_id) for s in SPLITS} if pack else {}
+        consumed = resume(out, journal, writers, packers)
 
-    reader = RecordReader(input_set, text_field)
-    samples = sum(w.samples for w in writers.values())
-    tokens = sum(w.tokens for w in writers.values())
-    meter = _Progress(progress, input_set.total_records, reader, (consumed, tokens))
+        reader = RecordReader(input_set, text_field)
+        samples = sum(w.samples for w in writers.values())
+        tokens = sum(w.tokens for w in writers.values())
+        meter = _Progress(progress, input_set.total_records, reader, (consumed, tokens))
 
-    def emit(split: str, content: np.ndarray, keys: list[list]) -> None:
-        nonlocal samples, tokens
-        ids = np.empty(len(content) + 2, writers[split].dtype)
-        ids[0], ids[1:-1], ids[-1] = info.cls_id, content, info.sep_id
-        writers[split].add(ids, _meta(keys, len(ids), pack))
-        samples, tokens = samples + 1, tokens + len(ids)
+        def emit(split: str, content: np.ndarray, keys: list[list]) -> None:
+            nonlocal samples, tokens
+            ids = np.empty(len(content) + 2, writers[split].dtype)
+            ids[0], ids[1:-1], ids[-1] = info.cls_id, content, info.sep_id
+            writers[split].add(ids, _meta(keys, len(ids), pack))
+            samples, tokens = samples + 1, tokens + len(ids)
 
-    def write_full(split: str, final: bool = False) -> None:
-        w = writers[split]
-        while len(w.pending) >= samples_per_shard or final and w.pending:
-            w.write_shard()
-            journal.save(consumed, writers, packers)
+        def write_full(split: str, final: bool = False) -> None:
+            w = writers[split]
+            while len(w.pending) >= samples_per_shard or final and w.pending:
+                w.write_shard()
+                journal.save(consumed, writers, packers)
 
-    if cache is None:
-        records = itertools.islice(iter(reader), consumed, None)  # NOTE: skipped, never tokenized
-        batches = tokenized_chunks(records, tok, workers, keep)
-    else:
-        batches = cache.tokenized_chunks(reader, consumed, workers)
-    for chunk, (flat, offsets) in batches:
-        for i, record in enumerate(chunk):
-            consumed += 1
-            ids = flat[offsets[i] : offsets[i + 1]]
-            if not len(ids):
-                continue  # nothing to learn from, and pack mode would get a bare [SEP]
-            h, key = sample_identity(record)
-            split = split_of(h, eval_fraction)
-            pieces = packers[split].add(ids, key) if pack else [(ids, [key])]
-            for content, keys in pieces:
-                emit(split, content, keys)
-            write_full(split)
-        meter.update(consumed, samples, tokens)
-    for split, p in packers.items():
-        if last := p.flush():
-            emit(split, *last)
-    for split in SPLITS:
-        write_full(split, final=True)
-    if samples == 0:
+        if cache is None:
+            records = itertools.islice(
+                iter(reader), consumed, None
+            )  # NOTE: skipped, never tokenized
+            batches = tokenized_chunks(records, tok, workers, keep)
+        else:
+            batches = cache.tokenized_chunks(reader, consumed, workers)
+        for chunk, (flat, offsets) in batches:
+            for i, record in enumerate(chunk):
+                consumed += 1
+                ids = flat[offsets[i] : offsets[i + 1]]
+                if not len(ids):
+                    continue  # nothing to learn from, and pack mode would get a bare [SEP]
+                h, key = sample_identity(record)
+                split = split_of(h, eval_fraction)
+                pieces = packers[split].add(ids, key) if pack else [(ids, [key])]
+                for content, keys in pieces:
+                    emit(split, content, keys)
+                write_full(split)
+            meter.update(consumed, samples, tokens)
+        for split, p in packers.items():
+            if last := p.flush():
+                emit(split, *last)
+        for split in SPLITS:
+            write_full(split, final=True)
+        if samples == 0:
+            shutil.rmtree(journal.dir, ignore_errors=True)
+            raise PipelineError(f"no records with text in {', '.join(map(str, inputs))}")
+        manifest = Manifest(
+            tokenizer=info,
+            max_len=max_len,
+            mode=mode,
+            eval_fraction=eval_fraction,
+            splits={s: SplitInfo(shards=list(w.shards)) for s, w in writers.items()},
+            inputs=inputs_meta,
+        )
+        manifest.save(out)  # NOTE: last, and only once every shard it lists is in place
         shutil.rmtree(journal.dir, ignore_errors=True)
-        raise PipelineError(f"no records with text in {', '.join(map(str, inputs))}")
-    manifest = Manifest(
-        tokenizer=info,
-        max_len=max_len,
-        mode=mode,
-        eval_fraction=eval_fraction,
-        splits={s: SplitInfo(shards=list(w.shards)) for s, w in writers.items()},
-        inputs=inputs_meta,
-    )
-    manifest.save(out)  # NOTE: last, and only once every shard it lists is in place
-    shutil.rmtree(journal.dir, ignore_errors=True)
-    meter.update(consumed, samples, tokens, final=True)
-    if cache is not None and progress:
-        print(cache.summary(), file=sys.stderr, flush=True)
-    return manifest
+        meter.update(consumed, samples, tokens, final=True)
+        if cache is not None and progress:
+            print(cache.summary(), file=sys.stderr, flush=True)
+        return manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

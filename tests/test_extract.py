@@ -456,3 +456,47 @@ def test_matches_the_generated_corpus(small_corpus, tmp_path):
             a.version,
         )
         assert (r["year"], r["journal"]) == (a.year, a.journal)
+
+
+@pytest.mark.parametrize(
+    "size, workers, parsed",
+    [("96k", 2, False), ("232k", 1, True)],
+    ids=["parsing-2-workers", "writing-outputs"],
+)
+def test_full_disk_stops_with_one_line_and_the_rerun_finishes(
+    small_corpus, small_disk, tmp_path, capsys, size, workers, parsed
+):
+    """The disk fills while parsing (the parts, ~170 kB) or while writing the outputs (~140 kB
+    more): one line, exit 2, no report.json (so shard refuses the directory), no temp file, only
+    complete files; with room made, the same command finishes with the clean run's outputs."""
+    from data_pipeline.__main__ import main as cli
+    from data_pipeline.records import resolve_inputs
+
+    inputs = [str(f) for f in small_corpus.files]
+    disk = small_disk(size)
+    out = disk / "records"
+    assert (
+        cli(["extract", "--input", *inputs, "--output", str(out), "--workers", str(workers)]) == 2
+    )
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert lines == [
+        f"error: {out}: no space left on device while extracting ({lines[0].split('(')[1]}"
+    ]
+    assert lines[0].endswith(
+        "bytes free now); no report.json was written, so shard will refuse this directory; free "
+        "space and rerun the same command: the inputs parsed so far are kept"
+    )
+    assert "Traceback" not in err
+    assert not re.search(r"^\[\d+/\d+\] .*No space", err, re.M)  # no input blamed for it
+    assert not (out / "report.json").exists() and not list(out.rglob("*.tmp"))
+    assert (len(list((out / ".parts").glob("*.index.npz"))) == len(inputs)) == parsed
+    for f in out.rglob("*.gz"):
+        gzip.decompress(f.read_bytes())  # every file left is whole
+    with pytest.raises(PipelineError, match="incomplete or changed extract output"):
+        resolve_inputs([str(out)], False)
+    small_disk.resize(disk, "2m")
+    run_extract(inputs, str(out), workers=workers, progress=False)
+    run_extract(inputs, str(tmp_path / "clean"), progress=False)
+    assert outputs(out) == outputs(tmp_path / "clean")
+    assert (out / "report.json").read_bytes() == (tmp_path / "clean" / "report.json").read_bytes()

@@ -466,3 +466,32 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, jsonl, tokenizer_dir):
     with pytest.raises(PipelineError, match="no records"):
         shards.main(args)
     assert not (tmp_path / "out" / ".shard-state").exists()
+
+
+def test_full_disk_stops_with_one_line_and_the_rerun_finishes_byte_identical(
+    tmp_path, jsonl, tokenizer_dir, small_disk
+):
+    """The disk fills after a few shards: one line naming the directory, no manifest, only
+    complete shards; with room made, the same command goes on from the journal to the clean
+    run's bytes."""
+    kw = dict(max_len=32, eval_fraction=0.1, samples_per_shard=40)
+    clean = shard([jsonl], tokenizer_dir, tmp_path / "clean", **kw)
+    disk = small_disk("160k")
+    out = disk / "shards"
+    with pytest.raises(PipelineError) as err:
+        shard([jsonl], tokenizer_dir, out, **kw)
+    assert str(err.value).startswith(
+        f"{out}: no space left on device while writing shards ("
+    ) and str(err.value).endswith(
+        "bytes free now); the shards written so far are complete and journalled, and there is "
+        "no manifest yet: free space and rerun the same command to go on from the last shard"
+    )
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    written = {p.name: sha256_file(p) for p in out.glob("*.tar")}
+    expected = {s.name: s.sha256 for split in clean.splits.values() for s in split.shards}
+    assert 0 < len(written) < len(expected)
+    assert all(expected[name] == digest for name, digest in written.items())  # none partial
+    small_disk.resize(disk, "4m")
+    resumed = shard([jsonl], tokenizer_dir, out, **kw)
+    assert resumed.to_dict()["splits"] == clean.to_dict()["splits"]
+    assert all_bytes(out) == all_bytes(tmp_path / "clean")

@@ -474,34 +474,50 @@ def test_sequences_longer_than_the_models_positions_are_refused_at_start_up(env)
     ) in result["stderr"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 6 MiB tmpfs: room for the run directory and one tiny checkpoint (3.8 MB), not two."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)])
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(env, small_disk):
+def test_full_disk_while_saving_or_exporting_says_so_and_keeps_what_is_complete(
+    env, small_disk, capsys
+):
+    """6 MiB: room for the run directory and one tiny checkpoint (3.8 MB), not two."""
     from trainer.checkpoint import verify
 
+    disk = small_disk("6m")
     recipe_path = env["make"]("full", steps=6, train={"save_every": 1, "keep": 5})
-    extra = [f"run.output_dir={small_disk}", "run.name=full", "train.eval_every=100"]
+    extra = [f"run.output_dir={disk}", "run.name=full", "train.eval_every=100"]
     (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *extra))
     assert result["rc"] == 2, result["stderr"][-3000:]
-    checkpoints = small_disk / "full" / "checkpoints"
+    checkpoints = disk / "full" / "checkpoints"
     line = next(x for x in result["stderr"].splitlines() if x.startswith("error: "))
     assert f"error: {checkpoints}/step-00000002: no space left on device while saving" in line
     assert "step-00000001 is complete and intact: free space and start again" in line
     assert "Traceback" not in result["stderr"]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001"]  # no partial one
     assert verify(checkpoints / "step-00000001") is None
+
+    # exporting it onto a disk too small for the weights: one line with about the bytes needed,
+    # nothing under the export's name; with room made the same command writes it
+    from trainer.export import main as export_main
+
+    tiny = small_disk("64k")
+    out = tiny / "export"
+    export = [
+        str(checkpoints / "step-00000001"),
+        "--students",
+        "DistilBioBERT",
+        "--output",
+        str(out),
+    ]
+    assert export_main(export) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: {out}/DistilBioBERT: no space left on device while exporting (")
+    assert line.endswith(
+        "needed); nothing was written under that name; free space and export again"
+    )
+    need = int(line.split("about ")[1].split(" needed")[0].replace(",", ""))
+    assert list(tiny.iterdir()) == [out] and not list(out.iterdir())
+    small_disk.resize(tiny, "8m")
+    assert export_main(export) == 0
+    weights_bytes = (out / "DistilBioBERT" / "model.safetensors").stat().st_size
+    assert 0.9 < need / weights_bytes < 1.0  # the tensors' bytes; safetensors adds its header
 
 
 def test_compiled_cohort_trains_the_same_model(env):

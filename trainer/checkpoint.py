@@ -25,7 +25,6 @@ Layout, one directory per save:
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import shutil
@@ -39,6 +38,8 @@ from data_pipeline.io_utils import (
     atomic_path,
     atomic_write_json,
     fsync_tree,
+    no_space_message,
+    out_of_space,
     read_json,
     sha256_file,
 )
@@ -105,20 +106,6 @@ def verify(directory: Path) -> str | None:
     return None
 
 
-def out_of_space(e: BaseException, path: Path) -> bool:
-    """Whether `e` (from a write under `path`) means the file system is full. torch.save says it
-    as "[enforce fail at inline_container.cc] unexpected pos" or "file write failed", without
-    an errno, so those count when the file system has under 1 MiB left."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e)
-    if "No space left on device" in text or "Disk quota exceeded" in text:
-        return True
-    if "unexpected pos" in text or "file write failed" in text:
-        return shutil.disk_usage(path).free < 1 << 20
-    return False
-
-
 class Checkpointer:
     def __init__(self, root: Path, rt: Runtime, keep: int) -> None:
         self.root, self.rt, self.keep = Path(root), rt, keep
@@ -154,18 +141,20 @@ class Checkpointer:
         return directory
 
     def _full_message(self, directory: Path) -> str:
-        free = shutil.disk_usage(self.root).free
         newest = latest_complete(self.root)
         if newest is None:
-            return (
-                f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
-                "free now); there is no complete checkpoint yet: free space and start again"
+            return no_space_message(
+                directory,
+                "saving a checkpoint",
+                None,
+                "there is no complete checkpoint yet: free space and start again",
             )
         need = sum(f["size"] for f in read_json(newest / MARKER).get("files", {}).values())
-        return (
-            f"{directory}: no space left on device while saving a checkpoint ({free:,} bytes "
-            f"free now, the last one took {need:,}); {newest.name} is complete and intact: free "
-            "space and start again to resume from it"
+        return no_space_message(
+            directory,
+            "saving a checkpoint",
+            need,
+            f"{newest.name} is complete and intact: free space and start again to resume from it",
         )
 
     def _write(self, directory, step, students, rank_state, summary, main_rank_files) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import fsync_tree, share_tree
+from data_pipeline.io_utils import PipelineError, disk_full_is_an_error, fsync_tree, share_tree
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card
@@ -60,28 +60,36 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
-def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path) -> Path:
-    """Write model + tokenizer + README.md to `out_dir`, atomically (temp dir, rename)."""
+def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: str = "") -> Path:
+    """Write model + tokenizer + README.md to `out_dir`, atomically (temp dir, rename).
+
+    A full disk is a one-line PipelineError naming `out_dir` and about the bytes needed; nothing
+    is left under `out_dir`'s name but a previous export, untouched. `advice` says how to go on.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        share_tree(tmp)
-        fsync_tree(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}  # tied ones once
+    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    advice = "nothing was written under that name" + (f"; {advice}" if advice else "")
+    with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: need):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            model.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            share_tree(tmp)
+            fsync_tree(tmp)
+            old = None
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                out_dir.rename(old)
+            tmp.rename(out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 
@@ -91,7 +99,11 @@ def export_student(student, rt, *, out_dir: Path, tokenizer, card: str) -> Path 
     if not rt.is_main:
         return None
     mlm = student.module.mlm
-    return write_export(load_into(type(mlm)(mlm.config), state), tokenizer, card, out_dir)
+    model = load_into(type(mlm)(mlm.config), state)
+    return write_export(model, tokenizer, card, out_dir, advice=_RESUME_TO_EXPORT)
+
+
+_RESUME_TO_EXPORT = "free space and start again: the run resumes from its newest checkpoint"
 
 
 def write_skeleton(directory: Path, mlm: nn.Module, tokenizer, card: str) -> None:
@@ -134,7 +146,8 @@ def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
     model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(skeleton))
     load_into(model, mlm_state)
     card = (skeleton / "README.md").read_text(encoding="utf-8")
-    return write_export(model, AutoTokenizer.from_pretrained(skeleton), card, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(skeleton)
+    return write_export(model, tokenizer, card, out_dir, advice="free space and export again")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.output or ckpt.parent.parent / f"export-{ckpt.name}"
     for name in wanted:
-        print(f"{name}: {export_from_checkpoint(ckpt / name, out / name)}", flush=True)
+        try:
+            print(f"{name}: {export_from_checkpoint(ckpt / name, out / name)}", flush=True)
+        except (ValueError, PipelineError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
