@@ -7,16 +7,14 @@ Run: .venv/bin/pytest tests/test_integrity.py -q
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import re
 import shutil
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+from corrupt import flip_byte, flip_token_bit
 
 from data_pipeline.__main__ import main as cli
 from data_pipeline.extract import run_extract
@@ -59,12 +57,6 @@ def _rewrite_half(path: Path) -> None:
         f.writelines(lines[: len(lines) // 2])
 
 
-def _flip_byte(path: Path, offset: int | None = None) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 if offset is None else offset] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 def _first_output(d: Path) -> Path:
     return sorted(d.glob("*.jsonl.gz"))[0]
 
@@ -91,7 +83,7 @@ EXTRACT_DAMAGE = [
     ),
     (
         "listed output changed in place",
-        lambda d: _flip_byte(_first_output(d)),
+        lambda d: flip_byte(_first_output(d)),
         r"{name}: SHA-256 [0-9a-f]{12}\.\.\. differs from report\.json's",
         False,  # a flipped byte in a gzip stream is unreadable: nothing to shard either way
     ),
@@ -164,21 +156,6 @@ def _copy_shards(tiny_shards: Path, tmp_path: Path) -> Path:
     d = tmp_path / "shards"
     shutil.copytree(tiny_shards, d)
     return d
-
-
-def flip_token_bit(shard: Path, vocab_size: int) -> None:
-    """XOR 0x10 into the low byte of the middle token id of the middle sample: the id stays in
-    the vocabulary and the tar stays well-formed, so only the checksum can tell."""
-    with tarfile.open(shard) as tar:
-        members = [m for m in tar.getmembers() if m.name.endswith(".input_ids.npy")]
-    member = members[len(members) // 2]
-    data = shard.read_bytes()
-    payload = data[member.offset_data : member.offset_data + member.size]
-    ids = np.load(io.BytesIO(payload))
-    header = member.size - ids.nbytes
-    middle = len(ids) // 2
-    assert ids.dtype == np.uint16 and (int(ids[middle]) ^ 0x10) < vocab_size
-    _flip_byte(shard, member.offset_data + header + middle * ids.itemsize)
 
 
 def _loader(d: Path, **kw) -> MaskedBatchLoader:

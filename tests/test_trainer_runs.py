@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from corrupt import flip_byte, flip_token_bit
 from multirank import run_distributed
 from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
@@ -324,14 +325,6 @@ def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
         assert_same_weights(weights(reference, student), weights(env["runs"] / "killed", student))
 
 
-def flip_byte(path: Path, offset: int | None = None) -> bytes:
-    """XOR one bit into `path` (in its middle by default); returns the original bytes."""
-    data = path.read_bytes()
-    at = len(data) // 2 if offset is None else offset
-    path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
-    return data
-
-
 def test_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_newest_that_verifies(
     env, uninterrupted
 ):
@@ -518,6 +511,37 @@ def test_full_disk_while_saving_or_exporting_says_so_and_keeps_what_is_complete(
     assert export_main(export) == 0
     weights_bytes = (out / "DistilBioBERT" / "model.safetensors").stat().st_size
     assert 0.9 < need / weights_bytes < 1.0  # the tensors' bytes; safetensors adds its header
+
+
+def test_a_flipped_bit_in_the_train_shards_stops_the_run_or_is_skipped_and_counted(env, tmp_path):
+    """One bit in a token id of every train shard but the first: whichever group the loader reads
+    first holds a damaged shard. By default the run stops naming it; with data.skip_corrupt it
+    trains on, warns once per shard and logs the count as data/skipped_shards."""
+    shards = tmp_path / "shards"
+    shutil.copytree(env["shards"], shards)
+    damaged = sorted(shards.glob("train-*.tar"))[1:]
+    for shard in damaged:
+        flip_token_bit(shard, env["vocab"])
+    recipe_path = env["make"]("flipped", steps=4, data={"train_shards": str(shards)})
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path))
+    assert result["rc"] == 2, result["stderr"][-2000:]
+    (line,) = [x for x in result["stderr"].splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: shard {shards}/train-0000")
+    assert ": corrupt (SHA-256 differs from manifest.json: the file hashes to " in line
+    assert "Traceback" not in result["stderr"]
+
+    data = {"train_shards": str(shards), "skip_corrupt": True}
+    recipe_path = env["make"]("flipped-skip", steps=4, data=data)
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    warned = {
+        x.split("skipping shard ")[1].split(" ")[0]
+        for x in result["stderr"].splitlines()
+        if "skipping shard " in x
+    }
+    assert warned and warned <= {str(p) for p in damaged}
+    logged = scalars(env["runs"] / "flipped-skip")["data/skipped_shards"]
+    assert logged[-1] == (4, len(warned))
 
 
 def test_compiled_cohort_trains_the_same_model(env):

@@ -293,12 +293,13 @@ class Trainer:
         values = [self._running[n].sums[k] / self._running[n].micro_steps for n, k in layout]
         since, tokens0, samples0, step0 = self._window
         counts = [float(self.tokens - tokens0), float(self.samples - samples0)]
+        counts.append(float(self.inputs.loader.skipped_corrupt))  # a running total per rank
         packed = torch.tensor(counts, dtype=torch.float64, device=self.rt.device)
         if values:
             packed = torch.cat([torch.stack(values).double(), packed])
         packed = self.rt.all_reduce_sum(packed).cpu()  # the one host sync of the log step
         reduced = packed[: len(layout)] / self.rt.world_size
-        tokens, samples = packed[-2].item(), packed[-1].item()
+        tokens, samples, skipped_shards = packed[-3:].tolist()
         now = time.perf_counter()
         elapsed = max(now - since, 1e-9)
         self._window = (now, self.tokens, self.samples, self.step)
@@ -319,6 +320,7 @@ class Trainer:
         out["perf/samples_per_s"] = samples / elapsed
         out["perf/teacher_share"] = times.get("teacher", 0.0) / total
         out["perf/data_share"] = times.get("data", 0.0) / total
+        out["data/skipped_shards"] = skipped_shards  # data.skip_corrupt: on all ranks, so far
         steps_in_window = max(1, self.step - step0)
         for s in self.students:
             parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]

@@ -6,6 +6,7 @@ Tags are namespaced (what TensorBoard groups by):
     train/<student>/grad_norm, train/<student>/skipped_steps
     perf/tokens_per_s, perf/samples_per_s, perf/teacher_share, perf/data_share,
     perf/step_time_s/<student>, perf/gpu_peak_allocated_gb (GPU) or perf/cpu_peak_rss_gb (CPU)
+    data/skipped_shards (shards skipped as corrupt so far, all ranks; data.skip_corrupt)
     eval/<student>/mlm_loss, eval/<student>/mlm_acc, eval/<student>/teacher_agreement,
     eval/<student>/entity_acc (with data.entities), eval/teacher/mlm_loss, eval/teacher/mlm_acc,
     eval/teacher/entity_acc; relative figures (trainer/summary.py): eval/<student>/acc_to_teacher,
