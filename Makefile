@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install demo demo-eval test lint format bench clean
+.PHONY: install demo demo-eval test lint format bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,23 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --quick
+
+# The wheels benchmarks/gpu_check.sh installs on a GPU machine without network: DeepSpeed (built
+# here) and what else that machine lacks, at this venv's versions, for its Python (GPU_PYTHON).
+# Run on a machine with network and take the folder along with the checkout: 11 wheels, 19 MB.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS ?= .whl
+GPU_PACKAGES := hjson pydantic pydantic-core annotated-types typing-inspection typing_extensions \
+	regex webdataset braceexpand transformers
+PINNED = $(BIN)/python -c 'import sys; from importlib.metadata import version as v; \
+	print(" ".join(f"{n}=={v(n)}" for n in sys.argv[1:]))'
+gpu-wheels: install
+	mkdir -p $(GPU_WHEELS)
+	$(BIN)/pip wheel -q --no-deps -w $(GPU_WHEELS) $$($(PINNED) deepspeed)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $$($(PINNED) $(GPU_PACKAGES))
+	ls $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) data/demo runs/demo runs/demo.stale-* runs/demo-teacher runs/demo-teacher.stale-* .pytest_cache

@@ -87,15 +87,34 @@ PAPER_TEACHER = {  # BERT-base cased, BioBERT's shape
     "max_position_embeddings": 512,
 }
 WORDS_PER_DOC = 300  # more than max_len: truncation fills every sequence
+# --dry of benchmarks/gpu_check.py: the recipe's three students at a few thousand parameters, a
+# 12-layer teacher (DistilBioBERT and CompactBioBERT copy its layers), seq 32: every code path of
+# the paper sizes in seconds on a CPU.
+TINY_VOCAB, TINY_MAX_LEN = 1000, 32
+TINY_TEACHER = {
+    "num_hidden_layers": 12,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": TINY_VOCAB,
+    "max_position_embeddings": 64,
+}
+TINY_TINYBIOBERT = {
+    **TINY_TEACHER,
+    "num_hidden_layers": 4,
+    "hidden_size": 24,
+    "intermediate_size": 48,
+}
 
 
 @dataclass(frozen=True)
 class Plan:
-    sizes: str  # "demo" or "paper"
+    sizes: str  # "demo", "paper" or "tiny"
     recipe: Path
     warmup: int  # steps per trainer before timing
     steps: int  # steps per timed block
     rounds: int  # timed blocks per trainer, interleaved across trainers
+    compile: bool | None = None  # train.compile; None: the trainer's default (on a GPU only)
 
     @property
     def total_steps(self) -> int:
@@ -144,14 +163,23 @@ def synthetic_tokenizer(out: Path, vocab_size: int) -> Path:
     return out
 
 
-def synthetic_shards(root: Path, vocab_size: int, max_len: int, docs: int) -> tuple[Path, Path]:
-    """(shard dir, tokenizer dir): `docs` full-length samples of uniformly random token ids."""
+def synthetic_shards(
+    root: Path, vocab_size: int, max_len: int, docs: int, zipf: float | None = None
+) -> tuple[Path, Path]:
+    """(shard dir, tokenizer dir): `docs` full-length samples of random token ids, uniform, or
+    with `zipf` the k-th most frequent word drawn with probability proportional to k**-zipf:
+    a unigram distribution a model can learn, so that the loss of a short run falls."""
     from data_pipeline.shards import run_shard
     from data_pipeline.synth import SPECIAL_TOKENS
 
     tok = synthetic_tokenizer(root / "tokenizer", vocab_size)
     rng = np.random.default_rng(2023)
-    ids = rng.integers(len(SPECIAL_TOKENS), vocab_size, size=(docs, WORDS_PER_DOC))
+    first, shape = len(SPECIAL_TOKENS), (docs, WORDS_PER_DOC)
+    if zipf is None:
+        ids = rng.integers(first, vocab_size, size=shape)
+    else:
+        weights = np.arange(1, vocab_size - first + 1, dtype=np.float64) ** -zipf
+        ids = first + rng.choice(vocab_size - first, size=shape, p=weights / weights.sum())
     text = root / "docs.txt"
     with text.open("w", encoding="utf-8") as f:
         for row in ids:
@@ -194,17 +222,32 @@ def recipe_overrides(plan: Plan, root: Path, samples_per_step: int) -> list[str]
             "train.mlm_twins=false",
         ]
     docs = (plan.total_steps + 1) * samples_per_step  # every batch distinct (no epoch wraps)
-    log(f"synthetic shards: {docs} samples of {PAPER_MAX_LEN} tokens, vocabulary {PAPER_VOCAB}")
-    shards, tok = synthetic_shards(root / "data", PAPER_VOCAB, PAPER_MAX_LEN, docs)
-    teacher = ", ".join(f"{k}: {v}" for k, v in PAPER_TEACHER.items())
-    return [
-        f"teacher={{config: {{{teacher}}}}}",
+    return synthetic_overrides(plan.sizes, root / "data", docs)
+
+
+def synthetic_overrides(sizes: str, root: Path, docs: int, zipf: float | None = None) -> list[str]:
+    """Overrides for generated shards of `docs` samples and a random teacher, at the paper's
+    `sizes` or "tiny" ones (TINY_*: the recipe's TinyBioBERT shrunk to match)."""
+    tiny = sizes == "tiny"
+    vocab, max_len = (TINY_VOCAB, TINY_MAX_LEN) if tiny else (PAPER_VOCAB, PAPER_MAX_LEN)
+    log(f"synthetic shards: {docs} samples of {max_len} tokens, vocabulary {vocab}")
+    shards, tok = synthetic_shards(root, vocab, max_len, docs, zipf)
+    overrides = [
+        f"teacher={{config: {_flow(TINY_TEACHER if tiny else PAPER_TEACHER)}}}",
         f"data.train_shards={shards}",
         "data.eval_shards=null",
         f"data.tokenizer={tok}",
-        f"data.max_len={PAPER_MAX_LEN}",
+        f"data.max_len={max_len}",
         "data.num_workers=0",
     ]
+    if tiny:
+        overrides.append(f"students.TinyBioBERT.init.config={_flow(TINY_TINYBIOBERT)}")
+    return overrides
+
+
+def _flow(mapping: dict) -> str:
+    """A YAML flow mapping, for an override's value."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
 
 
 def run_config(
@@ -215,6 +258,8 @@ def run_config(
     from trainer.config import load_config, select_students
 
     overrides = [*overrides, f"run.output_dir={out}", f"run.name={name}"]
+    if plan.compile is not None:
+        overrides.append(f"train.compile={str(plan.compile).lower()}")
     cfg = load_config(plan.recipe, overrides)
     for s in cfg.students:
         if s.optimizer.max_steps < plan.total_steps:
@@ -343,6 +388,7 @@ def run_settings(plan: Plan, cfg: RunConfig, ds: dict, seq_len: float) -> dict:
         "gradient_accumulation": ds.get("gradient_accumulation_steps", 1),
         "bf16": ds.get("bf16", {}).get("enabled", False),
         "zero_stage": ds.get("zero_optimization", {}).get("stage", 0),
+        "compile": cfg.train.compile,
         "max_len": cfg.data.max_len,
         "seq_len_mean": round(seq_len, 1),
         "models": models,

@@ -35,8 +35,11 @@ from benchmarks.bench_cohort import (
 MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
 
 
-def measure_memory(stage: int, micro: int, root: Path) -> float:
-    """Peak GPU memory (GB) of 3 cohort steps at the paper sizes, ZeRO `stage`, `micro`."""
+def measure_memory(
+    stage: int, micro: int, root: Path, sizes: str = "paper", compile: bool | None = None
+) -> float | None:
+    """Peak GPU memory (GB) of 3 cohort steps at the paper `sizes`, ZeRO `stage`, `micro`
+    (None without a GPU: benchmarks/gpu_check.py --dry goes through it at tiny sizes)."""
     import deepspeed
     import torch
 
@@ -47,31 +50,43 @@ def measure_memory(stage: int, micro: int, root: Path) -> float:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json")
     ds["train_micro_batch_size_per_gpu"] = micro
-    plan = Plan(FULL.sizes, FULL.recipe, warmup=0, steps=4, rounds=1)
+    plan = Plan(sizes, FULL.recipe, warmup=0, steps=4, rounds=1, compile=compile)
     overrides = recipe_overrides(plan, root, micro)
     rt = Runtime.start()
     try:
         trainer = build_trainer(run_config(plan, overrides, root / "runs", "mem", None), ds, rt)
-        torch.cuda.reset_peak_memory_stats()
+        gpu = torch.cuda.is_available()
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
         stream = iter(trainer.inputs.loader)
         for _ in range(3):
             trainer.train_batch(next(stream), trainer.active)
+        if not gpu:
+            return None
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 1e9
     finally:
         rt.close()
 
 
-def memory_figures() -> Iterator[dict]:
+def memory_figures(
+    stages: tuple[int, ...] = MEMORY_STAGES,
+    micros: tuple[int, ...] = MEMORY_MICRO,
+    sizes: str = "paper",
+    compile: bool | None = None,
+) -> Iterator[dict]:
+    """One figure per (stage, micro-batch); at the paper sizes only on a GPU. `compile`:
+    train.compile (None: the trainer's default, on a GPU)."""
     import torch
 
-    if not torch.cuda.is_available():
+    if sizes == "paper" and not torch.cuda.is_available():
         log("memory: skipped (needs a GPU)")
         return
     path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]  # kept
-    for stage in MEMORY_STAGES:
-        for micro in MEMORY_MICRO:
-            command = ["-m", "benchmarks.bench_memory", str(stage), str(micro)]
+    for stage in stages:
+        for micro in micros:
+            command = ["-m", "benchmarks.bench_memory", str(stage), str(micro), "--sizes", sizes]
+            command += [] if compile is None else ["--compile", str(compile).lower()]
             proc = subprocess.run(
                 [sys.executable, *command],
                 cwd=ROOT,
@@ -85,9 +100,9 @@ def memory_figures() -> Iterator[dict]:
                 value = None
             else:
                 value = json.loads(proc.stdout.strip().splitlines()[-1])["peak_gb"]
-                log(f"memory ZeRO-{stage} micro-batch {micro}: {value:.2f} GB")
+                log(f"memory ZeRO-{stage} micro-batch {micro}: {value} GB")
             yield {"metric": "peak_gb", "value": value, "unit": "GB", "settings": {
-                "zero_stage": stage, "micro_batch": micro, "sizes": "paper",
+                "zero_stage": stage, "micro_batch": micro, "sizes": sizes, "compile": compile,
                 "recipe": "recipes/paper_distilled.yaml"}}  # fmt: skip
 
 
@@ -100,10 +115,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", type=int, choices=MEMORY_STAGES)
     p.add_argument("micro", type=int)
+    p.add_argument("--sizes", choices=("paper", "tiny"), default="paper")
+    p.add_argument("--compile", choices=("true", "false"), default=None, help="default: on a GPU")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         with stdout_to_stderr():
-            peak = measure_memory(args.stage, args.micro, Path(tmp))
+            compile = None if args.compile is None else args.compile == "true"
+            peak = measure_memory(args.stage, args.micro, Path(tmp), args.sizes, compile)
     print(json.dumps({"peak_gb": peak}), flush=True)
     return 0
 
