@@ -8,9 +8,11 @@ With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo
 (recipes/demo_teacher.yaml) is trained first when data/demo/teacher is missing or stale, then
 the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
-`python trainer/main.py ...` runs one. Exit codes: 0 done, 2 bad input (one line says what),
-3 stopped on a non-finite loss, 75 preempted after a complete checkpoint (requeue to resume) or
-by SIGTERM/SIGUSR1 before training started, 130 Ctrl-C before training started.
+`python trainer/main.py ...` runs one. --dry-run prints the plan and a pre-flight (teacher,
+students, tokenizer, shards, batch: one line each, ok or what to fix; trainer/preflight.py).
+Exit codes: 0 done, 2 bad input (one line says what), 3 stopped on a non-finite loss, 75
+preempted after a complete checkpoint (requeue to resume) or by SIGTERM/SIGUSR1 before training
+started, 130 Ctrl-C before training started.
 Overrides starting with `ds.` set keys of the DeepSpeed JSON (ds.train_micro_batch_size_per_gpu=2,
 ds.zero_optimization.stage=3); the JSON a run used is in runs/<name>/ds_config.json.
 """
@@ -22,6 +24,7 @@ import logging
 import sys
 
 from data_pipeline.io_utils import PipelineError
+from trainer import preflight
 from trainer.config import load_config, render_keys, select_students
 from trainer.ds_config import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config
 from trainer.logs import quiet_console, setup_logging
@@ -64,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.students:
             cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
         ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
+        # NOTE: before any hub lookup: offline, every one then fails at once, without retries
+        network = preflight.go_offline_if_unreachable(cfg)
         if args.dry_run:
-            from trainer.plan import render_plan
-
-            print(render_plan(cfg, ds), flush=True)
-            return 0
+            return dry_run(cfg, ds, network)
     except (ValueError, FileNotFoundError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    if network is not None and "offline" in network.detail:
+        logging.getLogger("trainer").info("network: %s", network.detail)
 
     from trainer import run_lock
     from trainer.assemble import build_trainer
@@ -108,6 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         rt.close()
         run_lock.release_all()
         preempt.restore()
+
+
+def dry_run(cfg, ds: dict, network) -> int:
+    """The resolved recipe, the plan and the pre-flight checks; 2 when a check fails."""
+    import os
+
+    from trainer.plan import render_plan
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    print(render_plan(cfg, ds), flush=True)
+    checks = ([network] if network is not None else []) + preflight.run_checks(cfg, ds, world)
+    print("\n# pre-flight", *(c.line() for c in checks), sep="\n", flush=True)
+    failed = [c for c in checks if c.problem is not None]
+    if failed:  # NOTE: on stderr too, for the jobs that keep stdout as the plan (train.sbatch)
+        for check in failed:
+            print(check.line(), file=sys.stderr)
+        print(f"error: {len(failed)} of {len(checks)} pre-flight checks failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 def quiet_other_ranks(rank: int) -> None:

@@ -1,0 +1,284 @@
+"""`--dry-run`'s pre-flight: everything a run needs, checked before any weight or shard is read.
+
+One line per check, `ok` or `FAIL` with the problem and the fix; the dry-run exits 2 when one
+fails. Checked: the network where a source is a hub name (offline: HF_HUB_OFFLINE=1, or no
+connection to the hub within NETWORK_TIMEOUT_S; then hub names resolve from the local cache only,
+at once, without retries), the teacher, every student's source, every model's positions against
+data.max_len, the run's tokenizer, the train and eval shards (manifest found, made with that
+tokenizer and at data.max_len), the entity file, and the batch arithmetic against the world size.
+
+What the run makes itself is not missing: the demo corpus (data/demo, built on first use) and a
+teacher that `teacher.build` trains first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from data_pipeline.io_utils import PipelineError, first_line
+from trainer.config import RunConfig
+
+NETWORK_TIMEOUT_S = 3.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class Check:
+    what: str
+    problem: str | None  # None: ok
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.problem is None:
+            return f"ok    {self.what}" + (f": {self.detail}" if self.detail else "")
+        return f"FAIL  {self.what}: {self.problem}"
+
+
+def is_hub_name(source: str) -> bool:
+    """A name the hub would be asked for: not a local path, and shaped like `org/name`."""
+    return not Path(source).exists() and _HUB_ID.match(source) is not None
+
+
+def hub_sources(cfg: RunConfig) -> list[str]:
+    sources = [cfg.data.tokenizer]
+    if cfg.teacher is not None and cfg.teacher.build is None:
+        sources.append(cfg.teacher.path)
+    sources += [s.init.pretrained for s in cfg.students]
+    return [s for s in sources if s is not None and is_hub_name(s)]
+
+
+def go_offline_if_unreachable(cfg: RunConfig) -> Check | None:
+    """Where the recipe names hub models: whether the hub can be reached. If not, the process
+    goes offline (HF_HUB_OFFLINE=1), so that every later lookup uses the local cache at once."""
+    names = hub_sources(cfg)
+    if not names:
+        return None
+    if _offline_env():
+        _set_offline()
+        return Check("network", None, "offline (HF_HUB_OFFLINE=1): hub names come from the cache")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as e:
+        _set_offline()
+        return Check(
+            "network",
+            None,
+            f"offline (no connection to {host}:{port}: {e.strerror or e}); hub names come from "
+            "the local cache only (HF_HUB_OFFLINE=1)",
+        )
+    return Check("network", None, f"{host}:{port} reachable")
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in
+               ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # fmt: skip
+
+
+def _set_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:  # NOTE: read at import; an imported huggingface_hub needs telling too
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _source_problem(source: str, key: str) -> str | None:
+    """Why `source` (a directory or hub name) cannot give a model config, or None."""
+    from transformers import AutoConfig
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return f"{path}/config.json not found; {key} must name a saved model's directory"
+        if not any((path / w).is_file() for w in _WEIGHTS):
+            return f"{path}: no weights ({', '.join(_WEIGHTS)}); save the model there in full"
+        return None
+    if not is_hub_name(source):
+        return f"{path}: not found (and not a hub name); set {key} to a model directory"
+    try:
+        AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        if _offline():
+            return (
+                f"{source}: not in the local hub cache and offline; download it where there is "
+                f"network (`hf download {source} --local-dir DIR`) and set {key}=DIR"
+            )
+        return f"{source}: {first_line(e)}"
+    return None
+
+
+def _model_config(source: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+
+
+def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
+    from trainer.bert_config import bert_config
+    from trainer.inputs import DEMO_DIR
+
+    checks: list[Check] = []
+    demo_pending = _demo_pending(cfg, DEMO_DIR)
+    teacher_config = None
+    built_first = False
+    if cfg.teacher is None:
+        pass
+    elif cfg.teacher.config is not None:
+        teacher_config = bert_config(cfg.teacher.config, "teacher.config")
+        checks.append(Check("teacher", None, "teacher.config (random weights)"))
+    elif cfg.teacher.build is not None and _source_problem(cfg.teacher.path, "teacher.path"):
+        built_first = True
+        checks.append(
+            Check("teacher", None, f"{cfg.teacher.path}: made first by {cfg.teacher.build}")
+        )
+    else:
+        problem = _source_problem(cfg.teacher.path, "teacher.path")
+        checks.append(Check("teacher", problem, cfg.teacher.path))
+        teacher_config = None if problem else _model_config(cfg.teacher.path)
+
+    positions = {}
+    if teacher_config is not None:
+        positions["the teacher"] = teacher_config.max_position_embeddings
+    t_layers = getattr(teacher_config, "num_hidden_layers", None)
+    for s in cfg.students:
+        what, init = f"student {s.name}", s.init
+        if init.from_teacher_layers is not None:
+            if t_layers is not None and max(init.from_teacher_layers) >= t_layers:
+                problem = (
+                    f"init.from_teacher_layers {init.from_teacher_layers}: the teacher has "
+                    f"{t_layers} layers (0..{t_layers - 1})"
+                )
+                checks.append(Check(what, problem))
+                continue
+            checks.append(Check(what, None, f"teacher layers {init.from_teacher_layers}"))
+            if teacher_config is not None:
+                positions[what] = teacher_config.max_position_embeddings
+        elif init.config is not None:
+            config = bert_config(init.config, f"students.{s.name}.init.config")
+            checks.append(Check(what, None, "init.config (random weights)"))
+            positions[what] = config.max_position_embeddings
+        else:
+            problem = _source_problem(init.pretrained, f"students.{s.name}.init.pretrained")
+            checks.append(Check(what, problem, init.pretrained))
+            if problem is None and (config := _model_config(init.pretrained)) is not None:
+                positions[what] = config.max_position_embeddings
+    checks.append(_positions_check(cfg.data.max_len, positions))
+
+    if demo_pending:
+        checks.append(Check("shards", None, f"{DEMO_DIR}: the demo corpus, built on first use"))
+    else:
+        checks += _data_checks(cfg, built_first)
+    checks.append(_batch_check(ds, world))
+    return checks
+
+
+def _positions_check(max_len: int, positions: dict[str, int]) -> Check:
+    short = {who: n for who, n in positions.items() if n < max_len}
+    if not short:
+        return Check("positions", None, f"data.max_len={max_len} within every known model's")
+    where = "; ".join(f"longer than {who}'s {n}" for who, n in short.items())
+    return Check(
+        "positions",
+        f"data.max_len={max_len}: {where}; re-shard with `--max-len {min(short.values())}` (or "
+        "less) and set data.max_len to it",
+    )
+
+
+def _demo_pending(cfg: RunConfig, demo_dir: Path) -> bool:
+    shards = Path(str(cfg.data.train_shards))
+    return (
+        shards.resolve() == (demo_dir / "shards").resolve()
+        and not (shards / "manifest.json").is_file()
+    )
+
+
+def _data_checks(cfg: RunConfig, teacher_built_first: bool) -> list[Check]:
+    from data_pipeline.shard_source import resolve_shards
+    from trainer.inputs import run_tokenizer
+
+    checks, manifest = [], None
+    for key, spec, split in (
+        ("data.train_shards", cfg.data.train_shards, "train"),
+        ("data.eval_shards", cfg.data.eval_shards, "eval"),
+    ):
+        if spec is None:
+            continue
+        try:
+            shards = resolve_shards(spec, split)
+        except PipelineError as e:
+            checks.append(Check(key, f"{e}{_SHARD_FIX}"))
+            continue
+        m = shards.manifest
+        manifest = manifest or m
+        problem = None
+        if m.max_len != cfg.data.max_len:
+            problem = (
+                f"{shards.source}: made with max_len {m.max_len}; set data.max_len={m.max_len} "
+                "or re-shard"
+            )
+        samples = sum(shards.counts)
+        detail = (
+            f"{shards.source}: {len(shards.urls)} shards, {samples:,} samples, max_len {m.max_len}"
+        )
+        checks.append(Check(key, problem, detail))
+    if manifest is not None:
+        if teacher_built_first and cfg.data.tokenizer is None:
+            checks.append(Check("tokenizer", None, "the teacher's, once teacher.build made it"))
+        else:
+            try:
+                _, info = run_tokenizer(cfg, manifest)
+                checks.append(Check("tokenizer", None, f"{info.name}: the shards' vocabulary"))
+            except PipelineError as e:
+                checks.append(Check("tokenizer", str(e)))
+    if cfg.data.entities is not None and not Path(cfg.data.entities).is_file():
+        checks.append(Check("data.entities", f"{cfg.data.entities}: not found"))
+    return checks
+
+
+_SHARD_FIX = (
+    "; make them with `python -m data_pipeline shard --input RECORDS --tokenizer TOKENIZER "
+    "--output DIR --max-len N` and point the key at DIR"
+)
+
+
+def _batch_check(ds: dict, world: int) -> Check:
+    from trainer.ds_config import micro_batch_size
+
+    accumulation = int(ds.get("gradient_accumulation_steps", 1))
+    try:
+        micro = micro_batch_size(ds, world)
+    except ValueError as e:
+        return Check("batch", str(e))
+    if "train_batch_size" in ds:
+        total = int(ds["train_batch_size"])
+        if micro < 1 or total != micro * accumulation * world:
+            return Check(
+                "batch",
+                f"train_batch_size {total} is not micro-batch {micro} x accumulation "
+                f"{accumulation} x {world} ranks; drop train_batch_size or make it "
+                f"{max(micro, 1) * accumulation * world}",
+            )
+    return Check(
+        "batch",
+        None,
+        f"{world} rank{'s' * (world != 1)} x micro-batch {micro} x accumulation {accumulation} = "
+        f"{world * micro * accumulation}",
+    )
