@@ -375,6 +375,62 @@ def test_python_dash_m_trainer_is_the_trainer():
     assert done.returncode == 0 and "ds.key.sub=value" in done.stdout
 
 
+def test_an_installed_wheel_finds_its_recipes_and_ds_configs_from_any_directory(tmp_path):
+    """Built and installed as a user would (not editable), then run from an empty directory:
+    `python -m trainer --ds_config ds_configs/zero2.json --dry-run` finds the shipped JSON, the
+    default recipe and the demo teacher's build recipe."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    source = tmp_path / "source"  # NOTE: a copy: setuptools reuses (stale) build/ folders
+    skip = (".git", ".venv", ".whl", "build", "data", "runs", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("biodistill-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder, suffix in (("recipes", ".yaml"), ("ds_configs", ".json")):
+        for f in (ROOT / folder).glob(f"*{suffix}"):
+            assert f"trainer/{folder}/{f.name}" in names
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("WORLD_SIZE", None)
+    where = subprocess.run(
+        [sys.executable, "-c", "import trainer; print(trainer.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(site))  # the installed copy, not the checkout
+    run = subprocess.run(
+        [sys.executable, "-m", "trainer", "--ds_config", "ds_configs/zero2.json", "--dry-run"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "ok    teacher: data/demo/teacher: made first by recipes/demo_teacher.yaml" in run.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "trainer", "--ds_config", "ds_configs/zero9.json", "--dry-run"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert (
+        "error: DeepSpeed config ds_configs/zero9.json: no such file (shipped: "
+        "ds_configs/zero1.json, ds_configs/zero2.json, ds_configs/zero2_offload.json, "
+        "ds_configs/zero3.json)"
+    ) in missing.stderr
+
+
 def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
     from trainer.config import to_dict
     from trainer.main import main

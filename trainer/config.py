@@ -49,7 +49,27 @@ import yaml
 from trainer.typed_dict import build_typed
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_RECIPE = ROOT / "recipes" / "demo.yaml"
+SHIPPED = ("recipes", "ds_configs")  # a checkout's folders; trainer/recipes, ... in an install
+
+
+def shipped(path: str | Path) -> Path:
+    """`path` itself when it exists; else, for `recipes/X` or `ds_configs/X`, the checkout's copy
+    or the one an installed package ships (pyproject.toml maps them into trainer/), so that
+    `--recipe recipes/paper_distilled.yaml` works from any directory."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or not p.parts or p.parts[0] not in SHIPPED:
+        return p
+    candidate = shipped_dir(p.parts[0]).joinpath(*p.parts[1:])
+    return candidate if candidate.exists() else p
+
+
+def shipped_dir(name: str) -> Path:
+    """The checkout's `name` folder (recipes, ds_configs), else the installed package's."""
+    checkout, installed = ROOT / name, Path(__file__).resolve().parent / name
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+DEMO_RECIPE = shipped("recipes/demo.yaml")
 
 OBJECTIVES: dict[str, tuple[float | None, dict[str, float]]] = {
     "distilbiobert": (2.0, {"mlm": 2.0, "kd": 5.0, "cos": 1.0}),
@@ -178,7 +198,7 @@ _Loader.add_implicit_resolver(
 
 def load_config(recipe_path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a recipe (None: recipes/demo.yaml), apply `key.sub=value` overrides, validate."""
-    path = Path(recipe_path) if recipe_path is not None else DEMO_RECIPE
+    path = shipped(recipe_path) if recipe_path is not None else DEMO_RECIPE
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path}: no such file")
     try:

@@ -29,9 +29,9 @@ import logging
 import os
 from pathlib import Path
 
-from trainer.config import ROOT, StudentSection, parse_override
+from trainer.config import StudentSection, parse_override, shipped, shipped_dir
 
-DS_CONFIG_DIR = ROOT / "ds_configs"
+DS_CONFIG_DIR = shipped_dir("ds_configs")
 
 RECIPE_OWNED = ("optimizer", "scheduler")
 KEEP_CPU_BF16 = "BIODISTILL_CPU_BF16"  # =1: train in bf16 on a CPU without native bf16 too
@@ -41,10 +41,10 @@ logger = logging.getLogger(__name__)
 
 def load_ds_config(path: str | Path) -> dict:
     """Read a DeepSpeed JSON config; it must not carry the recipe's optimizer or scheduler."""
-    p = Path(path)
+    p = shipped(path)
     if not p.is_file():
-        shipped = ", ".join(sorted(str(f.relative_to(ROOT)) for f in DS_CONFIG_DIR.glob("*.json")))
-        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {shipped})")
+        names = ", ".join(sorted(f"ds_configs/{f.name}" for f in DS_CONFIG_DIR.glob("*.json")))
+        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {names})")
     try:
         ds = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
