@@ -453,3 +453,28 @@ def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
     keys = set(flat(to_dict(cfg)))
     assert keys and keys <= printed, keys - printed
     assert "students.NAME.optimizer.lr" in printed and "train.mlm_twins" in printed
+
+
+def test_a_resumed_run_with_a_changed_recipe_or_ds_json_names_the_changed_keys(tmp_path, caplog):
+    from trainer.assemble import _keep_previous
+
+    (tmp_path / "ds_config.json").write_text(
+        json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 24})
+    )
+    new = json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 24,
+                      "gradient_clipping": 1.0})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        _keep_previous(tmp_path, "ds_config.json", new, "ds_config.previous.json")
+    assert caplog.messages == [
+        f"{tmp_path / 'ds_config.json'}: differs from the one this run directory was started "
+        "with (gradient_clipping None -> 1.0, zero_optimization.stage 2 -> 3); resuming with the "
+        "new one (the old is kept as ds_config.previous.json)"
+    ]
+    assert json.loads((tmp_path / "ds_config.previous.json").read_text())["zero_optimization"] == {
+        "stage": 2
+    }
+    assert not (tmp_path / "ds_config.json").exists()  # written anew by the caller
+    caplog.clear()
+    (tmp_path / "ds_config.json").write_text(new)
+    _keep_previous(tmp_path, "ds_config.json", new, "ds_config.previous.json")
+    assert caplog.messages == [] and (tmp_path / "ds_config.json").read_text() == new

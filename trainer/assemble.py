@@ -12,6 +12,8 @@ import logging
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from data_pipeline.io_utils import atomic_write_bytes, check_writable_dir
 from trainer import run_lock
 from trainer.checkpoint import Checkpointer
@@ -34,22 +36,46 @@ def prepare_run_dir(cfg: RunConfig, ds: dict, rt: Runtime) -> Path:
     def write() -> None:
         check_writable_dir(run_dir)
         run_lock.hold(run_dir)  # NOTE: before anything in it is touched
-        resolved = run_dir / "recipe.resolved.yaml"
         text = to_yaml(cfg)
-        if resolved.is_file() and resolved.read_text(encoding="utf-8") != text:
-            logger.warning(
-                "%s: the recipe differs from the one this run directory was started with; "
-                "resuming with the new one (the old is kept as recipe.previous.yaml)",
-                resolved,
-            )
-            resolved.replace(run_dir / "recipe.previous.yaml")
-        atomic_write_bytes(resolved, text.encode())
-        atomic_write_bytes(run_dir / "ds_config.json", json.dumps(ds, indent=2).encode())
+        _keep_previous(run_dir, "recipe.resolved.yaml", text, "recipe.previous.yaml")
+        ds_text = json.dumps(ds, indent=2)
+        _keep_previous(run_dir, "ds_config.json", ds_text, "ds_config.previous.json")
+        atomic_write_bytes(run_dir / "recipe.resolved.yaml", text.encode())
+        atomic_write_bytes(run_dir / "ds_config.json", ds_text.encode())
         atomic_write_bytes(run_dir / "git.txt", _git_state().encode())
 
     rt.on_main(write)
     attach_run_log(run_dir, rt.rank)
     return run_dir
+
+
+def _keep_previous(run_dir: Path, name: str, text: str, previous: str) -> None:
+    """A resumed run with another recipe or DeepSpeed JSON than run_dir/name holds (YAML or
+    JSON): say which keys changed, and keep the old file as `previous`."""
+    path = run_dir / name
+    if not path.is_file() or (old := path.read_text(encoding="utf-8")) == text:
+        return
+    try:
+        changed = changed_keys(yaml.safe_load(old), yaml.safe_load(text))  # JSON is YAML
+    except yaml.YAMLError:  # an unreadable old file: it changed, which keys is unknown
+        changed = ["?"]
+    listing = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    logger.warning(
+        "%s: differs from the one this run directory was started with (%s); resuming with the "
+        "new one (the old is kept as %s)",
+        path, listing, previous,
+    )  # fmt: skip
+    path.replace(run_dir / previous)
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, as `key old -> new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} -> {new!r}"]
 
 
 def _git_state() -> str:
