@@ -330,11 +330,9 @@ def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool)
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from trainer.metrics import read_scalars
 
-    acc = EventAccumulator(str(log_dir))
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    return read_scalars(log_dir)
 
 
 # ---------------------------------------------------------------- the benchmark parts, in a child

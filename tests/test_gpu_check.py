@@ -119,12 +119,13 @@ def test_unknown_part_is_refused(tmp_path, capsys):
     ],
 )
 def test_train_verdict_needs_every_loss_finite_and_falling(tmp_path, losses, problem):
-    from torch.utils.tensorboard import SummaryWriter
+    from trainer.metrics import MetricsWriter
 
-    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    writer = MetricsWriter(
+        tmp_path / "tensorboard", enabled=True, models=["DistilBioBERT", "TinyBioBERT"]
+    )
     for step, value in enumerate(losses, 1):
-        writer.add_scalar("train/DistilBioBERT/loss", 5.0 - step, step)
-        writer.add_scalar("train/TinyBioBERT/loss", value, step)
+        writer.log({"train/DistilBioBERT/loss": 5.0 - step, "train/TinyBioBERT/loss": value}, step)
     writer.close()
     part = gpu_check.PARTS[1]
     verdict = gpu_check.train_verdict(tmp_path, 0, 1.0, part, dry=True)

@@ -71,11 +71,9 @@ def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from trainer.metrics import read_scalars
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    return read_scalars(run_dir / "tensorboard")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +98,33 @@ def env(tmp_path_factory, tiny_shards, tokenizer_dir):
         "shards": tiny_shards,
         "vocab": vocab,
     }
+
+
+def assert_tensorboard_runs(log_dir: Path, students) -> None:
+    """One TensorBoard run per model, the model left out of its tags (so the students overlay on
+    one chart), the cohort's figures and the recipe in the root run, HParams per student."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(name: str):
+        acc = EventAccumulator(str(log_dir / name))
+        acc.Reload()
+        return acc
+
+    assert sorted(p.name for p in log_dir.iterdir() if p.is_dir()) == sorted([*students, "teacher"])
+    for student in students:
+        acc = run(student)
+        assert {"train/loss", "train/lr", "eval/mlm_acc", "perf/step_time_s"} <= set(
+            acc.Tags()["scalars"]
+        )
+        assert not any(student in tag for tag in acc.Tags()["scalars"])
+        assert set(acc.PluginTagToContent("hparams")) >= {
+            "_hparams_/experiment", "_hparams_/session_start_info"
+        }  # fmt: skip
+    assert {"eval/mlm_loss", "eval/mlm_acc"} <= set(run("teacher").Tags()["scalars"])
+    root = run(".")
+    assert "perf/tokens_per_s" in root.Tags()["scalars"]
+    assert not any(t.startswith(("train/", "eval/")) for t in root.Tags()["scalars"])
+    assert {"recipe/text_summary", "summary/text_summary"} <= set(root.Tags()["tensors"])
 
 
 def argv(ds: Path, recipe_path: Path, *extra: str) -> list[str]:
@@ -164,7 +189,7 @@ def test_zero2_cohort_on_two_ranks(env):
             assert f"train/{student}/{key}" in tags
         for key in ("mlm_loss", "mlm_acc", "teacher_agreement"):
             assert f"eval/{student}/{key}" in tags
-        assert f"perf/step_time_s/{student}" in tags
+        assert f"perf/{student}/step_time_s" in tags
         assert [s for s, _ in tags[f"train/{student}/loss"]] == [2, 4, 6]
         # the layer-map terms are real, not a sum over an empty tuple of attention maps
         assert (
@@ -179,6 +204,7 @@ def test_zero2_cohort_on_two_ranks(env):
     # each student's own schedule: warm-up over 2 steps, then a linear decay
     lrs = [v for _, v in tags["train/DistilBioBERT/lr"]]
     assert 0 < lrs[2] < lrs[1] <= 1e-3
+    assert_tensorboard_runs(run_dir / "tensorboard", STUDENTS)
 
     from transformers import AutoModelForMaskedLM, pipeline
 

@@ -113,7 +113,11 @@ def build_trainer(
         students,
         inputs,
         Checkpointer(run_dir / "checkpoints", rt, cfg.train.keep),
-        MetricsWriter(run_dir / "tensorboard", enabled=rt.is_main),
+        MetricsWriter(
+            run_dir / "tensorboard",
+            enabled=rt.is_main,
+            models=[*(s.name for s in students), "teacher"],
+        ),
         run_dir,
         preempt,
     )

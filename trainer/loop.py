@@ -36,11 +36,11 @@ import torch
 
 from trainer.batch import DeviceBatch, DevicePrefetcher
 from trainer.checkpoint import Checkpointer
-from trainer.config import RunConfig
+from trainer.config import RunConfig, to_yaml
 from trainer.export import SKELETON, export_student, write_skeleton
 from trainer.heldout import heldout_metrics
 from trainer.inputs import Inputs
-from trainer.metrics import MetricsWriter
+from trainer.metrics import MetricsWriter, hparams_of
 from trainer.model_card import model_card
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.rng import global_state, set_global_state
@@ -177,6 +177,7 @@ class Trainer:
         batches = self._batches = DevicePrefetcher(self.inputs.loader, self.rt.device)
         for s in self.students:
             s.engine.train()
+        self.metrics.text("recipe", f"```yaml\n{to_yaml(self.cfg)}```", self.step)
         self.preempt.training = True  # NOTE: from here a signal checkpoints instead of exiting
         try:
             while self.active and self.step < cfg.max_steps:
@@ -325,7 +326,7 @@ class Trainer:
         for s in self.students:
             parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
             if parts:
-                out[f"perf/step_time_s/{s.name}"] = sum(parts) / steps_in_window
+                out[f"perf/{s.name}/step_time_s"] = sum(parts) / steps_in_window
         tag, value = _peak_memory(self.rt.device)
         out[tag] = value
         self.metrics.log(out, self.step)
@@ -390,6 +391,9 @@ class Trainer:
             write_summary(self.run_dir, summary)
             table = render_table(summary)
             self.metrics.text("summary", render_markdown(summary), self.step)
+            for s in self.students:
+                figures = {k: v for k, v in self.last_eval.items() if k.split("/")[1] == s.name}
+                self.metrics.hparams(s.name, hparams_of(s), figures)
             logger.info("held-out figures at step %d:\n%s", self.step, table)
         return summary
 

@@ -1,18 +1,25 @@
-"""One metrics interface: `log(values, step)`, `text(tag, markdown, step)` and `close()`;
-TensorBoard on rank 0, no-op elsewhere.
+"""One metrics interface: `log(values, step)`, `text(tag, markdown, step)`, `hparams(...)` and
+`close()`; TensorBoard on rank 0, no-op elsewhere.
 
-Tags are namespaced (what TensorBoard groups by):
+The trainer names every value with one flat tag, `<group>/<model>/<name>` for a model's values
+(the model a student or `teacher`) and `<group>/<name>` for the cohort's. TensorBoard gets one run
+per model, runs/<name>/tensorboard/<model>/, with the model left out of the tag (`train/loss`), so
+that the students overlay on one chart; the cohort's values are in the root run. `read_scalars`
+reads them back under the flat tags.
+
+Flat tags (what the trainer logs):
     train/<student>/loss, train/<student>/loss_<term>, train/<student>/lr,
-    train/<student>/grad_norm, train/<student>/skipped_steps
+    train/<student>/grad_norm, train/<student>/skipped_steps, perf/<student>/step_time_s
     perf/tokens_per_s, perf/samples_per_s, perf/teacher_share, perf/data_share,
-    perf/step_time_s/<student>, perf/gpu_peak_allocated_gb (GPU) or perf/cpu_peak_rss_gb (CPU)
+    perf/gpu_peak_allocated_gb (GPU) or perf/cpu_peak_rss_gb (CPU)
     data/skipped_shards (shards skipped as corrupt so far, all ranks; data.skip_corrupt)
     eval/<student>/mlm_loss, eval/<student>/mlm_acc, eval/<student>/teacher_agreement,
     eval/<student>/entity_acc (with data.entities), eval/teacher/mlm_loss, eval/teacher/mlm_acc,
     eval/teacher/entity_acc; relative figures (trainer/summary.py): eval/<student>/acc_to_teacher,
     eval/<student>/entity_acc_to_teacher, eval/teacher/entity_acc_to_ceiling,
     eval/<student>/acc_gain_vs_twin, eval/<student>/entity_acc_gain_vs_twin
-    text: summary (the run's summary table, at its end)
+    text (root run): recipe (the resolved recipe, at the start), summary (at the end)
+    HParams: each student's recipe settings and final held-out figures, in its run
 Watch a run with `tensorboard --logdir runs/<name>/tensorboard`.
 """
 
@@ -20,30 +27,113 @@ from __future__ import annotations
 
 from pathlib import Path
 
+COHORT = "."  # the root run: values of the whole cohort
+
+
+def split_tag(tag: str, models: set[str]) -> tuple[str, str]:
+    """(run, tag in that run) of a flat tag: `train/A/loss` -> ("A", "train/loss")."""
+    parts = tag.split("/")
+    if len(parts) >= 3 and parts[1] in models:
+        return parts[1], "/".join([parts[0], *parts[2:]])
+    return COHORT, tag
+
+
+def join_tag(run: str, tag: str) -> str:
+    """The flat tag of `tag` in `run` (split_tag's inverse)."""
+    if run == COHORT:
+        return tag
+    group, _, rest = tag.partition("/")
+    return f"{group}/{run}/{rest}"
+
 
 class MetricsWriter:
-    def __init__(self, log_dir: str | Path, *, enabled: bool) -> None:
-        self._writer = None
-        if enabled:
+    def __init__(self, log_dir: str | Path, *, enabled: bool, models: list[str] = ()) -> None:
+        self.log_dir, self.enabled, self.models = Path(log_dir), enabled, set(models)
+        self._writers: dict[str, object] = {}
+
+    def _writer(self, run: str):
+        if run not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(log_dir))
+            self._writers[run] = SummaryWriter(log_dir=str(self.log_dir / run))
+        return self._writers[run]
 
     def log(self, values: dict[str, float], step: int) -> None:
-        if self._writer is None:
+        if not self.enabled:
             return
         for tag, value in values.items():
             if value is not None:  # NaN is logged as NaN: a diverging run should show it
-                self._writer.add_scalar(tag, value, global_step=step)
-        self._writer.flush()
+                run, name = split_tag(tag, self.models)
+                self._writer(run).add_scalar(name, value, global_step=step)
+        self._flush()
 
     def text(self, tag: str, markdown: str, step: int) -> None:
-        """Markdown in TensorBoard's Text tab."""
-        if self._writer is not None:
-            self._writer.add_text(tag, markdown, global_step=step)
-            self._writer.flush()
+        """Markdown in TensorBoard's Text tab (the root run)."""
+        if self.enabled:
+            self._writer(COHORT).add_text(tag, markdown, global_step=step)
+            self._flush()
+
+    def hparams(self, model: str, params: dict, metrics: dict[str, float]) -> None:
+        """`model`'s settings and final figures in the HParams tab (one row per model)."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        # NOTE: the tab shows each metric's last value from the run's scalars of that tag
+        values = {split_tag(k, self.models)[1]: v for k, v in metrics.items() if v is not None}
+        params = {k: v if isinstance(v, int | float | str | bool) else str(v)
+                  for k, v in params.items()}  # fmt: skip
+        writer = self._writer(model)
+        for event in hparams(params, values):
+            writer.file_writer.add_summary(event)
+        self._flush()
+
+    def _flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self.enabled = False
+
+
+def hparams_of(student) -> dict:
+    """A student's row in the HParams tab: its recipe settings and shape (trainer/cohort.py
+    Student)."""
+    spec, config, objective = student.spec, student.module.mlm.config, student.objective
+    init = spec.init
+    source = (
+        f"teacher layers {init.from_teacher_layers}" if init.from_teacher_layers is not None
+        else init.pretrained or "random (init.config)"
+    )  # fmt: skip
+    row = {
+        "kind": spec.objective.kind,
+        "init": source,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "parameters": student.parameters,
+        "temperature": objective.temperature,
+        "lr": spec.optimizer.lr,
+        "warmup_steps": spec.optimizer.warmup_steps,
+        "max_steps": spec.optimizer.max_steps,
+        "weight_decay": spec.optimizer.weight_decay,
+    }
+    row.update({f"weight_{term}": w for term, w in objective.weights.items()})
+    return row
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's TensorBoard directory under its flat tag: (step, value) lists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    log_dir = Path(log_dir)
+    runs = [COHORT] + sorted(p.name for p in log_dir.iterdir() if p.is_dir())
+    for run in runs:
+        acc = EventAccumulator(str(log_dir / run))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out[join_tag(run, tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out
