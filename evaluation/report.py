@@ -6,8 +6,9 @@ Everything finished under DIR counts, so models evaluated by separate runs (or b
 processes) end up side by side. Per model and dataset: each seed's score (the mean over folds for
 GAD and EU-ADR), then mean and sample standard deviation over the seeds. The main table shows one
 score per dataset: NER entity-level F1, RE F1, QA MRR (BioASQ ranks factoid answers by MRR);
-detail tables give RE precision / recall and QA strict / lenient accuracy. The chart plots each
-model's average score per task against its parameter count.
+detail tables give RE precision / recall and QA strict / lenient accuracy. The chart has one panel
+per task: each model's score on each dataset against its parameter count, with the std over seeds
+as error bars and the teacher (the model labelled `teacher`) as the reference line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,36 +152,108 @@ def markdown(labels: list[str], datasets: list[str], scores: dict, models: dict)
     return "\n".join(lines) + "\n"
 
 
-def chart(labels: list[str], scores: dict, models: dict, path: Path) -> None:
-    """Average score per task against parameters (log scale), one marker per model and task."""
+TEACHER = "teacher"  # the model labelled so (`--models teacher=DIR`) is drawn as the reference
+MARKERS = "osD^vP"
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    dataset: str
+    params_m: float  # encoder parameters, millions
+    mean: float  # primary metric x100, mean over seeds
+    std: float  # sample std over seeds x100 (0 with one seed)
+    seeds: int
+
+
+def chart_points(labels: list[str], scores: dict, models: dict) -> dict[str, list[Point]]:
+    """task -> one point per (model, dataset): datasets are never averaged together."""
+    out: dict[str, list[Point]] = {}
+    order = [d.name for d in PAPER_DATASETS]
+    for m in labels:
+        params = models.get(m, {}).get("parameters")
+        if not params:
+            continue
+        for name in sorted(scores[m], key=order.index):
+            entry = scores[m][name]
+            metric = entry["metrics"][PRIMARY[entry["task"]]]
+            point = Point(m, name, params / 1e6, 100 * metric["mean"], 100 * metric["std"],
+                          len(metric["values"]))  # fmt: skip
+            out.setdefault(entry["task"], []).append(point)
+    return {t: out[t] for t in PRIMARY if t in out}
+
+
+def draw(points: dict[str, list[Point]]):
+    """One panel per task: score against parameters (log), one colour per model (the legend
+    below names them, so no label sits on another; models of one size are set slightly apart),
+    one marker per dataset, error bars of the std over seeds; the teacher's points outlined in
+    black, with a dashed line at each of its scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for task, marker in (("ner", "o"), ("re", "s"), ("qa", "^")):
-        xs, ys, names = [], [], []
-        for m in labels:
-            vals = [
-                e["metrics"][PRIMARY[task]]["mean"] for e in scores[m].values() if e["task"] == task
-            ]
-            if vals and models.get(m, {}).get("parameters"):
-                xs.append(models[m]["parameters"] / 1e6)
-                ys.append(100 * statistics.fmean(vals))
-                names.append(m)
-        if xs:
-            ax.scatter(xs, ys, marker=marker, label=TASK_NAMES[task])
-            for x, y, name in zip(xs, ys, names, strict=True):
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("encoder parameters (millions, log scale)")
-    ax.set_ylabel("average score x100")
-    ax.set_title("Downstream score against model size")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
+    models = list(dict.fromkeys(p.model for ps in points.values() for p in ps))
+    colour = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    same_size: dict[float, list[str]] = {}
+    for ps in points.values():
+        for p in ps:
+            same_size.setdefault(p.params_m, [])
+            if p.model not in same_size[p.params_m]:
+                same_size[p.params_m].append(p.model)
+
+    def x_of(p: Point) -> float:  # a dodge of 4% (log scale) per model of the same size
+        group = same_size[p.params_m]
+        return p.params_m * 1.04 ** (group.index(p.model) - (len(group) - 1) / 2)
+
+    fig, axes = plt.subplots(1, len(points), figsize=(4.6 * len(points), 4.2), dpi=120,
+                             squeeze=False)  # fmt: skip
+    for ax, (task, ps) in zip(axes[0], points.items(), strict=True):
+        datasets = list(dict.fromkeys(p.dataset for p in ps))
+        marker = {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(datasets)}
+        for p in ps:
+            teacher = p.model.lower() == TEACHER
+            ax.errorbar(
+                x_of(p), p.mean, yerr=p.std if p.seeds > 1 else None, fmt=marker[p.dataset],
+                markersize=9 if teacher else 7, markeredgecolor="black" if teacher else None,
+                markeredgewidth=1.5 if teacher else None, color=colour[p.model], capsize=3,
+                linestyle="none",
+            )  # fmt: skip
+            if teacher:
+                ax.axhline(p.mean, color=colour[p.model], linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        sizes = sorted({p.params_m for p in ps})
+        ax.set_xticks(sizes, [f"{v:.3g}M" for v in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(min(sizes) / 1.4, max(sizes) * 1.4)
+        ax.set_title(TASK_NAMES[task])
+        ax.set_xlabel("encoder parameters (log scale)")
+        ax.grid(True, alpha=0.3)
+        handles = [Line2D([], [], marker=marker[d], color="grey", linestyle="none", label=d)
+                   for d in datasets]  # fmt: skip
+        ax.legend(handles=handles, fontsize=7, title="dataset", title_fontsize=7)
+    axes[0][0].set_ylabel("score x100 (mean ± std over seeds)")
+    handles = [Line2D([], [], marker="o", color=colour[m], linestyle="none", markersize=8,
+                      markeredgecolor="black" if m.lower() == TEACHER else colour[m],
+                      label=f"{m} (dashed: its scores)" if m.lower() == TEACHER else m)
+               for m in models]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(models), 4), fontsize=8)
+    fig.suptitle("Downstream score against model size")
+    rows = -(-len(models) // 4)
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
+    return fig
+
+
+def chart(labels: list[str], scores: dict, models: dict, path: Path) -> None:
+    """chart.png: `draw` of the report's points."""
+    import matplotlib.pyplot as plt
+
+    points = chart_points(labels, scores, models)
+    if not points:
+        return
+    fig = draw(points)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
