@@ -12,6 +12,10 @@ it with 5x headroom. Figures:
 - loader/verify_cost_ratio: tokens/s with each shard's SHA-256 checked against the manifest (the
   default) over tokens/s with the checksums left out of the manifest the loader is given (what an
   old manifest gets), num_workers=0, measured alternately in the same run; 1.0 = free.
+- loader/threads_ratio: tokens/s with the process at torch threads = all cores (at least 2) over
+  tokens/s at one thread, num_workers=0, alternately; about 1.0 = immune to oversubscription
+  (before the loader set one thread per batch, a busy 2-core machine gave 0.6-0.9M against
+  3.2-8.6M tokens/s).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from benchmarks.common import corpus_with_tokenizer
 from data_pipeline.extract import run_extract
@@ -82,6 +88,16 @@ def run(quick: bool) -> Iterator[dict]:
             verified.append(measure(root / "shards", 0, batches)[1])
             plain.append(measure(root / "shards", 0, batches, unverified)[1])
         t_verified, t_unverified = max(verified), max(plain)
+        # The process's intra-op threads, all cores against one, alternately: the loader sets one
+        # thread around each batch (data_pipeline/loader.py one_thread), so about 1.0 = immune.
+        threads = torch.get_num_threads()
+        many, one = [], []
+        for _ in range(3):
+            torch.set_num_threads(max(2, os.cpu_count() or 1))
+            many.append(measure(root / "shards", 0, batches)[1])
+            torch.set_num_threads(1)
+            one.append(measure(root / "shards", 0, batches)[1])
+        torch.set_num_threads(threads)
     settings = {"batch_size": BATCH, "max_len": 256, "mode": "truncate", "batches": batches}
     yield {
         "metric": "tokens_per_s_one_worker",
@@ -111,6 +127,18 @@ def run(quick: bool) -> Iterator[dict]:
             "tokens_per_s_verified": round(t_verified),
             "tokens_per_s_unverified": round(t_unverified),
             "rounds": len(verified),
+        },
+    }
+    yield {
+        "metric": "threads_ratio",
+        "value": round(max(many) / max(one), 3),
+        "unit": "x",
+        "settings": {
+            **settings,
+            "num_workers": 0,
+            "torch_threads": max(2, os.cpu_count() or 1),
+            "tokens_per_s_many_threads": [round(t) for t in many],
+            "tokens_per_s_one_thread": [round(t) for t in one],
         },
     }
     yield {

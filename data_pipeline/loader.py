@@ -36,6 +36,7 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,6 +172,24 @@ def _epoch_samples(
         first = 0  # ran short because shards were skipped: wrap to the start of the epoch stream
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread meanwhile. A batch is many small tensor ops, for which more
+    threads only add the barriers of parallel regions; on a busy machine a barrier waits for a
+    descheduled thread, and the loader ran at 0.6-0.9M tokens/s with 2 threads against 3.2-8.6M
+    with 1 (2 cores, another job running; benchmarks/bench_loader.py `threads_ratio`). DataLoader
+    workers run on one thread already; the main process's setting is restored after the batch."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _SlotStream(IterableDataset):
     def __init__(self, plan: _Plan, consumed: int) -> None:
         self.plan, self.consumed = plan, consumed
@@ -190,17 +209,18 @@ class _SlotStream(IterableDataset):
         while True:
             samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size, skipped)
             for _ in range(plan.n - pos):
-                rows = [next(samples) for _ in range(cfg.batch_size)]
-                batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
-                j = local * w_count + worker
-                out = mask_batch(
-                    batch,
-                    plan.special,
-                    mask_id=plan.tokenizer.mask_id,
-                    mask_prob=cfg.mask_prob,
-                    is_continuation=plan.is_continuation,
-                    generator=_generator(cfg.seed, _TAG_MASK, plan.rank, j),
-                )
+                with one_thread():  # NOTE: not across the yield: the trainer runs meanwhile
+                    rows = [next(samples) for _ in range(cfg.batch_size)]
+                    batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
+                    j = local * w_count + worker
+                    out = mask_batch(
+                        batch,
+                        plan.special,
+                        mask_id=plan.tokenizer.mask_id,
+                        mask_prob=cfg.mask_prob,
+                        is_continuation=plan.is_continuation,
+                        generator=_generator(cfg.seed, _TAG_MASK, plan.rank, j),
+                    )
                 if cfg.debug_keys:
                     out["keys"] = [key for key, _ in rows]
                 if skipped:

@@ -335,3 +335,28 @@ def test_eval_batches_every_sample_once_same_count_on_every_rank(tmp_path):
             n = len(samples[key])
             assert torch.equal(b["input_ids"][i, :n], rows[key][0][:n])
             assert torch.equal(b["labels"][i, :n], rows[key][1][:n])
+
+
+def test_batches_are_made_on_one_thread_and_the_trainers_threads_are_kept(tmp_path, monkeypatch):
+    """In the main process (num_workers=0) a batch's many small ops run on one intra-op thread
+    (more only add parallel-region barriers, ruinous on a busy machine); the process's own
+    setting, which the training steps use, is back while the batch is consumed."""
+    make_shards(tmp_path, [10] * 4)
+    seen = []
+    real_mask_batch = loader_mod.mask_batch
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_mask_batch(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "mask_batch", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        it = iter(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK))
+        for _ in range(3):
+            next(it)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 1, 1]
