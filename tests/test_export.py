@@ -1,5 +1,6 @@
 """Exports as a Hub user meets them: AutoModel finds a pooler, the tokenizer loads under
-transformers 4.x, the card names the export's directory. No DeepSpeed engine runs: the students
+transformers 4.x, the card names the export's directory, `--push-to-hub` builds one commit of the
+export (against a stand-in for HfApi: nothing is sent). No DeepSpeed engine runs: the students
 are built as the cohort builds them, and a checkpoint is a directory made by hand whose fp32
 weights zero_to_fp32 would return (monkeypatched).
 
@@ -287,3 +288,104 @@ def test_the_exported_tokenizer_names_a_class_transformers_4_has(tokenizer, tmp_
     card = (export / "README.md").read_text()
     assert f'model="{export.resolve()}"' in card and UNSET_ID not in card
     assert front_matter(card) == {"license": "other"}
+
+
+# ---------------------------------------------------------------- --push-to-hub
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi: records the calls, sends nothing."""
+
+    calls: list = []  # every instance's, since the `hub` fixture emptied it
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHub.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, commit_message, **kwargs):
+        paths = [op.path_in_repo for op in operations]
+        assert len(paths) == len(set(paths)), f"a file committed twice: {paths}"
+        ops = {op.path_in_repo: op.path_or_fileobj for op in operations}
+        FakeHub.calls.append(("create_commit", repo_id, commit_message, ops, kwargs))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+
+@pytest.fixture
+def hub(monkeypatch) -> type[FakeHub]:
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    monkeypatch.setattr(FakeHub, "calls", [])
+    return FakeHub
+
+
+@pytest.fixture
+def export_dir(tokenizer, tmp_path) -> Path:
+    model = BertForMaskedLM(BertConfig(**TEACHER))
+    return write_export(model, tokenizer, CARD, tmp_path / "runs" / "r" / "export" / "S")
+
+
+def test_push_to_hub_commits_every_file_of_the_export_with_the_hub_id_in_its_card(
+    export_dir, hub, capsys
+):
+    before = {p.name: p.read_bytes() for p in export_dir.iterdir()}
+    assert main([str(export_dir), "--push-to-hub", "me/S", "--private"]) == 0
+    (create, commit) = hub.calls
+    assert create == (
+        "create_repo",
+        "me/S",
+        {"repo_type": "model", "private": True, "exist_ok": True},
+    )
+    _, repo_id, message, ops, kwargs = commit
+    assert repo_id == "me/S" and kwargs == {"repo_type": "model"}
+    assert message == "biodistill export export/S"
+    assert sorted(ops) == sorted(before)  # every file, nothing else
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= ops.keys()
+    assert ops["model.safetensors"] == str(export_dir / "model.safetensors")  # the export's file
+    card = ops["README.md"].decode()
+    assert 'fill = pipeline("fill-mask", model="me/S")' in card and str(export_dir) not in card
+    assert {p.name: p.read_bytes() for p in export_dir.iterdir()} == before  # left as it was
+    assert capsys.readouterr().out == "S: pushed to https://huggingface.co/me/S/commit/abc\n"
+
+
+def test_push_to_hub_from_a_checkpoint_names_a_repo_per_student(
+    checkpoints, tokenizer, tmp_path, monkeypatch, hub, capsys
+):
+    built, *_ = _built("from_teacher_layers", checkpoints)
+    ckpt = _checkpoint(tmp_path, built, tokenizer, monkeypatch)
+    write_skeleton(ckpt / "T" / "hf", built.module.mlm, tokenizer, CARD, built.pooler)
+    capsys.readouterr()  # what building the student printed
+    assert main([str(ckpt), "--push-to-hub", "me/one"]) == 2  # two students, one repository
+    err = capsys.readouterr().err
+    assert err.startswith("error: --push-to-hub me/one: 2 students (S, T) cannot share one")
+    assert hub.calls == [] and not (tmp_path / "export-step-00000001").exists()
+    assert main([str(ckpt), "--students", "S", "--push-to-hub", "me/{student}-bio"]) == 0
+    _, repo_id, _, ops, _ = hub.calls[-1]
+    export = tmp_path / "export-step-00000001" / "S"
+    assert repo_id == "me/S-bio" and sorted(ops) == sorted(p.name for p in export.iterdir())
+    assert 'model="me/S-bio"' in ops["README.md"].decode()
+
+
+def test_push_to_hub_offline_is_one_line_and_exit_2(export_dir, monkeypatch, capsys):
+    """The real HfApi with the Hub unreachable (offline mode: nothing leaves the machine)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    assert main([str(export_dir), "--push-to-hub", "me/S"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: pushing {export_dir} to the Hub as me/S failed: ")
+    assert "offline" in err
+
+
+def test_push_to_hub_of_a_directory_that_is_no_export(tmp_path, capsys):
+    assert main([str(tmp_path), "--push-to-hub", "me/S"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}: no COMPLETE.json; not an export nor a complete checkpoint\n"
+    )
+    (tmp_path / "config.json").write_text("{}")
+    assert main([str(tmp_path), "--push-to-hub", "me/S"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path}: not an export (no config.json and README.md)\n"
+    )

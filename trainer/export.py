@@ -11,6 +11,8 @@ never touches, is put in: trainer/pooler.py):
 - On request, from any complete checkpoint, on any machine and without DeepSpeed engines:
 
       python -m trainer.export runs/demo/checkpoints/step-00000040 [--students A,B] [--output DIR]
+          [--push-to-hub ORG/NAME]        # then push it (trainer/hub_push.py)
+      python -m trainer.export runs/demo/export/DistilBioBERT --push-to-hub ORG/NAME
 
   Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card, pooler); the weights
   come from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
@@ -180,15 +182,32 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m trainer.export",
-        description="Export the students of a complete checkpoint as Hugging Face models.",
+        description="Export the students of a complete checkpoint as Hugging Face models, and "
+        "push exports to the Hugging Face Hub.",
     )
-    p.add_argument("checkpoint", type=Path, help="runs/<name>/checkpoints/step-NNNNNNNN")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="runs/<name>/checkpoints/step-NNNNNNNN; with --push-to-hub also an export "
+        "(runs/<name>/export/<student>), pushed as it is",
+    )
     p.add_argument("--students", default=None, help="comma-separated (default: all)")
     p.add_argument("--output", type=Path, default=None, help="default: <run>/export-step-N")
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="push each export to this Hub model repository (ORG/NAME, created if missing; "
+        "for several students put {student} in it: ORG/{student})",
+    )
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
     args = p.parse_args(argv)
-    ckpt = args.checkpoint
+    ckpt, repo = args.checkpoint, args.push_to_hub
+    if repo is not None and (ckpt / "config.json").is_file():  # an export: push it as it is
+        return _push([(ckpt.name, ckpt)], repo, args.private)
     if not (ckpt / MARKER).is_file():
-        print(f"error: {ckpt}: no {MARKER}; not a complete checkpoint", file=sys.stderr)
+        what = "a complete checkpoint" if repo is None else "an export nor a complete checkpoint"
+        print(f"error: {ckpt}: no {MARKER}; not {what}", file=sys.stderr)
         return 2
     problem = verify(ckpt)
     if problem is not None:
@@ -200,13 +219,37 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: {ckpt}: no student(s) {unknown}; it has {have}", file=sys.stderr)
         return 2
+    if repo is not None and len(wanted) > 1 and "{student}" not in repo:
+        print(
+            f"error: --push-to-hub {repo}: {len(wanted)} students ({', '.join(wanted)}) cannot "
+            "share one repository; put {student} in it (ORG/{student}) or pick one with "
+            "--students",
+            file=sys.stderr,
+        )
+        return 2
     out = args.output or ckpt.parent.parent / f"export-{ckpt.name}"
+    exported = []
     for name in wanted:
         try:
-            print(f"{name}: {export_from_checkpoint(ckpt / name, out / name)}", flush=True)
+            exported.append((name, export_from_checkpoint(ckpt / name, out / name)))
         except (ValueError, PipelineError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        print(f"{name}: {exported[-1][1]}", flush=True)
+    return 0 if repo is None else _push(exported, repo, args.private)
+
+
+def _push(exports: list[tuple[str, Path]], repo: str, private: bool) -> int:
+    from trainer.hub_push import HubError, push_export
+
+    for name, directory in exports:
+        repo_id = repo.replace("{student}", name)
+        try:
+            url = push_export(directory, repo_id, private=private)
+        except HubError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{name}: pushed to {url}", flush=True)
     return 0
 
 
