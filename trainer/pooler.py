@@ -43,7 +43,7 @@ class Pooler:
         """For the model card."""
         if self.source == IDENTITY:
             return (
-                "not trained (no checkpoint to take one from): dense = identity, bias = 0, so "
+                "not trained and none to copy: dense = identity, bias = 0, so "
                 "`pooler_output` is tanh of the [CLS] hidden state"
             )
         return f"`{self.source}`'s, unchanged (MLM and distillation do not train it)"
