@@ -352,6 +352,8 @@ def test_wrong_types_name_key_value_and_expectation(override, message):
         ("train.log_every=0", "train.log_every=0"),
         ("data.mask_prob=1.5", "data.mask_prob=1.5"),
         ("run.name=a/b", "run.name='a/b'"),
+        ("run.license=Apache-2.0", "run.license='Apache-2.0': expected a Hub license id"),
+        ("run.license='MIT license'", "run.license='MIT license': expected a Hub license id"),
     ],
 )
 def test_out_of_range_values(override, message):

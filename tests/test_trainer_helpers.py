@@ -22,8 +22,9 @@ from transformers import BertConfig, BertForMaskedLM
 from trainer.checkpoint import MARKER, complete_checkpoints, latest_complete, step_dir
 from trainer.config import ROOT, config_from_dict, load_config, select_students
 from trainer.ds_config import load_ds_config
-from trainer.model_card import model_card
+from trainer.model_card import UNSET_ID, model_card, with_model_id
 from trainer.plan import render_plan
+from trainer.pooler import identity_pooler
 from trainer.rng import RngStream, derive_seed
 
 CPU = torch.device("cpu")
@@ -247,14 +248,13 @@ def test_plan_offline_reports_the_hub_teacher_as_unreachable(monkeypatch):
 # ---------------------------------------------------------------- model card
 
 
-def _card_config(init: dict, kind: str = "distilbiobert"):
+def _card_config(init: dict, kind: str = "distilbiobert", teacher_path: str | None = None, **run):
+    teacher = {"config": {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4}}
     return config_from_dict(
         {
-            "run": {"name": "cardrun"},
+            "run": {"name": "cardrun", **run},
             "data": {"train_shards": "data/shards", "max_len": 64},
-            "teacher": {
-                "config": {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4}
-            },
+            "teacher": {"path": teacher_path} if teacher_path else teacher,
             "train": {"max_steps": 1500},
             "students": [
                 {
@@ -278,6 +278,7 @@ def _stand_in(cfg, base_model: str | None):
         parameters=123456,
         budget=spec.optimizer.max_steps,
         base_model=base_model,
+        pooler=identity_pooler(32),
     )
 
 
@@ -318,6 +319,103 @@ def test_model_card_of_a_continual_student():
     assert "No teacher (masked-LM objective only)." in card
     assert "7 optimizer steps" in card and "# MiniBioBERT" in card
     assert "Held-out evaluation" not in card
+
+
+METRICS = {
+    "eval/MiniBioBERT/mlm_acc": 0.43214,
+    "eval/MiniBioBERT/mlm_loss": 2.5,
+    "eval/MiniBioBERT/teacher_agreement": 0.61,
+}
+
+
+def _card_of(tmp_path, teacher: str, *, from_layers: bool = True, **run) -> str:
+    init = {"from_teacher_layers": [0, 2]} if from_layers else {"pretrained": teacher}
+    kind = "distilbiobert" if from_layers else "mlm"
+    cfg = _card_config(init, kind, teacher_path=teacher, **run)
+    student = _stand_in(cfg, "teacher layers [0, 2]" if from_layers else teacher)
+    return model_card(student, cfg, steps=9, tokens=100, samples=10, metrics=METRICS)
+
+
+# where the teacher (or the continual student's start) is: (path, is it a Hub id)
+SOURCES = {
+    "hub_id": ("dmis-lab/biobert-base-cased-v1.2", True),
+    "hub_name_alone": ("bert-base-cased", True),
+    "local_dir_named_like_a_hub_id": ("{tmp}", False),
+    "relative_path": ("runs/demo/teacher", False),
+    "dot_path": ("./teacher", False),
+    "absolute_path": ("/data/models/biobert", False),
+    "home_path": ("~/models/biobert", False),
+}
+
+
+@pytest.mark.parametrize("from_layers", [True, False], ids=["distilled", "continual"])
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_model_card_front_matter_is_what_the_hub_reads(source, from_layers, tmp_path, monkeypatch):
+    """license, language, datasets, tags, pipeline_tag, a model-index of the held-out figures,
+    and base_model only as a Hub id: a local teacher path is never named there."""
+    from huggingface_hub import ModelCard, metadata_load
+
+    path, is_hub_id = SOURCES[source]
+    if path == "{tmp}":  # an existing directory org/name under the working directory
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "models" / "biobert").mkdir(parents=True)
+        path = "models/biobert"
+    card = _card_of(tmp_path, path, from_layers=from_layers)
+    front = _front_matter(card)
+    assert front["license"] == "other"
+    assert front["language"] == ["en"] and front["datasets"] == ["pubmed"]
+    assert front["pipeline_tag"] == "fill-mask" and front["library_name"] == "transformers"
+    kind = "distilbiobert" if from_layers else "mlm"
+    for tag in ("biomedical", "bert", "fill-mask", kind):
+        assert tag in front["tags"]
+    assert ("distillation" in front["tags"]) == from_layers
+    if is_hub_id:
+        assert front["base_model"] == path
+    else:
+        assert "base_model" not in front
+        assert path not in yaml.safe_dump(front)
+    (result,) = front["model-index"][0]["results"]
+    assert front["model-index"][0]["name"] == "MiniBioBERT"
+    assert result["task"]["type"] == "fill-mask"
+    assert {m["name"]: (m["type"], m["value"]) for m in result["metrics"]} == {
+        "mlm_acc": ("accuracy", 0.4321),
+        "mlm_loss": ("loss", 2.5),
+        "teacher_agreement": ("accuracy", 0.61),
+    }
+    # what the Hub itself parses: the metadata block and the model-index as evaluation results
+    readme = tmp_path / "README.md"
+    readme.write_text(card, encoding="utf-8")
+    assert metadata_load(readme) == front
+    hub_card = ModelCard(card)
+    assert hub_card.data.license == "other" and hub_card.data.pipeline_tag == "fill-mask"
+    assert {r.metric_name: r.metric_value for r in hub_card.data.eval_results} == {
+        "mlm_acc": 0.4321,
+        "mlm_loss": 2.5,
+        "teacher_agreement": 0.61,
+    }
+    assert hub_card.data.base_model == (path if is_hub_id else None)
+
+
+def test_model_card_license_from_the_recipe_else_the_teacher_card_else_other(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    assert _front_matter(_card_of(tmp_path, str(teacher)))["license"] == "other"
+    (teacher / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# teacher\n")
+    assert _front_matter(_card_of(tmp_path, str(teacher)))["license"] == "cc-by-4.0"
+    card = _card_of(tmp_path, str(teacher), license="apache-2.0")
+    assert _front_matter(card)["license"] == "apache-2.0"
+
+
+def test_model_card_usage_names_the_model_where_it_is():
+    cfg = _card_config({"from_teacher_layers": [0, 2]})
+    card = model_card(_stand_in(cfg, None), cfg, steps=1, tokens=1, samples=1, metrics={})
+    assert f'model="{UNSET_ID}"' in card  # in a checkpoint's hf/: not yet an export
+    for where in ("/runs/demo/export/MiniBioBERT", "me/MiniBioBERT"):
+        named = with_model_id(card, where)
+        assert f'fill = pipeline("fill-mask", model="{where}")' in named
+        assert UNSET_ID not in named
+        assert with_model_id(named, "other/id").count("other/id") == 1
+    assert "Pooler: not trained" in card and "tanh of the [CLS] hidden state" in card
 
 
 def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, tiny_shards):

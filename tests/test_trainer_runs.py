@@ -164,7 +164,10 @@ def test_zero2_cohort_on_two_ranks(env):
         state = get_fp32_state_dict_from_zero_checkpoint(str(last / student))
         exported = weights(run_dir, student)
         for key, value in exported.items():
+            if key.startswith("bert.pooler."):  # exported, never trained: trainer/pooler.py
+                continue
             torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
+        assert "bert.pooler.dense.weight" in exported
         assert ("fit_dense.weight" in state) == (student == "TinyBioBERT")
         assert not any(k.startswith("fit_dense") for k in exported)
 
@@ -250,7 +253,8 @@ def test_zero3_trains_the_same_as_zero2(env):
             str(runs[3] / "checkpoints" / "step-00000004" / student)
         )
         for key, value in weights(runs[3], student).items():
-            torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
+            if not key.startswith("bert.pooler."):  # exported, never trained: trainer/pooler.py
+                torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- equivalence, kill, preemption

@@ -31,6 +31,7 @@ from trainer.config import RunConfig, StudentSection
 from trainer.ds_config import ds_config_for_student
 from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
 from trainer.parameters import count_parameters, param_groups
+from trainer.pooler import Pooler
 from trainer.rng import RngStream, derive_seed
 from trainer.runtime import Runtime
 from trainer.students import build_student
@@ -47,6 +48,7 @@ class Student:
     rng: RngStream  # its dropout stream
     tokenizer: str | None  # its own tokenizer (continual students); None: the run's
     base_model: str | None
+    pooler: Pooler | None  # exported with it (trainer/pooler.py), not trained
     parameters: int  # exported parameters (fit_dense excluded)
 
     @property
@@ -133,7 +135,13 @@ def build_cohort(
         logger.info("teacher: not loaded (no selected student uses it)")
 
     built = [
-        build_student(s, teacher_model=teacher_model, vocab_size=vocab_size, seed=seed)
+        build_student(
+            s,
+            teacher_model=teacher_model,
+            vocab_size=vocab_size,
+            seed=seed,
+            teacher_path=cfg.teacher.path if cfg.teacher is not None else None,
+        )
         for s in cfg.students
     ]
     _check_positions(cfg, teacher_model, built)
@@ -167,7 +175,9 @@ def build_cohort(
         if compile_models:
             engine.compile()  # DeepSpeed's: knows ZeRO-3's parameter hooks
         rng = RngStream(derive_seed(seed, "dropout", spec.seed_name), rt.device)
-        students.append(Student(spec, engine, b.objective, rng, b.tokenizer, b.base_model, params))
+        students.append(
+            Student(spec, engine, b.objective, rng, b.tokenizer, b.base_model, b.pooler, params)
+        )
         logger.info(
             "student %s: %s parameters, %s, budget %d steps",
             spec.name,

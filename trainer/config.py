@@ -86,6 +86,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 class RunSection:
     name: str
     output_dir: str = "runs"  # run directory = output_dir/name
+    license: str | None = None  # exports' card (Hub id); None: the teacher card's, else other
 
 
 @dataclass
@@ -341,6 +342,8 @@ def dump_config(config: RunConfig, path: str | Path) -> None:
 def _validate(cfg: RunConfig) -> None:
     d, t, teacher = cfg.data, cfg.train, cfg.teacher
     _require(bool(_NAME.match(cfg.run.name)), "run.name", cfg.run.name, _NAME_RULE)
+    lic = cfg.run.license
+    _require(lic is None or bool(_LICENSE.match(lic)), "run.license", lic, _LICENSE_RULE)
     _require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
     _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _require(d.shuffle_shards >= 1, "data.shuffle_shards", d.shuffle_shards, "an integer >= 1")
@@ -460,6 +463,8 @@ def check_layers(
 
 
 _NAME_RULE = "letters, digits, '-' and '_' (it names directories and overrides)"
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+_LICENSE_RULE = "a Hub license id in lower case (apache-2.0, mit, cc-by-4.0, other, ...)"
 
 
 def _depth(key: str, config: dict) -> int:

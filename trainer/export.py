@@ -1,7 +1,8 @@
 """Export students as Hugging Face model directories: weights, config, tokenizer, model card.
 
 Two ways, one format (loads with `AutoModelForMaskedLM.from_pretrained(dir)`, MLM head included;
-TinyBioBERT's fit_dense, a training-only projection, is left out):
+TinyBioBERT's fit_dense, a training-only projection, is left out; a BERT's pooler, which training
+never touches, is put in: trainer/pooler.py):
 
 - Live, at the end of a run or when a student leaves the cohort (`export_student`): the optimizer's
   fp32 master weights (not the bf16 training copy), gathered with DeepSpeed's
@@ -10,9 +11,11 @@ TinyBioBERT's fit_dense, a training-only projection, is left out):
 - On request, from any complete checkpoint, on any machine and without DeepSpeed engines:
 
       python -m trainer.export runs/demo/checkpoints/step-00000040 [--students A,B] [--output DIR]
+          [--push-to-hub ORG/NAME]        # then push it (trainer/hub_push.py)
+      python -m trainer.export runs/demo/export/DistilBioBERT --push-to-hub ORG/NAME
 
-  Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card); the weights come
-  from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
+  Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card, pooler); the weights
+  come from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
 
 A directory is written under a temporary name and renamed into place: an export that exists is
 complete.
@@ -21,6 +24,7 @@ complete.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -30,9 +34,11 @@ import torch
 from torch import nn
 
 from data_pipeline.io_utils import PipelineError, disk_full_is_an_error, fsync_tree, share_tree
+from trainer import pooler as poolers
+from trainer.model_card import with_model_id
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
-SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card
+SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
 
 
 def gather_fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -61,7 +67,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: str = "") -> Path:
-    """Write model + tokenizer + README.md to `out_dir`, atomically (temp dir, rename).
+    """Write model + tokenizer + README.md (`card`, its usage snippet naming `out_dir`) to
+    `out_dir`, atomically (temp dir, rename).
 
     A full disk is a one-line PipelineError naming `out_dir` and about the bytes needed; nothing
     is left under `out_dir`'s name but a previous export, untouched. `advice` says how to go on.
@@ -76,7 +83,7 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
         try:
             model.save_pretrained(tmp)
             save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
-            (tmp / "README.md").write_text(card, encoding="utf-8")
+            (tmp / "README.md").write_text(with_model_id(card, str(out_dir.resolve())), "utf-8")
             share_tree(tmp)
             fsync_tree(tmp)
             old = None
@@ -99,17 +106,20 @@ def export_student(student, rt, *, out_dir: Path, tokenizer, card: str) -> Path 
     if not rt.is_main:
         return None
     mlm = student.module.mlm
-    model = load_into(type(mlm)(mlm.config), state)
+    model = poolers.attach(load_into(type(mlm)(mlm.config), state), student.pooler)
     return write_export(model, tokenizer, card, out_dir, advice=_RESUME_TO_EXPORT)
 
 
 _RESUME_TO_EXPORT = "free space and start again: the run resumes from its newest checkpoint"
 
 
-def write_skeleton(directory: Path, mlm: nn.Module, tokenizer, card: str) -> None:
-    """What a checkpoint keeps so that it can be exported alone: config, tokenizer, card."""
+def write_skeleton(
+    directory: Path, mlm: nn.Module, tokenizer, card: str, pooler: poolers.Pooler | None
+) -> None:
+    """What a checkpoint keeps so that it can be exported alone: config, tokenizer, card, pooler."""
     directory.mkdir(parents=True, exist_ok=True)
     mlm.config.save_pretrained(directory)
+    poolers.save(pooler, directory)
     save_tokenizer(tokenizer, directory, mlm.config.max_position_embeddings)
     (directory / "README.md").write_text(card, encoding="utf-8")
 
@@ -117,13 +127,30 @@ def write_skeleton(directory: Path, mlm: nn.Module, tokenizer, card: str) -> Non
 def save_tokenizer(tokenizer, directory: Path, positions: int) -> None:
     """Save `tokenizer` with model_max_length = the model's positions, so that `truncation=True`
     cuts long inputs where the model needs it (the shards' tokenizer says 512 whatever the
-    model)."""
+    model), under a class name that transformers 4.x knows too."""
     before = tokenizer.model_max_length
     tokenizer.model_max_length = positions
     try:
         tokenizer.save_pretrained(directory)
     finally:
         tokenizer.model_max_length = before
+    _loadable_by_transformers_4(Path(directory) / "tokenizer_config.json")
+
+
+# transformers 5's name for a tokenizer that is its tokenizer.json alone; 4.x has no such class
+# ("Tokenizer class TokenizersBackend does not exist") but loads the same file as
+# PreTrainedTokenizerFast, which 5.x reads as TokenizersBackend again
+_V5_ONLY_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def _loadable_by_transformers_4(config_file: Path) -> None:
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    name = config.get("tokenizer_class")
+    if name in _V5_ONLY_CLASSES:
+        config["tokenizer_class"] = _V5_ONLY_CLASSES[name]
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- exports from checkpoints
@@ -144,7 +171,7 @@ def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
         if k.startswith(MODULE_PREFIX)
     }
     model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(skeleton))
-    load_into(model, mlm_state)
+    poolers.attach(load_into(model, mlm_state), poolers.load(skeleton))
     card = (skeleton / "README.md").read_text(encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(skeleton)
     return write_export(model, tokenizer, card, out_dir, advice="free space and export again")
@@ -155,15 +182,32 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m trainer.export",
-        description="Export the students of a complete checkpoint as Hugging Face models.",
+        description="Export the students of a complete checkpoint as Hugging Face models, and "
+        "push exports to the Hugging Face Hub.",
     )
-    p.add_argument("checkpoint", type=Path, help="runs/<name>/checkpoints/step-NNNNNNNN")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="runs/<name>/checkpoints/step-NNNNNNNN; with --push-to-hub also an export "
+        "(runs/<name>/export/<student>), pushed as it is",
+    )
     p.add_argument("--students", default=None, help="comma-separated (default: all)")
     p.add_argument("--output", type=Path, default=None, help="default: <run>/export-step-N")
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="push each export to this Hub model repository (ORG/NAME, created if missing; "
+        "for several students put {student} in it: ORG/{student})",
+    )
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
     args = p.parse_args(argv)
-    ckpt = args.checkpoint
+    ckpt, repo = args.checkpoint, args.push_to_hub
+    if repo is not None and (ckpt / "config.json").is_file():  # an export: push it as it is
+        return _push([(ckpt.name, ckpt)], repo, args.private)
     if not (ckpt / MARKER).is_file():
-        print(f"error: {ckpt}: no {MARKER}; not a complete checkpoint", file=sys.stderr)
+        what = "a complete checkpoint" if repo is None else "an export nor a complete checkpoint"
+        print(f"error: {ckpt}: no {MARKER}; not {what}", file=sys.stderr)
         return 2
     problem = verify(ckpt)
     if problem is not None:
@@ -175,13 +219,37 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: {ckpt}: no student(s) {unknown}; it has {have}", file=sys.stderr)
         return 2
+    if repo is not None and len(wanted) > 1 and "{student}" not in repo:
+        print(
+            f"error: --push-to-hub {repo}: {len(wanted)} students ({', '.join(wanted)}) cannot "
+            "share one repository; put {student} in it (ORG/{student}) or pick one with "
+            "--students",
+            file=sys.stderr,
+        )
+        return 2
     out = args.output or ckpt.parent.parent / f"export-{ckpt.name}"
+    exported = []
     for name in wanted:
         try:
-            print(f"{name}: {export_from_checkpoint(ckpt / name, out / name)}", flush=True)
+            exported.append((name, export_from_checkpoint(ckpt / name, out / name)))
         except (ValueError, PipelineError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        print(f"{name}: {exported[-1][1]}", flush=True)
+    return 0 if repo is None else _push(exported, repo, args.private)
+
+
+def _push(exports: list[tuple[str, Path]], repo: str, private: bool) -> int:
+    from trainer.hub_push import HubError, push_export
+
+    for name, directory in exports:
+        repo_id = repo.replace("{student}", name)
+        try:
+            url = push_export(directory, repo_id, private=private)
+        except HubError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{name}: pushed to {url}", flush=True)
     return 0
 
 

@@ -159,6 +159,7 @@ class Trainer:
                     s.module.mlm,
                     self.inputs.student_tokenizer(s),
                     cards[s.name],
+                    s.pooler,
                 )
 
         summary = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,6 +1,20 @@
-"""The model card (README.md) written into every export: what the model is and how it was made."""
+"""The model card (README.md) written into every export: what the model is and how it was made.
+
+Its YAML front matter is what the Hugging Face Hub reads (huggingface_hub's `metadata_load`):
+license (`run.license`, else the teacher's card's where the teacher is a local directory whose
+README.md says, else `other`: BioBERT, the paper's teacher, states none on the Hub), language,
+datasets, pipeline_tag, tags, `base_model` (only a Hub id: a local path means nothing on the Hub,
+so it is left out) and a model-index holding the held-out figures of the card's table.
+
+The usage snippet names where the model is: `with_model_id` puts in the export's directory when
+it is written, and the Hub id when it is pushed (`python -m trainer.export --push-to-hub`).
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 import yaml
 
@@ -12,6 +26,59 @@ _KIND = {
     "tinybiobert": "distilled (TinyBioBERT recipe: attention MSE + hidden MSE + soft CE)",
     "mlm": "continual masked-language-model pre-training",
 }
+UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
+_USE_LINE = re.compile(r'^fill = pipeline\("fill-mask", model=.*\)$', re.MULTILINE)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# metric name (eval/<student>/<name>) -> the Hub's metric type
+_METRIC_TYPE = {"mlm_acc": "accuracy", "mlm_loss": "loss", "teacher_agreement": "accuracy"}
+
+
+def hub_id(source: str | None) -> str | None:
+    """`source` if it names a model on the Hub (org/name or name), None for a local path."""
+    if not source or not _HUB_ID.match(source) or Path(source).expanduser().exists():
+        return None
+    return source
+
+
+def card_license(cfg: RunConfig) -> str:
+    if cfg.run.license:
+        return cfg.run.license
+    teacher = cfg.teacher.path if cfg.teacher is not None else None
+    card = Path(teacher) / "README.md" if teacher and Path(teacher).is_dir() else None
+    if card is not None and card.is_file():
+        meta = front_matter(card.read_text(encoding="utf-8"))
+        if isinstance(meta.get("license"), str):
+            return meta["license"]
+    return "other"
+
+
+def front_matter(card: str) -> dict:
+    """The YAML between the card's opening `---` lines ({} for none or unreadable YAML)."""
+    if not card.startswith("---\n"):
+        return {}
+    text, sep, _ = card[4:].partition("\n---\n")
+    try:
+        meta = yaml.safe_load(text) if sep else None
+    except yaml.YAMLError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def with_model_id(card: str, model_id: str) -> str:
+    """The card with its usage snippet loading `model_id` (a directory or a Hub id)."""
+    line = f'fill = pipeline("fill-mask", model={json.dumps(str(model_id))})'
+    return _USE_LINE.sub(lambda _: line, card)
+
+
+def _model_index(name: str, metrics: dict[str, float]) -> list[dict]:
+    rows = []
+    for key, value in sorted(metrics.items()):
+        metric = key.split("/", 2)[-1]
+        value = round(float(value), 4)  # as the card's table shows it
+        rows.append({"type": _METRIC_TYPE.get(metric, metric), "name": metric, "value": value})
+    task = {"type": "fill-mask", "name": "Masked language modelling"}
+    dataset = {"type": "pubmed", "name": "PubMed (held-out shards)"}
+    return [{"name": name, "results": [{"task": task, "dataset": dataset, "metrics": rows}]}]
 
 
 def model_card(
@@ -19,21 +86,32 @@ def model_card(
 ) -> str:
     spec, mlm = student.spec, student.module.mlm
     c = mlm.config
+    kind = spec.objective.kind
     teacher = None
-    if cfg.teacher is not None and spec.objective.kind != "mlm":
+    if cfg.teacher is not None and kind != "mlm":
         teacher = cfg.teacher.path or "a randomly initialised BERT (teacher.config)"
     front = {
+        "license": card_license(cfg),
+        "language": ["en"],
         "library_name": "transformers",
         "pipeline_tag": "fill-mask",
+        "datasets": ["pubmed"],
         "tags": [
             "biomedical",
+            "bert",
+            "fill-mask",
             "biodistill",
             "distillation" if teacher else "continual-pretraining",
+            kind,
         ],
     }
-    base = spec.init.pretrained or (cfg.teacher.path if spec.init.from_teacher_layers else None)
+    teacher_path = cfg.teacher.path if cfg.teacher is not None else None
+    base = hub_id(spec.init.pretrained or (teacher_path if spec.init.from_teacher_layers else None))
     if base:
         front["base_model"] = base
+    if metrics:
+        front["model-index"] = _model_index(spec.name, metrics)
+    pooler = student.pooler
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -55,6 +133,7 @@ def model_card(
         f"{samples:,} sequences, {tokens:,} real tokens.",
         f"- Teacher: {teacher}." if teacher else "- No teacher (masked-LM objective only).",
         f"- Initialisation: {student.base_model or 'random (init.config)'}.",
+        f"- Pooler: {pooler.describe()}." if pooler is not None else "- No pooler.",
         f"- Data: `{cfg.data.train_shards}`, max length {cfg.data.max_len}, masking "
         f"{cfg.data.mask_prob}{' (whole words)' if cfg.data.whole_word else ''}.",
         "",
@@ -76,7 +155,7 @@ def model_card(
         "```python",
         "from transformers import pipeline",
         "",
-        'fill = pipeline("fill-mask", model="PATH/TO/THIS/DIRECTORY")',
+        f'fill = pipeline("fill-mask", model="{UNSET_ID}")',
         'fill(f"Aspirin inhibits {fill.tokenizer.mask_token} synthesis.")',
         "```",
         "",

@@ -16,7 +16,9 @@ alone or in a cohort starts from the same weights, and an MLM-only twin (`twin_o
 sibling's name) from its sibling's.
 
 TinyBioBERT's `fit_dense` (student hidden -> teacher hidden, used only by HID_MSE) lives in the
-StudentModule, is trained with it and is not exported.
+StudentModule, is trained with it and is not exported. The pooler that is exported
+(trainer/pooler.py) is not trained and lives outside the module: the teacher's for
+from_teacher_layers, the checkpoint's own for pretrained, else the identity one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from trainer.attention import return_probabilities
 from trainer.bert_config import bert_config
 from trainer.config import StudentSection, check_layers, fill_layer_maps
 from trainer.objectives import Objective, projected_key, uses_attention_maps
+from trainer.pooler import Pooler, pooler_for
 from trainer.rng import derive_seed, seeded
 from trainer.signals import (
     Need,
@@ -78,6 +81,7 @@ class BuiltStudent:
     objective: Objective
     tokenizer: str | None  # where its tokenizer comes from (None: the run's tokenizer)
     base_model: str | None  # what it started from, for the model card
+    pooler: Pooler | None  # exported with it, never trained (None: not a BERT)
 
 
 def build_student(
@@ -86,20 +90,24 @@ def build_student(
     teacher_model: nn.Module | None,
     vocab_size: int,
     seed: int,
+    teacher_path: str | None = None,
 ) -> BuiltStudent:
+    """`teacher_path`: the teacher's checkpoint (`teacher.path`), whose pooler students made of
+    its layers export."""
     key = f"students.{spec.name}"
     init, section = spec.init, spec.objective
     impl = attn_implementation(uses_attention_maps(section))
-    tokenizer, base = None, None
+    tokenizer, base, pooler_source = None, None, None
     with seeded(derive_seed(seed, "student", spec.seed_name), torch.device("cpu")):
         if init.from_teacher_layers is not None:
             mlm = _from_teacher_layers(teacher_model, init.from_teacher_layers, impl, key)
             base = f"teacher layers {init.from_teacher_layers}"
+            pooler_source = teacher_path
         elif init.config is not None:
             mlm = _from_config(init.config, impl, key)
         else:
             mlm = _from_pretrained(init.pretrained, impl, key)
-            tokenizer = base = init.pretrained
+            tokenizer = base = pooler_source = init.pretrained
         teacher_layers = num_layers(teacher_model) if teacher_model is not None else None
         # depth unknown when the recipe was loaded (a pretrained student): defaults now
         fill_layer_maps(section, num_layers(mlm))
@@ -115,7 +123,9 @@ def build_student(
             nn.init.normal_(fit_dense.weight, std=mlm.config.initializer_range)
             nn.init.zeros_(fit_dense.bias)
     _check_vocab(mlm, objective, teacher_model, vocab_size, key)
-    return BuiltStudent(spec.name, StudentModule(mlm, need, fit_dense), objective, tokenizer, base)
+    module = StudentModule(mlm, need, fit_dense)
+    pooler = pooler_for(mlm, pooler_source)
+    return BuiltStudent(spec.name, module, objective, tokenizer, base, pooler)
 
 
 def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: str) -> nn.Module:
