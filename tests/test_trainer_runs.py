@@ -178,6 +178,8 @@ def test_zero2_cohort_on_two_ranks(env):
     for student in ("TinyBioBERT", "DistilBioBERT"):
         assert_same_weights(weights(run_dir, student), weights(run_dir, student, last.name))
     assert not (run_dir / f"export-{last.name}" / "CompactBioBERT").exists()
+    for name in ("recipe.resolved.yaml", "ds_config.json"):  # what it was trained with
+        assert (last / name).read_bytes() == (run_dir / name).read_bytes()
 
     # every student logs every term; eval covers students and teacher; perf figures are there
     tags = scalars(run_dir)

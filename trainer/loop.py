@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from trainer.teacher_ahead import TeacherAhead
 from trainer.timing import StepTimer
 
 logger = logging.getLogger(__name__)
+RUN_RECORD = ("recipe.resolved.yaml", "ds_config.json")  # copied into every checkpoint
 
 
 class NonFiniteLoss(RuntimeError):
@@ -153,6 +155,9 @@ class Trainer:
         cards = self._cards()
 
         def skeletons(directory: Path) -> None:  # rank 0: what `python -m trainer.export` needs
+            for name in RUN_RECORD:  # what the checkpoint was trained with, overrides applied
+                if (self.run_dir / name).is_file():
+                    shutil.copyfile(self.run_dir / name, directory / name)
             for s in self.students:
                 write_skeleton(
                     directory / s.name / SKELETON,
