@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.loader import (
-    _TAG_EVAL,
+from data_pipeline.loader_config import (
+    TAG_EVAL,
     LoaderConfig,
-    _check_int,
-    _generator,
-    _run_tokenizer,
-    _tables,
+    check_int,
+    generator,
+    masking_tables,
+    run_tokenizer,
 )
 from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX, collate, mask_tokens
@@ -59,13 +59,13 @@ class EvalBatches:
             whole_word=whole_word,
             debug_keys=debug_keys,
         )
-        _check_int("world_size", world_size, 1)
+        check_int("world_size", world_size, 1)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"eval loader: rank={rank!r}, expected 0 <= rank < {world_size}")
         self.rank, self.world_size = rank, world_size
         self.shards = resolve_shards(shards, split, manifest)
-        self.tokenizer = _run_tokenizer(self.shards, tokenizer)
-        self._special, self._cont = _tables(self.tokenizer, whole_word, is_continuation)
+        self.tokenizer = run_tokenizer(self.shards, tokenizer)
+        self._special, self._cont = masking_tables(self.tokenizer, whole_word, is_continuation)
         self.total = sum(self.shards.counts)
         if self.total == 0:
             raise PipelineError(f"{self.shards.source}: the {split} split holds no samples")
@@ -91,7 +91,7 @@ class EvalBatches:
                         mask_id=tok.mask_id,
                         mask_prob=cfg.mask_prob,
                         is_continuation=self._cont,
-                        generator=_generator(cfg.seed, _TAG_EVAL, index),
+                        generator=generator(cfg.seed, TAG_EVAL, index),
                     )
                     yield f"{name}/{key}", masked, labels
                 index += 1

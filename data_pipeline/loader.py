@@ -46,53 +46,26 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.io_utils import PipelineError
+from data_pipeline.loader_config import (
+    TAG_GROUP,
+    TAG_MASK,
+    TAG_SHARDS,
+    LoaderConfig,
+    check_int,
+    generator,
+    masking_tables,
+    run_tokenizer,
+)
 from data_pipeline.manifest import TokenizerInfo
-from data_pipeline.masking import collate, mask_batch, special_table
+from data_pipeline.masking import collate, mask_batch
 from data_pipeline.shard_source import ManifestArg, ShardSet, ShardSpec, read_shard, resolve_shards
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DROP_WARN_FRACTION = 0.05
-# Domain tags keep the seed streams of different uses apart even when their other inputs collide.
-_TAG_SHARDS, _TAG_GROUP, _TAG_MASK, _TAG_EVAL = 0, 1, 2, 3
 _SKIPPED_KEY = "_skipped_corrupt"  # worker -> loader: skipped shards; popped, never yielded
 _POSITION_KEYS = ("seed", "world_size", "num_workers", "batch_size", "shuffle_shards", "shards")
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(*parts))
-
-
-@dataclass
-class LoaderConfig:
-    batch_size: int
-    seed: int = 42
-    num_workers: int = 0
-    shuffle_shards: int = 4
-    mask_prob: float = 0.15
-    whole_word: bool = False
-    skip_corrupt: bool = False
-    pin_memory: bool = False
-    prefetch_factor: int = 2
-    debug_keys: bool = False  # add batch["keys"]: "SHARD/KEY" of every row (tests, debugging)
-
-    def __post_init__(self) -> None:
-        for key, low in (("batch_size", 1), ("seed", 0), ("num_workers", 0)):
-            _check_int(key, getattr(self, key), low)
-        for key in ("shuffle_shards", "prefetch_factor"):
-            _check_int(key, getattr(self, key), 1)
-        if not isinstance(self.mask_prob, float | int) or not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"loader: mask_prob={self.mask_prob!r}, expected a number in (0, 1)")
-
-
-def _check_int(key: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"loader: {key}={value!r}, expected an integer >= {low}")
 
 
 # ---------------------------------------------------------------- the per-worker stream
@@ -114,7 +87,7 @@ class _Plan:
 
     def groups(self, epoch: int, slot: int) -> list[list[int]]:
         order = torch.randperm(
-            len(self.shards.urls), generator=_generator(self.config.seed, _TAG_SHARDS, epoch)
+            len(self.shards.urls), generator=generator(self.config.seed, TAG_SHARDS, epoch)
         ).tolist()
         mine, k = order[slot :: self.slots], self.config.shuffle_shards
         return [mine[i : i + k] for i in range(0, len(mine), k)]
@@ -143,7 +116,7 @@ def _read_group(
             continue
         items.extend((f"{name}/{key}", ids) for key, ids in got)
     perm = torch.randperm(
-        len(items), generator=_generator(plan.config.seed, _TAG_GROUP, epoch, slot, g)
+        len(items), generator=generator(plan.config.seed, TAG_GROUP, epoch, slot, g)
     )
     return [items[i] for i in perm.tolist()]
 
@@ -219,7 +192,7 @@ class _SlotStream(IterableDataset):
                         mask_id=plan.tokenizer.mask_id,
                         mask_prob=cfg.mask_prob,
                         is_continuation=plan.is_continuation,
-                        generator=_generator(cfg.seed, _TAG_MASK, plan.rank, j),
+                        generator=generator(cfg.seed, TAG_MASK, plan.rank, j),
                     )
                 if cfg.debug_keys:
                     out["keys"] = [key for key, _ in rows]
@@ -231,27 +204,6 @@ class _SlotStream(IterableDataset):
 
 
 # ---------------------------------------------------------------- the public loader
-
-
-def _run_tokenizer(shards: ShardSet, tokenizer: TokenizerInfo | None) -> TokenizerInfo:
-    if tokenizer is None:
-        return shards.manifest.tokenizer
-    shards.manifest.check_tokenizer(tokenizer, source=shards.source)
-    return tokenizer
-
-
-def _tables(tok: TokenizerInfo, whole_word: bool, is_continuation: torch.Tensor | None) -> tuple:
-    special = special_table(tok.vocab_size, (*tok.special_ids, tok.pad_id, tok.cls_id, tok.sep_id))
-    if whole_word and is_continuation is None:
-        raise ValueError(
-            "loader: whole_word=True needs is_continuation (masking.continuation_table)"
-        )
-    if not whole_word:
-        return special, None
-    table = torch.as_tensor(is_continuation, dtype=torch.bool)
-    if table.numel() < tok.vocab_size:
-        raise ValueError(f"is_continuation has {table.numel()} entries, vocab is {tok.vocab_size}")
-    return special, table
 
 
 class MaskedBatchLoader:
@@ -274,13 +226,13 @@ class MaskedBatchLoader:
         manifest: ManifestArg = None,
         split: str = "train",
     ) -> None:
-        _check_int("world_size", world_size, 1)
+        check_int("world_size", world_size, 1)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"loader: rank={rank!r}, expected 0 <= rank < world_size={world_size}")
         self.config, self.rank, self.world_size = config, rank, world_size
         self.shards = resolve_shards(shards, split, manifest)
-        tok = _run_tokenizer(self.shards, tokenizer)
-        special, cont = _tables(tok, config.whole_word, is_continuation)
+        tok = run_tokenizer(self.shards, tokenizer)
+        special, cont = masking_tables(tok, config.whole_word, is_continuation)
         workers = max(1, config.num_workers)
         slots = world_size * workers
         counts = sorted(self.shards.counts)
@@ -410,13 +362,3 @@ def _unwrap_worker_error(e: PipelineError) -> PipelineError:
     if "Original Traceback" in text and marker in text:
         return PipelineError(text.rsplit(marker, 1)[1].strip() + " (in a DataLoader worker)")
     return e
-
-
-def __getattr__(name: str) -> object:
-    # Re-exports for `from data_pipeline.loader import iter_eval_batches`: eval_batches builds on
-    # this module's config and masking tables, so importing it at the top would be circular.
-    if name in ("EvalBatches", "iter_eval_batches"):
-        from data_pipeline import eval_batches
-
-        return getattr(eval_batches, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from data_pipeline.masking import IGNORE_INDEX
 from evaluation.config import TaskSettings
 from trainer.parameters import param_groups
 
-IGNORE_INDEX = -100
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 

@@ -301,7 +301,6 @@ def test_too_few_shards_for_world_and_workers(tmp_path):
 
 
 def test_eval_batches_every_sample_once_same_count_on_every_rank(tmp_path):
-    assert loader_mod.iter_eval_batches is iter_eval_batches  # the old import path still works
     samples = make_shards(tmp_path, [10] * 2, eval_sizes=[7, 6])
     eval_keys = sorted(k for k in samples if k.startswith("eval"))
     first = eval_keys[0]
@@ -360,3 +359,13 @@ def test_batches_are_made_on_one_thread_and_the_trainers_threads_are_kept(tmp_pa
     finally:
         torch.set_num_threads(threads)
     assert seen == [1, 1, 1]
+
+
+def test_the_loader_and_the_eval_batches_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    for module, other in (("eval_batches", "loader"), ("loader", "eval_batches")):
+        code = f"import sys, data_pipeline.{module}; print('data_pipeline.{other}' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.stdout.strip() == "False", (module, done.stderr[-500:])

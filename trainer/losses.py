@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-IGNORE_INDEX = -100
-"""Label of unpredicted positions (HF convention); every other position is a masked row."""
+from data_pipeline.masking import IGNORE_INDEX  # unpredicted positions; every other is a masked row
 
 ATTENTION_EPS = 1e-12
 """Added to both attention maps before the log in ATT_KL, as the paper's code does."""
