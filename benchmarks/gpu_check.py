@@ -295,10 +295,12 @@ def train_command(part: Part, work: Path, dry: bool) -> list[str]:
 
 def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool) -> dict:
     """The train part's line: passed (exit 0, finite losses, each falling), and its figures."""
+    from trainer.metrics import read_scalars
+
     losses, tokens_per_s = {}, []
     problems = [] if rc == 0 else [f"exit status {rc}"]
     try:
-        scalars = _scalars(run_dir / "tensorboard")
+        scalars = read_scalars(run_dir / "tensorboard")
     except Exception as e:  # no event file: the run died before its first log
         scalars, problems = {}, [*problems, f"no TensorBoard scalars ({e})"]
     for tag, values in sorted(scalars.items()):
@@ -327,12 +329,6 @@ def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool)
             "tokens_per_s_last": round(tokens_per_s[-1]) if tokens_per_s else None,
         },
     }  # fmt: skip
-
-
-def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from trainer.metrics import read_scalars
-
-    return read_scalars(log_dir)
 
 
 # ---------------------------------------------------------------- the benchmark parts, in a child

@@ -75,10 +75,8 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {t.data_ptr(): t for t in model.state_dict().values()}  # tied ones once
-    need = sum(t.numel() * t.element_size() for t in tensors.values())
     advice = "nothing was written under that name" + (f"; {advice}" if advice else "")
-    with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: need):
+    with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: _tensor_bytes(model)):
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
             model.save_pretrained(tmp)
@@ -98,6 +96,12 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out_dir
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    """What the weights take on disk, about: tied tensors once (asked only when a write failed)."""
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def export_student(student, rt, *, out_dir: Path, tokenizer, card: str) -> Path | None:

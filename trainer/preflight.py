@@ -97,38 +97,27 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
-def _source_problem(source: str, key: str) -> str | None:
-    """Why `source` (a directory or hub name) cannot give a model config, or None."""
+def _source(source: str, key: str) -> tuple[object | None, str | None]:
+    """(config, None) of a model `source` (a directory or hub name), or (None, why not)."""
     from transformers import AutoConfig
 
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            return f"{path}/config.json not found; {key} must name a saved model's directory"
+            return None, f"{path}/config.json not found; {key} must name a saved model's directory"
         if not any((path / w).is_file() for w in _WEIGHTS):
-            return f"{path}: no weights ({', '.join(_WEIGHTS)}); save the model there in full"
-        return None
-    if not is_hub_name(source):
-        return f"{path}: not found (and not a hub name); set {key} to a model directory"
+            return None, f"{path}: no weights ({', '.join(_WEIGHTS)}); save the model there in full"
+    elif not is_hub_name(source):
+        return None, f"{path}: not found (and not a hub name); set {key} to a model directory"
     try:
-        AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source), None
     except (OSError, ValueError) as e:
-        if _offline():
-            return (
+        if _offline() and not path.is_dir():
+            return None, (
                 f"{source}: not in the local hub cache and offline; download it where there is "
                 f"network (`hf download {source} --local-dir DIR`) and set {key}=DIR"
             )
-        return f"{source}: {first_line(e)}"
-    return None
-
-
-def _model_config(source: str):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError):
-        return None
+        return None, f"{source}: {first_line(e)}"
 
 
 def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
@@ -144,15 +133,15 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     elif cfg.teacher.config is not None:
         teacher_config = bert_config(cfg.teacher.config, "teacher.config")
         checks.append(Check("teacher", None, "teacher.config (random weights)"))
-    elif cfg.teacher.build is not None and _source_problem(cfg.teacher.path, "teacher.path"):
-        built_first = True
-        checks.append(
-            Check("teacher", None, f"{cfg.teacher.path}: made first by {cfg.teacher.build}")
-        )
     else:
-        problem = _source_problem(cfg.teacher.path, "teacher.path")
-        checks.append(Check("teacher", problem, cfg.teacher.path))
-        teacher_config = None if problem else _model_config(cfg.teacher.path)
+        teacher_config, problem = _source(cfg.teacher.path, "teacher.path")
+        if problem is not None and cfg.teacher.build is not None:
+            built_first, problem = True, None
+            checks.append(
+                Check("teacher", None, f"{cfg.teacher.path}: made first by {cfg.teacher.build}")
+            )
+        else:
+            checks.append(Check("teacher", problem, cfg.teacher.path))
 
     positions = {}
     if teacher_config is not None:
@@ -176,9 +165,9 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
             checks.append(Check(what, None, "init.config (random weights)"))
             positions[what] = config.max_position_embeddings
         else:
-            problem = _source_problem(init.pretrained, f"students.{s.name}.init.pretrained")
+            config, problem = _source(init.pretrained, f"students.{s.name}.init.pretrained")
             checks.append(Check(what, problem, init.pretrained))
-            if problem is None and (config := _model_config(init.pretrained)) is not None:
+            if config is not None:
                 positions[what] = config.max_position_embeddings
     checks.append(_positions_check(cfg.data.max_len, positions))
 
