@@ -63,18 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     device = device_name()
     out = open(args.out, "a") if args.out else None
+    silent = []  # benchmarks that ended without a figure: a failure, not a pass
     try:
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
+            figures = 0
             for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
                 line = json.dumps({"benchmark": name, "device": device, **fig}, sort_keys=True)
                 print(line, flush=True)
+                figures += 1
                 if out:
                     out.write(line + "\n")
                     out.flush()
+            if not figures:
+                silent.append(name)
     finally:
         if out:
             out.close()
+    if silent:
+        print(f"error: no figure from benchmark(s) {silent}", file=sys.stderr)
+        return 1
     return 0
 
 
