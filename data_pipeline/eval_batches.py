@@ -16,9 +16,9 @@ from data_pipeline.loader_config import (
     TAG_EVAL,
     LoaderConfig,
     check_int,
-    generator,
     masking_tables,
     run_tokenizer,
+    sample_seeds,
 )
 from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX, collate, mask_tokens
@@ -29,8 +29,8 @@ class EvalBatches:
     """Finite, re-iterable masked batches of an eval split, for held-out MLM evaluation.
 
     Rank r takes eval samples r, r+W, r+2W, ... of the split in manifest order (every rank reads
-    the whole split, which is small). Each sample is masked with a generator seeded from
-    (seed, its global index), so masks do not depend on world size or batch size. Ranks whose
+    the whole split, which is small). Each sample is masked with draws seeded from
+    (seed, its key), so masks do not depend on world size or batch size. Ranks whose
     share is one sample short append one filler row (a copy of sample 0, labels all -100) to
     their last batch, so every rank yields `len(self)` batches of equal sizes and loss sums and
     masked-token counts are unaffected.
@@ -91,7 +91,7 @@ class EvalBatches:
                         mask_id=tok.mask_id,
                         mask_prob=cfg.mask_prob,
                         is_continuation=self._cont,
-                        generator=generator(cfg.seed, TAG_EVAL, index),
+                        seeds=sample_seeds(cfg.seed, TAG_EVAL, 0, [f"{name}/{key}"]),
                     )
                     yield f"{name}/{key}", masked, labels
                 index += 1

@@ -15,9 +15,12 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
   epoch (`batches_per_epoch`) and no rank waits on a collective another rank never reaches.
 - Block shuffle: a slot reads its shards in groups of `shuffle_shards`, concatenates a group's
   samples and permutes them with a generator seeded from (seed, epoch, slot, group).
-- Masks: the batch with rank-level index j (j = local_index*W + worker) is masked with a generator
-  seeded from (seed, rank, j). The DataLoader takes batches from its workers round-robin, and every
-  worker yields the same count, so the order and the masks do not depend on timing.
+- Masks: every sample's draws come from a seed of (seed, epoch, its key "SHARD/KEY") and the
+  position (data_pipeline/masking.py): a new mask each epoch, and none that depends on the rank,
+  the worker, the batch size, the batch the sample lands in or its padding (so 2 micro-batches
+  of 12 under gradient accumulation are masked as 1 batch of 24 of the same samples). The
+  DataLoader takes batches from its workers round-robin, and every worker yields the same count,
+  so the order does not depend on timing.
 - Resume: `state_dict()` counts batches as they leave the loader; `load_state_dict()` puts each
   worker at its own position in closed form (epoch, then the group holding its sample offset, read
   and permuted alone, then a skip), so the next batches are bit-identical to an uninterrupted run
@@ -55,6 +58,7 @@ from data_pipeline.loader_config import (
     generator,
     masking_tables,
     run_tokenizer,
+    sample_seeds,
 )
 from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import collate, mask_batch
@@ -185,14 +189,14 @@ class _SlotStream(IterableDataset):
                 with one_thread():  # NOTE: not across the yield: the trainer runs meanwhile
                     rows = [next(samples) for _ in range(cfg.batch_size)]
                     batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
-                    j = local * w_count + worker
+                    keys = [key for key, _ in rows]
                     out = mask_batch(
                         batch,
                         plan.special,
                         mask_id=plan.tokenizer.mask_id,
                         mask_prob=cfg.mask_prob,
                         is_continuation=plan.is_continuation,
-                        generator=generator(cfg.seed, TAG_MASK, plan.rank, j),
+                        seeds=sample_seeds(cfg.seed, TAG_MASK, epoch, keys),
                     )
                 if cfg.debug_keys:
                     out["keys"] = [key for key, _ in rows]

@@ -5,6 +5,8 @@ data_pipeline/eval_batches.py, so that neither imports the other).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,16 @@ def seed_of(*parts: int) -> int:
 
 def generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_of(*parts))
+
+
+def sample_seeds(seed: int, tag: int, epoch: int, keys: Sequence[str]) -> np.ndarray:
+    """One uint64 masking seed per sample key ("SHARD/KEY"), from (seed, tag, epoch, key): stable
+    across runs, processes and Python versions (BLAKE2b, not the per-process salted `hash`)."""
+    out = np.empty(len(keys), dtype=np.uint64)
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(f"{seed}/{tag}/{epoch}/{key}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little")
+    return out
 
 
 @dataclass

@@ -8,9 +8,12 @@ vocabulary marking WordPiece "##" pieces) it does whole-word masking: a word (a 
 continuation tokens after it) is selected with probability `mask_prob` and then all of its tokens
 are, each getting its own 80/10/10 draw.
 
-NOTE: every random draw comes from the `generator` argument, so a batch's masks are a function of
-its tokens and that generator's seed alone; the loader seeds one generator per batch, which is what
-makes resumed runs bit-identical.
+Random draws are counter-based (`uniforms`): the draw at position t of a row is a hash of that
+row's seed and t alone. The loaders seed each row from its sample's identity (loader_config.
+`sample_seeds`), so a sample's mask does not depend on the rank, the batch size, the batch it is
+grouped into or how that is padded: resumed runs are bit-identical, and gradient accumulation over
+micro-batches of 12 sees the masks of one batch of 24. Vectorised over the batch, it costs about
+what one torch.Generator per batch did.
 """
 
 from __future__ import annotations
@@ -46,6 +49,29 @@ def continuation_table(tokenizer) -> torch.Tensor:
     return table
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment, 2^64 / golden ratio
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele et al., 2014): a bijection of uint64 that scrambles
+    every input bit into every output bit. uint64 arrays wrap modulo 2^64, as it needs."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seeds: np.ndarray, length: int, stream: int) -> torch.Tensor:
+    """[rows, length] float64 uniforms in [0, 1): entry (i, t) is SplitMix64 at counter t of the
+    sequence keyed by (seeds[i], stream), so it depends on that row's seed, the stream and t
+    alone, never on the other rows or on `length`."""
+    seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
+    with np.errstate(over="ignore"):
+        key = _mix(seeds ^ _mix(np.uint64(stream + 1) * _GOLDEN))
+        counters = np.arange(1, length + 1, dtype=np.uint64) * _GOLDEN
+        z = _mix(key[:, None] + counters[None, :])
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     special_mask: torch.Tensor,
@@ -53,13 +79,14 @@ def mask_tokens(
     vocab_size: int,
     mask_id: int,
     mask_prob: float = 0.15,
-    generator: torch.Generator,
+    seeds: np.ndarray | Sequence[int] | int,
     is_continuation: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask a batch for MLM; returns (masked_ids, labels), both int64 and shaped like `input_ids`.
 
-    `special_mask` is True at positions never to select ([CLS], [SEP], padding, ...). The input
-    tensor is not modified.
+    `special_mask` is True at positions never to select ([CLS], [SEP], padding, ...). `seeds`:
+    one uint64 per row (an int for 1-D input); every draw of a row comes from its seed and the
+    position (`uniforms`). The input tensor is not modified.
     """
     if not 0.0 < mask_prob < 1.0:
         raise ValueError(f"mask_prob={mask_prob!r}: expected a probability in (0, 1)")
@@ -73,18 +100,22 @@ def mask_tokens(
     squeeze = ids.dim() == 1
     if squeeze:
         ids, special = ids.unsqueeze(0), special.unsqueeze(0)
+    seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
+    if seeds.shape[0] != ids.shape[0]:
+        raise ValueError(f"{seeds.shape[0]} seeds for {ids.shape[0]} rows: expected one per row")
+    length = ids.shape[1]
 
+    u = uniforms(seeds, length, stream=0)
     if is_continuation is None:
-        u = torch.rand(ids.shape, generator=generator)
         selected = (u < mask_prob) & ~special
     else:
-        selected = _whole_word_selection(ids, special, is_continuation, mask_prob, generator)
+        selected = _whole_word_selection(ids, special, is_continuation, mask_prob, u)
 
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     # One uniform per position decides [MASK] / random / keep, as HF's two Bernoulli draws do
     # (0.8, then 0.5 of the rest), with the same resulting 80/10/10 distribution.
-    action = torch.rand(ids.shape, generator=generator)
-    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator, dtype=torch.int64)
+    action = uniforms(seeds, length, stream=1)
+    random_ids = (uniforms(seeds, length, stream=2) * vocab_size).to(torch.int64)
     to_mask = selected & (action < MASK_FRACTION)
     to_random = selected & (action >= MASK_FRACTION) & (action < MASK_FRACTION + RANDOM_FRACTION)
     masked = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
@@ -99,7 +130,7 @@ def _whole_word_selection(
     special: torch.Tensor,
     is_continuation: torch.Tensor,
     mask_prob: float,
-    generator: torch.Generator,
+    u: torch.Tensor,
 ) -> torch.Tensor:
     if int(ids.max()) >= is_continuation.numel():
         raise ValueError(
@@ -111,7 +142,6 @@ def _whole_word_selection(
     prev_special[:, 1:] = special[:, :-1]
     # A "##" piece right after [CLS] or padding has no head word to join: it starts its own word.
     starts = ~cont | prev_special
-    u = torch.rand(ids.shape, generator=generator)
     start_selected = starts & ~special & (u < mask_prob)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     head = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
@@ -146,10 +176,10 @@ def mask_batch(
     *,
     mask_id: int,
     mask_prob: float,
-    generator: torch.Generator,
+    seeds: np.ndarray | Sequence[int],
     is_continuation: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Mask a collated batch in place of its input_ids and add labels.
+    """Mask a collated batch in place of its input_ids and add labels (`seeds`: one per row).
 
     `special` is the table from `special_table`; padding positions are excluded through the
     attention mask as well, so a pad id missing from the special ids cannot be masked either.
@@ -162,7 +192,7 @@ def mask_batch(
         vocab_size=special.numel(),
         mask_id=mask_id,
         mask_prob=mask_prob,
-        generator=generator,
+        seeds=seeds,
         is_continuation=is_continuation,
     )
     return {"input_ids": masked, "attention_mask": batch["attention_mask"], "labels": labels}

@@ -143,6 +143,65 @@ def test_epochs_reshuffle_and_seed_reproduces(tmp_path):
     assert not torch.equal(a[0]["labels"], b[1]["labels"])
 
 
+def _masks_by_key(batches) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{key: (input_ids, labels)} over a sample's real tokens."""
+    out = {}
+    for b in batches:
+        for row, key in enumerate(b["keys"]):
+            n = int(b["attention_mask"][row].sum())
+            out.setdefault(key, []).append((b["input_ids"][row, :n], b["labels"][row, :n]))
+    return out
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_a_samples_mask_depends_on_the_sample_not_on_its_batch_rank_or_worker(tmp_path, whole_word):
+    """Masks are drawn per sample (seed, epoch, key): the same sample is masked the same under
+    batch size 2 or 8, 1 rank or 2, 0 workers or 2 (so gradient accumulation over micro-batches
+    equals one large batch), and differently in the next epoch."""
+    make_shards(tmp_path, [16] * 8)
+    table = torch.zeros(TOK.vocab_size, dtype=torch.bool)
+    table[500:] = True  # ids >= 500 continue a word
+    extra = {"is_continuation": table} if whole_word else {}
+
+    def epochs(config, rank=0, world=1, count=2):
+        config = dataclasses.replace(config, whole_word=whole_word)
+        loader = MaskedBatchLoader(
+            tmp_path, config, rank=rank, world_size=world, tokenizer=TOK, **extra
+        )
+        n = loader.batches_per_epoch
+        batches = take(loader, count * n)
+        return [_masks_by_key(batches[e * n : (e + 1) * n]) for e in range(count)]
+
+    reference = epochs(cfg(batch_size=8))
+    assert len(reference[0]) == 128
+    variants = {
+        "batch 2": epochs(cfg(batch_size=2)),
+        "2 workers": epochs(cfg(batch_size=4, num_workers=2)),
+        "rank 0 of 2": epochs(cfg(batch_size=8), rank=0, world=2),
+        "rank 1 of 2": epochs(cfg(batch_size=8), rank=1, world=2),
+    }
+    for name, got in variants.items():
+        for e in range(2):
+            assert got[e], name
+            for key, seen in got[e].items():
+                # epoch e of the same seed: the same shards may go elsewhere, not the same masks
+                want = reference[e][key][0] if key in reference[e] else None
+                if want is None:
+                    continue
+                for ids, labels in seen:
+                    assert torch.equal(ids, want[0]) and torch.equal(labels, want[1]), (name, key)
+        shared = sum(key in reference[e] for e in range(2) for key in got[e])
+        assert shared >= len(got[0]), name  # most keys compared, not vacuously none
+    changed = [
+        k for k in reference[0] if not torch.equal(reference[0][k][0][1], reference[1][k][0][1])
+    ]
+    assert len(changed) > 100  # a new mask every epoch (dynamic masking)
+    other_seed = epochs(cfg(batch_size=8, seed=8), count=1)[0]
+    assert (
+        sum(not torch.equal(other_seed[k][0][1], reference[0][k][0][1]) for k in other_seed) > 100
+    )
+
+
 @pytest.mark.parametrize(
     "world,rank,workers,n,k,whole_word",
     [

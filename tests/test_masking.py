@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipeline.loader_config import sample_seeds
 from data_pipeline.masking import (
     IGNORE_INDEX,
     collate,
@@ -16,6 +17,7 @@ from data_pipeline.masking import (
     mask_batch,
     mask_tokens,
     special_table,
+    uniforms,
 )
 
 VOCAB, PAD, UNK, CLS, SEP, MASK = 1000, 0, 1, 2, 3, 4
@@ -32,11 +34,15 @@ def _batch(rows: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
     return collate(samples, PAD)
 
 
-def _mask(batch, seed=1, prob=0.15, table=None):
-    special = special_table(VOCAB, SPECIAL)
-    gen = torch.Generator().manual_seed(seed)
+def _seeds(rows: int, seed: int = 1) -> np.ndarray:
+    return sample_seeds(seed, 0, 0, [f"row-{i}" for i in range(rows)])
+
+
+def _mask(batch, seed=1, prob=0.15, table=None, special=None):
+    special = special_table(VOCAB, SPECIAL) if special is None else special
+    seeds = _seeds(batch["input_ids"].shape[0], seed)
     return mask_batch(
-        batch, special, mask_id=MASK, mask_prob=prob, generator=gen, is_continuation=table
+        batch, special, mask_id=MASK, mask_prob=prob, seeds=seeds, is_continuation=table
     )
 
 
@@ -79,9 +85,7 @@ def test_special_and_padding_never_selected():
     assert (out["labels"][never] == IGNORE_INDEX).all()
     assert torch.equal(out["input_ids"][never], ids[never])
     # padding is excluded through the attention mask even when the pad id is not listed special
-    plain = special_table(VOCAB, (CLS, SEP))
-    gen = torch.Generator().manual_seed(3)
-    out2 = mask_batch(batch, plain, mask_id=MASK, mask_prob=0.9, generator=gen)
+    out2 = _mask(batch, seed=3, prob=0.9, special=special_table(VOCAB, (CLS, SEP)))
     assert (out2["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
 
 
@@ -101,7 +105,7 @@ def test_mask_tokens_is_pure_and_accepts_1d():
         vocab_size=VOCAB,
         mask_id=MASK,
         mask_prob=0.5,
-        generator=torch.Generator().manual_seed(0),
+        seeds=0,
     )
     assert torch.equal(ids, before)
     assert masked.shape == labels.shape == ids.shape
@@ -112,7 +116,7 @@ def test_mask_tokens_is_pure_and_accepts_1d():
             vocab_size=VOCAB,
             mask_id=MASK,
             mask_prob=1.5,
-            generator=torch.Generator(),
+            seeds=0,
         )
 
 
@@ -158,7 +162,7 @@ def test_whole_word_continuation_after_special_starts_a_word():
         vocab_size=VOCAB,
         mask_id=MASK,
         mask_prob=0.3,
-        generator=torch.Generator().manual_seed(0),
+        seeds=_seeds(2000),
         is_continuation=table,
     )
     sel = labels != IGNORE_INDEX
@@ -184,3 +188,50 @@ def test_continuation_table_from_vocab():
             return {"[PAD]": 0, "the": 1, "##ing": 2, "run": 3, "##s": 4}
 
     assert continuation_table(Tok()).tolist() == [False, False, True, False, True]
+
+
+def test_random_replacements_are_uniform_over_the_vocabulary_and_independent_of_the_token():
+    """The 10% random tokens: uniform over [0, vocab) (a chi-square over 20 bins), whatever the
+    original token was. A mistake here (a biased or off-by-one range, a replacement tied to the
+    original id) would not show in the 80/10/10 shares alone."""
+    rows = 4000
+    ids = torch.full((rows, 64), 7, dtype=torch.int64)
+    ids[:, 32:] = 900
+    masked, labels = mask_tokens(
+        ids,
+        torch.zeros_like(ids, dtype=torch.bool),
+        vocab_size=VOCAB,
+        mask_id=MASK,
+        mask_prob=0.5,
+        seeds=_seeds(rows),
+    )
+    for half in (slice(0, 32), slice(32, 64)):
+        sel, orig = labels[:, half] != IGNORE_INDEX, ids[:, half]
+        out = masked[:, half]
+        replaced = out[sel & (out != MASK) & (out != orig)]
+        assert replaced.numel() > 5000
+        counts = torch.bincount(replaced * 20 // VOCAB, minlength=20).double()
+        expected = replaced.numel() / 20
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 43.8, chi2  # the 0.999 quantile of chi-square with 19 degrees of freedom
+        assert int(replaced.min()) >= 0 and int(replaced.max()) < VOCAB
+
+
+def test_uniforms_of_a_row_depend_on_its_seed_and_position_alone():
+    a = uniforms(np.array([5, 6, 7], dtype=np.uint64), 40, stream=0)
+    b = uniforms(np.array([7], dtype=np.uint64), 16, stream=0)
+    assert torch.equal(a[2, :16], b[0])  # other rows and the length change nothing
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(uniforms(np.array([7], dtype=np.uint64), 16, stream=1), b)
+    big = uniforms(np.arange(2000, dtype=np.uint64), 64, stream=0)
+    assert 0.0 <= float(big.min()) and float(big.max()) < 1.0
+    assert abs(float(big.mean()) - 0.5) < 0.005
+    # neighbouring positions and neighbouring seeds are uncorrelated
+    assert (
+        abs(float(torch.corrcoef(torch.stack([big[:, :-1].flatten(), big[:, 1:].flatten()]))[0, 1]))
+        < 0.01
+    )
+    assert (
+        abs(float(torch.corrcoef(torch.stack([big[:-1].flatten(), big[1:].flatten()]))[0, 1]))
+        < 0.01
+    )
