@@ -4,9 +4,10 @@ each checkpoint in turn ends with the uninterrupted run's weights, bit for bit.
     .venv/bin/python -m pytest tests/test_resume.py -q
 
 The cases cover every pair of (1 or 2 ranks) x (fp32 or bf16) x (ZeRO-2 or ZeRO-3) in four runs
-(a pairwise design; the full product would be eight). The warm-up ends inside the run, so the LR
-schedule's corner, the optimizer's bias correction and the loader position are all crossed by
-some resume.
+(a pairwise design; the full product would be eight), one of them under gradient accumulation (a
+checkpoint falls between windows; the loader's look-ahead of a window is not counted). The
+warm-up ends inside the run, so the LR schedule's corner, the optimizer's bias correction and the
+loader position are all crossed by some resume.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ STEPS = 4  # checkpoints at steps 1..3 are each resumed: before, at and after th
 # A layer-copied student with logits and hidden-state terms, and a random-init one with
 # attention maps: every kind of state a checkpoint carries (CompactBioBERT adds none, and time).
 SWEPT = ("DistilBioBERT", "TinyBioBERT")
-CASES = [  # (ranks, bf16, ZeRO stage): each pair of values of two factors appears once
-    (1, False, 2),
-    (1, True, 3),
-    (2, False, 3),
-    (2, True, 2),
+CASES = [  # (ranks, bf16, ZeRO stage, accumulation): each pair of the first three appears once
+    (1, False, 2, 1),
+    (1, True, 3, 1),
+    (2, False, 3, 2),
+    (2, True, 2, 1),
 ]
 
 
@@ -68,16 +69,16 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize(("ranks", "bf16", "stage"), CASES)
+@pytest.mark.parametrize(("ranks", "bf16", "stage", "accumulation"), CASES)
 def test_resume_from_every_checkpoint_equals_the_uninterrupted_run(
-    tmp_path, tiny_shards, tokenizer_dir, ranks, bf16, stage
+    tmp_path, tiny_shards, tokenizer_dir, ranks, bf16, stage, accumulation
 ):
     vocab = Manifest.load(tiny_shards).tokenizer.vocab_size
     data = recipe(tiny_shards, tmp_path / "runs", vocab, name="reference", steps=STEPS)
     data["data"]["tokenizer"] = str(tokenizer_dir)
     data["train"].update(save_every=1, keep=100, eval_every=1000, log_every=3)
     recipe_path = write_recipe(tmp_path / "recipe.yaml", data)
-    ds = ds_config(tmp_path / "ds.json", stage=stage, bf16=bf16)
+    ds = ds_config(tmp_path / "ds.json", stage=stage, bf16=bf16, accumulation=accumulation)
 
     def argv(name: str) -> list[str]:
         return [

@@ -54,8 +54,8 @@ def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None
         name_kind = {"DistilBioBERT": "distilbiobert", "TinyBioBERT": "tinybiobert"}
         original, calls = objectives.Objective.__call__, {"n": 0}
 
-        def poisoned(self, student, teacher, batch):
-            loss, terms = original(self, student, teacher, batch)
+        def poisoned(self, student, teacher, batch, *scale):
+            loss, terms = original(self, student, teacher, batch, *scale)
             if self.kind == name_kind[nan_at[0]]:
                 calls["n"] += 1
                 if calls["n"] == nan_at[1]:
@@ -293,6 +293,43 @@ def test_teacher_ahead_trains_the_same_cohort(env, uninterrupted):
     assert "11 of 12 batches' teacher signals computed a batch early" in result["stderr"]
     for student in STUDENTS:
         assert_same_weights(weights(reference, student), weights(env["runs"] / "ahead", student))
+
+
+def test_gradient_accumulation_2_x_12_trains_as_1_x_24(env):
+    """gradient_accumulation_steps 2 at micro-batch 12 gives the models of micro-batch 24 on the
+    same samples, to fp32 rounding, for every distilled student and its MLM twin: the token-mean
+    terms are normalised over the window (not a mean of two micro-batch means) and a sample's
+    mask does not depend on the batch it is in. Dropout is off, so the runs differ only in how
+    the samples are grouped. Also: the LR schedule and budgets count optimizer steps."""
+    data = recipe(env["shards"], env["runs"], env["vocab"], name="batch24", steps=3)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    data["teacher"]["config"].update(no_dropout)
+    data["students"][2]["init"]["config"].update(no_dropout)
+    data["data"]["tokenizer"] = str(env["tokenizer"])
+    data["train"].update(mlm_twins=True, log_every=1, eval_every=1000, save_every=1000)
+    recipe_path = write_recipe(env["root"] / "accumulate.yaml", data)
+    runs = {
+        "batch24": ["ds.train_micro_batch_size_per_gpu=24"],
+        "micro12x2": [
+            "ds.train_micro_batch_size_per_gpu=12",
+            "ds.gradient_accumulation_steps=2",
+            "run.name=micro12x2",
+        ],
+    }
+    for extra in runs.values():
+        (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *extra))
+        assert result["rc"] == 0, result["stderr"][-2000:]
+    a, b = env["runs"] / "batch24", env["runs"] / "micro12x2"
+    students = [*STUDENTS, *(f"{s}-MLM" for s in STUDENTS)]
+    for student in students:
+        assert_same_weights(weights(a, student), weights(b, student), atol=2e-6)
+    logged_a, logged_b = scalars(a), scalars(b)
+    for student in students:
+        for tag in (f"train/{student}/loss", f"train/{student}/lr"):
+            steps_a, values_a = zip(*logged_a[tag], strict=True)
+            steps_b, values_b = zip(*logged_b[tag], strict=True)
+            assert steps_a == steps_b == (1, 2, 3), tag
+            assert values_b == pytest.approx(values_a, rel=1e-5), tag
 
 
 def start(env, recipe_path: Path, name: str) -> subprocess.Popen:

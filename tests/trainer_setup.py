@@ -95,11 +95,14 @@ def write_recipe(path: Path, data: dict) -> Path:
     return path
 
 
-def ds_config(path: Path, *, stage: int = 2, bf16: bool = True, micro: int = 8) -> Path:
+def ds_config(
+    path: Path, *, stage: int = 2, bf16: bool = True, micro: int = 8, accumulation: int = 1
+) -> Path:
     """A DeepSpeed JSON like ds_configs/zero*.json with a test-sized micro-batch."""
     base = json.loads((Path(__file__).parents[1] / "ds_configs" / "zero2.json").read_text())
     cfg = copy.deepcopy(base)
     cfg["train_micro_batch_size_per_gpu"] = micro
+    cfg["gradient_accumulation_steps"] = accumulation
     cfg["bf16"] = {"enabled": bf16}
     cfg["zero_optimization"] = {"stage": stage}
     if stage == 3:

@@ -4,10 +4,15 @@ The loader yields CPU tensors (pinned on a GPU machine); everything a step needs
 the batch's shape is read there, where reading is free: the flat indices of the masked rows
 (labels != -100), their labels, and the real-token count. On the device nothing then needs a host
 sync: the MLM heads, KD and accuracy use `masked_index` / `masked_labels` with fixed shapes.
+
+Under gradient accumulation the prefetcher loads a whole window (`gradient_accumulation_steps`
+micro-batches) at once, so that every micro-batch knows the counts of its window before the first
+backward: token-mean loss terms are then normalised by the window's counts (trainer/loop.py).
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,6 +20,16 @@ from dataclasses import dataclass
 import torch
 
 from trainer.losses import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a batch holds, as host ints: what the loss terms' means divide by."""
+
+    samples: int
+    length: int  # padded sequence length L
+    tokens: int  # real tokens
+    masked: int  # masked rows
 
 
 @dataclass
@@ -25,10 +40,26 @@ class DeviceBatch:
     masked_labels: torch.Tensor  # [N] int64, the original ids there
     tokens: int  # real tokens in the batch (host int)
     samples: int
+    # its accumulation window: every micro-batch's Counts, this one's at `position`
+    window: tuple[Counts, ...] = ()
+    position: int = 0
 
     @property
     def masked(self) -> int:
         return self.masked_index.numel()
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.samples, self.input_ids.shape[1], self.tokens, self.masked)
+
+    @property
+    def window_counts(self) -> tuple[Counts, ...]:
+        """The Counts of every micro-batch of this batch's window (just its own outside one)."""
+        return self.window or (self.counts,)
+
+    @property
+    def last_in_window(self) -> bool:
+        return self.position == len(self.window_counts) - 1
 
     @classmethod
     def from_host(cls, batch: dict[str, torch.Tensor], device: torch.device) -> DeviceBatch:
@@ -58,27 +89,36 @@ def hand_over(tensors, producer: torch.cuda.Stream, consumer: torch.cuda.Stream)
 
 
 class DevicePrefetcher:
-    """Device batches from a loader; on a GPU the next batch's copy overlaps this step.
+    """Device batches from a loader; on a GPU the next batches' copy overlaps this step.
 
-    It stays one batch ahead. On CUDA, batch k+1 is copied on a side stream (from pinned memory,
-    non-blocking) while the kernels of step k run; the compute stream waits for that copy only
-    when it uses the batch. `waited` accumulates the host time spent waiting for the loader (the
-    "data" share of the step anatomy), and `state_dict()` is the loader's position as of the
-    batches handed out, the one taken ahead not counted.
+    It loads `window` batches at a time (the gradient accumulation window; 1 without
+    accumulation), each tagged with the window's Counts and its position there, and stays up to
+    one window ahead: when the last batch of a window is handed out, the next window is loaded.
+    On CUDA the copies run on a side stream (from pinned memory, non-blocking) while the kernels
+    of the current step run; the compute stream waits for a copy only when it uses the batch.
+    `waited` accumulates the host time spent waiting for the loader (the "data" share of the step
+    anatomy), and `state_dict()` is the loader's position as of the batches handed out, those
+    taken ahead not counted.
     """
 
-    def __init__(self, loader, device: torch.device) -> None:
-        self._loader, self._host, self.device = loader, iter(loader), device
+    def __init__(self, loader, device: torch.device, window: int = 1) -> None:
+        if window < 1:
+            raise ValueError(f"window={window!r}: expected at least one batch")
+        self._loader, self._host, self.device, self.window = loader, iter(loader), device, window
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._next: DeviceBatch | None = None
+        self._ready: collections.deque[DeviceBatch] = collections.deque()
         self.waited = 0.0
 
-    def _load(self) -> DeviceBatch:
+    def _load(self) -> None:
         start = time.perf_counter()
-        host = next(self._host)
+        hosts = [next(self._host) for _ in range(self.window)]
         self.waited += time.perf_counter() - start
         with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
-            return DeviceBatch.from_host(host, self.device)
+            batches = [DeviceBatch.from_host(host, self.device) for host in hosts]
+        counts = tuple(b.counts for b in batches) if self.window > 1 else ()
+        for position, batch in enumerate(batches):
+            batch.window, batch.position = counts, position
+        self._ready.extend(batches)
 
     def _hand_over(self, batch: DeviceBatch, stream: torch.cuda.Stream) -> None:
         tensors = (batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_labels)
@@ -86,27 +126,30 @@ class DevicePrefetcher:
 
     def state_dict(self) -> dict:
         """The loader's state_dict, positioned after the last batch handed out: a checkpoint
-        must not count the batch taken ahead, which no step has trained on yet."""
+        must not count the batches taken ahead, which no step has trained on yet."""
         state = self._loader.state_dict()
-        state["batches_consumed"] -= 0 if self._next is None else 1
+        state["batches_consumed"] -= len(self._ready)
         return state
 
     def peek(self, stream: torch.cuda.Stream | None = None) -> DeviceBatch:
         """The batch the next `next()` returns, usable on `stream` (on CUDA: that stream waits for
         its copy; on other devices the argument is ignored)."""
-        if self._next is None:
-            self._next = self._load()
+        if not self._ready:
+            self._load()
         if self._stream is not None and stream is not None:
-            self._hand_over(self._next, stream)
-        return self._next
+            self._hand_over(self._ready[0], stream)
+        return self._ready[0]
 
     def __iter__(self) -> DevicePrefetcher:
         return self
 
     def __next__(self) -> DeviceBatch:
-        # One batch ahead on every device (so the CPU tests run the same bookkeeping as a GPU).
-        current = self._next if self._next is not None else self._load()
+        # Up to a window ahead on every device (so the CPU tests run a GPU's bookkeeping).
+        if not self._ready:
+            self._load()
+        current = self._ready.popleft()
         if self._stream is not None:
             self._hand_over(current, torch.cuda.current_stream(self.device))
-        self._next = self._load()
+        if not self._ready:
+            self._load()
         return current

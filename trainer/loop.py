@@ -7,8 +7,15 @@
         s.engine.backward(loss); s.engine.step()
 
 - Steps are optimizer steps (each `gradient_accumulation_steps` micro-batches from the DeepSpeed
-  JSON). A student leaves the cohort at its own budget and is exported then; the run ends when
-  all have, or at train.max_steps.
+  JSON, a window). A student leaves the cohort at its own budget and is exported then; the run
+  ends when all have, or at train.max_steps. Every engine must reach its accumulation boundary at
+  the window's last micro-batch, and only there (checked). Saves and preemption happen between
+  windows, never inside one.
+- Loss normalisation over the window: the prefetcher loads a window at once, its counts (masked
+  rows, tokens, ...) are summed over ranks (one small all-reduce per step), and each micro-batch's
+  terms are scaled to their share of the window's mean (trainer/objectives.py). With the masks a
+  function of the sample (data_pipeline/masking.py), 2 x 12 accumulated equals 1 x 24 (and 2
+  ranks x 12), as transformers 4.46 fixed it for its Trainer.
 - No host sync in the step: losses stay device tensors, summed; they are reduced over ranks and
   read at log steps only. The masked rows are located on the host, and on a GPU the next batch is
   copied while this step runs (trainer/batch.py).
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.batch import DeviceBatch, DevicePrefetcher
+from trainer.batch import Counts, DeviceBatch, DevicePrefetcher
 from trainer.checkpoint import Checkpointer
 from trainer.config import RunConfig, to_yaml
 from trainer.export import SKELETON, export_student, write_skeleton
@@ -43,6 +50,7 @@ from trainer.heldout import heldout_metrics
 from trainer.inputs import Inputs
 from trainer.metrics import MetricsWriter, hparams_of
 from trainer.model_card import model_card
+from trainer.objectives import NORMALIZERS
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.rng import global_state, set_global_state
 from trainer.runtime import Runtime
@@ -73,13 +81,13 @@ class _Running:
     """Device-side sums of one student's loss terms since the last log step."""
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    micro_steps: int = 0
+    steps: int = 0  # optimizer steps the sums span (each a window of micro-batches)
 
     def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """A micro-batch's window-scaled loss and terms: a window's add up to its means."""
         for name, value in (("loss", loss), *terms.items()):
             value = value.float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.micro_steps += 1
 
 
 class Trainer:
@@ -180,7 +188,7 @@ class Trainer:
         """Train to the end (returns 0) or to a preemption (saves, returns EXIT_PREEMPTED)."""
         cfg = self.cfg.train
         gas = self.students[0].engine.gradient_accumulation_steps()
-        batches = self._batches = DevicePrefetcher(self.inputs.loader, self.rt.device)
+        batches = self._batches = DevicePrefetcher(self.inputs.loader, self.rt.device, gas)
         for s in self.students:
             s.engine.train()
         self.metrics.text("recipe", f"```yaml\n{to_yaml(self.cfg)}```", self.step)
@@ -194,11 +202,17 @@ class Trainer:
                     self.save()
                     return EXIT_PREEMPTED
                 active = self.active
-                for _ in range(gas):
+                for micro in range(gas):
                     waited = batches.waited
                     batch = next(batches)
                     self._timer.host("data", batches.waited - waited)
-                    self.train_batch(batch, active, upcoming=batches.peek)
+                    if batch.position != micro:
+                        raise RuntimeError(f"micro-batch {batch.position} of its window at {micro}")
+                    if micro == 0:
+                        scales = self.window_scales(batch.window_counts)  # collective
+                    self.train_batch(batch, active, batches.peek, scales[micro])
+                for s in active:
+                    self._running[s.name].steps += 1
                 self.step += 1
                 finished = self._after_step(active)
                 if self.step % cfg.log_every == 0:
@@ -230,10 +244,29 @@ class Trainer:
             self.preempt.training = False
             self.inputs.loader.close()
 
-    def train_batch(self, batch: DeviceBatch | dict, active: list, upcoming=None) -> None:
+    def window_scales(self, window: tuple[Counts, ...]) -> list[dict[str, torch.Tensor]]:
+        """Per micro-batch of an accumulation window, each normaliser's factor: its count in the
+        micro-batch x ranks / the window's count summed over ranks (trainer/objectives.py).
+        NOTE: collective. Device tensors: no host sync. 1.0 exactly on one rank without
+        accumulation."""
+        names = list(NORMALIZERS)
+        counts = [[float(NORMALIZERS[n](c)) for n in names] for c in window]
+        local = torch.tensor(counts, dtype=torch.float64, device=self.rt.device)
+        totals = self.rt.all_reduce_sum(local.sum(0)).clamp(min=1)
+        factors = (local * self.rt.world_size / totals).float()
+        return [dict(zip(names, row, strict=True)) for row in factors.unbind(0)]
+
+    def train_batch(
+        self,
+        batch: DeviceBatch | dict,
+        active: list,
+        upcoming=None,
+        scale: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """One micro-batch (on the device, or a loader's host dict) through the teacher and every
         student in `active` (their step). `upcoming` gives the next batch, for train.teacher_ahead
-        (trainer/teacher_ahead.py)."""
+        (trainer/teacher_ahead.py). `scale`: the batch's `window_scales`; without it the terms are
+        the batch's own means and DeepSpeed divides them by the accumulation steps."""
         self._timer.start()
         if isinstance(batch, dict):
             batch = DeviceBatch.from_host(batch, self.rt.device)
@@ -245,10 +278,16 @@ class Trainer:
         for s in active:
             with s.rng.active():
                 out = s.engine(batch.input_ids, batch.attention_mask, batch.masked_index)
-            loss, terms = s.objective(out, signals, batch)
+            loss, terms = s.objective(out, signals, batch, scale)
             self._timer.mark(f"{s.name}/forward")
-            s.engine.backward(loss)
+            s.engine.backward(loss, scale_wrt_gas=scale is None)  # scaled: the window's share
             self._timer.mark(f"{s.name}/backward")
+            if s.engine.is_gradient_accumulation_boundary() != batch.last_in_window:
+                raise RuntimeError(
+                    f"student {s.name}: its engine's accumulation boundary is not at the end of "
+                    f"the window (micro-batch {batch.position + 1} of {len(batch.window_counts)}, "
+                    f"engine micro-steps {s.engine.micro_steps})"
+                )
             s.engine.step()
             self._timer.mark(f"{s.name}/optimizer")
             terms = {k: v.detach() for k, v in terms.items()}
@@ -295,9 +334,9 @@ class Trainer:
 
     def _log(self) -> None:
         """Reduce the running sums over ranks and write them. NOTE: collective."""
-        names = [n for n, r in self._running.items() if r.micro_steps]
+        names = [n for n, r in self._running.items() if r.steps]
         layout = [(n, k) for n in names for k in self._running[n].sums]
-        values = [self._running[n].sums[k] / self._running[n].micro_steps for n, k in layout]
+        values = [self._running[n].sums[k] / self._running[n].steps for n, k in layout]
         since, tokens0, samples0, step0 = self._window
         counts = [float(self.tokens - tokens0), float(self.samples - samples0)]
         counts.append(float(self.inputs.loader.skipped_corrupt))  # a running total per rank

@@ -10,27 +10,44 @@ Kinds (RECIPES.md; weights and temperature from the recipe, defaults in trainer/
     tinybiobert     w_att*ATT_MSE(attention_map) + w_hid*HID_MSE(hidden_map) + w_soft_ce*SOFT_CE
     mlm             w_mlm*MLM
 Layer-map terms are sums over the [student, teacher] pairs. A term whose weight is 0 is neither
-computed nor are its signals requested. `terms` holds every computed term unweighted (for logs);
-`loss` is the weighted sum, fp32. TinyBioBERT's fit_dense projection is applied inside the student's
-forward (trainer/students.py) so that ZeRO-3 gathers its weights there; its outputs arrive here as
-`proj.<index>`.
+computed nor are its signals requested. `terms` holds every computed term unweighted (for logs;
+scaled as below when scaled); `loss` is the weighted sum, fp32.
+
+Every term is a mean, and `NORMALIZERS` names what it divides by. Called with `scale` (the loop
+does, trainer/loop.py), each term is multiplied by scale[its normalizer]: count in this batch x
+ranks / count over the accumulation window on all ranks. The window's micro-batches on all ranks
+then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole window,
+as one batch of that size would give, not a mean of per-micro-batch means.
+
+TinyBioBERT's fit_dense projection is applied inside the student's forward (trainer/students.py)
+so that ZeRO-3 gathers its weights there; its outputs arrive here as `proj.<index>`.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from trainer import losses
-from trainer.batch import DeviceBatch
+from trainer.batch import Counts, DeviceBatch
 from trainer.config import ObjectiveSection
 from trainer.signals import LOGITS, Need, attention_key, hidden_key
 
 LOGIT_TERMS = ("mlm", "kd", "soft_ce")
+
+NORMALIZERS: dict[str, Callable[[Counts], int]] = {
+    "masked": lambda c: c.masked,  # MLM, KD, SOFT_CE: over the masked rows
+    "tokens": lambda c: c.tokens,  # COS: over the real tokens
+    "query_rows": lambda c: c.tokens * c.length,  # ATT_KL: real query rows x keys (x heads)
+    "positions": lambda c: c.samples * c.length,  # HID_MSE: every position (x hidden)
+    "pairs": lambda c: c.samples * c.length**2,  # ATT_MSE: every query-key pair (x heads)
+}
+"""What each term's mean divides by, as a function of a batch's Counts (constant factors such as
+the head count and the hidden size left out: they cancel in count / window count)."""
 
 
 def projected_key(index: int) -> str:
@@ -67,6 +84,18 @@ class Objective:
             hid = ()
         return cls(section.kind, section.temperature, weights, att, hid)
 
+    def normalizer(self, term: str) -> str:
+        """The NORMALIZERS entry `term`'s mean divides by."""
+        if term in LOGIT_TERMS:
+            return "masked"
+        if term == "cos":
+            return "tokens"
+        if term == "att":
+            return "query_rows" if self.kind == "compactbiobert" else "pairs"
+        if term == "hid":
+            return "positions"
+        raise KeyError(f"objective {self.kind}: no normalizer for term {term!r}")
+
     @property
     def projects_hidden(self) -> bool:
         """Whether student hidden states go through fit_dense (TinyBioBERT's HID_MSE)."""
@@ -91,7 +120,10 @@ class Objective:
         student: dict[str, torch.Tensor],
         teacher: dict[str, torch.Tensor] | None,
         batch: DeviceBatch,
+        scale: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, terms) of one batch: the batch's means, or with `scale` (normalizer ->
+        factor) each term times its factor, its share of the window's mean (module doc)."""
         terms: dict[str, torch.Tensor] = {}
         w, mask, T = self.weights, batch.attention_mask, self.temperature
         if "mlm" in w:
@@ -119,6 +151,8 @@ class Objective:
                 losses.hidden_mse(student[projected_key(s)], teacher[hidden_key(t)])
                 for s, t in self.hidden_map
             )
+        if scale is not None:
+            terms = {name: value * scale[self.normalizer(name)] for name, value in terms.items()}
         loss = sum(w[name] * value for name, value in terms.items())
         return loss, terms
 
