@@ -19,13 +19,13 @@ from trainer.config import (
     RunConfig,
     apply_overrides,
     config_from_dict,
-    default_layer_maps,
     dump_config,
     load_config,
     select_students,
     to_dict,
 )
 from trainer.ds_config import apply_ds_overrides, ds_config_for_student, load_ds_config
+from trainer.objectives import KINDS
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -438,11 +438,11 @@ def test_objective_defaults_and_layer_maps():
     obj = config_from_dict(raw).students[0].objective
     assert obj.temperature == 1.0 and obj.weights == {"mlm": 1.0, "kd": 5.0, "att": 0, "cos": 3.0}
     assert (obj.attention_map, obj.hidden_map) == ([[0, 1], [1, 3]], [[1, 2], [2, 4]])
-    assert default_layer_maps("tinybiobert", 4) == (
+    assert KINDS["tinybiobert"].layer_maps(4) == (
         [[0, 2], [1, 5], [2, 8], [3, 11]],
         [[0, 0], [1, 3], [2, 6], [3, 9], [4, 12]],
     )
-    assert default_layer_maps("distilbiobert", 6) == (None, None)
+    assert KINDS["distilbiobert"].layer_maps is None
 
 
 def test_layer_indices_checked_against_known_depths():

@@ -29,7 +29,7 @@ from torch import nn
 from trainer import startup
 from trainer.config import RunConfig, StudentSection
 from trainer.ds_config import ds_config_for_student
-from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.objectives import KINDS, Objective, cohort_teacher_need, uses_attention_maps
 from trainer.parameters import count_parameters, param_groups
 from trainer.pooler import Pooler
 from trainer.rng import RngStream, derive_seed
@@ -109,7 +109,7 @@ def _engine_phase(name: str, rt: Runtime) -> str:
 
 def _teacher_used(cfg: RunConfig) -> bool:
     for s in cfg.students:
-        if s.init.from_teacher_layers is not None or s.objective.kind != "mlm":
+        if s.init.from_teacher_layers is not None or KINDS[s.objective.kind].needs_teacher:
             return True
     return False
 

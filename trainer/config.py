@@ -9,8 +9,9 @@ Recipe schema: the dataclasses below, nested as `run`, `data`, `teacher` (absent
 values and out-of-range numbers raise ValueError naming the dotted key (students.NAME.optimizer.lr).
 Loading resolves every default into the config, so the resolved recipe shows what is trained:
 - `objective`: `kind` alone suffices; `temperature` and `weights` default per kind from RECIPES.md
-  (`OBJECTIVES`). Given weights replace the defaults term by term (0 switches a term off); a weight
-  for a term the kind does not have is an error. `mlm` has no temperature.
+  (trainer/objectives.py `KINDS`, where each kind is defined). Given weights replace the defaults
+  term by term (0 switches a term off); a weight for a term the kind does not have is an error.
+  `mlm` has no temperature.
 - Layer maps (compactbiobert, tinybiobert only): `attention_map` and `hidden_map` are lists of
   [student, teacher] index pairs. Attention indices are HF `attentions` entries (layers from 0);
   hidden indices are HF `hidden_states` entries (0 = embeddings output, k = output of layer k).
@@ -46,6 +47,7 @@ from typing import Any, Literal
 
 import yaml
 
+from trainer.objectives import KINDS
 from trainer.typed_dict import build_typed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,14 +73,7 @@ def shipped_dir(name: str) -> Path:
 
 DEMO_RECIPE = shipped("recipes/demo.yaml")
 
-OBJECTIVES: dict[str, tuple[float | None, dict[str, float]]] = {
-    "distilbiobert": (2.0, {"mlm": 2.0, "kd": 5.0, "cos": 1.0}),
-    "compactbiobert": (1.0, {"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0}),
-    "tinybiobert": (1.0, {"att": 1.0, "hid": 1.0, "soft_ce": 1.0}),
-    "mlm": (None, {"mlm": 1.0}),
-}
-"""kind -> (default temperature, default weights); the weight keys are the kind's only terms."""
-LAYER_MAP_KINDS = ("compactbiobert", "tinybiobert")
+KIND_NAMES = tuple(KINDS)  # objective.kind: trainer/objectives.py defines each
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -135,8 +130,8 @@ class InitSection:  # exactly one source
 
 @dataclass
 class ObjectiveSection:
-    kind: Literal["distilbiobert", "compactbiobert", "tinybiobert", "mlm"]
-    temperature: float | None = None  # None: the kind's default (RECIPES.md, OBJECTIVES above)
+    kind: Literal[KIND_NAMES]
+    temperature: float | None = None  # None: the kind's default (RECIPES.md, objectives.KINDS)
     weights: dict[str, float] = field(default_factory=dict)
     attention_map: list[list[int]] | None = None  # [[student, teacher], ...], see the docstring
     hidden_map: list[list[int]] | None = None
@@ -386,12 +381,19 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
         s_layers = _depth(f"{key}.init.config", init.config)
 
     k = f"{key}.objective"
-    default_t, default_w = OBJECTIVES[obj.kind]
-    ok = obj.kind == "mlm" or not no_teacher
-    _require(ok, f"{k}.kind", obj.kind, "'mlm' (its terms need a teacher; the recipe has none)")
+    kind = KINDS[obj.kind]
+    default_t, default_w = kind.temperature, kind.weights
+    ok = not kind.needs_teacher or not no_teacher
+    no_teacher_kinds = " or ".join(repr(n) for n, o in KINDS.items() if not o.needs_teacher)
+    _require(
+        ok,
+        f"{k}.kind",
+        obj.kind,
+        f"{no_teacher_kinds} (its terms need a teacher; the recipe has none)",
+    )
     if obj.temperature is not None:
         ok = default_t is not None
-        _require(ok, f"{k}.temperature", obj.temperature, "null (kind 'mlm' has none)")
+        _require(ok, f"{k}.temperature", obj.temperature, f"null (kind {obj.kind!r} has none)")
         _require(_finite(obj.temperature) > 0, f"{k}.temperature", obj.temperature, "> 0")
     obj.temperature = default_t if obj.temperature is None else obj.temperature
     for term, w in obj.weights.items():
@@ -406,7 +408,7 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
     for name in ("attention_map", "hidden_map"):
         pairs = getattr(obj, name)
         if pairs is not None:
-            ok = obj.kind in LAYER_MAP_KINDS
+            ok = kind.layer_maps is not None
             _require(ok, f"{k}.{name}", pairs, f"null (kind {obj.kind!r} uses no layer map)")
             ok = bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
             ok = ok and len({p[0] for p in pairs}) == len(pairs)
@@ -427,20 +429,11 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
     _require(_finite(opt.eps) > 0, f"{k}.eps", opt.eps, "a number > 0")
 
 
-def default_layer_maps(kind: str, student_layers: int) -> tuple[list | None, list | None]:
-    """RECIPES.md's (attention_map, hidden_map) for a student this deep; None where unused."""
-    n = student_layers
-    if kind == "compactbiobert":
-        return [[i, 2 * i + 1] for i in range(n)], [[i, 2 * i] for i in range(1, n + 1)]
-    if kind == "tinybiobert":
-        return [[i, 3 * i + 2] for i in range(n)], [[j, 3 * j] for j in range(n + 1)]
-    return None, None
-
-
 def fill_layer_maps(obj: ObjectiveSection, student_layers: int) -> None:
-    """Give each layer map the recipe leaves null its default for a student this deep."""
-    if obj.kind in LAYER_MAP_KINDS:
-        att, hid = default_layer_maps(obj.kind, student_layers)
+    """Give each layer map the recipe leaves null its kind's default for a student this deep."""
+    rule = KINDS[obj.kind].layer_maps
+    if rule is not None:
+        att, hid = rule(student_layers)
         obj.attention_map = att if obj.attention_map is None else obj.attention_map
         obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
 

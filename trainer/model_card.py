@@ -19,13 +19,8 @@ from pathlib import Path
 import yaml
 
 from trainer.config import RunConfig, to_yaml
+from trainer.objectives import KINDS
 
-_KIND = {
-    "distilbiobert": "distilled (DistilBioBERT recipe: MLM + KD + last-layer cosine)",
-    "compactbiobert": "distilled (CompactBioBERT recipe: MLM + KD + attention KL + layer cosines)",
-    "tinybiobert": "distilled (TinyBioBERT recipe: attention MSE + hidden MSE + soft CE)",
-    "mlm": "continual masked-language-model pre-training",
-}
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
 _USE_LINE = re.compile(r'^fill = pipeline\("fill-mask", model=.*\)$', re.MULTILINE)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -88,7 +83,7 @@ def model_card(
     c = mlm.config
     kind = spec.objective.kind
     teacher = None
-    if cfg.teacher is not None and kind != "mlm":
+    if cfg.teacher is not None and KINDS[kind].needs_teacher:
         teacher = cfg.teacher.path or "a randomly initialised BERT (teacher.config)"
     front = {
         "license": card_license(cfg),
@@ -119,8 +114,8 @@ def model_card(
         "",
         f"# {spec.name}",
         "",
-        f"A compact biomedical masked language model: {_KIND[spec.objective.kind]}, trained with "
-        "biodistill on PubMed abstracts.",
+        f"A compact biomedical masked language model: {KINDS[spec.objective.kind].card}, "
+        "trained with biodistill on PubMed abstracts.",
         "",
         "| parameters | layers | hidden | heads | vocabulary |",
         "|---|---|---|---|---|",

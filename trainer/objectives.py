@@ -1,23 +1,30 @@
-"""Objectives: the paper's loss recipes composed from the terms in losses.py over layer maps.
+"""Objectives: the recipe kinds, each defined once, and the objective that composes their terms.
 
+    KINDS["compactbiobert"]            # a Kind: terms, default weights and temperature, layer maps,
+                                       #   whether it needs a teacher, its model-card description
     objective = Objective.from_section(section, student_layers=6, teacher_layers=12)
     objective.student_need(), objective.teacher_need()   # the signals each side must produce
-    loss, terms = objective(student_out, teacher_out, batch)
+    loss, terms = objective(student_out, teacher_out, batch, scale)
 
-Kinds (RECIPES.md; weights and temperature from the recipe, defaults in trainer/config.py):
+Kinds (RECIPES.md; weights and temperature overridable in the recipe):
     distilbiobert   w_mlm*MLM + w_kd*KD + w_cos*COS_last
     compactbiobert  w_mlm*MLM + w_kd*KD + w_att*ATT_KL(attention_map) + w_cos*COS(hidden_map)
     tinybiobert     w_att*ATT_MSE(attention_map) + w_hid*HID_MSE(hidden_map) + w_soft_ce*SOFT_CE
     mlm             w_mlm*MLM
+Config validation (trainer/config.py), the cohort's teacher (trainer/cohort.py), the signals each
+side computes, the loss and the model card (trainer/model_card.py) all read KINDS. A new kind is
+one `Kind` entry below and a recipe entry; a new loss term is one `Term` (and its function in
+losses.py).
+
 Layer-map terms are sums over the [student, teacher] pairs. A term whose weight is 0 is neither
 computed nor are its signals requested. `terms` holds every computed term unweighted (for logs;
 scaled as below when scaled); `loss` is the weighted sum, fp32.
 
-Every term is a mean, and `NORMALIZERS` names what it divides by. Called with `scale` (the loop
-does, trainer/loop.py), each term is multiplied by scale[its normalizer]: count in this batch x
-ranks / count over the accumulation window on all ranks. The window's micro-batches on all ranks
-then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole window,
-as one batch of that size would give, not a mean of per-micro-batch means.
+Every term is a mean, and its Term names what it divides by (`NORMALIZERS`). Called with `scale`
+(the loop does, trainer/loop.py), each term is multiplied by scale[its normalizer]: count in this
+batch x ranks / count over the accumulation window on all ranks. The window's micro-batches on all
+ranks then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole
+window, as one batch of that size would give, not a mean of per-micro-batch means.
 
 TinyBioBERT's fit_dense projection is applied inside the student's forward (trainer/students.py)
 so that ZeRO-3 gathers its weights there; its outputs arrive here as `proj.<index>`.
@@ -29,24 +36,25 @@ import functools
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer import losses
 from trainer.batch import Counts, DeviceBatch
-from trainer.config import ObjectiveSection
 from trainer.signals import LOGITS, Need, attention_key, hidden_key
 
-LOGIT_TERMS = ("mlm", "kd", "soft_ce")
+if TYPE_CHECKING:
+    from trainer.config import ObjectiveSection
 
 NORMALIZERS: dict[str, Callable[[Counts], int]] = {
-    "masked": lambda c: c.masked,  # MLM, KD, SOFT_CE: over the masked rows
-    "tokens": lambda c: c.tokens,  # COS: over the real tokens
-    "query_rows": lambda c: c.tokens * c.length,  # ATT_KL: real query rows x keys (x heads)
-    "positions": lambda c: c.samples * c.length,  # HID_MSE: every position (x hidden)
-    "pairs": lambda c: c.samples * c.length**2,  # ATT_MSE: every query-key pair (x heads)
+    "masked": lambda c: c.masked,  # over the masked rows
+    "tokens": lambda c: c.tokens,  # over the real tokens
+    "query_rows": lambda c: c.tokens * c.length,  # real query rows x key columns (x heads)
+    "positions": lambda c: c.samples * c.length,  # every position (x hidden)
+    "pairs": lambda c: c.samples * c.length**2,  # every query-key pair (x heads)
 }
-"""What each term's mean divides by, as a function of a batch's Counts (constant factors such as
+"""What a term's mean divides by, as a function of a batch's Counts (constant factors such as
 the head count and the hidden size left out: they cancel in count / window count)."""
 
 
@@ -54,9 +62,141 @@ def projected_key(index: int) -> str:
     return f"proj.{index}"
 
 
+def _pairs(o: Objective, student: dict, teacher: dict, key, loss, *extra, student_key=None):
+    """Sum of `loss` over the objective's layer pairs for `key`'s signal (attention_key: the
+    attention map, hidden_key: the hidden map); the student's side read at `student_key`."""
+    pairs = o.attention_map if key is attention_key else o.hidden_map
+    student_key = student_key or key
+    return sum(loss(student[student_key(s)], teacher[key(t)], *extra) for s, t in pairs)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term: its function of (objective, student signals, teacher signals, batch), what
+    its mean divides by, and the signals it reads."""
+
+    loss: Callable[[Objective, dict, dict | None, DeviceBatch], torch.Tensor]
+    normalizer: str  # a NORMALIZERS key
+    student_logits: bool = False
+    teacher_logits: bool = False
+    layer_map: str | None = None  # "attention" or "hidden": sums over that map's pairs
+    projected: bool = False  # the student's hidden states through fit_dense (HID_MSE)
+
+
+TERMS: dict[str, Term] = {
+    "MLM": Term(
+        lambda o, s, t, b: losses.mlm_loss(s[LOGITS], b.masked_labels),
+        "masked",
+        student_logits=True,
+    ),
+    "KD": Term(
+        lambda o, s, t, b: losses.kd_kl(s[LOGITS], t[LOGITS], o.temperature),
+        "masked",
+        student_logits=True,
+        teacher_logits=True,
+    ),
+    "SOFT_CE": Term(
+        lambda o, s, t, b: losses.soft_cross_entropy(s[LOGITS], t[LOGITS], o.temperature),
+        "masked",
+        student_logits=True,
+        teacher_logits=True,
+    ),
+    "ATT_KL": Term(  # over the non-padding query rows, every key column
+        lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_kl, b.attention_mask),
+        "query_rows",
+        layer_map="attention",
+    ),
+    "ATT_MSE": Term(  # over every element, padding included (TinyBERT's code)
+        lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_mse),
+        "pairs",
+        layer_map="attention",
+    ),
+    "COS": Term(  # over the real tokens
+        lambda o, s, t, b: _pairs(o, s, t, hidden_key, losses.cosine_loss, b.attention_mask),
+        "tokens",
+        layer_map="hidden",
+    ),
+    "HID_MSE": Term(
+        lambda o, s, t, b: _pairs(
+            o, s, t, hidden_key, losses.hidden_mse, student_key=projected_key
+        ),
+        "positions",
+        layer_map="hidden",
+        projected=True,
+    ),
+}
+"""RECIPES.md's terms by their names there."""
+
+
+LayerMaps = Callable[[int], tuple[list[list[int]], list[list[int]]]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One recipe `objective.kind`: everything about it, in one place."""
+
+    terms: dict[str, str]  # recipe weight key -> TERMS name; the keys are its only weights
+    weights: dict[str, float]  # default weights (RECIPES.md)
+    temperature: float | None  # default temperature; None: none (no logit distillation)
+    card: str  # what the model card says of a student trained so
+    # default (attention_map, hidden_map) for a student of n layers; None: no recipe layer maps
+    layer_maps: LayerMaps | None = None
+    last_layers_cos: bool = False  # its hidden map is fixed: the last layers (COS_last)
+
+    def term(self, key: str) -> Term:
+        return TERMS[self.terms[key]]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(
+            t.teacher_logits or t.layer_map is not None for t in map(TERMS.get, self.terms.values())
+        )
+
+
+KINDS: dict[str, Kind] = {
+    "distilbiobert": Kind(
+        terms={"mlm": "MLM", "kd": "KD", "cos": "COS"},
+        weights={"mlm": 2.0, "kd": 5.0, "cos": 1.0},
+        temperature=2.0,
+        card="distilled (DistilBioBERT recipe: MLM + KD + last-layer cosine)",
+        last_layers_cos=True,
+    ),
+    "compactbiobert": Kind(
+        terms={"mlm": "MLM", "kd": "KD", "att": "ATT_KL", "cos": "COS"},
+        weights={"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0},
+        temperature=1.0,
+        card="distilled (CompactBioBERT recipe: MLM + KD + attention KL + layer cosines)",
+        # attention i -> 2i+1; hidden i -> 2i (i >= 1)
+        layer_maps=lambda n: (
+            [[i, 2 * i + 1] for i in range(n)],
+            [[i, 2 * i] for i in range(1, n + 1)],
+        ),
+    ),
+    "tinybiobert": Kind(
+        terms={"att": "ATT_MSE", "hid": "HID_MSE", "soft_ce": "SOFT_CE"},
+        weights={"att": 1.0, "hid": 1.0, "soft_ce": 1.0},
+        temperature=1.0,
+        card="distilled (TinyBioBERT recipe: attention MSE + hidden MSE + soft CE)",
+        # attention i -> 3i+2; hidden j -> 3j (j >= 0)
+        layer_maps=lambda n: (
+            [[i, 3 * i + 2] for i in range(n)],
+            [[j, 3 * j] for j in range(n + 1)],
+        ),
+    ),
+    "mlm": Kind(
+        terms={"mlm": "MLM"},
+        weights={"mlm": 1.0},
+        temperature=None,
+        card="continual masked-language-model pre-training",
+    ),
+}
+"""Every objective kind a recipe can name."""
+
+
 def uses_attention_maps(section: ObjectiveSection) -> bool:
     """Whether the student needs attention probabilities (then it runs eager attention)."""
-    return section.kind in ("compactbiobert", "tinybiobert") and section.weights.get("att", 0) > 0
+    kind = KINDS[section.kind]
+    return any(kind.term(k).layer_map == "attention" for k, w in section.weights.items() if w > 0)
 
 
 @dataclass(frozen=True)
@@ -73,44 +213,44 @@ class Objective:
     ) -> Objective:
         """Resolve the layer maps: COS_last pairs the last layers; the rest come from the recipe
         (defaults filled in by trainer/config.py)."""
+        kind = KINDS[section.kind]
         weights = {k: float(v) for k, v in section.weights.items() if v > 0}
         att = tuple(tuple(p) for p in section.attention_map or ())
         hid = tuple(tuple(p) for p in section.hidden_map or ())
-        if section.kind == "distilbiobert":
+        if kind.last_layers_cos:
             hid = ((student_layers, teacher_layers),)
-        if "att" not in weights:
-            att = ()
-        if "cos" not in weights and "hid" not in weights:
-            hid = ()
+        used = {kind.term(k).layer_map for k in weights}
+        att = att if "attention" in used else ()
+        hid = hid if "hidden" in used else ()
         return cls(section.kind, section.temperature, weights, att, hid)
 
-    def normalizer(self, term: str) -> str:
-        """The NORMALIZERS entry `term`'s mean divides by."""
-        if term in LOGIT_TERMS:
-            return "masked"
-        if term == "cos":
-            return "tokens"
-        if term == "att":
-            return "query_rows" if self.kind == "compactbiobert" else "pairs"
-        if term == "hid":
-            return "positions"
-        raise KeyError(f"objective {self.kind}: no normalizer for term {term!r}")
+    @property
+    def terms(self) -> dict[str, Term]:
+        """The computed terms (weight > 0) by their recipe keys, in TERMS order (the order the
+        loss sums them in)."""
+        kind, order = KINDS[self.kind], list(TERMS)
+        keys = sorted(self.weights, key=lambda k: order.index(kind.terms[k]))
+        return {k: kind.term(k) for k in keys}
+
+    def normalizer(self, key: str) -> str:
+        """The NORMALIZERS entry the mean of the term with recipe key `key` divides by."""
+        return KINDS[self.kind].term(key).normalizer
 
     @property
     def projects_hidden(self) -> bool:
         """Whether student hidden states go through fit_dense (TinyBioBERT's HID_MSE)."""
-        return "hid" in self.weights
+        return any(t.projected for t in self.terms.values())
 
     def student_need(self) -> Need:
         return Need(
-            logits=any(t in self.weights for t in LOGIT_TERMS),
+            logits=any(t.student_logits for t in self.terms.values()),
             hidden=frozenset(s for s, _ in self.hidden_map),
             attentions=frozenset(s for s, _ in self.attention_map),
         )
 
     def teacher_need(self) -> Need:
         return Need(
-            logits="kd" in self.weights or "soft_ce" in self.weights,
+            logits=any(t.teacher_logits for t in self.terms.values()),
             hidden=frozenset(t for _, t in self.hidden_map),
             attentions=frozenset(t for _, t in self.attention_map),
         )
@@ -124,36 +264,10 @@ class Objective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, terms) of one batch: the batch's means, or with `scale` (normalizer ->
         factor) each term times its factor, its share of the window's mean (module doc)."""
-        terms: dict[str, torch.Tensor] = {}
-        w, mask, T = self.weights, batch.attention_mask, self.temperature
-        if "mlm" in w:
-            terms["mlm"] = losses.mlm_loss(student[LOGITS], batch.masked_labels)
-        if "kd" in w:
-            terms["kd"] = losses.kd_kl(student[LOGITS], teacher[LOGITS], T)
-        if "soft_ce" in w:
-            terms["soft_ce"] = losses.soft_cross_entropy(student[LOGITS], teacher[LOGITS], T)
-        if "att" in w:
-            pairs = [
-                (student[attention_key(s)], teacher[attention_key(t)])
-                for s, t in self.attention_map
-            ]
-            if self.kind == "compactbiobert":  # ATT_KL over the non-padding query rows
-                terms["att"] = sum(losses.attention_kl(s, t, mask) for s, t in pairs)
-            else:  # tinybiobert: ATT_MSE over every element
-                terms["att"] = sum(losses.attention_mse(s, t) for s, t in pairs)
-        if "cos" in w:
-            terms["cos"] = sum(
-                losses.cosine_loss(student[hidden_key(s)], teacher[hidden_key(t)], mask)
-                for s, t in self.hidden_map
-            )
-        if "hid" in w:
-            terms["hid"] = sum(
-                losses.hidden_mse(student[projected_key(s)], teacher[hidden_key(t)])
-                for s, t in self.hidden_map
-            )
+        terms = {k: term.loss(self, student, teacher, batch) for k, term in self.terms.items()}
         if scale is not None:
             terms = {name: value * scale[self.normalizer(name)] for name, value in terms.items()}
-        loss = sum(w[name] * value for name, value in terms.items())
+        loss = sum(self.weights[name] * value for name, value in terms.items())
         return loss, terms
 
 
