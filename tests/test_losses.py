@@ -23,7 +23,9 @@ from trainer.losses import (
     hidden_mse,
     kd_kl,
     masked_rows,
+    minilm_relations,
     mlm_loss,
+    relation_kl,
     soft_cross_entropy,
 )
 
@@ -364,3 +366,179 @@ def test_bad_inputs_raise_value_error():
         attention_kl(_attn(0), _attn(1), torch.ones(B, L + 1))
     with pytest.raises(ValueError, match="shape"):
         hidden_mse(torch.zeros(B, L, H), torch.zeros(B, L, 2 * H))
+
+
+# -------------------------------------------------------------- MiniLMv2 relations (relation_kl)
+
+H_S, H_T = 24, 48  # student and teacher hidden sizes differ, as in MiniLMv2
+
+
+def ref_relation_kl(s: np.ndarray, t: np.ndarray, mask: np.ndarray, heads: int) -> float:
+    """KL(rel_t || rel_s) summed over real keys, mean over real query rows and relation heads;
+    rel = softmax over the real keys of (a_q . a_k) / sqrt(d_r), d_r = H / R for each model."""
+    batch, length, _ = s.shape
+
+    def rel(x: np.ndarray, b: int, r: int, q: int, keys: list[int]) -> list[float]:
+        d = x.shape[-1] // heads
+        cols = range(r * d, (r + 1) * d)
+        scores = [sum(x[b, q, c] * x[b, k, c] for c in cols) / math.sqrt(d) for k in keys]
+        top = max(scores)
+        exps = [math.exp(z - top) for z in scores]
+        return [e / sum(exps) for e in exps]
+
+    total, rows = 0.0, 0
+    for b in range(batch):
+        keys = [k for k in range(length) if mask[b, k]]
+        for q in keys:  # the real query rows are the real tokens
+            rows += 1
+            for r in range(heads):
+                p, p_s = rel(t, b, r, q, keys), rel(s, b, r, q, keys)
+                total += sum(a * (math.log(a) - math.log(c)) for a, c in zip(p, p_s, strict=True))
+    return total / (rows * heads)
+
+
+def _qkv(hidden: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    return tuple(_randn(B, L, hidden, seed=seed + i, scale=scale) for i in range(3))
+
+
+@pytest.mark.parametrize("heads", [1, 4, 6])
+def test_relation_kl_matches_reference_with_different_hidden_sizes(heads):
+    assert H_S % heads == 0 and H_T % heads == 0  # R must divide both models' hidden sizes
+    s, t, mask = _randn(B, L, H_S, seed=40), _randn(B, L, H_T, seed=41, scale=0.5), _mask()
+    _close(relation_kl(s, t, mask, heads), ref_relation_kl(_np(s), _np(t), mask.numpy(), heads))
+    everything = np.ones((B, L))
+    _close(relation_kl(s, t, None, heads), ref_relation_kl(_np(s), _np(t), everything, heads))
+
+
+def test_minilm_relations_is_qq_plus_kk_plus_vv():
+    sq, tq, mask = _qkv(H_S, seed=42), _qkv(H_T, seed=45, scale=0.5), _mask()
+    want = sum(
+        ref_relation_kl(_np(a), _np(b), mask.numpy(), 4) for a, b in zip(sq, tq, strict=True)
+    )
+    _close(minilm_relations(sq, tq, mask, 4), want)
+
+
+def test_relation_kl_ignores_whatever_sits_at_padding():
+    s, t, mask = _randn(B, L, H_S, seed=48), _randn(B, L, H_T, seed=49), _mask()
+    s0 = s.clone().requires_grad_()
+    base = relation_kl(s0, t, mask, 4)
+    base.backward()
+    for fill in (1e4, float("inf"), float("nan")):
+        s_pad, t_pad = s.clone(), t.clone()
+        s_pad[0, 5:], s_pad[1, 3:] = fill, -fill
+        t_pad[1, 3:] = fill
+        s_pad.requires_grad_()
+        loss = relation_kl(s_pad, t_pad, mask, 4)
+        assert torch.equal(loss, base), fill
+        loss.backward()
+        assert torch.equal(s_pad.grad, s0.grad), fill  # finite, and zero at padding
+    assert torch.equal(s0.grad[1, 3:], torch.zeros_like(s0.grad[1, 3:]))
+    # A real token counts.
+    s_real = s.clone()
+    s_real[1, 1] = -3 * s_real[1, 1]
+    assert not torch.allclose(relation_kl(s_real, t, mask, 4), base)
+
+
+def test_relation_kl_zero_iff_relations_equal():
+    t, mask = _randn(B, L, H_T, seed=50), _mask()
+    assert relation_kl(t.clone(), t, mask, 4).item() == 0.0
+    assert relation_kl(2 * t, t, mask, 4).item() > 1e-3  # a scaled copy sharpens every relation
+    # Equal relations with different vectors: an orthogonal map within each relation head ...
+    d = H_T // 4
+    rotation = torch.linalg.qr(_randn(4, d, d, seed=51))[0]
+    rotated = torch.einsum("blrd,red->blre", t.view(B, L, 4, d), rotation).reshape(B, L, H_T)
+    assert relation_kl(rotated, t, mask, 4).item() < 1e-6
+    # ... and a student of half the hidden size: teacher head = [2^(1/4) * student head, zeros],
+    # so its dot products / sqrt(2 d) equal the student's / sqrt(d). Each model uses its own d_r.
+    s = _randn(B, L, H_S, seed=52)
+    heads = s.view(B, L, 4, H_S // 4)
+    padded = torch.cat([2**0.25 * heads, torch.zeros_like(heads)], dim=-1).reshape(B, L, H_T)
+    assert relation_kl(s, padded, mask, 4).item() < 1e-6
+    # Split into 8 heads instead, a teacher head no longer lines up with a student head.
+    assert relation_kl(s, padded, mask, 8).item() > 1e-3
+
+
+def test_relation_kl_with_no_real_token_is_zero_and_backward_works():
+    s = _randn(B, L, H_S, seed=53).requires_grad_()
+    loss = minilm_relations((s, s, s), _qkv(H_T, seed=54), torch.zeros(B, L), 4)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_relation_kl_bf16_inputs_give_fp32_result_of_upcast_values():
+    s16, t16 = _randn(B, L, H_S, seed=55).bfloat16(), _randn(B, L, H_T, seed=56).bfloat16()
+    got = relation_kl(s16, t16, _mask(), 4)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, relation_kl(s16.float(), t16.float(), _mask(), 4))
+    assert relation_kl(s16.double(), t16.double(), _mask(), 4).dtype == torch.float64
+
+
+def test_relation_gradients_reach_student_not_teacher():
+    student = tuple(x.requires_grad_() for x in _qkv(H_S, seed=57))
+    teacher = _qkv(H_T, seed=60)
+    minilm_relations(student, teacher, _mask(), 4).backward()
+    for x in student:
+        assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+    assert all(x.grad is None and not x.requires_grad for x in teacher)
+
+
+def test_relation_gradients_match_finite_differences():
+    # float64 central differences for both sides (the teacher only when it asks for gradients),
+    # with padding and different hidden sizes.
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    s = _randn(2, 4, 4, seed=63).double().requires_grad_()
+    t = _randn(2, 4, 6, seed=64).double().requires_grad_()
+    relation_kl(s, t, mask, 2).backward()
+    step = 1e-6
+    for x in (s, t):
+        numeric = torch.zeros_like(x)
+        with torch.no_grad():
+            for idx in np.ndindex(*x.shape):
+                original = x[idx].item()
+                x[idx] = original + step
+                up = relation_kl(s, t, mask, 2).item()
+                x[idx] = original - step
+                down = relation_kl(s, t, mask, 2).item()
+                x[idx] = original
+                numeric[idx] = (up - down) / (2 * step)
+        torch.testing.assert_close(x.grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+_S, _T, _M = torch.zeros(B, L, H_S), torch.zeros(B, L, H_T), torch.ones(B, L)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: relation_kl(_S, _T, _M, 5), "student has hidden size 24"),
+        (lambda: relation_kl(torch.zeros(B, L, 20), _T, _M, 16), "student has hidden size 20"),
+        (lambda: relation_kl(_S, torch.zeros(B, L, 20), _M, 8), "teacher has hidden size 20"),
+        (lambda: relation_kl(_S, _T, _M, 0), "relation_heads"),
+        (lambda: relation_kl(_S, _T, _M, 4.0), "relation_heads"),
+        (lambda: relation_kl(_S[:1], _T, _M, 4), r"student \[B, L\]"),
+        (lambda: relation_kl(_S, _T[:, :-1], _M, 4), r"student \[B, L\]"),
+        (lambda: relation_kl(_S, _T, torch.ones(B, L + 1), 4), "attention_mask"),
+        (lambda: relation_kl(_S, _T, torch.ones(B * L), 4), "attention_mask"),
+        (lambda: relation_kl(_S[0], _T[0], None, 4), r"student must be \[B, L, H\]"),
+        (lambda: minilm_relations((_S, _S), (_T, _T, _T), _M, 4), "student_qkv"),
+        (lambda: minilm_relations((_S, _S, _S), _T, _M, 4), "teacher_qkv"),
+    ],
+    ids=[
+        "student_H_not_divisible",
+        "student_H_not_divisible_teacher_is",
+        "teacher_H_not_divisible_student_is",
+        "zero_heads",
+        "float_heads",
+        "batch_mismatch",
+        "length_mismatch",
+        "mask_too_long",
+        "mask_flat",
+        "not_3d",
+        "two_student_kinds",
+        "teacher_not_a_tuple",
+    ],
+)
+def test_relation_bad_inputs_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

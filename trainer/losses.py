@@ -1,7 +1,8 @@
 """Loss terms of the paper's recipes, as pure functions of tensors.
 
 Every term is defined in /work/shared/RECIPES.md ("Terms") and implemented here to the letter; the
-objectives (trainer/objectives.py) weight them and sum them over layer pairs. Conventions:
+objectives (trainer/objectives.py) weight them and sum them over layer pairs. MiniLMv2's relation
+term is not in RECIPES.md yet: `relation_kl`'s docstring is its definition. Conventions:
 
 - Math runs in fp32 at least: DeepSpeed's bf16 mode returns bf16 logits and hidden states, and
   softmax/KL/cosine in bf16 loses most of the signal. Half-precision inputs are upcast first;
@@ -15,6 +16,8 @@ objectives (trainer/objectives.py) weight them and sum them over layer pairs. Co
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -295,3 +298,118 @@ def hidden_mse(
         "student_hidden_projected", student_hidden_projected, "teacher_hidden", teacher_hidden
     )
     return F.mse_loss(_upcast(student_hidden_projected), _upcast(teacher_hidden), reduction="mean")
+
+
+# --------------------------------------------------------------- MiniLMv2 self-attention relations
+
+
+def _check_relation_input(name: str, x: torch.Tensor, relation_heads: int) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be [B, L, H] projected vectors, got shape {tuple(x.shape)}")
+    if x.shape[-1] % relation_heads:
+        raise ValueError(
+            f"{name} has hidden size {x.shape[-1]}, "
+            f"not divisible by relation_heads={relation_heads}"
+        )
+
+
+def _relation_log_probs(
+    x: torch.Tensor, real: torch.Tensor | None, relation_heads: int
+) -> torch.Tensor:
+    """log softmax(A A^T / sqrt(d_r)) over the real key columns: [B, L, H] -> [B, R, L, L]."""
+    batch, length, hidden = x.shape
+    head_dim = hidden // relation_heads
+    x = _upcast(x)
+    if real is not None:
+        # where, not multiply: padding may hold anything (even inf/NaN); zeroed here it cannot reach
+        # the real rows' scores, nor their gradients through the matmul's backward.
+        x = torch.where(real[:, :, None], x, torch.zeros_like(x))
+    heads = x.reshape(batch, length, relation_heads, head_dim).transpose(1, 2)  # [B, R, L, d_r]
+    scores = heads @ heads.transpose(-1, -2) / math.sqrt(head_dim)
+    if real is not None:
+        # The dtype's most negative finite value, not -inf: a sequence with no real token then
+        # gives a uniform (finite) row instead of NaN, whose gradient would poison the batch.
+        padded_keys = ~real[:, None, None, :]
+        scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def relation_kl(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    relation_heads: int,
+) -> torch.Tensor:
+    """MiniLMv2 self-attention relation KL for one layer pair and one kind (query-query, key-key or
+    value-value); Wang et al., "MiniLMv2: Multi-Head Self-Attention Relation Distillation for
+    Compressing Pretrained Transformers" (Findings of ACL 2021, arXiv:2012.15828).
+
+    `student`: [B, L, H_s], `teacher`: [B, L, H_t]: one layer's projected queries (or keys, or
+    values) over all attention heads, before any head split; H_s and H_t (and the two models' head
+    counts) may differ. `attention_mask`: [B, L], nonzero = real token (None = every token real).
+    `relation_heads` R must divide both H_s and H_t.
+
+    For each model, with d_r = H / R its own relation head size:
+        A   = x split along H into R heads                         [B, R, L, d_r]
+        rel = softmax(A A^T / sqrt(d_r)) over the key positions,   [B, R, L, L]
+              padded key columns excluded from the softmax (probability exactly 0).
+    The term is KL(rel_t || rel_s), summed over the key positions, summed over the relation heads
+    and the real query rows, and divided by (real query rows * R). Padded query rows, and whatever
+    values sit at padded positions, contribute nothing; with no real token the result is a zero
+    that still carries a graph. The KL is computed from log_softmax on both sides.
+    """
+    if isinstance(relation_heads, bool) or not isinstance(relation_heads, int):
+        raise ValueError(f"relation_heads must be an int >= 1, got {relation_heads!r}")
+    if relation_heads < 1:
+        raise ValueError(f"relation_heads must be >= 1, got {relation_heads!r}")
+    _check_relation_input("student", student, relation_heads)
+    _check_relation_input("teacher", teacher, relation_heads)
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(
+            f"student [B, L] = {tuple(student.shape[:2])} but teacher [B, L] = "
+            f"{tuple(teacher.shape[:2])}"
+        )
+    batch, length, _ = student.shape
+    real = None
+    if attention_mask is not None:
+        _check_token_mask(attention_mask, torch.Size([batch, length]), "relations")
+        real = attention_mask.bool()
+    log_s = _relation_log_probs(student, real, relation_heads)
+    log_t = _relation_log_probs(teacher, real, relation_heads)
+    pointwise = log_t.exp() * (log_t - log_s)  # [B, R, L(query), L(key)]
+    if real is None:
+        count = max(batch * length * relation_heads, 1)  # from shapes: no host sync
+        return pointwise.sum() / count
+    # Real query row and real key column. (With padding zeroed, a padded query row is uniform over
+    # the real keys for both models, so its KL is 0 anyway; the where states the definition.)
+    keep = real[:, None, :, None] & real[:, None, None, :]
+    total = torch.where(keep, pointwise, torch.zeros_like(pointwise)).sum()
+    # Clamping only matters with no real token, where total is 0.
+    count = real.sum().clamp(min=1) * relation_heads
+    return total / count
+
+
+def minilm_relations(
+    student_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    teacher_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    relation_heads: int,
+) -> torch.Tensor:
+    """MiniLMv2 term for one layer pair: relation_kl(q) + relation_kl(k) + relation_kl(v), the
+    query-query, key-key and value-value relations summed unweighted as in MiniLMv2.
+
+    `student_qkv`, `teacher_qkv`: (queries, keys, values) of one layer, each [B, L, H] as in
+    `relation_kl` (H_s may differ from H_t; R must divide both).
+    """
+    for name, qkv in (("student_qkv", student_qkv), ("teacher_qkv", teacher_qkv)):
+        size = len(qkv) if isinstance(qkv, (tuple, list)) else None
+        if size != 3:
+            raise ValueError(
+                f"{name} must be a tuple (queries, keys, values), got a {type(qkv).__name__}"
+                + ("" if size is None else f" of length {size}")
+            )
+    q, k, v = (
+        relation_kl(s, t, attention_mask, relation_heads)
+        for s, t in zip(student_qkv, teacher_qkv, strict=True)
+    )
+    return q + k + v
