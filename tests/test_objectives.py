@@ -358,3 +358,103 @@ def test_no_gradient_where_the_student_does_not_require_it():
     loss.backward()
     assert student["logits"].grad is not None
     assert all(v.grad is None for k, v in student.items() if k != "logits")
+
+
+# ---------------------------------------------------------------- minilmv2 (a seventh kind)
+
+
+def _minilm_section(**objective):
+    raw = {
+        "run": {"name": "t"},
+        "data": {"train_shards": "shards"},
+        "teacher": {"config": {**TEACHER, "hidden_size": 32}},
+        "train": {"max_steps": 10},
+        "students": [
+            {
+                "name": "M",
+                "init": {
+                    "config": {
+                        "num_hidden_layers": 2,
+                        "hidden_size": 24,
+                        **objective.pop("init", {}),
+                    }
+                },
+                "objective": {"kind": "minilmv2", **objective},
+                "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
+            }
+        ],
+    }
+    return config_from_dict(raw).students[0].objective
+
+
+def _relations64(x: torch.Tensor, heads: int, real: torch.Tensor) -> torch.Tensor:
+    """log relation probabilities [B, R, L, L] in float64, padded keys excluded (reference)."""
+    b, n, h = x.shape
+    a = x.double().reshape(b, n, heads, h // heads).transpose(1, 2)
+    scores = a @ a.transpose(-1, -2) / (h // heads) ** 0.5
+    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def test_minilmv2_relations_of_real_models_match_a_float64_reference():
+    """A 2-layer 24-wide student (3 heads) and a 4-layer 32-wide teacher (2 heads): the
+    objective's relation term, from the signals the trainer taps (the q/k/v projections),
+    equals KL(teacher || student) of the q-q, k-k and v-v relations computed here from HF's
+    hidden states (the input of each layer) and the layers' own projections, in float64."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from trainer.signals import masked_lm_signals
+
+    section = _minilm_section(teacher_layer=2, relation_heads=4, init={"num_attention_heads": 3})
+    assert (section.teacher_layer, section.relation_heads, section.weights) == (2, 4, {"rel": 1.0})
+    objective = Objective.from_section(section, 2, T_LAYERS)
+    assert objective.relation_pair == (1, 2) and not uses_attention_maps(section)
+    assert objective.student_need() == Need(qkv=frozenset({1}))
+    assert objective.teacher_need() == Need(qkv=frozenset({2}))
+    torch.manual_seed(0)
+    common = {"vocab_size": V, "max_position_embeddings": 16, "hidden_dropout_prob": 0.0,
+              "attention_probs_dropout_prob": 0.0, "intermediate_size": 40}  # fmt: skip
+    teacher = BertForMaskedLM(
+        BertConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, **common)
+    ).eval()
+    student = BertForMaskedLM(
+        BertConfig(num_hidden_layers=2, hidden_size=24, num_attention_heads=3, **common)
+    ).eval()
+    ids = torch.randint(5, V, (B, L))
+    mask = torch.ones(B, L, dtype=torch.int64)
+    mask[1, 4:] = 0
+    batch = DeviceBatch(ids, mask, torch.tensor([1, 7]), ids.reshape(-1)[[1, 7]], 10, B)
+    s_out = masked_lm_signals(student, ids, mask, batch.masked_index, objective.student_need())
+    t_out = masked_lm_signals(teacher, ids, mask, batch.masked_index, objective.teacher_need())
+    loss, terms = objective(s_out, t_out, batch)
+
+    real = mask.bool()
+    want = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        s_in = student(ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
+        t_in = teacher(ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+        for name in ("query", "key", "value"):
+            s_x = getattr(student.bert.encoder.layer[1].attention.self, name)(s_in)
+            t_x = getattr(teacher.bert.encoder.layer[2].attention.self, name)(t_in)
+            log_s, log_t = _relations64(s_x, 4, real), _relations64(t_x, 4, real)
+            kl = (log_t.exp() * (log_t - log_s)).nan_to_num()  # padded keys: 0 * -inf
+            kl = kl.sum(-1)  # [B, R, L(query)]
+            want += (kl * real[:, None, :]).sum() / (real.sum() * 4)
+    torch.testing.assert_close(terms["rel"].double(), want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_minilmv2_keys_are_its_own_and_checked():
+    section = _minilm_section()
+    assert (section.teacher_layer, section.relation_heads) == (None, 12)
+    assert Objective.from_section(section, 2, T_LAYERS).relation_pair == (1, T_LAYERS - 1)
+    with pytest.raises(
+        ValueError, match=r"objective.teacher_layer=\[4\]: expected teacher indices < 4"
+    ):
+        _minilm_section(teacher_layer=4)
+    with pytest.raises(ValueError, match="relation_heads=0: expected an integer >= 1"):
+        _minilm_section(relation_heads=0)
+    with pytest.raises(
+        ValueError, match="teacher_layer=1: expected null .kind 'distilbiobert' has none"
+    ):
+        _section("distilbiobert", teacher_layer=1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import queue
 import shutil
@@ -330,6 +331,47 @@ def test_gradient_accumulation_2_x_12_trains_as_1_x_24(env):
             steps_b, values_b = zip(*logged_b[tag], strict=True)
             assert steps_a == steps_b == (1, 2, 3), tag
             assert values_b == pytest.approx(values_a, rel=1e-5), tag
+
+
+def test_a_minilmv2_student_of_another_width_learns_the_teachers_relations(env):
+    """The seventh kind: a 24-wide, 3-head student taught by the 32-wide, 2-head teacher through
+    4 relation heads trains (the relation KL falls) and exports; relation heads that do not
+    divide a hidden size are refused at start-up, naming the key and the sizes."""
+    data = recipe(env["shards"], env["runs"], env["vocab"], name="minilm", steps=10)
+    data["data"]["tokenizer"] = str(env["tokenizer"])
+    data["train"].update(log_every=1, eval_every=1000, save_every=1000)
+    student = {
+        "name": "BioMiniLM",
+        "init": {
+            "config": {
+                "num_hidden_layers": 2,
+                "hidden_size": 24,
+                "num_attention_heads": 3,
+                "intermediate_size": 48,
+                "vocab_size": env["vocab"],
+                "max_position_embeddings": 64,
+            }
+        },  # fmt: skip
+        "objective": {"kind": "minilmv2", "teacher_layer": 3, "relation_heads": 4},
+        "optimizer": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 2},
+    }
+    data["students"] = [student]
+    recipe_path = write_recipe(env["root"] / "minilm.yaml", data)
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    run_dir = env["runs"] / "minilm"
+    rel = [v for _, v in scalars(run_dir)["train/BioMiniLM/loss_rel"]]
+    assert len(rel) == 10 and all(math.isfinite(v) for v in rel)
+    assert sum(rel[-3:]) < 0.7 * sum(rel[:3]), rel
+    assert (run_dir / "export" / "BioMiniLM" / "model.safetensors").is_file()
+
+    bad = [*argv(env["fp32"], recipe_path), "students.BioMiniLM.objective.relation_heads=5"]
+    (result,) = run_distributed(train, 1, [*bad, "run.name=minilm-bad"])
+    assert result["rc"] == 2
+    assert (
+        "students.BioMiniLM.objective.relation_heads=5: must divide the hidden sizes"
+        in (result["stderr"])
+    )
 
 
 def start(env, recipe_path: Path, name: str) -> subprocess.Popen:

@@ -135,6 +135,8 @@ class ObjectiveSection:
     weights: dict[str, float] = field(default_factory=dict)
     attention_map: list[list[int]] | None = None  # [[student, teacher], ...], see the docstring
     hidden_map: list[list[int]] | None = None
+    teacher_layer: int | None = None  # minilmv2: the teacher layer taught (from 0); None: last
+    relation_heads: int | None = None  # minilmv2: relation heads (divide both hidden sizes)
 
 
 @dataclass
@@ -413,6 +415,17 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
             ok = bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
             ok = ok and len({p[0] for p in pairs}) == len(pairs)
             _require(ok, f"{k}.{name}", pairs, "[student, teacher] pairs >= 0, students distinct")
+    for name in ("teacher_layer", "relation_heads"):
+        value = getattr(obj, name)
+        if name not in kind.options:
+            _require(value is None, f"{k}.{name}", value, f"null (kind {obj.kind!r} has none)")
+            continue
+        value = kind.options[name] if value is None else value
+        ok = value is None or value >= (1 if name == "relation_heads" else 0)
+        _require(
+            ok, f"{k}.{name}", value, "an integer >= 1" if name == "relation_heads" else ">= 0"
+        )
+        setattr(obj, name, value)
     if s_layers is not None:
         fill_layer_maps(obj, s_layers)
     check_layers(s, t_layers, s_layers)
@@ -449,6 +462,8 @@ def check_layers(
         pairs = getattr(obj, name) or []
         checks += [(f"objective.{name}", [p[0] for p in pairs], extra, 0)]
         checks += [(f"objective.{name}", [p[1] for p in pairs], extra, 1)]
+    if obj.teacher_layer is not None:  # a layer index, from 0
+        checks += [("objective.teacher_layer", [obj.teacher_layer], 0, 1)]
     for name, indices, extra, is_teacher in checks:
         depth, who = (teacher_layers, "teacher") if is_teacher else (student_layers, "student")
         bad = [i for i in indices if depth is not None and i >= depth + extra]

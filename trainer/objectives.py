@@ -10,6 +10,8 @@ Kinds (RECIPES.md; weights and temperature overridable in the recipe):
     distilbiobert   w_mlm*MLM + w_kd*KD + w_cos*COS_last
     compactbiobert  w_mlm*MLM + w_kd*KD + w_att*ATT_KL(attention_map) + w_cos*COS(hidden_map)
     tinybiobert     w_att*ATT_MSE(attention_map) + w_hid*HID_MSE(hidden_map) + w_soft_ce*SOFT_CE
+    minilmv2        w_rel*RELATIONS(student's last layer, teacher_layer): MiniLMv2's q-q, k-k,
+                    v-v relation KL over relation_heads heads; any student width and head count
     mlm             w_mlm*MLM
 Config validation (trainer/config.py), the cohort's teacher (trainer/cohort.py), the signals each
 side computes, the loss and the model card (trainer/model_card.py) all read KINDS. A new kind is
@@ -35,14 +37,14 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from trainer import losses
 from trainer.batch import Counts, DeviceBatch
-from trainer.signals import LOGITS, Need, attention_key, hidden_key
+from trainer.signals import LOGITS, Need, attention_key, hidden_key, qkv_keys
 
 if TYPE_CHECKING:
     from trainer.config import ObjectiveSection
@@ -79,7 +81,8 @@ class Term:
     normalizer: str  # a NORMALIZERS key
     student_logits: bool = False
     teacher_logits: bool = False
-    layer_map: str | None = None  # "attention" or "hidden": sums over that map's pairs
+    # "attention" or "hidden": sums over that map's pairs; "relations": the relation pair
+    layer_map: str | None = None
     projected: bool = False  # the student's hidden states through fit_dense (HID_MSE)
 
 
@@ -116,6 +119,16 @@ TERMS: dict[str, Term] = {
         "tokens",
         layer_map="hidden",
     ),
+    "RELATIONS": Term(  # over the real query rows (x relation heads)
+        lambda o, s, t, b: losses.minilm_relations(
+            tuple(s[k] for k in qkv_keys(o.relation_pair[0])),
+            tuple(t[k] for k in qkv_keys(o.relation_pair[1])),
+            b.attention_mask,
+            o.relation_heads,
+        ),
+        "tokens",
+        layer_map="relations",
+    ),
     "HID_MSE": Term(
         lambda o, s, t, b: _pairs(
             o, s, t, hidden_key, losses.hidden_mse, student_key=projected_key
@@ -142,6 +155,8 @@ class Kind:
     # default (attention_map, hidden_map) for a student of n layers; None: no recipe layer maps
     layer_maps: LayerMaps | None = None
     last_layers_cos: bool = False  # its hidden map is fixed: the last layers (COS_last)
+    # its own recipe keys (objective.<key>) and their defaults; other kinds refuse them
+    options: dict[str, int | None] = field(default_factory=dict)
 
     def term(self, key: str) -> Term:
         return TERMS[self.terms[key]]
@@ -183,6 +198,15 @@ KINDS: dict[str, Kind] = {
             [[j, 3 * j] for j in range(n + 1)],
         ),
     ),
+    "minilmv2": Kind(
+        terms={"rel": "RELATIONS"},
+        weights={"rel": 1.0},
+        temperature=None,
+        card="distilled (MiniLMv2 recipe: query, key and value self-attention relation KL)",
+        # teacher_layer None: the teacher's last (MiniLMv2 takes an upper-middle one of a large
+        # teacher, the last of a base one); relation heads: MiniLMv2's for base-size teachers
+        options={"teacher_layer": None, "relation_heads": 12},
+    ),
     "mlm": Kind(
         terms={"mlm": "MLM"},
         weights={"mlm": 1.0},
@@ -206,6 +230,8 @@ class Objective:
     weights: dict[str, float]
     attention_map: tuple[tuple[int, int], ...]
     hidden_map: tuple[tuple[int, int], ...]
+    relation_pair: tuple[int, int] | None = None  # (student layer, teacher layer), from 0
+    relation_heads: int | None = None
 
     @classmethod
     def from_section(
@@ -222,7 +248,12 @@ class Objective:
         used = {kind.term(k).layer_map for k in weights}
         att = att if "attention" in used else ()
         hid = hid if "hidden" in used else ()
-        return cls(section.kind, section.temperature, weights, att, hid)
+        pair, heads = None, None
+        if "relations" in used:  # the student's last layer learns the teacher layer's relations
+            layer = section.teacher_layer
+            pair = (student_layers - 1, teacher_layers - 1 if layer is None else layer)
+            heads = section.relation_heads
+        return cls(section.kind, section.temperature, weights, att, hid, pair, heads)
 
     @property
     def terms(self) -> dict[str, Term]:
@@ -246,6 +277,7 @@ class Objective:
             logits=any(t.student_logits for t in self.terms.values()),
             hidden=frozenset(s for s, _ in self.hidden_map),
             attentions=frozenset(s for s, _ in self.attention_map),
+            qkv=frozenset(self.relation_pair[:1] if self.relation_pair else ()),
         )
 
     def teacher_need(self) -> Need:
@@ -253,6 +285,7 @@ class Objective:
             logits=any(t.teacher_logits for t in self.terms.values()),
             hidden=frozenset(t for _, t in self.hidden_map),
             attentions=frozenset(t for _, t in self.attention_map),
+            qkv=frozenset(self.relation_pair[1:] if self.relation_pair else ()),
         )
 
     def __call__(

@@ -5,6 +5,7 @@
     out["logits"]      # [N, V]: the MLM head applied at the N masked rows only
     out["hidden.6"]    # HF hidden_states[6]: [B, L, H] (0 = embeddings, k = layer k's output)
     out["attn.1"]      # HF attentions[1]: layer 1's attention probabilities [B, heads, L, L]
+    out["query.5"]     # layer 5's self-attention query projection [B, L, H] (also key., value.)
 
 - The MLM head runs on the masked rows only (`masked_index`: flat positions b * L + t, computed
   on the host by `DeviceBatch`, so selecting them costs no host sync): the same logits as the
@@ -43,17 +44,19 @@ class Need:
     logits: bool = False
     hidden: frozenset[int] = field(default_factory=frozenset)  # HF hidden_states indices
     attentions: frozenset[int] = field(default_factory=frozenset)  # layer indices, from 0
+    qkv: frozenset[int] = field(default_factory=frozenset)  # layers whose q, k, v projections
 
     def __or__(self, other: Need) -> Need:
         return Need(
             self.logits or other.logits,
             self.hidden | other.hidden,
             self.attentions | other.attentions,
+            self.qkv | other.qkv,
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.logits or self.hidden or self.attentions)
+        return not (self.logits or self.hidden or self.attentions or self.qkv)
 
     def describe(self) -> str:
         parts = ["MLM logits at masked rows"] if self.logits else []
@@ -61,6 +64,8 @@ class Need:
             parts.append(f"hidden_states {sorted(self.hidden)}")
         if self.attentions:
             parts.append(f"attention maps of layers {sorted(self.attentions)}")
+        if self.qkv:
+            parts.append(f"query/key/value projections of layers {sorted(self.qkv)}")
         return ", ".join(parts) or "nothing"
 
 
@@ -70,6 +75,14 @@ def hidden_key(index: int) -> str:
 
 def attention_key(layer: int) -> str:
     return f"attn.{layer}"
+
+
+QKV = ("query", "key", "value")
+
+
+def qkv_keys(layer: int) -> tuple[str, str, str]:
+    """The keys of a layer's self-attention query, key and value projections [B, L, H]."""
+    return tuple(f"{name}.{layer}" for name in QKV)
 
 
 # ---------------------------------------------------------------- architectures
@@ -110,14 +123,14 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
     """Refuse, before training starts, signals this model cannot give."""
     layers = num_layers(model)
     bad_hidden = [i for i in need.hidden if not 0 <= i <= layers]
-    bad_attn = [i for i in need.attentions if not 0 <= i < layers]
+    bad_attn = [i for i in need.attentions | need.qkv if not 0 <= i < layers]
     if bad_hidden or bad_attn:
         raise ValueError(
             f"{who}: has {layers} layers, so hidden_states 0..{layers} and attentions "
             f"0..{layers - 1}; asked for hidden_states {sorted(bad_hidden)} and attentions "
-            f"{sorted(bad_attn)}"
+            f"(or q/k/v) {sorted(bad_attn)}"
         )
-    layer_wise = need.attentions or (need.hidden - {layers})
+    layer_wise = need.attentions or need.qkv or (need.hidden - {layers})
     if layer_wise and not supports_layer_signals(model):
         raise ValueError(
             f"{who}: a {model.config.model_type!r} model; hidden states and attention maps of "
@@ -136,10 +149,12 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
 # ---------------------------------------------------------------- the forward
 
 
-def _layer_signals(need: Need, layers: int) -> list[tuple[str, int, int]]:
-    """(key, layer index, position in the hooked module's output) of each layer-wise signal;
-    the last hidden state is last_hidden_state, no hook needed."""
+def _layer_signals(need: Need, layers: int) -> list[tuple[str, int, int | str]]:
+    """(key, layer index, position in the hooked module's output, or the name of the attention
+    projection hooked) of each layer-wise signal; the last hidden state is last_hidden_state, no
+    hook needed."""
     wanted = [(hidden_key(i), i, 0) for i in need.hidden - {layers}]
+    wanted += [(key, i, name) for i in need.qkv for name, key in zip(QKV, qkv_keys(i), strict=True)]
     return wanted + [(attention_key(i), i, 1) for i in need.attentions]
 
 
@@ -154,7 +169,9 @@ def tap_signals(model: nn.Module, need: Need) -> None:
     for key, index, position in _layer_signals(need, num_layers(model)):
         if key in taps["keys"]:
             continue
-        if position == 1:
+        if isinstance(position, str):  # a projection: the Linear's whole output
+            module, position = getattr(bert.encoder.layer[index].attention.self, position), 0
+        elif position == 1:
             module = bert.encoder.layer[index].attention.self
         else:
             module = bert.embeddings if index == 0 else bert.encoder.layer[index - 1]
