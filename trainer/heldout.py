@@ -16,9 +16,9 @@ over the same batches) it runs on the first call only.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainer.batch import DeviceBatch
+from trainer.losses import mlm_loss_sum
 from trainer.runtime import Runtime
 from trainer.signals import LOGITS, Need
 
@@ -49,7 +49,7 @@ def heldout_metrics(
         """Top predictions and this batch's (loss sum, correct, 0, entity correct)."""
         top = logits.argmax(-1)
         out = torch.zeros(4, dtype=torch.float64, device=rt.device)
-        out[0] = F.cross_entropy(logits, labels, reduction="sum").double()
+        out[0] = mlm_loss_sum(logits, labels).double()
         out[1] = (top == labels).sum()
         if entity is not None:
             out[3] = ((top == labels) & entity).sum()

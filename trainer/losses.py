@@ -86,6 +86,15 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     already gathered at the masked positions, [N, V] with labels [N]. With no masked row the result
     is a zero that still depends on `logits` (backward works, gradients are zero), not 0/0 = NaN.
     """
+    total = mlm_loss_sum(logits, labels)
+    # The count stays a tensor (no host sync); clamping only matters when it is 0, where total is 0.
+    count = masked_rows(labels.reshape(-1)).sum().clamp(min=1)
+    return total / count
+
+
+def mlm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The sum over masked rows that `mlm_loss` averages (held-out evaluation sums it over a
+    whole split before dividing, trainer/heldout.py). Shapes as `mlm_loss`."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
@@ -93,10 +102,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         )
     flat_logits = _upcast(logits).reshape(-1, logits.shape[-1])
     flat_labels = labels.reshape(-1)
-    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    # The count stays a tensor (no host sync); clamping only matters when it is 0, where total is 0.
-    count = masked_rows(flat_labels).sum().clamp(min=1)
-    return total / count
+    return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 # ----------------------------------------------------------------------- KD and SOFT_CE (logits)
