@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from trainer.config import RunConfig, to_yaml
 from trainer.export import SKELETON, export_student, write_skeleton
 from trainer.heldout import heldout_metrics
 from trainer.inputs import Inputs
-from trainer.metrics import MetricsWriter, hparams_of
+from trainer.metrics import MetricsWriter, hparams_of, peak_memory, progress_line
 from trainer.model_card import model_card
 from trainer.objectives import NORMALIZERS
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
@@ -372,7 +371,7 @@ class Trainer:
             parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
             if parts:
                 out[f"perf/{s.name}/step_time_s"] = sum(parts) / steps_in_window
-        tag, value = _peak_memory(self.rt.device)
+        tag, value = peak_memory(self.rt.device)
         out[tag] = value
         self.metrics.log(out, self.step)
         if self.rt.is_main:
@@ -382,18 +381,8 @@ class Trainer:
         max_steps = self.cfg.train.max_steps
         end = min(max_steps, max((s.budget for s in self.students), default=max_steps))
         started, first = self._session
-        rate = (time.perf_counter() - started) / max(1, self.step - first)
-        parts = [f"step {self.step}/{end}"]
-        for name in names:
-            terms = " ".join(
-                f"{k.removeprefix(f'train/{name}/loss_')} {v:.4g}"
-                for k, v in out.items()
-                if k.startswith(f"train/{name}/loss_")
-            )
-            parts.append(f"{name} {out[f'train/{name}/loss']:.4g} ({terms})")
-        parts.append(f"{_si(out['perf/tokens_per_s'])} tok/s")
-        parts.append(f"ETA {_duration(rate * max(0, end - self.step))}")
-        return " | ".join(parts)
+        seconds_per_step = (time.perf_counter() - started) / max(1, self.step - first)
+        return progress_line(self.step, end, seconds_per_step, out, names)
 
     # ---------------------------------------------------------------- evaluation and export
 
@@ -479,30 +468,3 @@ class Trainer:
         self.exported.add(s.name)
         if out is not None:
             logger.info("%s: exported to %s", s.name, out)
-
-
-def _peak_memory(device: torch.device) -> tuple[str, float]:
-    """The peak memory tag and value, named for what it measures: the GPU's peak allocated
-    memory, or on a CPU the process's peak resident set (it includes the Python heap, the
-    loader, everything)."""
-    if device.type == "cuda":
-        return "perf/gpu_peak_allocated_gb", torch.cuda.max_memory_allocated(device) / 1e9
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
-    return "perf/cpu_peak_rss_gb", rss
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"

@@ -20,12 +20,16 @@ Flat tags (what the trainer logs):
     eval/<student>/acc_gain_vs_twin, eval/<student>/entity_acc_gain_vs_twin
     text (root run): recipe (the resolved recipe, at the start), summary (at the end)
     HParams: each student's recipe settings and final held-out figures, in its run
-Watch a run with `tensorboard --logdir runs/<name>/tensorboard`.
+Watch a run with `tensorboard --logdir runs/<name>/tensorboard`. The console's progress line
+(`progress_line`) is made from the same values.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import torch
 
 COHORT = "."  # the root run: values of the whole cohort
 
@@ -137,3 +141,51 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags()["scalars"]:
             out[join_tag(run, tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
     return out
+
+
+# ---------------------------------------------------------------- the console
+
+
+def progress_line(
+    step: int, end: int, seconds_per_step: float, out: dict[str, float], names: list[str]
+) -> str:
+    """`step 40/500 | A 1.234 (mlm 0.5 kd 0.7) | ... | 3.7k tok/s | ETA 0:01:23` from a log
+    step's values (`out`, flat tags) for the students in `names`."""
+    parts = [f"step {step}/{end}"]
+    for name in names:
+        terms = " ".join(
+            f"{k.removeprefix(f'train/{name}/loss_')} {v:.4g}"
+            for k, v in out.items()
+            if k.startswith(f"train/{name}/loss_")
+        )
+        parts.append(f"{name} {out[f'train/{name}/loss']:.4g} ({terms})")
+    parts.append(f"{_si(out['perf/tokens_per_s'])} tok/s")
+    parts.append(f"ETA {_duration(seconds_per_step * max(0, end - step))}")
+    return " | ".join(parts)
+
+
+def peak_memory(device: torch.device) -> tuple[str, float]:
+    """The peak memory tag and value, named for what it measures: the GPU's peak allocated
+    memory, or on a CPU the process's peak resident set (it includes the Python heap, the
+    loader, everything)."""
+    if device.type == "cuda":
+        return "perf/gpu_peak_allocated_gb", torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    return "perf/cpu_peak_rss_gb", rss
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
