@@ -321,17 +321,22 @@ def test_chunked_gradients_match_finite_differences(fn):
     # float64 for both inputs (torch's gradcheck does the same but imports sympy: seconds here).
     s = _randn(5, 4, seed=35).double().requires_grad_()
     t = _randn(5, 4, seed=36).double().requires_grad_()
-    fn(s, t, 1.5, chunk_rows=2).backward()
-    step = 1e-6
-    for x in (s, t):
+    assert_gradients_match_central_differences(lambda: fn(s, t, 1.5, chunk_rows=2), (s, t))
+
+
+def assert_gradients_match_central_differences(loss, inputs, step: float = 1e-6) -> None:
+    """`loss()`'s autograd gradients with respect to each float64 tensor of `inputs` equal
+    central differences, element by element."""
+    loss().backward()
+    for x in inputs:
         numeric = torch.zeros_like(x)
         with torch.no_grad():
             for idx in np.ndindex(*x.shape):
                 original = x[idx].item()
                 x[idx] = original + step
-                up = fn(s, t, 1.5, chunk_rows=2).item()
+                up = loss().item()
                 x[idx] = original - step
-                down = fn(s, t, 1.5, chunk_rows=2).item()
+                down = loss().item()
                 x[idx] = original
                 numeric[idx] = (up - down) / (2 * step)
         torch.testing.assert_close(x.grad, numeric, rtol=1e-6, atol=1e-8)
@@ -489,20 +494,7 @@ def test_relation_gradients_match_finite_differences():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     s = _randn(2, 4, 4, seed=63).double().requires_grad_()
     t = _randn(2, 4, 6, seed=64).double().requires_grad_()
-    relation_kl(s, t, mask, 2).backward()
-    step = 1e-6
-    for x in (s, t):
-        numeric = torch.zeros_like(x)
-        with torch.no_grad():
-            for idx in np.ndindex(*x.shape):
-                original = x[idx].item()
-                x[idx] = original + step
-                up = relation_kl(s, t, mask, 2).item()
-                x[idx] = original - step
-                down = relation_kl(s, t, mask, 2).item()
-                x[idx] = original
-                numeric[idx] = (up - down) / (2 * step)
-        torch.testing.assert_close(x.grad, numeric, rtol=1e-6, atol=1e-8)
+    assert_gradients_match_central_differences(lambda: relation_kl(s, t, mask, 2), (s, t))
 
 
 _S, _T, _M = torch.zeros(B, L, H_S), torch.zeros(B, L, H_T), torch.ones(B, L)
