@@ -31,6 +31,7 @@ from benchmarks.bench_cohort import (
     run_config,
     stdout_to_stderr,
 )
+from benchmarks.common import Skipped
 
 MEMORY_STAGES, MEMORY_MICRO = (1, 2, 3), (24, 64, 128)
 
@@ -107,7 +108,11 @@ def memory_figures(
 
 
 def run(quick: bool) -> Iterator[dict]:
-    """The figures (the same with --quick: the paper sizes are the point)."""
+    """The figures (the same with --quick: the paper sizes are the point); on a GPU only."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Skipped("needs a GPU")
     yield from memory_figures()
 
 

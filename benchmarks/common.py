@@ -11,6 +11,11 @@ from pathlib import Path
 from data_pipeline.synth import generate_corpus, train_wordpiece
 
 
+class Skipped(Exception):  # noqa: N818 - a benchmark's outcome, not an error
+    """Raised by a benchmark's `run` when it cannot measure on this machine (the reason as its
+    message); benchmarks/run.py reports it as skipped, not as a benchmark that gave nothing."""
+
+
 @contextmanager
 def timed(label: str, box: dict):
     """Wall time of the block into box[label], reported on stderr."""

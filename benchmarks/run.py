@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import Skipped  # noqa: E402 - after the path it needs
+
 BENCHMARKS = {
     "preprocess": "benchmarks.bench_preprocess",
     "loader": "benchmarks.bench_loader",
@@ -68,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
             figures = 0
-            for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
-                line = json.dumps({"benchmark": name, "device": device, **fig}, sort_keys=True)
-                print(line, flush=True)
-                figures += 1
-                if out:
-                    out.write(line + "\n")
-                    out.flush()
+            try:
+                for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
+                    line = json.dumps({"benchmark": name, "device": device, **fig}, sort_keys=True)
+                    print(line, flush=True)
+                    figures += 1
+                    if out:
+                        out.write(line + "\n")
+                        out.flush()
+            except Skipped as why:
+                print(f"   {name}: skipped ({why})", file=sys.stderr, flush=True)
+                continue
             if not figures:
                 silent.append(name)
     finally:

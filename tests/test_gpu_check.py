@@ -132,3 +132,30 @@ def test_train_verdict_needs_every_loss_finite_and_falling(tmp_path, losses, pro
     problems = verdict["settings"]["problems"]
     assert problems == [] if problem is None else problem in problems
     assert verdict["value"] is (problem is None)
+
+
+def test_run_py_fails_on_a_benchmark_without_figures_and_reports_a_skip(tmp_path, monkeypatch):
+    """benchmarks/run.py: a benchmark that ends without a figure fails the command (exit 1,
+    naming it), one that raises Skipped (memory on a CPU) is reported and passes."""
+    import types
+
+    from benchmarks import run as bench_run
+    from benchmarks.common import Skipped
+
+    def skipped(quick):
+        raise Skipped("needs a GPU")
+        yield  # a generator, as benchmarks are
+
+    fake = {
+        "empty": types.SimpleNamespace(run=lambda quick: iter(())),
+        "skips": types.SimpleNamespace(run=skipped),
+        "one": types.SimpleNamespace(
+            run=lambda quick: iter([{"metric": "m", "value": 1, "unit": "x", "settings": {}}])
+        ),
+    }
+    monkeypatch.setattr(bench_run, "BENCHMARKS", {name: name for name in fake})
+    monkeypatch.setattr(bench_run.importlib, "import_module", fake.__getitem__)
+    out = tmp_path / "figures.jsonl"
+    assert bench_run.main(["--only", "skips,one", "--out", str(out)]) == 0
+    assert [json.loads(line)["benchmark"] for line in out.read_text().splitlines()] == ["one"]
+    assert bench_run.main(["--only", "one,empty,skips"]) == 1
