@@ -228,7 +228,13 @@ def test_tiny_student_fit_dense_maps_student_to_teacher_width():
     fit = built.module.fit_dense
     assert isinstance(fit, nn.Linear)
     assert (fit.in_features, fit.out_features) == (S_HIDDEN, T_HIDDEN)
-    assert torch.count_nonzero(fit.weight) > 0 and torch.count_nonzero(fit.bias) == 0
+    # The paper's plain nn.Linear: PyTorch's default, uniform in +-1/sqrt(fan_in), bias too
+    # (not BERT's normal(0, initializer_range) with a zero bias).
+    bound = 1 / S_HIDDEN**0.5
+    for p in (fit.weight, fit.bias):
+        assert p.abs().max() <= bound and torch.count_nonzero(p) == p.numel()
+    assert fit.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+    assert fit.bias.abs().max() > bound / 2
     # Trained with the student, never exported with the masked LM.
     assert all(p is not fit.weight for p in built.module.mlm.parameters())
     assert count_parameters(built.module) == count_parameters(built.module.mlm) + sum(

@@ -119,9 +119,9 @@ def build_student(
         check_need(mlm, need, key)
         fit_dense = None
         if objective.projects_hidden:
+            # NOTE: the paper's plain nn.Linear, PyTorch's default initialisation (uniform in
+            # +-1/sqrt(fan_in), bias included), drawn from the student's seed like its weights
             fit_dense = nn.Linear(mlm.config.hidden_size, teacher_model.config.hidden_size)
-            nn.init.normal_(fit_dense.weight, std=mlm.config.initializer_range)
-            nn.init.zeros_(fit_dense.bias)
     _check_vocab(mlm, objective, teacher_model, vocab_size, key)
     module = StudentModule(mlm, need, fit_dense)
     pooler = pooler_for(mlm, pooler_source)
