@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -37,13 +38,16 @@ from trainer.runtime import Runtime
 from trainer.students import build_student
 from trainer.teacher import Teacher, load_teacher_model
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Student:
     spec: StudentSection
-    engine: object  # deepspeed.DeepSpeedEngine
+    engine: DeepSpeedEngine
     objective: Objective
     rng: RngStream  # its dropout stream
     tokenizer: str | None  # its own tokenizer (continual students); None: the run's

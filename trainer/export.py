@@ -35,7 +35,7 @@ from torch import nn
 
 from data_pipeline.io_utils import PipelineError, disk_full_is_an_error, fsync_tree, share_tree
 from trainer import pooler as poolers
-from trainer.model_card import with_model_id
+from trainer.model_card import model_card, with_model_id
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
@@ -115,6 +115,88 @@ def export_student(student, rt, *, out_dir: Path, tokenizer, card: str) -> Path 
 
 
 _RESUME_TO_EXPORT = "free space and start again: the run resumes from its newest checkpoint"
+
+
+class LiveExports:
+    """A run's model cards and live exports (trainer/loop.py calls it).
+
+    - `cards(...)`: every student's model card as of now, remade only when the step or the last
+      evaluation changed (checkpoints and exports of one step share them).
+    - `skeletons(directory, ...)`: what a checkpoint keeps so that `python -m trainer.export`
+      can export it alone (the run's record files, each student's `hf/`).
+    - `export(student, card)`: once per student per run, at its last step, to
+      runs/<name>/export/<student>/; `done` (saved in the checkpoint) says which are.
+    NOTE: `cards` and `export` are collective; every rank calls them at the same points.
+    """
+
+    def __init__(self, cfg, rt, run_dir: Path, tokenizer_of, record: tuple[str, ...]) -> None:
+        self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
+        self.tokenizer_of = tokenizer_of  # student -> its tokenizer (trainer/inputs.py)
+        self.record = record  # files of the run directory every checkpoint copies
+        self.done: set[str] = set()
+        self._made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
+
+    def cards(
+        self,
+        students: list,
+        *,
+        step: int,
+        eval_step: int,
+        tokens: int,
+        samples: int,
+        metrics: dict[str, float],
+    ) -> dict[str, str]:
+        """Cards with the tokens and samples this rank saw summed over ranks, the held-out
+        `metrics` of the last evaluation (at `eval_step`). NOTE: collective."""
+        when = (step, eval_step)
+        if self._made[0] == when:
+            return self._made[1]
+        seen = self.rt.all_reduce_sum(
+            torch.tensor([tokens, samples], dtype=torch.float64, device=self.rt.device)
+        ).tolist()
+        cards = {
+            s.name: model_card(
+                s,
+                self.cfg,
+                steps=s.steps,
+                tokens=int(seen[0]),
+                samples=int(seen[1]),
+                metrics={k: v for k, v in metrics.items() if f"/{s.name}/" in k},
+            )
+            for s in students
+        }
+        self._made = (when, cards)
+        return cards
+
+    def skeletons(self, directory: Path, students: list, cards: dict[str, str]) -> None:
+        """Rank 0, into a checkpoint being written: the record files (overrides applied) and
+        each student's config, tokenizer, card and pooler."""
+        for name in self.record:
+            if (self.run_dir / name).is_file():
+                shutil.copyfile(self.run_dir / name, directory / name)
+        for s in students:
+            write_skeleton(
+                directory / s.name / SKELETON,
+                s.module.mlm,
+                self.tokenizer_of(s),
+                cards[s.name],
+                s.pooler,
+            )
+
+    def export(self, student, card: str) -> Path | None:
+        """Export `student` unless it was (NOTE: `done` is the same on every rank, so all skip
+        together). Returns the directory on rank 0."""
+        if student.name in self.done:
+            return None
+        out = export_student(
+            student,
+            self.rt,
+            out_dir=self.run_dir / "export" / student.name,
+            tokenizer=self.tokenizer_of(student),
+            card=card,
+        )
+        self.done.add(student.name)
+        return out
 
 
 def write_skeleton(

@@ -34,21 +34,27 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.batch import Counts, DeviceBatch, DevicePrefetcher
 from trainer.checkpoint import Checkpointer
 from trainer.config import RunConfig, to_yaml
-from trainer.export import SKELETON, export_student, write_skeleton
+from trainer.export import LiveExports
 from trainer.heldout import heldout_metrics
 from trainer.inputs import Inputs
-from trainer.metrics import MetricsWriter, hparams_of, peak_memory, progress_line
-from trainer.model_card import model_card
+from trainer.metrics import (
+    MetricsWriter,
+    TrainLog,
+    engine_figures,
+    hparams_of,
+    peak_memory,
+    progress_line,
+    time_figures,
+)
 from trainer.objectives import NORMALIZERS
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.rng import global_state, set_global_state
@@ -67,6 +73,9 @@ from trainer.teacher import Teacher
 from trainer.teacher_ahead import TeacherAhead
 from trainer.timing import StepTimer
 
+if TYPE_CHECKING:
+    from trainer.cohort import Student
+
 logger = logging.getLogger(__name__)
 RUN_RECORD = ("recipe.resolved.yaml", "ds_config.json")  # copied into every checkpoint
 
@@ -75,27 +84,13 @@ class NonFiniteLoss(RuntimeError):
     """A student's step had non-finite gradients and train.on_nonfinite is "stop"."""
 
 
-@dataclass
-class _Running:
-    """Device-side sums of one student's loss terms since the last log step."""
-
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    steps: int = 0  # optimizer steps the sums span (each a window of micro-batches)
-
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        """A micro-batch's window-scaled loss and terms: a window's add up to its means."""
-        for name, value in (("loss", loss), *terms.items()):
-            value = value.float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-
-
 class Trainer:
     def __init__(
         self,
         cfg: RunConfig,
         rt: Runtime,
         teacher: Teacher | None,
-        students: list,
+        students: list[Student],
         inputs: Inputs,
         checkpointer: Checkpointer,
         metrics: MetricsWriter,
@@ -108,12 +103,11 @@ class Trainer:
         self.step = 0
         self.tokens = 0  # real tokens this rank trained on (all sessions)
         self.samples = 0
-        self.exported: set[str] = set()
         self.last_eval: dict[str, float] = {}
         self._eval_step = -1  # the step of the last evaluation
         self._settled: set[str] = set()  # students evaluated after they left the cohort
         self._teacher_eval: list = []  # the teacher's results per eval batch (trainer/heldout.py)
-        self._cards_made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
+        self.exports = LiveExports(cfg, rt, self.run_dir, inputs.student_tokenizer, RUN_RECORD)
         # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self._timer = StepTimer(rt.device)
@@ -121,11 +115,8 @@ class Trainer:
         ahead = teacher is not None and cfg.train.teacher_ahead
         # None unless train.teacher_ahead (benchmarks switch it to compare)
         self.teacher_ahead = TeacherAhead(teacher, rt.device) if ahead else None
-        self._running = {s.name: _Running() for s in students}
-        self._last_terms: dict[str, dict[str, torch.Tensor]] = {}
+        self.log = TrainLog([s.name for s in students])
         self._skipped = {s.name: 0 for s in students}
-        self._window = (time.perf_counter(), 0, 0, 0)  # (time, tokens, samples, step) at last log
-        self._session = (time.perf_counter(), 0)  # (time, step) when this process started
 
     # ---------------------------------------------------------------- resume and save
 
@@ -136,15 +127,14 @@ class Trainer:
             return False
         state = self.checkpointer.load(latest, self.students)
         self.step, self.tokens, self.samples = state["step"], state["tokens"], state["samples"]
-        self.exported = set(state["exported"])
+        self.exports.done = set(state["exported"])
         self.last_eval = state.get("last_eval", {})
         self.inputs.loader.load_state_dict(state["loader"])
         set_global_state(state["rng"], self.rt.device)
         for s in self.students:
             s.rng.load_state_dict(state["students"][s.name]["rng"])
             self._skipped[s.name] = s.engine.skipped_steps
-        self._session = (time.perf_counter(), self.step)
-        self._window = (time.perf_counter(), self.tokens, self.samples, self.step)
+        self.log.restart(self.step, self.tokens, self.samples)
         logger.info("resumed from %s at step %d", latest, self.step)
         return True
 
@@ -153,7 +143,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "samples": self.samples,
-            "exported": sorted(self.exported),
+            "exported": sorted(self.exports.done),
             "last_eval": self.last_eval,
             "loader": (self._batches or self.inputs.loader).state_dict(),
             "rng": global_state(self.rt.device),
@@ -162,17 +152,7 @@ class Trainer:
         cards = self._cards()
 
         def skeletons(directory: Path) -> None:  # rank 0: what `python -m trainer.export` needs
-            for name in RUN_RECORD:  # what the checkpoint was trained with, overrides applied
-                if (self.run_dir / name).is_file():
-                    shutil.copyfile(self.run_dir / name, directory / name)
-            for s in self.students:
-                write_skeleton(
-                    directory / s.name / SKELETON,
-                    s.module.mlm,
-                    self.inputs.student_tokenizer(s),
-                    cards[s.name],
-                    s.pooler,
-                )
+            self.exports.skeletons(directory, self.students, cards)
 
         summary = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return self.checkpointer.save(self.step, self.students, state, summary, skeletons)
@@ -180,7 +160,7 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     @property
-    def active(self) -> list:
+    def active(self) -> list[Student]:
         return [s for s in self.students if not s.done]
 
     def fit(self) -> int:
@@ -210,8 +190,7 @@ class Trainer:
                     if micro == 0:
                         scales = self.window_scales(batch.window_counts)  # collective
                     self.train_batch(batch, active, batches.peek, scales[micro])
-                for s in active:
-                    self._running[s.name].steps += 1
+                self.log.stepped([s.name for s in active])
                 self.step += 1
                 finished = self._after_step(active)
                 if self.step % cfg.log_every == 0:
@@ -222,7 +201,7 @@ class Trainer:
                     self.save()
                 for s in finished:
                     self._export(s)
-            if self.step % cfg.log_every != 0 and self.step > self._session[1]:
+            if self.step % cfg.log_every != 0 and self.step > self.log.session_start:
                 self._log()
             if self._eval_step != self.step:
                 self.evaluate()
@@ -258,7 +237,7 @@ class Trainer:
     def train_batch(
         self,
         batch: DeviceBatch | dict,
-        active: list,
+        active: list[Student],
         upcoming=None,
         scale: dict[str, torch.Tensor] | None = None,
     ) -> None:
@@ -289,13 +268,11 @@ class Trainer:
                 )
             s.engine.step()
             self._timer.mark(f"{s.name}/optimizer")
-            terms = {k: v.detach() for k, v in terms.items()}
-            self._running[s.name].add(loss.detach(), terms)
-            self._last_terms[s.name] = terms
+            self.log.add(s.name, loss, terms)
         self.tokens += batch.tokens
         self.samples += batch.samples
 
-    def _after_step(self, stepped: list) -> list:
+    def _after_step(self, stepped: list[Student]) -> list[Student]:
         """Act on skipped (non-finite) steps; return the students that just spent their budget."""
         for s in stepped:
             if s.engine.skipped_steps > self._skipped[s.name]:
@@ -306,8 +283,8 @@ class Trainer:
             logger.info("%s: reached its budget of %d steps; leaving the cohort", s.name, s.budget)
         return finished
 
-    def _nonfinite(self, s) -> None:
-        terms = self._last_terms.get(s.name, {})
+    def _nonfinite(self, s: Student) -> None:
+        terms = self.log.last_terms.get(s.name, {})
         bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
         what = (
             f"non-finite loss term(s) {bad}"
@@ -332,57 +309,22 @@ class Trainer:
         return self._timer.collect()
 
     def _log(self) -> None:
-        """Reduce the running sums over ranks and write them. NOTE: collective."""
-        names = [n for n, r in self._running.items() if r.steps]
-        layout = [(n, k) for n in names for k in self._running[n].sums]
-        values = [self._running[n].sums[k] / self._running[n].steps for n, k in layout]
-        since, tokens0, samples0, step0 = self._window
-        counts = [float(self.tokens - tokens0), float(self.samples - samples0)]
-        counts.append(float(self.inputs.loader.skipped_corrupt))  # a running total per rank
-        packed = torch.tensor(counts, dtype=torch.float64, device=self.rt.device)
-        if values:
-            packed = torch.cat([torch.stack(values).double(), packed])
-        packed = self.rt.all_reduce_sum(packed).cpu()  # the one host sync of the log step
-        reduced = packed[: len(layout)] / self.rt.world_size
-        tokens, samples, skipped_shards = packed[-3:].tolist()
-        now = time.perf_counter()
-        elapsed = max(now - since, 1e-9)
-        self._window = (now, self.tokens, self.samples, self.step)
-        self._running = {s.name: _Running() for s in self.students}
-
-        out: dict[str, float] = {}
-        for (name, key), value in zip(layout, reduced.tolist(), strict=True):
-            out[f"train/{name}/{'loss' if key == 'loss' else 'loss_' + key}"] = value
-        for s in self.students:
-            if s.name in names:
-                out[f"train/{s.name}/lr"] = s.engine.get_lr()[0]
-                norm = s.engine.get_global_grad_norm()
-                out[f"train/{s.name}/grad_norm"] = float(norm) if norm is not None else None
-                out[f"train/{s.name}/skipped_steps"] = s.engine.skipped_steps
-        times = self.step_times()
-        total = sum(times.values()) or 1e-9
-        out["perf/tokens_per_s"] = tokens / elapsed
-        out["perf/samples_per_s"] = samples / elapsed
-        out["perf/teacher_share"] = times.get("teacher", 0.0) / total
-        out["perf/data_share"] = times.get("data", 0.0) / total
-        out["data/skipped_shards"] = skipped_shards  # data.skip_corrupt: on all ranks, so far
-        steps_in_window = max(1, self.step - step0)
-        for s in self.students:
-            parts = [v for k, v in times.items() if k.startswith(f"{s.name}/")]
-            if parts:
-                out[f"perf/{s.name}/step_time_s"] = sum(parts) / steps_in_window
+        """Reduce the running sums over ranks and write them (trainer/metrics.py).
+        NOTE: collective."""
+        skipped_shards = self.inputs.loader.skipped_corrupt  # a running total per rank
+        out, names, steps = self.log.reduce(
+            self.rt, self.step, self.tokens, self.samples, skipped_shards
+        )
+        out |= engine_figures(self.students, names)
+        out |= time_figures(self.step_times(), [s.name for s in self.students], steps)
         tag, value = peak_memory(self.rt.device)
         out[tag] = value
         self.metrics.log(out, self.step)
         if self.rt.is_main:
-            logger.info(self._progress_line(out, names))
-
-    def _progress_line(self, out: dict, names: list[str]) -> str:
-        max_steps = self.cfg.train.max_steps
-        end = min(max_steps, max((s.budget for s in self.students), default=max_steps))
-        started, first = self._session
-        seconds_per_step = (time.perf_counter() - started) / max(1, self.step - first)
-        return progress_line(self.step, end, seconds_per_step, out, names)
+            max_steps = self.cfg.train.max_steps
+            end = min(max_steps, max((s.budget for s in self.students), default=max_steps))
+            rate = self.log.seconds_per_step(self.step)
+            logger.info(progress_line(self.step, end, rate, out, names))
 
     # ---------------------------------------------------------------- evaluation and export
 
@@ -432,39 +374,20 @@ class Trainer:
         return summary
 
     def _cards(self) -> dict[str, str]:
-        """Every student's model card as of now. NOTE: collective (sums what ranks have seen);
-        every rank asks at the same points, so all reuse the cards of this step together."""
-        when = (self.step, self._eval_step)  # cards change with steps and evaluations only
-        if self._cards_made[0] == when:
-            return self._cards_made[1]
-        seen = self.rt.all_reduce_sum(
-            torch.tensor([self.tokens, self.samples], dtype=torch.float64, device=self.rt.device)
-        ).tolist()
-        cards = {
-            s.name: model_card(
-                s,
-                self.cfg,
-                steps=s.steps,
-                tokens=int(seen[0]),
-                samples=int(seen[1]),
-                metrics={k: v for k, v in self.last_eval.items() if f"/{s.name}/" in k},
-            )
-            for s in self.students
-        }
-        self._cards_made = (when, cards)
-        return cards
-
-    def _export(self, s) -> None:
-        """Export a student (collective; once per student per run, at its last step)."""
-        if s.name in self.exported:  # NOTE: the same set on every rank, so all skip together
-            return
-        out = export_student(
-            s,
-            self.rt,
-            out_dir=self.run_dir / "export" / s.name,
-            tokenizer=self.inputs.student_tokenizer(s),
-            card=self._cards()[s.name],
+        """Every student's model card as of now (trainer/export.py). NOTE: collective."""
+        return self.exports.cards(
+            self.students,
+            step=self.step,
+            eval_step=self._eval_step,
+            tokens=self.tokens,
+            samples=self.samples,
+            metrics=self.last_eval,
         )
-        self.exported.add(s.name)
+
+    def _export(self, s: Student) -> None:
+        """Export a student (collective; once per student per run, at its last step)."""
+        if s.name in self.exports.done:  # NOTE: the same set on every rank: all skip together
+            return
+        out = self.exports.export(s, self._cards()[s.name])
         if out is not None:
             logger.info("%s: exported to %s", s.name, out)

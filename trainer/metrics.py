@@ -27,6 +27,9 @@ Watch a run with `tensorboard --logdir runs/<name>/tensorboard`. The console's p
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -140,6 +143,122 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             out[join_tag(run, tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out
+
+
+# ---------------------------------------------------------------- the training log
+
+
+@dataclass
+class _Running:
+    """Device-side sums of one student's loss terms since the last log step."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps the sums span (each a window of micro-batches)
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """A micro-batch's window-scaled loss and terms: a window's add up to its means."""
+        for name, value in (("loss", loss), *terms.items()):
+            value = value.float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+
+class TrainLog:
+    """The loss side of a log step: each student's terms summed on the device since the last
+    log step (no host sync before it), the throughput since then, the rate for the ETA.
+
+        log.add(name, loss, terms)        # each micro-batch (window-scaled terms)
+        log.stepped(names)                # each optimizer step, the students that took it
+        out, names, steps = log.reduce(rt, step, tokens, samples, skipped_shards)  # collective
+    """
+
+    def __init__(self, names: list[str], clock: Callable[[], float] = time.perf_counter) -> None:
+        self._names, self._clock = list(names), clock
+        self._running = {n: _Running() for n in self._names}
+        self.last_terms: dict[str, dict[str, torch.Tensor]] = {}  # each student's last batch
+        self.restart(0, 0, 0)
+
+    def restart(self, step: int, tokens: int, samples: int) -> None:
+        """A new session (start-up or resume): the window and the ETA's rate begin here."""
+        now = self._clock()
+        self._window = (now, tokens, samples, step)  # (time, tokens, samples, step) at last log
+        self._session = (now, step)
+
+    @property
+    def session_start(self) -> int:
+        """The step this process started (or resumed) at."""
+        return self._session[1]
+
+    def add(self, name: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        terms = {k: v.detach() for k, v in terms.items()}
+        self._running[name].add(loss.detach(), terms)
+        self.last_terms[name] = terms
+
+    def stepped(self, names: list[str]) -> None:
+        for name in names:
+            self._running[name].steps += 1
+
+    def seconds_per_step(self, step: int) -> float:
+        started, first = self._session
+        return (self._clock() - started) / max(1, step - first)
+
+    def reduce(
+        self, rt, step: int, tokens: int, samples: int, skipped_shards: int
+    ) -> tuple[dict[str, float], list[str], int]:
+        """The window's figures: each student's mean loss terms per optimizer step (a mean over
+        ranks), tokens/s and samples/s (summed over ranks), shards skipped so far (all ranks);
+        with the students that stepped and the steps the window spans. Starts the next window.
+        NOTE: collective; the one host sync of the log step."""
+        names = [n for n in self._names if self._running[n].steps]
+        layout = [(n, k) for n in names for k in self._running[n].sums]
+        values = [self._running[n].sums[k] / self._running[n].steps for n, k in layout]
+        since, tokens0, samples0, step0 = self._window
+        counts = [float(tokens - tokens0), float(samples - samples0), float(skipped_shards)]
+        packed = torch.tensor(counts, dtype=torch.float64, device=rt.device)
+        if values:
+            packed = torch.cat([torch.stack(values).double(), packed])
+        packed = rt.all_reduce_sum(packed).cpu()
+        reduced = packed[: len(layout)] / rt.world_size
+        window_tokens, window_samples, skipped = packed[-3:].tolist()
+        now = self._clock()
+        elapsed = max(now - since, 1e-9)
+        self._window = (now, tokens, samples, step)
+        self._running = {n: _Running() for n in self._names}
+
+        out: dict[str, float] = {}
+        for (name, key), value in zip(layout, reduced.tolist(), strict=True):
+            out[f"train/{name}/{'loss' if key == 'loss' else 'loss_' + key}"] = value
+        out["perf/tokens_per_s"] = window_tokens / elapsed
+        out["perf/samples_per_s"] = window_samples / elapsed
+        out["data/skipped_shards"] = skipped  # data.skip_corrupt: on all ranks, so far
+        return out, names, max(1, step - step0)
+
+
+def engine_figures(students: list, names: list[str]) -> dict[str, float]:
+    """Learning rate, gradient norm and skipped steps of the students in `names`, read from
+    their DeepSpeed engines."""
+    out: dict[str, float] = {}
+    for s in students:
+        if s.name in names:
+            out[f"train/{s.name}/lr"] = s.engine.get_lr()[0]
+            norm = s.engine.get_global_grad_norm()
+            out[f"train/{s.name}/grad_norm"] = float(norm) if norm is not None else None
+            out[f"train/{s.name}/skipped_steps"] = s.engine.skipped_steps
+    return out
+
+
+def time_figures(times: dict[str, float], names: list[str], steps: int) -> dict[str, float]:
+    """The step's anatomy (trainer/timing.py names: "data", "teacher", "<student>/..."): the
+    teacher's and the data's share of the time, each student's seconds per optimizer step."""
+    total = sum(times.values()) or 1e-9
+    out = {
+        "perf/teacher_share": times.get("teacher", 0.0) / total,
+        "perf/data_share": times.get("data", 0.0) / total,
+    }
+    for name in names:
+        parts = [v for k, v in times.items() if k.startswith(f"{name}/")]
+        if parts:
+            out[f"perf/{name}/step_time_s"] = sum(parts) / steps
     return out
 
 
