@@ -170,8 +170,7 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
     from transformers import AutoConfig
 
     from trainer.bert_config import bert_config
-    from trainer.config import fill_layer_maps
-    from trainer.objectives import Objective
+    from trainer.objectives import Objective, fill_layer_maps
 
     teacher = None
     if cfg.teacher is not None:

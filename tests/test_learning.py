@@ -34,11 +34,11 @@ from data_pipeline.eval_batches import EvalBatches
 from data_pipeline.manifest import Manifest, load_tokenizer, tokenizer_info
 from trainer.config import load_config
 from trainer.heldout import heldout_metrics
+from trainer.hf_models import load_masked_lm
 from trainer.inputs import load_entities
 from trainer.runtime import Runtime
 from trainer.students import build_student
 from trainer.summary import SUMMARY_JSON
-from trainer.teacher import load_masked_lm
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -461,7 +461,7 @@ def test_loading_an_export_as_a_masked_lm_says_only_what_matters(tmp_path, capfd
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertForMaskedLM
 
-    from trainer.teacher import load_masked_lm
+    from trainer.hf_models import load_masked_lm
 
     config = BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
                         intermediate_size=8, vocab_size=32)  # fmt: skip
@@ -470,14 +470,14 @@ def test_loading_an_export_as_a_masked_lm_says_only_what_matters(tmp_path, capfd
     weights["bert.pooler.dense.weight"] = torch.eye(8)
     weights["bert.pooler.dense.bias"] = torch.zeros(8)
     save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="trainer.teacher"):
+    with caplog.at_level(logging.WARNING, logger="trainer.hf_models"):
         _, new = load_masked_lm(str(tmp_path / "m"), None, "teacher.path")
     assert new == [] and caplog.messages == []
     assert "LOAD REPORT" not in capfd.readouterr().err
 
     weights["bert.extra.weight"] = torch.zeros(3)
     save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="trainer.teacher"):
+    with caplog.at_level(logging.WARNING, logger="trainer.hf_models"):
         load_masked_lm(str(tmp_path / "m"), None, "teacher.path")
     assert caplog.messages == [
         "teacher.path: 1 weights the masked LM does not use (bert.extra.weight)"

@@ -18,7 +18,8 @@ Loading resolves every default into the config, so the resolved recipe shows wha
   compactbiobert: ATT_KL pairs attention i -> 2i+1, COS_layers pairs hidden i -> 2i (i >= 1);
   tinybiobert: ATT_MSE pairs attention i -> 3i+2, HID_MSE pairs hidden j -> 3j (j >= 0). Defaults
   are filled in when the student's depth is known at load (from_teacher_layers or init.config);
-  otherwise the trainer calls `fill_layer_maps` and `check_layers` once the model is built.
+  otherwise the trainer calls `fill_layer_maps` and `check_layers` (trainer/objectives.py, with
+  the kinds' layer-map rules) once the model is built.
 - `optimizer.max_steps` (the student's budget and LR-schedule length) defaults to `train.max_steps`.
   The run stops at `train.max_steps` or when every student has spent its budget, if sooner.
 - Shards: a directory with manifest.json means "that split of it" (train for train_shards, eval for
@@ -47,7 +48,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainer.objectives import KINDS
+from trainer.objectives import KINDS, check_layers, fill_layer_maps
 from trainer.typed_dict import build_typed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -440,34 +441,6 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
     ok = all(0.0 <= b < 1.0 for b in opt.betas)
     _require(ok, f"{k}.betas", list(opt.betas), "two numbers in [0, 1)")
     _require(_finite(opt.eps) > 0, f"{k}.eps", opt.eps, "a number > 0")
-
-
-def fill_layer_maps(obj: ObjectiveSection, student_layers: int) -> None:
-    """Give each layer map the recipe leaves null its kind's default for a student this deep."""
-    rule = KINDS[obj.kind].layer_maps
-    if rule is not None:
-        att, hid = rule(student_layers)
-        obj.attention_map = att if obj.attention_map is None else obj.attention_map
-        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
-
-
-def check_layers(
-    student: StudentSection, teacher_layers: int | None, student_layers: int | None
-) -> None:
-    """Layer indices in range for the depths known (None: unknown, unchecked). The trainer calls it
-    again with the depths of the models it built."""
-    key, obj = f"students.{student.name}", student.objective
-    checks = [("init.from_teacher_layers", student.init.from_teacher_layers or [], 0, 1)]
-    for name, extra in (("attention_map", 0), ("hidden_map", 1)):  # hidden_states: layers + 1
-        pairs = getattr(obj, name) or []
-        checks += [(f"objective.{name}", [p[0] for p in pairs], extra, 0)]
-        checks += [(f"objective.{name}", [p[1] for p in pairs], extra, 1)]
-    if obj.teacher_layer is not None:  # a layer index, from 0
-        checks += [("objective.teacher_layer", [obj.teacher_layer], 0, 1)]
-    for name, indices, extra, is_teacher in checks:
-        depth, who = (teacher_layers, "teacher") if is_teacher else (student_layers, "student")
-        bad = [i for i in indices if depth is not None and i >= depth + extra]
-        _require(not bad, f"{key}.{name}", bad[:1], f"{who} indices < {(depth or 0) + extra}")
 
 
 _NAME_RULE = "letters, digits, '-' and '_' (it names directories and overrides)"

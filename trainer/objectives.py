@@ -47,7 +47,7 @@ from trainer.batch import Counts, DeviceBatch
 from trainer.signals import LOGITS, Need, attention_key, hidden_key, qkv_keys
 
 if TYPE_CHECKING:
-    from trainer.config import ObjectiveSection
+    from trainer.config import ObjectiveSection, StudentSection
 
 NORMALIZERS: dict[str, Callable[[Counts], int]] = {
     "masked": lambda c: c.masked,  # over the masked rows
@@ -215,6 +215,40 @@ KINDS: dict[str, Kind] = {
     ),
 }
 """Every objective kind a recipe can name."""
+
+
+# ---------------------------------------------------------------- layer-map rules
+
+
+def fill_layer_maps(obj: ObjectiveSection, student_layers: int) -> None:
+    """Give each layer map the recipe leaves null its kind's default for a student this deep."""
+    rule = KINDS[obj.kind].layer_maps
+    if rule is not None:
+        att, hid = rule(student_layers)
+        obj.attention_map = att if obj.attention_map is None else obj.attention_map
+        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
+
+
+def check_layers(
+    student: StudentSection, teacher_layers: int | None, student_layers: int | None
+) -> None:
+    """Layer indices in range for the depths known (None: unknown, unchecked): the layers a
+    student copies from the teacher, its layer maps, its teacher_layer. Config validation calls
+    it with the depths a recipe states; the trainer again with those of the models it built."""
+    key, obj = f"students.{student.name}", student.objective
+    checks = [("init.from_teacher_layers", student.init.from_teacher_layers or [], 0, 1)]
+    for name, extra in (("attention_map", 0), ("hidden_map", 1)):  # hidden_states: layers + 1
+        pairs = getattr(obj, name) or []
+        checks += [(f"objective.{name}", [p[0] for p in pairs], extra, 0)]
+        checks += [(f"objective.{name}", [p[1] for p in pairs], extra, 1)]
+    if obj.teacher_layer is not None:  # a layer index, from 0
+        checks += [("objective.teacher_layer", [obj.teacher_layer], 0, 1)]
+    for name, indices, extra, is_teacher in checks:
+        depth, who = (teacher_layers, "teacher") if is_teacher else (student_layers, "student")
+        bad = [i for i in indices if depth is not None and i >= depth + extra]
+        if bad:
+            limit = (depth or 0) + extra
+            raise ValueError(f"{key}.{name}={bad[:1]!r}: expected {who} indices < {limit}")
 
 
 def uses_attention_maps(section: ObjectiveSection) -> bool:

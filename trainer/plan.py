@@ -25,9 +25,9 @@ import torch
 
 from data_pipeline.io_utils import PipelineError, first_line
 from trainer.bert_config import bert_config
-from trainer.config import RunConfig, fill_layer_maps, to_yaml
+from trainer.config import RunConfig, to_yaml
 from trainer.ds_config import micro_batch_size
-from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.objectives import Objective, cohort_teacher_need, fill_layer_maps, uses_attention_maps
 from trainer.parameters import count_parameters
 
 GIB = 1024**3

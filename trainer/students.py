@@ -32,8 +32,15 @@ from torch import nn
 
 from trainer.attention import return_probabilities
 from trainer.bert_config import bert_config
-from trainer.config import StudentSection, check_layers, fill_layer_maps
-from trainer.objectives import Objective, projected_key, uses_attention_maps
+from trainer.config import StudentSection
+from trainer.hf_models import attn_implementation, load_masked_lm
+from trainer.objectives import (
+    Objective,
+    check_layers,
+    fill_layer_maps,
+    projected_key,
+    uses_attention_maps,
+)
 from trainer.pooler import Pooler, pooler_for
 from trainer.rng import derive_seed, seeded
 from trainer.signals import (
@@ -44,7 +51,6 @@ from trainer.signals import (
     num_layers,
     tap_signals,
 )
-from trainer.teacher import attn_implementation, load_masked_lm
 
 logger = logging.getLogger(__name__)
 

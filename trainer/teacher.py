@@ -22,56 +22,15 @@ import logging
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import first_line
-from trainer.attention import IMPLEMENTATION, return_probabilities
+from trainer.attention import return_probabilities
 from trainer.batch import DeviceBatch
 from trainer.bert_config import bert_config
 from trainer.config import TeacherSection
+from trainer.hf_models import attn_implementation, load_masked_lm
 from trainer.rng import seeded
 from trainer.signals import Need, check_need, masked_lm_signals, tap_signals
 
 logger = logging.getLogger(__name__)
-
-
-def attn_implementation(attention_maps: bool) -> str | None:
-    """Ours where some layer's attention probabilities are needed (trainer/attention.py: SDPA in
-    every other layer), else the model's default (SDPA for BERT)."""
-    return IMPLEMENTATION if attention_maps else None
-
-
-def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, list[str]]:
-    """An HF masked LM by hub name or directory, fp32 on the CPU, and the names of the weights
-    the checkpoint lacked (initialised at random); a load failure is one ValueError naming it."""
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
-    # NOTE: transformers' load report is said here instead, in one line, from the loading info:
-    # an export's pooler (trainer/pooler.py), which a masked LM does not use, is not news.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(
-            name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
-        )
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"{where}: cannot load it as a masked LM (expected a local directory or a Hugging "
-            f"Face hub name): {first_line(e)}"
-        ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    unused = sorted(k for k in info.get("unexpected_keys", ()) if not _is_pooler(k))
-    if unused:
-        logger.warning(
-            "%s: %d weights the masked LM does not use (%s%s)",
-            where, len(unused), ", ".join(unused[:6]), ", ..." if len(unused) > 6 else "",
-        )  # fmt: skip
-    mismatched = {k for k, *_ in info.get("mismatched_keys", ())}
-    return model, sorted(set(info.get("missing_keys", ())) | mismatched)
-
-
-def _is_pooler(key: str) -> bool:
-    return ".pooler." in f".{key}"
 
 
 def load_teacher_model(
