@@ -410,6 +410,9 @@ def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
     proc = start(env, recipe_path, "killed")
     first = env["runs"] / "killed" / "checkpoints" / "step-00000003" / "COMPLETE.json"
     wait_for(first, proc)
+    # NOTE: frozen meanwhile, so that it cannot finish while the second start imports (on a busy
+    # machine that took longer than the rest of the run); a stopped process keeps its lock.
+    os.killpg(proc.pid, signal.SIGSTOP)
 
     # one trainer per run directory: a second start on it is refused at once, naming the first
     second = subprocess.run(
@@ -423,9 +426,9 @@ def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
     assert f"killed: in use by another trainer (pid {proc.pid} on host {socket.gethostname()}" in (
         second.stderr
     )
-    assert proc.poll() is None  # the first goes on
+    assert proc.poll() is None  # the first is untouched
 
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # NOTE: delivered to a stopped process too
     assert proc.wait() == -signal.SIGKILL
     assert not (env["runs"] / "killed" / "export").exists()  # it died mid-run
     assert (env["runs"] / "killed" / ".lock").is_file()  # left behind, locking nothing
