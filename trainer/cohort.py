@@ -102,20 +102,16 @@ def _check_positions(cfg: RunConfig, teacher_model: nn.Module | None, built: lis
             )
 
 
-def _check_relation_heads(cfg: RunConfig, teacher_model: nn.Module | None, built: list) -> None:
-    """minilmv2's relation heads must split both models' hidden sizes, or the first step fails."""
+def _check_kinds(cfg: RunConfig, teacher_model: nn.Module | None, built: list) -> None:
+    """Each kind's own check of the built models (objectives.Kind.check_models), before the
+    first step would fail on it."""
     for spec, b in zip(cfg.students, built, strict=True):
-        heads = b.objective.relation_heads
-        if heads is None or teacher_model is None:
+        check = KINDS[spec.objective.kind].check_models
+        if check is None or teacher_model is None:
             continue
-        sizes = {"student": b.module.mlm.config.hidden_size}
-        sizes["teacher"] = teacher_model.config.hidden_size
-        bad = {who: size for who, size in sizes.items() if size % heads}
-        if bad:
-            raise ValueError(
-                f"students.{spec.name}.objective.relation_heads={heads}: must divide the hidden "
-                f"sizes {sizes}; {bad} is not divisible"
-            )
+        problem = check(b.objective, b.module.mlm.config, teacher_model.config)
+        if problem is not None:
+            raise ValueError(f"students.{spec.name}.{problem}")
 
 
 def _engine_phase(name: str, rt: Runtime) -> str:
@@ -165,7 +161,7 @@ def build_cohort(
         for s in cfg.students
     ]
     _check_positions(cfg, teacher_model, built)
-    _check_relation_heads(cfg, teacher_model, built)
+    _check_kinds(cfg, teacher_model, built)
     need = cohort_teacher_need(b.objective for b in built)
     compile_models = rt.on_gpu if cfg.train.compile is None else cfg.train.compile
     teacher = None

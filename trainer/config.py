@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainer.objectives import KINDS, check_layers, fill_layer_maps
+from trainer.objectives import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
 from trainer.typed_dict import build_typed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,16 +416,14 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
             ok = bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
             ok = ok and len({p[0] for p in pairs}) == len(pairs)
             _require(ok, f"{k}.{name}", pairs, "[student, teacher] pairs >= 0, students distinct")
-    for name in ("teacher_layer", "relation_heads"):
+    for name in KIND_OPTIONS:
         value = getattr(obj, name)
         if name not in kind.options:
             _require(value is None, f"{k}.{name}", value, f"null (kind {obj.kind!r} has none)")
             continue
-        value = kind.options[name] if value is None else value
-        ok = value is None or value >= (1 if name == "relation_heads" else 0)
-        _require(
-            ok, f"{k}.{name}", value, "an integer >= 1" if name == "relation_heads" else ">= 0"
-        )
+        default, least = kind.options[name]
+        value = default if value is None else value
+        _require(value is None or value >= least, f"{k}.{name}", value, f"an integer >= {least}")
         setattr(obj, name, value)
     if s_layers is not None:
         fill_layer_maps(obj, s_layers)

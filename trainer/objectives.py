@@ -38,7 +38,7 @@ import functools
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -155,8 +155,12 @@ class Kind:
     # default (attention_map, hidden_map) for a student of n layers; None: no recipe layer maps
     layer_maps: LayerMaps | None = None
     last_layers_cos: bool = False  # its hidden map is fixed: the last layers (COS_last)
-    # its own recipe keys (objective.<key>) and their defaults; other kinds refuse them
-    options: dict[str, int | None] = field(default_factory=dict)
+    # its own integer recipe keys (objective.<key>): (default, least value); other kinds
+    # refuse them. Each is a field of config.ObjectiveSection, so that the schema lists it.
+    options: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+    # once the models are built: (objective, student config, teacher config) -> a problem
+    # ("objective.<key>=...: ...") that would fail the first step, or None
+    check_models: Callable[[Objective, Any, Any], str | None] | None = None
 
     def term(self, key: str) -> Term:
         return TERMS[self.terms[key]]
@@ -166,6 +170,19 @@ class Kind:
         return any(
             t.teacher_logits or t.layer_map is not None for t in map(TERMS.get, self.terms.values())
         )
+
+
+def _relation_heads_divide(objective: Objective, student, teacher) -> str | None:
+    """MiniLMv2's relation heads must split both models' hidden sizes."""
+    heads = objective.relation_heads
+    sizes = {"student": student.hidden_size, "teacher": teacher.hidden_size}
+    bad = {who: size for who, size in sizes.items() if size % heads}
+    if bad:
+        return (
+            f"objective.relation_heads={heads}: must divide the hidden sizes {sizes}; {bad} is "
+            "not divisible"
+        )
+    return None
 
 
 KINDS: dict[str, Kind] = {
@@ -205,7 +222,8 @@ KINDS: dict[str, Kind] = {
         card="distilled (MiniLMv2 recipe: query, key and value self-attention relation KL)",
         # teacher_layer None: the teacher's last (MiniLMv2 takes an upper-middle one of a large
         # teacher, the last of a base one); relation heads: MiniLMv2's for base-size teachers
-        options={"teacher_layer": None, "relation_heads": 12},
+        options={"teacher_layer": (None, 0), "relation_heads": (12, 1)},
+        check_models=_relation_heads_divide,
     ),
     "mlm": Kind(
         terms={"mlm": "MLM"},
@@ -215,6 +233,9 @@ KINDS: dict[str, Kind] = {
     ),
 }
 """Every objective kind a recipe can name."""
+
+KIND_OPTIONS = sorted({name for kind in KINDS.values() for name in kind.options})
+"""The objective keys some kind owns (config validation refuses them for the others)."""
 
 
 # ---------------------------------------------------------------- layer-map rules
