@@ -6,13 +6,19 @@ Pipeline (generator stages, run inside each DataLoader worker):
 Shard lists and reading one shard live in shard_source.py; held-out eval batches in
 eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
 
-- Slots: rank r, worker w of W (num_workers 0 counts as one worker) is slot s = r*W + w of
-  S = world_size*W. Each epoch e the shard list is permuted with a generator seeded from (seed, e)
-  and slot s takes shards[s::S].
+- Slots: the data order is V independent streams, the slots (`slots`, default world_size x
+  workers of the run's first start, num_workers 0 counting as one worker; it then travels in
+  the loader state, so a resume keeps it). Each epoch e the shard list is permuted with a
+  generator seeded from (seed, e) and slot v takes shards[v::V]. Rank r of M reads the slots
+  [r*V//M, (r+1)*V//M), its worker w of W every W-th of those; a worker reading several slots
+  takes its next batch from the one with the fewest taken (ties: the lower slot). With V =
+  world_size x workers (the default) slot r*W + w is rank r's worker w, one slot each.
 - Equal batch counts: from the manifest's sample counts, n = the fewest samples any slot can get
-  under any permutation (the sum of the floor(num_shards/S) smallest shards) // batch_size. Every
-  slot yields exactly n batches per epoch and drops the rest, so every rank yields n*W batches per
-  epoch (`batches_per_epoch`) and no rank waits on a collective another rank never reaches.
+  under any permutation (the sum of the floor(num_shards/V) smallest shards) // batch_size. Every
+  slot yields exactly n batches per epoch and drops the rest, so a rank yields n x (its slots)
+  batches per epoch (`batches_per_epoch`), the same on every rank when V divides evenly, and the
+  stream never ends (a slot goes on into its next epoch), so no rank waits on a collective
+  another rank never reaches.
 - Block shuffle: a slot reads its shards in groups of `shuffle_shards`, concatenates a group's
   samples and permutes them with a generator seeded from (seed, epoch, slot, group).
 - Masks: every sample's draws come from a seed of (seed, epoch, its key "SHARD/KEY") and the
@@ -21,12 +27,17 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
   of 12 under gradient accumulation are masked as 1 batch of 24 of the same samples). The
   DataLoader takes batches from its workers round-robin, and every worker yields the same count,
   so the order does not depend on timing.
-- Resume: `state_dict()` counts batches as they leave the loader; `load_state_dict()` puts each
-  worker at its own position in closed form (epoch, then the group holding its sample offset, read
-  and permuted alone, then a skip), so the next batches are bit-identical to an uninterrupted run
-  without replaying the stream. A state saved with another world_size, num_workers, batch size or
-  shard list cannot be continued exactly: the loader warns and starts at the same epoch at the same
-  fraction of it (rounded down).
+- Resume: `state_dict()` holds the batches taken from each of this rank's slots, counted as
+  batches leave the loader; `load_state_dict()` puts each slot at its position in closed form
+  (epoch, then the group holding its sample offset, read and permuted alone, then a skip), so
+  the next batches are bit-identical to an uninterrupted run without replaying the stream.
+- Another number of ranks or workers (elastic resume): the slots stay; each is read on from its
+  position by whichever rank owns it now. `merge_states` joins every saved rank's state for
+  that. So over every slot's epoch each sample is taken exactly once, whatever the old and new
+  world sizes, and the order is a pure function of the state and the new layout. A state saved
+  with another seed, batch size, shuffle_shards, shard list or slot count cannot be continued
+  exactly: the loader warns and starts at the same epoch at the same fraction of it (rounded
+  down).
 - Corrupt shards raise PipelineError naming the shard: a damaged tar, a sample count or token id
   the manifest contradicts, or a local shard whose SHA-256 differs from the manifest's (hashed
   from the buffer read_shard reads anyway; remote and pipe: shards are not hashed). With
@@ -39,6 +50,7 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -66,10 +78,12 @@ from data_pipeline.shard_source import ManifestArg, ShardSet, ShardSpec, read_sh
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: one position for the rank (its slots were its workers)
 DROP_WARN_FRACTION = 0.05
 _SKIPPED_KEY = "_skipped_corrupt"  # worker -> loader: skipped shards; popped, never yielded
-_POSITION_KEYS = ("seed", "world_size", "num_workers", "batch_size", "shuffle_shards", "shards")
+_SLOT_KEY = "_slot"  # worker -> loader: the slot a batch came from; popped, never yielded
+_POSITION_KEYS = ("seed", "batch_size", "shuffle_shards", "shards", "slots")
+_RECENT = 1024  # slots of the last batches handed out, for state_dict(unconsumed=...)
 
 
 # ---------------------------------------------------------------- the per-worker stream
@@ -81,13 +95,22 @@ class _Plan:
 
     shards: ShardSet
     rank: int
+    world_size: int
     workers: int
-    slots: int
-    n: int  # batches per worker per epoch
+    slots: int  # V, the data order's streams
+    n: int  # batches per slot per epoch
     config: LoaderConfig
     tokenizer: TokenizerInfo
     special: torch.Tensor
     is_continuation: torch.Tensor | None
+
+    @property
+    def owned(self) -> list[int]:
+        """The slots this rank reads: its contiguous share."""
+        return owned_slots(self.slots, self.world_size, self.rank)
+
+    def worker_slots(self, worker: int) -> list[int]:
+        return self.owned[worker :: self.workers]
 
     def groups(self, epoch: int, slot: int) -> list[list[int]]:
         order = torch.randperm(
@@ -95,6 +118,23 @@ class _Plan:
         ).tolist()
         mine, k = order[slot :: self.slots], self.config.shuffle_shards
         return [mine[i : i + k] for i in range(0, len(mine), k)]
+
+
+def owned_slots(slots: int, world_size: int, rank: int) -> list[int]:
+    """Rank `rank` of `world_size` reads slots [rank*V//M, (rank+1)*V//M)."""
+    return list(range(rank * slots // world_size, (rank + 1) * slots // world_size))
+
+
+def fresh_positions(worker_slots: list[list[int]], consumed: int) -> dict[int, int]:
+    """Batches taken from each slot after a rank took `consumed` from a start where every slot
+    was at 0: DataLoader takes batch t from worker t % W, a worker its slots (`worker_slots[w]`)
+    in turn."""
+    positions, workers = {}, len(worker_slots)
+    for w, mine in enumerate(worker_slots):
+        done = (consumed - w + workers - 1) // workers if consumed > w else 0
+        for j, v in enumerate(mine):
+            positions[v] = done // len(mine) + (1 if j < done % len(mine) else 0)
+    return positions
 
 
 _warned: set[str] = set()
@@ -168,43 +208,46 @@ def one_thread() -> Iterator[None]:
 
 
 class _SlotStream(IterableDataset):
-    def __init__(self, plan: _Plan, consumed: int) -> None:
-        self.plan, self.consumed = plan, consumed
+    def __init__(self, plan: _Plan, consumed: int, positions: dict[int, int]) -> None:
+        self.plan, self.consumed, self.positions = plan, consumed, positions
 
     def __iter__(self) -> Iterator[dict]:
         plan, cfg = self.plan, self.plan.config
         info = get_worker_info()
-        w_count = plan.workers
         # NOTE: DataLoader polls its workers round-robin starting at worker 0 on every new
-        # iterator, and batch j must come from logical worker j % W: so after k batches, DataLoader
-        # worker i plays logical worker (i + k) % W, which has produced `local` of the first k.
-        worker = ((info.id if info is not None else 0) + self.consumed) % w_count
-        local = (self.consumed - worker + w_count - 1) // w_count if self.consumed > worker else 0
-        slot = plan.rank * w_count + worker
-        epoch, pos = divmod(local, plan.n)
+        # iterator, and batch j must come from logical worker j % W: so after k batches,
+        # DataLoader worker i plays logical worker (i + k) % W.
+        worker = ((info.id if info is not None else 0) + self.consumed) % plan.workers
+        mine = plan.worker_slots(worker)
+        taken = {v: self.positions[v] for v in mine}
+        streams: dict[int, tuple[int, Iterator[tuple]]] = {}  # slot -> (epoch, its samples)
         skipped: list[str] = []  # shards skipped since the last batch, reported with the next
         while True:
-            samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size, skipped)
-            for _ in range(plan.n - pos):
-                with one_thread():  # NOTE: not across the yield: the trainer runs meanwhile
-                    rows = [next(samples) for _ in range(cfg.batch_size)]
-                    batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
-                    keys = [key for key, _ in rows]
-                    out = mask_batch(
-                        batch,
-                        plan.special,
-                        mask_id=plan.tokenizer.mask_id,
-                        mask_prob=cfg.mask_prob,
-                        is_continuation=plan.is_continuation,
-                        seeds=sample_seeds(cfg.seed, TAG_MASK, epoch, keys),
-                    )
-                if cfg.debug_keys:
-                    out["keys"] = [key for key, _ in rows]
-                if skipped:
-                    out[_SKIPPED_KEY], skipped[:] = list(skipped), []
-                yield out
-                local += 1
-            epoch, pos = epoch + 1, 0
+            slot = min(mine, key=lambda v: (taken[v], v))
+            epoch, pos = divmod(taken[slot], plan.n)
+            if streams.get(slot, (None,))[0] != epoch:
+                samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size, skipped)
+                streams[slot] = (epoch, samples)
+            samples = streams[slot][1]
+            with one_thread():  # NOTE: not across the yield: the trainer runs meanwhile
+                rows = [next(samples) for _ in range(cfg.batch_size)]
+                batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
+                keys = [key for key, _ in rows]
+                out = mask_batch(
+                    batch,
+                    plan.special,
+                    mask_id=plan.tokenizer.mask_id,
+                    mask_prob=cfg.mask_prob,
+                    is_continuation=plan.is_continuation,
+                    seeds=sample_seeds(cfg.seed, TAG_MASK, epoch, keys),
+                )
+            if cfg.debug_keys:
+                out["keys"] = keys
+            if skipped:
+                out[_SKIPPED_KEY], skipped[:] = list(skipped), []
+            out[_SLOT_KEY] = slot
+            yield out
+            taken[slot] += 1
 
 
 # ---------------------------------------------------------------- the public loader
@@ -214,8 +257,8 @@ class MaskedBatchLoader:
     """Infinite stream of masked batches for one rank: dicts of int64 tensors [B, L] with
     input_ids, attention_mask and labels (-100 where nothing is predicted).
 
-    `iter(loader)` continues from `state_dict()["batches_consumed"]`; every rank yields
-    `batches_per_epoch` batches per epoch. Call `close()` to stop DataLoader workers.
+    `iter(loader)` continues from `state_dict()`; a rank yields `batches_per_epoch` batches per
+    epoch of its slots. Call `close()` to stop DataLoader workers.
     """
 
     def __init__(
@@ -235,35 +278,74 @@ class MaskedBatchLoader:
             raise ValueError(f"loader: rank={rank!r}, expected 0 <= rank < world_size={world_size}")
         self.config, self.rank, self.world_size = config, rank, world_size
         self.shards = resolve_shards(shards, split, manifest)
-        tok = run_tokenizer(self.shards, tokenizer)
-        special, cont = masking_tables(tok, config.whole_word, is_continuation)
+        self._tokenizer = run_tokenizer(self.shards, tokenizer)
+        self._tables = masking_tables(self._tokenizer, config.whole_word, is_continuation)
+        self._split = split
         workers = max(1, config.num_workers)
-        slots = world_size * workers
+        self._plan = self._make_plan(config.slots or world_size * workers)
+        self._positions = {v: 0 for v in self._plan.owned}  # batches taken from each slot
+        self._recent: collections.deque[int] = collections.deque(maxlen=_RECENT)
+        self._consumed = 0
+        self._active: Iterator[dict] | None = None
+        self._skipped: set[str] = set()
+
+    def _shares(self, slots: int) -> bool:
+        """Whether every rank's every worker gets a slot of `slots`."""
+        least = min(len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size))
+        return least >= max(1, self.config.num_workers)
+
+    def _make_plan(self, slots: int) -> _Plan:
+        config, workers = self.config, max(1, self.config.num_workers)
+        shares = {len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size)}
+        if not self._shares(slots):
+            raise PipelineError(
+                f"loader: {slots} slots (the data order's streams) cannot give each of the "
+                f"{self.world_size} ranks x {workers} workers a slot: use data.slots >= "
+                f"{self.world_size * workers}, or fewer ranks or DataLoader workers"
+            )
+        if len(shares) > 1 or any(share % workers for share in shares):
+            logger.warning(
+                "loader: %d slots are shared unevenly by %d ranks x %d workers (%s slots a "
+                "rank): the slots of the ranks and workers with fewer advance faster, so their "
+                "samples come round more often; a slot count divisible by ranks x workers keeps "
+                "every slot at the same pace",
+                slots,
+                self.world_size,
+                workers,
+                "-".join(str(k) for k in sorted(shares)),
+            )
         counts = sorted(self.shards.counts)
         smallest_slot = sum(counts[: len(counts) // slots])
         n = smallest_slot // config.batch_size
         if n == 0:
-            raise PipelineError(
-                f"{len(counts)} {split} shards ({sum(counts)} samples) cannot give each of the "
-                f"{slots} loader slots (world_size {world_size} x num_workers {workers}) one batch "
-                f"of {config.batch_size}: the smallest slot may get {smallest_slot} samples. Use "
-                "fewer DataLoader workers or ranks, a smaller batch, or re-shard into more shards "
-                "(--samples-per-shard)"
+            how = (
+                f"world_size {self.world_size} x num_workers {workers}"
+                if slots == self.world_size * workers
+                else "data.slots"
             )
-        self._plan = _Plan(self.shards, rank, workers, slots, n, config, tok, special, cont)
+            raise PipelineError(
+                f"{len(counts)} {self._split} shards ({sum(counts)} samples) cannot give each of "
+                f"the {slots} loader slots ({how}) one batch of {config.batch_size}: the "
+                f"smallest slot may get {smallest_slot} samples. Use fewer slots (fewer "
+                "DataLoader workers or ranks, or a smaller data.slots), a smaller batch, or "
+                "re-shard into more shards (--samples-per-shard)"
+            )
+        special, cont = self._tables
+        plan = _Plan(
+            self.shards, self.rank, self.world_size, workers, slots, n, config,
+            self._tokenizer, special, cont,
+        )  # fmt: skip
         dropped = 1.0 - n * config.batch_size * slots / sum(counts)
         if dropped > DROP_WARN_FRACTION:
             logger.warning(
                 "loader: %.1f%% of the %d samples per epoch are dropped so that all %d slots "
-                "(world_size x workers) yield %d batches; more or more even shards drop less",
+                "yield %d batches; more or more even shards drop less",
                 100 * dropped,
                 sum(counts),
                 slots,
                 n,
             )
-        self._consumed = 0
-        self._active: Iterator[dict] | None = None
-        self._skipped: set[str] = set()
+        return plan
 
     @property
     def skipped_corrupt(self) -> int:
@@ -272,8 +354,13 @@ class MaskedBatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
-        """Batches this rank (and every other rank) yields per epoch."""
-        return self._plan.n * self._plan.workers
+        """Batches this rank yields per epoch of its slots."""
+        return self._plan.n * len(self._plan.owned)
+
+    @property
+    def slots(self) -> int:
+        """The data order's slot count (travels in the state)."""
+        return self._plan.slots
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.close()
@@ -283,7 +370,7 @@ class MaskedBatchLoader:
     def _generate(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
         loader = DataLoader(
-            _SlotStream(self._plan, self._consumed),
+            _SlotStream(self._plan, self._consumed, dict(self._positions)),
             batch_size=None,
             num_workers=cfg.num_workers,
             pin_memory=cfg.pin_memory,
@@ -297,7 +384,10 @@ class MaskedBatchLoader:
                 except PipelineError as e:
                     raise _unwrap_worker_error(e) from None
                 # Count on the way out, so prefetched batches are never counted as consumed.
+                slot = int(batch.pop(_SLOT_KEY))
                 self._consumed += 1
+                self._positions[slot] += 1
+                self._recent.append(slot)
                 self._skipped.update(batch.pop(_SKIPPED_KEY, ()))
                 yield batch
         finally:
@@ -310,12 +400,21 @@ class MaskedBatchLoader:
             self._active.close()  # runs the generator's finally: workers stop now, not at GC
             self._active = None
 
-    def state_dict(self) -> dict:
-        """Position plus the configuration it is valid for; JSON-serialisable."""
+    def state_dict(self, unconsumed: int = 0) -> dict:
+        """Position plus the configuration it is valid for; JSON-serialisable. `unconsumed`:
+        as if the last that many batches handed out had not been (a prefetcher's look-ahead)."""
+        if not 0 <= unconsumed <= len(self._recent):
+            raise ValueError(
+                f"loader: unconsumed={unconsumed}, expected 0 to {len(self._recent)} (the "
+                "batches handed out since the last start, at most {_RECENT})"
+            )
+        positions = dict(self._positions)
+        for slot in list(self._recent)[len(self._recent) - unconsumed :]:
+            positions[slot] -= 1
         cfg = self.config
         return {
             "version": STATE_VERSION,
-            "batches_consumed": self._consumed,
+            "batches_consumed": self._consumed - unconsumed,
             "batches_per_epoch": self.batches_per_epoch,
             "seed": cfg.seed,
             "world_size": self.world_size,
@@ -326,36 +425,98 @@ class MaskedBatchLoader:
             "mask_prob": cfg.mask_prob,
             "whole_word": cfg.whole_word,
             "shards": list(self.shards.names),
+            "slots": self._plan.slots,
+            "slot_batches": {str(v): n for v, n in sorted(positions.items())},
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` left off; call before iterating (an open iterator is closed).
 
-        The saved rank need not match: every rank consumes the same number of batches.
+        `state` holds the positions of this rank's slots: its own state_dict on the same layout,
+        else `merge_states` of every saved rank's (another world size or worker count).
         """
-        if state.get("version") != STATE_VERSION or "batches_consumed" not in state:
-            raise PipelineError(
-                f"loader state: unsupported format (version {state.get('version')})"
-            )
+        state = _upgrade(state)
         consumed = int(state["batches_consumed"])
+        saved_slots, hint = int(state["slots"]), ""
+        if self.config.slots is None and saved_slots != self._plan.slots:
+            if self._shares(saved_slots):
+                self._plan = self._make_plan(saved_slots)  # the run's data order: its slots
+            else:
+                hint = (
+                    f" ({self.world_size} ranks x {self._plan.workers} workers cannot share its "
+                    f"{saved_slots} slots: start a run that may change its rank count with "
+                    "data.slots a multiple of every rank count x workers it may get)"
+                )
         mine = self.state_dict()
         changed = [k for k in _POSITION_KEYS if state.get(k) != mine[k]]
         if changed:
             epoch, pos = divmod(consumed, int(state["batches_per_epoch"]))
-            consumed = epoch * mine["batches_per_epoch"]
-            consumed += pos * mine["batches_per_epoch"] // int(state["batches_per_epoch"])
+            consumed = epoch * self.batches_per_epoch
+            consumed += pos * self.batches_per_epoch // int(state["batches_per_epoch"])
             logger.warning(
-                "loader: resuming with a different %s than saved; the data order is not a "
+                "loader: resuming with a different %s than saved%s; the data order is not a "
                 "bit-exact continuation: starting epoch %d at batch %d of %d",
                 ", ".join(changed),
+                hint,
                 epoch,
-                consumed - epoch * mine["batches_per_epoch"],
-                mine["batches_per_epoch"],
+                consumed - epoch * self.batches_per_epoch,
+                self.batches_per_epoch,
             )
-        elif any(state.get(k) != mine[k] for k in ("mask_prob", "whole_word")):
-            logger.warning("loader: masking settings changed since the save; masks will differ")
+            workers = [self._plan.worker_slots(w) for w in range(self._plan.workers)]
+            positions = fresh_positions(workers, consumed)
+        else:
+            saved = {int(v): int(n) for v, n in state["slot_batches"].items()}
+            lacking = [v for v in self._plan.owned if v not in saved]
+            if lacking:
+                raise PipelineError(
+                    f"loader state: it holds the positions of slots {sorted(saved)}, this rank "
+                    f"(rank {self.rank} of {self.world_size}) reads slots {self._plan.owned}: "
+                    "resume from the states of every saved rank joined (loader.merge_states)"
+                )
+            positions = {v: saved[v] for v in self._plan.owned}
+            if any(state.get(k) != mine[k] for k in ("mask_prob", "whole_word")):
+                logger.warning("loader: masking settings changed since the save; masks will differ")
         self.close()
-        self._consumed = consumed
+        self._consumed, self._positions = consumed, positions
+        self._recent.clear()
+
+
+def merge_states(states: list[dict]) -> dict:
+    """One state holding the slot positions of every rank's `states` (each rank's own from the
+    same save), for a resume on another number of ranks or workers."""
+    states = [_upgrade(s) for s in states]
+    first = states[0]
+    for s in states[1:]:
+        differ = [k for k in (*_POSITION_KEYS, "batches_consumed") if s.get(k) != first.get(k)]
+        if differ:
+            raise PipelineError(f"loader states: not from one save (they differ in {differ})")
+    merged = dict(first, rank=None, slot_batches={})
+    for s in states:
+        merged["slot_batches"].update(s["slot_batches"])
+    if len(merged["slot_batches"]) != first["slots"]:
+        raise PipelineError(
+            f"loader states: {len(states)} states hold {len(merged['slot_batches'])} of the "
+            f"{first['slots']} slots' positions; every saved rank's state is needed"
+        )
+    return merged
+
+
+def _upgrade(state: dict) -> dict:
+    """A state of this format from any supported version (1: the rank's workers were its
+    slots, all at the position its batch count gives)."""
+    version = state.get("version")
+    if version == STATE_VERSION and "slot_batches" in state:
+        return state
+    if version != 1 or "batches_consumed" not in state:
+        raise PipelineError(f"loader state: unsupported format (version {version})")
+    workers = max(1, int(state["num_workers"]))
+    world, rank = int(state["world_size"]), int(state["rank"])
+    slots = world * workers
+    owned = owned_slots(slots, world, rank)
+    consumed = int(state["batches_consumed"])
+    positions = fresh_positions([owned[w::workers] for w in range(workers)], consumed)
+    slot_batches = {str(v): c for v, c in sorted(positions.items())}
+    return dict(state, version=STATE_VERSION, slots=slots, slot_batches=slot_batches)
 
 
 def _unwrap_worker_error(e: PipelineError) -> PipelineError:

@@ -50,12 +50,15 @@ class LoaderConfig:
     pin_memory: bool = False
     prefetch_factor: int = 2
     debug_keys: bool = False  # add batch["keys"]: "SHARD/KEY" of every row (tests, debugging)
+    slots: int | None = None  # the data order's streams (loader.py); None: world x workers
 
     def __post_init__(self) -> None:
         for key, low in (("batch_size", 1), ("seed", 0), ("num_workers", 0)):
             check_int(key, getattr(self, key), low)
         for key in ("shuffle_shards", "prefetch_factor"):
             check_int(key, getattr(self, key), 1)
+        if self.slots is not None:
+            check_int("slots", self.slots, 1)
         if not isinstance(self.mask_prob, float | int) or not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"loader: mask_prob={self.mask_prob!r}, expected a number in (0, 1)")
 

@@ -244,14 +244,15 @@ def test_resume_far_ahead_reads_one_group_not_the_stream(tmp_path, monkeypatch):
     assert resumed.state_dict()["batches_consumed"] == 51
 
 
-def test_resume_with_other_world_size_warns_and_keeps_epoch_fraction(tmp_path, caplog):
+def test_ranks_that_cannot_share_the_slots_resume_at_the_epoch_fraction(tmp_path, caplog):
     make_shards(tmp_path, [10] * 6)
     one = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK)  # 15 batches per epoch
     _, state = take(one, 23, save_at=22)  # epoch 1, batch 7 of 15
     two = MaskedBatchLoader(tmp_path, cfg(), rank=1, world_size=2, tokenizer=TOK)  # 7 per epoch
     with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
         two.load_state_dict(state)
-    assert "not a bit-exact" in caplog.text and "world_size" in caplog.text
+    assert "not a bit-exact" in caplog.text
+    assert "2 ranks x 1 workers cannot share its 1 slots" in caplog.text  # and says what would
     assert two.state_dict()["batches_consumed"] == 7 + 7 * 7 // 15
     assert len(take(two, 2)) == 2
 
@@ -428,3 +429,113 @@ def test_the_loader_and_the_eval_batches_do_not_import_each_other():
         code = f"import sys, data_pipeline.{module}; print('data_pipeline.{other}' in sys.modules)"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert done.stdout.strip() == "False", (module, done.stderr[-500:])
+
+
+# ---------------------------------------------------------------- another number of ranks
+
+
+def _layout(tmp_path, slots: int, world: int, workers: int) -> list[MaskedBatchLoader]:
+    config = cfg(num_workers=workers, slots=slots)
+    return [
+        MaskedBatchLoader(tmp_path, config, rank=r, world_size=world, tokenizer=TOK)
+        for r in range(world)
+    ]
+
+
+@pytest.mark.parametrize(
+    "before, after, taken",
+    [
+        ((2, 0), (1, 0), 3),  # 2 ranks -> 1, mid-epoch, slots unevenly advanced
+        ((1, 0), (2, 0), 5),  # 1 -> 2
+        ((2, 2), (1, 0), 2),  # 2 ranks x 2 workers -> 1 rank in process
+        ((1, 2), (2, 1), 7),  # 1 rank x 2 workers -> 2 ranks x 1 worker
+        ((2, 0), (4, 0), 4),  # 2 -> 4: one slot a rank
+    ],
+)
+def test_another_rank_count_takes_every_sample_of_the_epoch_once(tmp_path, before, after, taken):
+    samples = make_shards(tmp_path, [12] * 8)  # 4 slots x 2 shards x 12: 6 batches a slot
+    slots, n = 4, 6
+    seen, states = [], []
+    for loader in _layout(tmp_path, slots, *before):
+        batches, state = take(loader, taken + 1, save_at=taken)
+        seen += keys_of(batches[:taken])
+        states.append(state)
+    merged = loader_mod.merge_states(states)
+    assert merged["slot_batches"] == {
+        str(v): c for s in states for v, c in ((int(k), c) for k, c in s["slot_batches"].items())
+    }
+    left = slots * n - len(seen) // 4
+    resumed = _layout(tmp_path, slots, *after)
+    per_rank = [sum(n - merged["slot_batches"][str(v)] for v in r._plan.owned) for r in resumed]
+    assert sum(per_rank) == left
+    again = []
+    for loader, count in zip(resumed, per_rank, strict=True):
+        loader.load_state_dict(merged)
+        batches = take(loader, count)
+        again.append(batches)
+        seen += keys_of(batches)
+    assert sorted(seen) == sorted(samples)  # the epoch: every sample once, none twice
+    # a pure function of (state, layout): the same again, batch for batch
+    rebuilt = _layout(tmp_path, slots, *after)
+    for loader, count, batches in zip(rebuilt, per_rank, again, strict=True):
+        loader.load_state_dict(merged)
+        assert_same(take(loader, count), batches)
+
+
+def test_a_rank_without_the_merged_state_is_refused_naming_the_slots(tmp_path):
+    make_shards(tmp_path, [12] * 8)
+    states = [take(r, 2, save_at=1)[1] for r in _layout(tmp_path, 4, 2, 0)]
+    one = _layout(tmp_path, 4, 1, 0)[0]
+    with pytest.raises(PipelineError, match=r"holds the positions of slots \[0, 1\].*merge_st"):
+        one.load_state_dict(states[0])
+    with pytest.raises(PipelineError, match="1 states hold 2 of the 4 slots' positions"):
+        loader_mod.merge_states(states[:1])
+    other = dict(states[1], batches_consumed=5)
+    with pytest.raises(PipelineError, match=r"not from one save .*batches_consumed"):
+        loader_mod.merge_states([states[0], other])
+
+
+def test_default_slots_come_from_the_state_so_two_ranks_continue_on_one(tmp_path):
+    """slots unset: ranks x workers at the start (2 here); a 1-rank resume keeps those 2."""
+    samples = make_shards(tmp_path, [12] * 8)  # 2 slots x 4 shards: 12 batches a slot
+    seen, states = [], []
+    for rank in (0, 1):
+        loader = MaskedBatchLoader(tmp_path, cfg(), rank=rank, world_size=2, tokenizer=TOK)
+        batches, state = take(loader, 6, save_at=5)
+        seen, states = seen + keys_of(batches[:5]), [*states, state]
+    one = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK)
+    assert one.slots == 1
+    one.load_state_dict(loader_mod.merge_states(states))
+    assert one.slots == 2 and one.batches_per_epoch == 24
+    seen += keys_of(take(one, 24 - 10))
+    assert sorted(seen) == sorted(samples)
+
+
+def test_a_version_1_state_resumes_exactly(tmp_path):
+    """Checkpoints from before slots: one position for the rank, its workers its slots."""
+    make_shards(tmp_path, [10] * 8)
+    config = cfg(num_workers=2)
+
+    def build():
+        return MaskedBatchLoader(tmp_path, config, rank=1, world_size=2, tokenizer=TOK)
+
+    reference, state = take(build(), 13 + 4, save_at=13)
+    old = {k: v for k, v in state.items() if k not in ("slots", "slot_batches")}
+    resumed = build()
+    resumed.load_state_dict(dict(old, version=1))
+    assert_same(take(resumed, 4), reference[13:])
+
+
+def test_state_dict_unconsumed_is_the_state_before_the_last_batches(tmp_path):
+    make_shards(tmp_path, [12] * 8)
+    loader = _layout(tmp_path, 4, 1, 0)[0]
+    it = iter(loader)
+    states = []
+    for _ in range(7):
+        states.append(loader.state_dict())
+        next(it)
+    for k in range(1, 8):  # as if the last k had not been handed out
+        assert loader.state_dict(unconsumed=k) == states[7 - k]
+    with pytest.raises(ValueError, match="unconsumed=8"):
+        loader.state_dict(unconsumed=8)
+    loader.close()

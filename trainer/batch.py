@@ -127,9 +127,7 @@ class DevicePrefetcher:
     def state_dict(self) -> dict:
         """The loader's state_dict, positioned after the last batch handed out: a checkpoint
         must not count the batches taken ahead, which no step has trained on yet."""
-        state = self._loader.state_dict()
-        state["batches_consumed"] -= len(self._ready)
-        return state
+        return self._loader.state_dict(unconsumed=len(self._ready))
 
     def peek(self, stream: torch.cuda.Stream | None = None) -> DeviceBatch:
         """The batch the next `next()` returns, usable on `stream` (on CUDA: that stream waits for

@@ -94,6 +94,9 @@ class DataSection:
     whole_word: bool = False
     num_workers: int = 0
     shuffle_shards: int = 4
+    # the data order's streams (data_pipeline/loader.py); null: ranks x workers at the run's
+    # start. A multiple of every ranks x workers a resume may get keeps it exact on those.
+    slots: int | None = None
     skip_corrupt: bool = False  # skip (warn, count) shards failing their checks (SHA-256, ...)
     tokenizer: str | None = None  # for exports; None: the teacher's, else the shards' tokenizer
     entities: str | None = None  # entity words (JSON, see trainer/inputs.py): eval entity_acc
@@ -345,6 +348,7 @@ def _validate(cfg: RunConfig) -> None:
     _require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
     _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _require(d.shuffle_shards >= 1, "data.shuffle_shards", d.shuffle_shards, "an integer >= 1")
+    _require(d.slots is None or d.slots >= 1, "data.slots", d.slots, "null or an integer >= 1")
     _require(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "a number in (0, 1)")
     _require(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
     for k in ("max_steps", "log_every", "eval_every", "save_every", "keep", "eval_batches"):

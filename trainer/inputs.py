@@ -148,6 +148,7 @@ def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int) -> Inputs:
             seed=t.seed,
             num_workers=d.num_workers,
             shuffle_shards=d.shuffle_shards,
+            slots=d.slots,
             mask_prob=d.mask_prob,
             whole_word=d.whole_word,
             skip_corrupt=d.skip_corrupt,
