@@ -32,7 +32,7 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
   (epoch, then the group holding its sample offset, read and permuted alone, then a skip), so
   the next batches are bit-identical to an uninterrupted run without replaying the stream.
 - Another number of ranks or workers (elastic resume): the slots stay; each is read on from its
-  position by whichever rank owns it now. `merge_states` joins every saved rank's state for
+  position by whichever rank owns it now. `slots.merge_states` joins every saved rank's state for
   that. So over every slot's epoch each sample is taken exactly once, whatever the old and new
   world sizes, and the order is a pure function of the state and the new layout. A state saved
   with another seed, batch size, shuffle_shards, shard list or slot count cannot be continued
@@ -75,14 +75,19 @@ from data_pipeline.loader_config import (
 from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import collate, mask_batch
 from data_pipeline.shard_source import ManifestArg, ShardSet, ShardSpec, read_shard, resolve_shards
+from data_pipeline.slots import (
+    POSITION_KEYS,
+    STATE_VERSION,
+    fresh_positions,
+    owned_slots,
+    upgrade_state,
+)
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 1: one position for the rank (its slots were its workers)
 DROP_WARN_FRACTION = 0.05
 _SKIPPED_KEY = "_skipped_corrupt"  # worker -> loader: skipped shards; popped, never yielded
 _SLOT_KEY = "_slot"  # worker -> loader: the slot a batch came from; popped, never yielded
-_POSITION_KEYS = ("seed", "batch_size", "shuffle_shards", "shards", "slots")
 _RECENT = 1024  # slots of the last batches handed out, for state_dict(unconsumed=...)
 
 
@@ -118,23 +123,6 @@ class _Plan:
         ).tolist()
         mine, k = order[slot :: self.slots], self.config.shuffle_shards
         return [mine[i : i + k] for i in range(0, len(mine), k)]
-
-
-def owned_slots(slots: int, world_size: int, rank: int) -> list[int]:
-    """Rank `rank` of `world_size` reads slots [rank*V//M, (rank+1)*V//M)."""
-    return list(range(rank * slots // world_size, (rank + 1) * slots // world_size))
-
-
-def fresh_positions(worker_slots: list[list[int]], consumed: int) -> dict[int, int]:
-    """Batches taken from each slot after a rank took `consumed` from a start where every slot
-    was at 0: DataLoader takes batch t from worker t % W, a worker its slots (`worker_slots[w]`)
-    in turn."""
-    positions, workers = {}, len(worker_slots)
-    for w, mine in enumerate(worker_slots):
-        done = (consumed - w + workers - 1) // workers if consumed > w else 0
-        for j, v in enumerate(mine):
-            positions[v] = done // len(mine) + (1 if j < done % len(mine) else 0)
-    return positions
 
 
 _warned: set[str] = set()
@@ -433,9 +421,9 @@ class MaskedBatchLoader:
         """Continue where `state` left off; call before iterating (an open iterator is closed).
 
         `state` holds the positions of this rank's slots: its own state_dict on the same layout,
-        else `merge_states` of every saved rank's (another world size or worker count).
+        else `slots.merge_states` of every saved rank's (another world size or worker count).
         """
-        state = _upgrade(state)
+        state = upgrade_state(state)
         consumed = int(state["batches_consumed"])
         saved_slots, hint = int(state["slots"]), ""
         if self.config.slots is None and saved_slots != self._plan.slots:
@@ -448,7 +436,7 @@ class MaskedBatchLoader:
                     "data.slots a multiple of every rank count x workers it may get)"
                 )
         mine = self.state_dict()
-        changed = [k for k in _POSITION_KEYS if state.get(k) != mine[k]]
+        changed = [k for k in POSITION_KEYS if state.get(k) != mine[k]]
         if changed:
             epoch, pos = divmod(consumed, int(state["batches_per_epoch"]))
             consumed = epoch * self.batches_per_epoch
@@ -471,7 +459,7 @@ class MaskedBatchLoader:
                 raise PipelineError(
                     f"loader state: it holds the positions of slots {sorted(saved)}, this rank "
                     f"(rank {self.rank} of {self.world_size}) reads slots {self._plan.owned}: "
-                    "resume from the states of every saved rank joined (loader.merge_states)"
+                    "resume from every saved rank's state joined (data_pipeline.slots.merge_states)"
                 )
             positions = {v: saved[v] for v in self._plan.owned}
             if any(state.get(k) != mine[k] for k in ("mask_prob", "whole_word")):
@@ -479,44 +467,6 @@ class MaskedBatchLoader:
         self.close()
         self._consumed, self._positions = consumed, positions
         self._recent.clear()
-
-
-def merge_states(states: list[dict]) -> dict:
-    """One state holding the slot positions of every rank's `states` (each rank's own from the
-    same save), for a resume on another number of ranks or workers."""
-    states = [_upgrade(s) for s in states]
-    first = states[0]
-    for s in states[1:]:
-        differ = [k for k in (*_POSITION_KEYS, "batches_consumed") if s.get(k) != first.get(k)]
-        if differ:
-            raise PipelineError(f"loader states: not from one save (they differ in {differ})")
-    merged = dict(first, rank=None, slot_batches={})
-    for s in states:
-        merged["slot_batches"].update(s["slot_batches"])
-    if len(merged["slot_batches"]) != first["slots"]:
-        raise PipelineError(
-            f"loader states: {len(states)} states hold {len(merged['slot_batches'])} of the "
-            f"{first['slots']} slots' positions; every saved rank's state is needed"
-        )
-    return merged
-
-
-def _upgrade(state: dict) -> dict:
-    """A state of this format from any supported version (1: the rank's workers were its
-    slots, all at the position its batch count gives)."""
-    version = state.get("version")
-    if version == STATE_VERSION and "slot_batches" in state:
-        return state
-    if version != 1 or "batches_consumed" not in state:
-        raise PipelineError(f"loader state: unsupported format (version {version})")
-    workers = max(1, int(state["num_workers"]))
-    world, rank = int(state["world_size"]), int(state["rank"])
-    slots = world * workers
-    owned = owned_slots(slots, world, rank)
-    consumed = int(state["batches_consumed"])
-    positions = fresh_positions([owned[w::workers] for w in range(workers)], consumed)
-    slot_batches = {str(v): c for v, c in sorted(positions.items())}
-    return dict(state, version=STATE_VERSION, slots=slots, slot_batches=slot_batches)
 
 
 def _unwrap_worker_error(e: PipelineError) -> PipelineError:

@@ -26,6 +26,7 @@ from data_pipeline.io_utils import PipelineError
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX
+from data_pipeline.slots import merge_states
 
 TOK = TokenizerInfo(
     name="test-wordpiece",
@@ -460,7 +461,7 @@ def test_another_rank_count_takes_every_sample_of_the_epoch_once(tmp_path, befor
         batches, state = take(loader, taken + 1, save_at=taken)
         seen += keys_of(batches[:taken])
         states.append(state)
-    merged = loader_mod.merge_states(states)
+    merged = merge_states(states)
     assert merged["slot_batches"] == {
         str(v): c for s in states for v, c in ((int(k), c) for k, c in s["slot_batches"].items())
     }
@@ -489,10 +490,10 @@ def test_a_rank_without_the_merged_state_is_refused_naming_the_slots(tmp_path):
     with pytest.raises(PipelineError, match=r"holds the positions of slots \[0, 1\].*merge_st"):
         one.load_state_dict(states[0])
     with pytest.raises(PipelineError, match="1 states hold 2 of the 4 slots' positions"):
-        loader_mod.merge_states(states[:1])
+        merge_states(states[:1])
     other = dict(states[1], batches_consumed=5)
     with pytest.raises(PipelineError, match=r"not from one save .*batches_consumed"):
-        loader_mod.merge_states([states[0], other])
+        merge_states([states[0], other])
 
 
 def test_default_slots_come_from_the_state_so_two_ranks_continue_on_one(tmp_path):
@@ -505,7 +506,7 @@ def test_default_slots_come_from_the_state_so_two_ranks_continue_on_one(tmp_path
         seen, states = seen + keys_of(batches[:5]), [*states, state]
     one = MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK)
     assert one.slots == 1
-    one.load_state_dict(loader_mod.merge_states(states))
+    one.load_state_dict(merge_states(states))
     assert one.slots == 2 and one.batches_per_epoch == 24
     seen += keys_of(take(one, 24 - 10))
     assert sorted(seen) == sorted(samples)
