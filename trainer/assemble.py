@@ -20,6 +20,7 @@ from trainer.checkpoint import Checkpointer
 from trainer.cohort import build_cohort
 from trainer.config import ROOT, RunConfig, to_yaml
 from trainer.ds_config import for_device, micro_batch_size
+from trainer.elastic import keep_global_batch
 from trainer.inputs import build_inputs, ensure_demo
 from trainer.logs import attach_run_log
 from trainer.loop import Trainer
@@ -96,6 +97,8 @@ def build_trainer(
     cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
 ) -> Trainer:
     ds = for_device(ds, rt.device)
+    keep = cfg.train.keep_global_batch  # NOTE: before the engines, which fix the accumulation
+    ds = keep_global_batch(ds, cfg.run_dir / "checkpoints", rt.world_size, keep=keep)
     run_dir = prepare_run_dir(cfg, ds, rt)
     ensure_demo(cfg, rt)
     inputs = build_inputs(cfg, rt, micro_batch_size(ds, rt.world_size))

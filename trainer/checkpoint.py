@@ -73,6 +73,13 @@ def latest_complete(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def newest_complete_marker(root: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint under `root` and its marker (not verified: for a look at
+    how it was made before the engines exist; the resume verifies what it loads)."""
+    newest = latest_complete(root)
+    return None if newest is None else (newest, read_json(newest / MARKER))
+
+
 def rank_file(directory: Path, rank: int) -> Path:
     return directory / f"rank-{rank:05d}.pt"
 
@@ -213,17 +220,16 @@ class Checkpointer:
         marker = read_json(directory / MARKER)
         if marker.get("format") != FORMAT_VERSION:
             raise ValueError(f"{directory}: checkpoint format {marker.get('format')} unsupported")
-        if marker["world_size"] != self.rt.world_size:
-            raise ValueError(
-                f"{directory}: saved by {marker['world_size']} ranks, this run has "
-                f"{self.rt.world_size}; resume with the same number of ranks"
-            )
         missing = [s.name for s in students if s.name not in marker["students"]]
         if missing:
             raise ValueError(
                 f"{directory}: holds no state for student(s) {missing}; it has "
                 f"{sorted(marker['students'])}. Start a new run (run.name) for other students"
             )
+        if marker["world_size"] != self.rt.world_size:
+            from trainer.elastic import load_elsewhere  # NOTE: it imports this module
+
+            return load_elsewhere(directory, students, self.rt, self.root.parent)
         for s in students:
             path, client = s.engine.load_checkpoint(
                 str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True

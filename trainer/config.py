@@ -123,6 +123,9 @@ class TrainSection:
     compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
     teacher_ahead: bool = False  # the next batch's teacher forward beside the students' steps
     mlm_twins: bool = False  # beside each distilled student X, "X-MLM": same model, MLM only
+    # a resume on another number of ranks keeps the checkpoint's global batch through the
+    # accumulation (refused where none fits); false: the new global batch (trainer/elastic.py)
+    keep_global_batch: bool = True
 
 
 @dataclass

@@ -1,0 +1,178 @@
+"""Resume a checkpoint saved by N ranks on M != N ranks (elastic resume).
+
+    ds = keep_global_batch(ds, checkpoints_root, world_size, keep=True)   # before the engines
+    state = load_elsewhere(directory, students, rt)                      # Checkpointer.load
+
+- Global batch: the checkpoint's ds_config.json says how it was trained (N x micro x accumulation).
+  With train.keep_global_batch (default) the accumulation is set so that M x micro x accumulation
+  is the same global batch, where it divides; otherwise the start is refused with the numbers.
+  Without it the new global batch is taken, with a warning. The LR schedule counts optimizer
+  steps either way.
+- Students' engines: each student's DeepSpeed checkpoint is converted to a universal checkpoint
+  (DeepSpeed's `ds_to_universal`, with `inject_missing_state`: a model without Megatron-style
+  tensor parallelism carries no universal-checkpoint info) by rank 0, into
+  run_dir/universal/step-N/ (removed after the load), then loaded by every rank with the engine's
+  universal loader: fp32 master weights, Adam moments and step, LR schedule, counters. Two repairs
+  after a ZeRO-3 universal load (DeepSpeed 0.19.8): every param group gets group 0's settings
+  (the no-decay group would decay), and all share one `step` tensor (AdamW would count it once a
+  group per step); each group's settings are put back from the converted optimizer state and each
+  state gets its own step.
+- Rank state: the loader positions of every saved rank joined (data_pipeline/slots.py), so every
+  sample of the epoch in progress is still taken exactly once; tokens and samples summed (rank 0
+  carries them); the random streams (global and each student's dropout stream) are rank 0's, on
+  every rank. The resumed run is then a pure function of (checkpoint, M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from data_pipeline.io_utils import read_json
+from data_pipeline.slots import merge_states
+from trainer.checkpoint import MARKER, newest_complete_marker, rank_file
+from trainer.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+UNIVERSAL = "universal"  # run_dir/universal/step-N/<student>/global_stepK: the converted state
+
+
+def keep_global_batch(ds: dict, root: Path, world_size: int, *, keep: bool) -> dict:
+    """`ds` with gradient_accumulation_steps set so that a checkpoint under `root` saved on
+    another number of ranks goes on with its global batch (`keep`), or as it is, warned."""
+    found = newest_complete_marker(root)
+    if found is None or found[1]["world_size"] == world_size:
+        return ds
+    directory, marker = found
+    saved_ds = directory / "ds_config.json"
+    if not saved_ds.is_file():
+        raise ValueError(
+            f"{directory}: saved by {marker['world_size']} ranks, this run has {world_size}, and "
+            "the checkpoint does not say its batch (no ds_config.json): resume on "
+            f"{marker['world_size']} ranks"
+        )
+    old = read_json(saved_ds)
+    old_micro, old_accumulation = _batch(old, marker["world_size"])
+    micro, accumulation = _batch(ds, world_size)
+    saved_global = marker["world_size"] * old_micro * old_accumulation
+    new_global = world_size * micro * accumulation
+    if saved_global == new_global:
+        return ds
+    what = (
+        f"{directory.name} was trained on {marker['world_size']} ranks x micro-batch {old_micro} "
+        f"x accumulation {old_accumulation} = global batch {saved_global}; this run has "
+        f"{world_size} ranks x micro-batch {micro}"
+    )
+    if not keep:
+        logger.warning("%s x accumulation %d = %d (train.keep_global_batch=false)", what,
+                       accumulation, new_global)  # fmt: skip
+        return ds
+    if saved_global % (world_size * micro):
+        raise ValueError(
+            f"{what}, which no accumulation makes {saved_global}: set "
+            f"ds.train_micro_batch_size_per_gpu to a divisor of {saved_global // world_size} "
+            f"(with {world_size} ranks), or train.keep_global_batch=false to go on with another "
+            "global batch"
+        )
+    steps = saved_global // (world_size * micro)
+    logger.warning(
+        "%s: gradient_accumulation_steps %d -> %d keeps the global batch", what, accumulation, steps
+    )
+    out = dict(ds, gradient_accumulation_steps=steps)
+    if "train_batch_size" in out:
+        out["train_batch_size"] = saved_global
+    return out
+
+
+def _batch(ds: dict, world_size: int) -> tuple[int, int]:
+    from trainer.ds_config import micro_batch_size
+
+    return micro_batch_size(ds, world_size), int(ds.get("gradient_accumulation_steps", 1))
+
+
+def load_elsewhere(directory: Path, students: list, rt: Runtime, run_dir: Path) -> dict:
+    """Restore every student's engine from a checkpoint saved on another number of ranks, and
+    return the rank state this rank goes on with. NOTE: collective."""
+    marker = read_json(directory / MARKER)
+    saved_world = marker["world_size"]
+    logger.warning(
+        "%s: saved by %d ranks, resuming on %d: converting each student's state to a universal "
+        "checkpoint (DeepSpeed ds_to_universal)", directory, saved_world, rt.world_size,
+    )  # fmt: skip
+    target = run_dir / UNIVERSAL / directory.name
+
+    def convert() -> None:
+        shutil.rmtree(target, ignore_errors=True)  # a conversion that did not finish
+        for s in students:
+            tag = f"global_step{marker['students'][s.name]}"
+            _to_universal(directory / s.name / tag, target / s.name / tag)
+
+    rt.on_main(convert)
+    for s in students:
+        tag = f"global_step{marker['students'][s.name]}"
+        _load_universal(s.engine, target / s.name, tag)
+    rt.barrier()
+    if rt.is_main:
+        shutil.rmtree(run_dir / UNIVERSAL, ignore_errors=True)
+    return _joined_rank_state(directory, saved_world, rt)
+
+
+def _to_universal(source: Path, out: Path) -> None:
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(source),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
+    ds_to_universal.main(args)
+
+
+def _load_universal(engine, load_dir: Path, tag: str) -> None:
+    engine._config.load_universal_checkpoint = True  # NOTE: read at load time only
+    try:
+        path, _ = engine.load_checkpoint(
+            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    finally:
+        engine._config.load_universal_checkpoint = False
+    if path is None:
+        raise ValueError(f"{load_dir / tag}: the universal checkpoint did not load")
+    if engine.zero_optimization_stage() == 3:
+        _repair_zero3(engine, load_dir / tag)
+
+
+def _repair_zero3(engine, folder: Path) -> None:
+    saved = torch.load(folder / "zero" / "optimizer_state.pt", weights_only=False)["param_groups"]
+    base = engine.optimizer.optimizer
+    for group, settings in zip(base.param_groups, saved, strict=True):
+        group.update({k: v for k, v in settings.items() if k != "params"})
+    for state in base.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def _joined_rank_state(directory: Path, saved_world: int, rt: Runtime) -> dict:
+    states = [torch.load(rank_file(directory, r), weights_only=False) for r in range(saved_world)]
+    first = states[0]
+    state = dict(first, loader=merge_states([s["loader"] for s in states]))
+    if not rt.is_main:  # the totals are carried by rank 0 (the cards sum them over ranks)
+        state.update(tokens=0, samples=0)
+    else:
+        state.update(tokens=sum(s["tokens"] for s in states))
+        state.update(samples=sum(s["samples"] for s in states))
+    logger.info(
+        "resumed on %d ranks from %d: loader positions of %s slots joined",
+        rt.world_size, saved_world, json.dumps(len(state["loader"]["slot_batches"])),
+    )  # fmt: skip
+    return state
