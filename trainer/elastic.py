@@ -111,7 +111,7 @@ def load_elsewhere(directory: Path, students: list, rt: Runtime, run_dir: Path) 
         shutil.rmtree(target, ignore_errors=True)  # a conversion that did not finish
         for s in students:
             tag = f"global_step{marker['students'][s.name]}"
-            _to_universal(directory / s.name / tag, target / s.name / tag)
+            to_universal(directory / s.name / tag, target / s.name / tag)
 
     rt.on_main(convert)
     for s in students:
@@ -123,7 +123,7 @@ def load_elsewhere(directory: Path, students: list, rt: Runtime, run_dir: Path) 
     return _joined_rank_state(directory, saved_world, rt)
 
 
-def _to_universal(source: Path, out: Path) -> None:
+def to_universal(source: Path, out: Path) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(
