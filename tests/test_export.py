@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from trainer_setup import one_student_config
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -28,7 +29,6 @@ from transformers import (
 
 from data_pipeline.synth import train_wordpiece
 from trainer import pooler as poolers
-from trainer.config import config_from_dict
 from trainer.export import export_student, main, write_export, write_skeleton
 from trainer.model_card import UNSET_ID, front_matter
 from trainer.students import build_student
@@ -79,21 +79,14 @@ def checkpoints(tmp_path_factory, tokenizer) -> dict[str, Path]:
 
 
 def _cfg(init: dict, kind: str, teacher: str | None) -> object:
-    return config_from_dict(
-        {
-            "run": {"name": "t"},
-            "data": {"train_shards": "x", "max_len": 32},
-            "teacher": {"path": teacher} if teacher else None,
-            "train": {"max_steps": 3},
-            "students": [
-                {
-                    "name": "S",
-                    "init": init,
-                    "objective": {"kind": kind},
-                    "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
-                }
-            ],
-        }
+    return one_student_config(
+        init,
+        kind,
+        teacher={"path": teacher} if teacher else None,
+        run={"name": "t"},
+        data={"train_shards": "x", "max_len": 32},
+        student="S",
+        max_steps=3,
     )
 
 

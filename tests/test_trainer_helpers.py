@@ -17,10 +17,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from trainer_setup import one_student_config
 from transformers import BertConfig, BertForMaskedLM
 
 from trainer.checkpoint import MARKER, complete_checkpoints, latest_complete, step_dir
-from trainer.config import ROOT, config_from_dict, load_config, select_students
+from trainer.config import ROOT, load_config, select_students
 from trainer.ds_config import load_ds_config
 from trainer.model_card import UNSET_ID, model_card, with_model_id
 from trainer.plan import render_plan
@@ -250,21 +251,14 @@ def test_plan_offline_reports_the_hub_teacher_as_unreachable(monkeypatch):
 
 def _card_config(init: dict, kind: str = "distilbiobert", teacher_path: str | None = None, **run):
     teacher = {"config": {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4}}
-    return config_from_dict(
-        {
-            "run": {"name": "cardrun", **run},
-            "data": {"train_shards": "data/shards", "max_len": 64},
-            "teacher": {"path": teacher_path} if teacher_path else teacher,
-            "train": {"max_steps": 1500},
-            "students": [
-                {
-                    "name": "MiniBioBERT",
-                    "init": init,
-                    "objective": {"kind": kind},
-                    "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
-                }
-            ],
-        }
+    return one_student_config(
+        init,
+        kind,
+        teacher={"path": teacher_path} if teacher_path else teacher,
+        run={"name": "cardrun", **run},
+        data={"train_shards": "data/shards", "max_len": 64},
+        student="MiniBioBERT",
+        max_steps=1500,
     )
 
 

@@ -90,6 +90,31 @@ def recipe(shards: Path, out: Path, vocab: int, *, name: str = "t", steps: int =
     }
 
 
+def one_student_config(
+    init: dict, kind: str, *, teacher: dict | None, run: dict, data: dict, student: str,
+    max_steps: int,
+):  # fmt: skip
+    """A resolved RunConfig with one student (for the model card and export tests)."""
+    from trainer.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "run": run,
+            "data": data,
+            "teacher": teacher,
+            "train": {"max_steps": max_steps},
+            "students": [
+                {
+                    "name": student,
+                    "init": init,
+                    "objective": {"kind": kind},
+                    "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
+                }
+            ],
+        }
+    )
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
