@@ -8,7 +8,7 @@ streams are rank 0's after the change, so with dropout on the runs would differ 
 global batch is kept through the accumulation (2 x 8 x 1 <-> 1 x 8 x 2), the loader's slots are
 read on from their positions, so each step trains on the same samples as the uninterrupted run:
 weights, Adam moments (through the steps after the resume), the LR schedule and the logged loss
-must all agree. A second resume on M ranks gives the first one's weights bit for bit.
+must all agree. In the 2 -> 1 ZeRO-2 case a second resume gives the first one's weights bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ RESUME_AT = 2  # the warm-up (2 steps) ends here: the LR schedule's corner is cr
 SWEPT = ("DistilBioBERT", "TinyBioBERT")  # copied layers with logits; random init with maps
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 CASES = [(2, 1, 2), (1, 2, 3), (2, 1, 1)]  # (saved on, resumed on, ZeRO stage)
+TWICE = (2, 1, 2)  # the case that also resumes a second time (a pure function of the checkpoint)
 
 
 def _universal_state(checkpoint: Path, student: str, out: Path) -> dict[str, torch.Tensor]:
@@ -79,13 +80,14 @@ def test_resume_on_another_rank_count_equals_the_uninterrupted_run(
     (done,) = run_distributed(run_in_turn, before, [(argv("reference"), free_port())])[0]
     assert done["rc"] == 0, done["stderr"][-2000:]
     reference = tmp_path / "runs" / "reference"
-    for name in ("elastic", "again"):
+    names = ("elastic", "again") if (before, after, stage) == TWICE else ("elastic",)
+    for name in names:
         resume_copy(reference, tmp_path / "runs" / name, RESUME_AT)
         shutil.rmtree(tmp_path / "runs" / name / "tensorboard")  # its own logs only
     results = run_distributed(
         run_in_turn,
         after,
-        [(argv(name), free_port()) for name in ("elastic", "again")],
+        [(argv(name), free_port()) for name in names],
         timeout=600,
     )[0]
     for result in results:
@@ -105,8 +107,9 @@ def test_resume_on_another_rank_count_equals_the_uninterrupted_run(
         # LayerNorm weight near 1; a lost no-decay group would be 2e-4 off
         assert_same_weights(weights(reference, student), weights(elastic, student), atol=1e-6)
         # a pure function of (checkpoint, M)
-        again = weights(tmp_path / "runs" / "again", student)
-        assert_same_weights(weights(elastic, student), again)
+        if "again" in names:
+            again = weights(tmp_path / "runs" / "again", student)
+            assert_same_weights(weights(elastic, student), again)
     # the optimizer state carried over: a step after the resume, moments as the uninterrupted
     # run's (by parameter name, through a universal conversion of either side's checkpoint)
     after = f"step-{RESUME_AT + 1:08d}"
