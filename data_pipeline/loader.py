@@ -277,15 +277,14 @@ class MaskedBatchLoader:
         self._active: Iterator[dict] | None = None
         self._skipped: set[str] = set()
 
-    def _shares(self, slots: int) -> bool:
-        """Whether every rank's every worker gets a slot of `slots`."""
-        least = min(len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size))
-        return least >= max(1, self.config.num_workers)
+    def _shares(self, slots: int) -> set[int]:
+        """How many of `slots` the ranks read (one number when they share them evenly)."""
+        return {len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size)}
 
     def _make_plan(self, slots: int) -> _Plan:
         config, workers = self.config, max(1, self.config.num_workers)
-        shares = {len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size)}
-        if not self._shares(slots):
+        shares = self._shares(slots)
+        if min(shares) < workers:
             raise PipelineError(
                 f"loader: {slots} slots (the data order's streams) cannot give each of the "
                 f"{self.world_size} ranks x {workers} workers a slot: use data.slots >= "
@@ -394,15 +393,22 @@ class MaskedBatchLoader:
         if not 0 <= unconsumed <= len(self._recent):
             raise ValueError(
                 f"loader: unconsumed={unconsumed}, expected 0 to {len(self._recent)} (the "
-                "batches handed out since the last start, at most {_RECENT})"
+                f"batches handed out since the last start, at most {_RECENT})"
             )
         positions = dict(self._positions)
         for slot in list(self._recent)[len(self._recent) - unconsumed :]:
             positions[slot] -= 1
-        cfg = self.config
         return {
             "version": STATE_VERSION,
             "batches_consumed": self._consumed - unconsumed,
+            **self._valid_for(),
+            "slot_batches": {str(v): n for v, n in sorted(positions.items())},
+        }
+
+    def _valid_for(self) -> dict:
+        """The layout and configuration a state is saved with (POSITION_KEYS among them)."""
+        cfg = self.config
+        return {
             "batches_per_epoch": self.batches_per_epoch,
             "seed": cfg.seed,
             "world_size": self.world_size,
@@ -414,7 +420,6 @@ class MaskedBatchLoader:
             "whole_word": cfg.whole_word,
             "shards": list(self.shards.names),
             "slots": self._plan.slots,
-            "slot_batches": {str(v): n for v, n in sorted(positions.items())},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -427,7 +432,7 @@ class MaskedBatchLoader:
         consumed = int(state["batches_consumed"])
         saved_slots, hint = int(state["slots"]), ""
         if self.config.slots is None and saved_slots != self._plan.slots:
-            if self._shares(saved_slots):
+            if min(self._shares(saved_slots)) >= self._plan.workers:
                 self._plan = self._make_plan(saved_slots)  # the run's data order: its slots
             else:
                 hint = (
@@ -435,7 +440,7 @@ class MaskedBatchLoader:
                     f"{saved_slots} slots: start a run that may change its rank count with "
                     "data.slots a multiple of every rank count x workers it may get)"
                 )
-        mine = self.state_dict()
+        mine = self._valid_for()
         changed = [k for k in POSITION_KEYS if state.get(k) != mine[k]]
         if changed:
             epoch, pos = divmod(consumed, int(state["batches_per_epoch"]))
@@ -450,8 +455,7 @@ class MaskedBatchLoader:
                 consumed - epoch * self.batches_per_epoch,
                 self.batches_per_epoch,
             )
-            workers = [self._plan.worker_slots(w) for w in range(self._plan.workers)]
-            positions = fresh_positions(workers, consumed)
+            positions = fresh_positions(self._plan.owned, self._plan.workers, consumed)
         else:
             saved = {int(v): int(n) for v, n in state["slot_batches"].items()}
             lacking = [v for v in self._plan.owned if v not in saved]

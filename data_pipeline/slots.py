@@ -1,7 +1,7 @@
 """The data order's slots: which rank and worker reads which, their positions, the state format.
 
     owned_slots(slots=8, world_size=2, rank=1)        # [4, 5, 6, 7]: a contiguous share
-    fresh_positions([[4, 6], [5, 7]], consumed=5)     # batches taken from each slot so far
+    fresh_positions([4, 5, 6, 7], workers=2, consumed=5)  # batches taken from each slot so far
     merge_states([state of rank 0, state of rank 1])  # every slot's position, for M != N ranks
 
 The loader (data_pipeline/loader.py) reads V slots, each an independent stream of batches; a
@@ -24,12 +24,13 @@ def owned_slots(slots: int, world_size: int, rank: int) -> list[int]:
     return list(range(rank * slots // world_size, (rank + 1) * slots // world_size))
 
 
-def fresh_positions(worker_slots: list[list[int]], consumed: int) -> dict[int, int]:
-    """Batches taken from each slot after a rank took `consumed` from a start where every slot
-    was at 0: DataLoader takes batch t from worker t % W, a worker its slots (`worker_slots[w]`)
-    in turn."""
-    positions, workers = {}, len(worker_slots)
-    for w, mine in enumerate(worker_slots):
+def fresh_positions(owned: list[int], workers: int, consumed: int) -> dict[int, int]:
+    """Batches taken from each of a rank's `owned` slots after it took `consumed` from a start
+    where every slot was at 0: DataLoader takes batch t from worker t % W, worker w reads
+    owned[w::W], its slots in turn."""
+    positions = {}
+    for w in range(workers):
+        mine = owned[w::workers]
         done = (consumed - w + workers - 1) // workers if consumed > w else 0
         for j, v in enumerate(mine):
             positions[v] = done // len(mine) + (1 if j < done % len(mine) else 0)
@@ -67,8 +68,7 @@ def upgrade_state(state: dict) -> dict:
     workers = max(1, int(state["num_workers"]))
     world, rank = int(state["world_size"]), int(state["rank"])
     slots = world * workers
-    owned = owned_slots(slots, world, rank)
     consumed = int(state["batches_consumed"])
-    positions = fresh_positions([owned[w::workers] for w in range(workers)], consumed)
+    positions = fresh_positions(owned_slots(slots, world, rank), workers, consumed)
     slot_batches = {str(v): c for v, c in sorted(positions.items())}
     return dict(state, version=STATE_VERSION, slots=slots, slot_batches=slot_batches)

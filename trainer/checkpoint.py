@@ -229,7 +229,7 @@ class Checkpointer:
         if marker["world_size"] != self.rt.world_size:
             from trainer.elastic import load_elsewhere  # NOTE: it imports this module
 
-            return load_elsewhere(directory, students, self.rt, self.root.parent)
+            return load_elsewhere(directory, marker, students, self.rt, self.root.parent)
         for s in students:
             path, client = s.engine.load_checkpoint(
                 str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True

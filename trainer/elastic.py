@@ -1,7 +1,7 @@
 """Resume a checkpoint saved by N ranks on M != N ranks (elastic resume).
 
     ds = keep_global_batch(ds, checkpoints_root, world_size, keep=True)   # before the engines
-    state = load_elsewhere(directory, students, rt)                      # Checkpointer.load
+    state = load_elsewhere(directory, marker, students, rt, run_dir)   # Checkpointer.load
 
 - Global batch: the checkpoint's ds_config.json says how it was trained (N x micro x accumulation).
   With train.keep_global_batch (default) the accumulation is set so that M x micro x accumulation
@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 
 from data_pipeline.io_utils import read_json
 from data_pipeline.slots import merge_states
-from trainer.checkpoint import MARKER, newest_complete_marker, rank_file
+from trainer.checkpoint import newest_complete_marker, rank_file
 from trainer.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -96,10 +95,12 @@ def _batch(ds: dict, world_size: int) -> tuple[int, int]:
     return micro_batch_size(ds, world_size), int(ds.get("gradient_accumulation_steps", 1))
 
 
-def load_elsewhere(directory: Path, students: list, rt: Runtime, run_dir: Path) -> dict:
-    """Restore every student's engine from a checkpoint saved on another number of ranks, and
-    return the rank state this rank goes on with. NOTE: collective."""
-    marker = read_json(directory / MARKER)
+def load_elsewhere(
+    directory: Path, marker: dict, students: list, rt: Runtime, run_dir: Path
+) -> dict:
+    """Restore every student's engine from a checkpoint saved on another number of ranks (its
+    `marker` says how many), and return the rank state this rank goes on with.
+    NOTE: collective."""
     saved_world = marker["world_size"]
     logger.warning(
         "%s: saved by %d ranks, resuming on %d: converting each student's state to a universal "
@@ -172,7 +173,7 @@ def _joined_rank_state(directory: Path, saved_world: int, rt: Runtime) -> dict:
         state.update(tokens=sum(s["tokens"] for s in states))
         state.update(samples=sum(s["samples"] for s in states))
     logger.info(
-        "resumed on %d ranks from %d: loader positions of %s slots joined",
-        rt.world_size, saved_world, json.dumps(len(state["loader"]["slot_batches"])),
+        "resumed on %d ranks from %d: loader positions of %d slots joined",
+        rt.world_size, saved_world, len(state["loader"]["slot_batches"]),
     )  # fmt: skip
     return state

@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -183,9 +184,10 @@ class LiveExports:
                 s.pooler,
             )
 
-    def export(self, student, card: str) -> Path | None:
-        """Export `student` unless it was (NOTE: `done` is the same on every rank, so all skip
-        together). Returns the directory on rank 0."""
+    def export(self, student, card: Callable[[], str]) -> Path | None:
+        """Export `student` with its `card()` unless it was (NOTE: `done` is the same on every
+        rank, so all skip together, the card's collective too). Returns the directory on
+        rank 0."""
         if student.name in self.done:
             return None
         out = export_student(
@@ -193,7 +195,7 @@ class LiveExports:
             self.rt,
             out_dir=self.run_dir / "export" / student.name,
             tokenizer=self.tokenizer_of(student),
-            card=card,
+            card=card(),
         )
         self.done.add(student.name)
         return out

@@ -386,8 +386,6 @@ class Trainer:
 
     def _export(self, s: Student) -> None:
         """Export a student (collective; once per student per run, at its last step)."""
-        if s.name in self.exports.done:  # NOTE: the same set on every rank: all skip together
-            return
-        out = self.exports.export(s, self._cards()[s.name])
+        out = self.exports.export(s, lambda: self._cards()[s.name])
         if out is not None:
             logger.info("%s: exported to %s", s.name, out)
