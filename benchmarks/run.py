@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     device = device_name()
     out = open(args.out, "a") if args.out else None
     silent = []  # benchmarks that ended without a figure: a failure, not a pass
+    started_with = dict(os.environ)
     try:
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
+            # NOTE: each benchmark in the environment this process started with: one that
+            # starts a Runtime here sets RANK, WORLD_SIZE, LOCAL_WORLD_SIZE=1 (trainer/
+            # runtime.py), which a later one's launched ranks would inherit
+            os.environ.clear()
+            os.environ.update(started_with)
             figures = 0
             try:
                 for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             if not figures:
                 silent.append(name)
     finally:
+        os.environ.clear()
+        os.environ.update(started_with)
         if out:
             out.close()
     if silent:

@@ -159,3 +159,30 @@ def test_run_py_fails_on_a_benchmark_without_figures_and_reports_a_skip(tmp_path
     assert bench_run.main(["--only", "skips,one", "--out", str(out)]) == 0
     assert [json.loads(line)["benchmark"] for line in out.read_text().splitlines()] == ["one"]
     assert bench_run.main(["--only", "one,empty,skips"]) == 1
+
+
+def test_run_py_gives_each_benchmark_the_environment_it_started_with(monkeypatch):
+    """A benchmark that starts a Runtime in-process sets RANK, WORLD_SIZE, LOCAL_WORLD_SIZE=1,
+    ... (trainer/runtime.py). Leaked into a later benchmark's `deepspeed --num_gpus 2` children
+    (the launcher sets LOCAL_SIZE, not LOCAL_WORLD_SIZE), each rank took every core, so the
+    learning benchmark trained other numerics after the step benchmark than alone."""
+    import types
+
+    from benchmarks import run as bench_run
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    seen = []
+
+    def leaks(quick):
+        os.environ["LOCAL_WORLD_SIZE"] = "1"
+        yield {"metric": "m", "value": 1, "unit": "x", "settings": {}}
+
+    def looks(quick):
+        seen.append(os.environ.get("LOCAL_WORLD_SIZE"))
+        yield {"metric": "m", "value": 1, "unit": "x", "settings": {}}
+
+    fake = {"leaks": types.SimpleNamespace(run=leaks), "looks": types.SimpleNamespace(run=looks)}
+    monkeypatch.setattr(bench_run, "BENCHMARKS", {name: name for name in fake})
+    monkeypatch.setattr(bench_run.importlib, "import_module", fake.__getitem__)
+    assert bench_run.main(["--only", "leaks,looks"]) == 0
+    assert seen == [None] and "LOCAL_WORLD_SIZE" not in os.environ
