@@ -176,6 +176,29 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def claim_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
+    """Create `path` when absent and return it, if this writer may write there: the directory is
+    absent, empty, or holds one of `records`: the names of the writer's own completion record
+    and of what an unfinished run of it leaves (report.json and parts/ for extract, a run's
+    .lock). Otherwise a PipelineError names the path, what is there and `way_out`.
+    NOTE: the rule of every writer: a directory the user owns (a path they named that holds
+    their files) is never written into, let alone replaced; in its own directory a writer
+    touches only the files it made."""
+    p = Path(path)
+    records = tuple(records)
+    if p.exists() and not p.is_dir():
+        raise PipelineError(f"{p}: is a file, not a directory; {way_out}")
+    if p.is_dir():
+        found = sorted(c.name for c in p.iterdir())
+        if found and not any((p / r).exists() for r in records):
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise PipelineError(
+                f"{p}: holds {shown} and no {' or '.join(records)}: it is not an output of this "
+                f"command, and nothing in it is overwritten; {way_out}"
+            )
+    return check_writable_dir(p)
+
+
 def parse_slice(spec: str) -> tuple[int, int]:
     """`I/N` (slice I of N, 0 <= I < N) as (I, N); a one-line error names what is wrong."""
     index, sep, count = spec.partition("/")
