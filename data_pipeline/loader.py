@@ -34,10 +34,13 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
 - Another number of ranks or workers (elastic resume): the slots stay; each is read on from its
   position by whichever rank owns it now. `slots.merge_states` joins every saved rank's state for
   that. So over every slot's epoch each sample is taken exactly once, whatever the old and new
-  world sizes, and the order is a pure function of the state and the new layout. A state saved
-  with another seed, batch size, shuffle_shards, shard list or slot count cannot be continued
-  exactly: the loader warns and starts at the same epoch at the same fraction of it (rounded
-  down).
+  world sizes, and the order is a pure function of the state and the new layout. More ranks at a
+  smaller batch (the micro-batch lowered to keep the global batch) share the saved order's
+  batches: a state saved at B rows, loaded at B/c rows on a multiple of c ranks, has each group
+  of c consecutive ranks read one saved rank's slots, each rank taking its c-th of the rows
+  (`parts`), so every step trains on the samples it would have. A state saved with another
+  seed, batch size, shuffle_shards, shard list or slot count cannot be continued exactly: the
+  loader warns and starts at the same epoch at the same fraction of it (rounded down).
 - Corrupt shards raise PipelineError naming the shard: a damaged tar, a sample count or token id
   the manifest contradicts, or a local shard whose SHA-256 differs from the manifest's (hashed
   from the buffer read_shard reads anyway; remote and pipe: shards are not hashed). With
@@ -108,11 +111,22 @@ class _Plan:
     tokenizer: TokenizerInfo
     special: torch.Tensor
     is_continuation: torch.Tensor | None
+    parts: int = 1  # ranks that share each batch of the data order, each taking its rows
+
+    @property
+    def read_batch(self) -> int:
+        """A batch of the data order: `parts` ranks' batches."""
+        return self.config.batch_size * self.parts
+
+    @property
+    def part(self) -> int:
+        """Which rows of each batch this rank takes: rows part*B .. (part+1)*B - 1."""
+        return self.rank % self.parts
 
     @property
     def owned(self) -> list[int]:
-        """The slots this rank reads: its contiguous share."""
-        return owned_slots(self.slots, self.world_size, self.rank)
+        """The slots this rank reads: its contiguous share (its group's, when parts > 1)."""
+        return owned_slots(self.slots, self.world_size // self.parts, self.rank // self.parts)
 
     def worker_slots(self, worker: int) -> list[int]:
         return self.owned[worker :: self.workers]
@@ -157,7 +171,7 @@ def _epoch_samples(
     plan: _Plan, epoch: int, slot: int, offset: int, skipped: list[str]
 ) -> Iterator[tuple]:
     """Samples offset .. n*B-1 of a slot's epoch stream, reading from the group holding offset."""
-    need = plan.n * plan.config.batch_size - offset
+    need = plan.n * plan.read_batch - offset
     groups = plan.groups(epoch, slot)
     first, skip = 0, offset
     while skip >= (size := sum(plan.shards.counts[i] for i in groups[first])):
@@ -214,11 +228,12 @@ class _SlotStream(IterableDataset):
             slot = min(mine, key=lambda v: (taken[v], v))
             epoch, pos = divmod(taken[slot], plan.n)
             if streams.get(slot, (None,))[0] != epoch:
-                samples = _epoch_samples(plan, epoch, slot, pos * cfg.batch_size, skipped)
+                samples = _epoch_samples(plan, epoch, slot, pos * plan.read_batch, skipped)
                 streams[slot] = (epoch, samples)
             samples = streams[slot][1]
             with one_thread():  # NOTE: not across the yield: the trainer runs meanwhile
-                rows = [next(samples) for _ in range(cfg.batch_size)]
+                rows = [next(samples) for _ in range(plan.read_batch)]
+                rows = rows[plan.part * cfg.batch_size : (plan.part + 1) * cfg.batch_size]
                 batch = collate([ids for _, ids in rows], plan.tokenizer.pad_id)
                 keys = [key for key, _ in rows]
                 out = mask_batch(
@@ -277,13 +292,14 @@ class MaskedBatchLoader:
         self._active: Iterator[dict] | None = None
         self._skipped: set[str] = set()
 
-    def _shares(self, slots: int) -> set[int]:
+    def _shares(self, slots: int, parts: int = 1) -> set[int]:
         """How many of `slots` the ranks read (one number when they share them evenly)."""
-        return {len(owned_slots(slots, self.world_size, r)) for r in range(self.world_size)}
+        groups = self.world_size // parts
+        return {len(owned_slots(slots, groups, r)) for r in range(groups)}
 
-    def _make_plan(self, slots: int) -> _Plan:
+    def _make_plan(self, slots: int, parts: int = 1) -> _Plan:
         config, workers = self.config, max(1, self.config.num_workers)
-        shares = self._shares(slots)
+        shares = self._shares(slots, parts)
         if min(shares) < workers:
             raise PipelineError(
                 f"loader: {slots} slots (the data order's streams) cannot give each of the "
@@ -303,7 +319,7 @@ class MaskedBatchLoader:
             )
         counts = sorted(self.shards.counts)
         smallest_slot = sum(counts[: len(counts) // slots])
-        n = smallest_slot // config.batch_size
+        n = smallest_slot // (config.batch_size * parts)
         if n == 0:
             how = (
                 f"world_size {self.world_size} x num_workers {workers}"
@@ -320,9 +336,9 @@ class MaskedBatchLoader:
         special, cont = self._tables
         plan = _Plan(
             self.shards, self.rank, self.world_size, workers, slots, n, config,
-            self._tokenizer, special, cont,
+            self._tokenizer, special, cont, parts,
         )  # fmt: skip
-        dropped = 1.0 - n * config.batch_size * slots / sum(counts)
+        dropped = 1.0 - n * plan.read_batch * slots / sum(counts)
         if dropped > DROP_WARN_FRACTION:
             logger.warning(
                 "loader: %.1f%% of the %d samples per epoch are dropped so that all %d slots "
@@ -414,7 +430,8 @@ class MaskedBatchLoader:
             "world_size": self.world_size,
             "rank": self.rank,
             "num_workers": cfg.num_workers,
-            "batch_size": cfg.batch_size,
+            "batch_size": self._plan.read_batch,  # the data order's, `parts` ranks' rows
+            "parts": self._plan.parts,
             "shuffle_shards": cfg.shuffle_shards,
             "mask_prob": cfg.mask_prob,
             "whole_word": cfg.whole_word,
@@ -431,15 +448,28 @@ class MaskedBatchLoader:
         state = upgrade_state(state)
         consumed = int(state["batches_consumed"])
         saved_slots, hint = int(state["slots"]), ""
+        saved_batch = int(state["batch_size"])
+        parts = _shared_batch_parts(saved_batch, self.config.batch_size, self.world_size)
+        slots = self._plan.slots
         if self.config.slots is None and saved_slots != self._plan.slots:
-            if min(self._shares(saved_slots)) >= self._plan.workers:
-                self._plan = self._make_plan(saved_slots)  # the run's data order: its slots
+            if min(self._shares(saved_slots, parts)) >= self._plan.workers:
+                slots = saved_slots  # the run's data order: its slots
             else:
                 hint = (
                     f" ({self.world_size} ranks x {self._plan.workers} workers cannot share its "
                     f"{saved_slots} slots: start a run that may change its rank count with "
                     "data.slots a multiple of every rank count x workers it may get)"
                 )
+        if min(self._shares(slots, parts)) < self._plan.workers:
+            parts = 1
+        if (slots, parts) != (self._plan.slots, self._plan.parts):
+            self._plan = self._make_plan(slots, parts)
+            if parts > 1:
+                logger.info(
+                    "loader: the saved data order's batches of %d rows are shared by %d ranks "
+                    "(%d rows each), so it continues exactly",
+                    self._plan.read_batch, parts, self.config.batch_size,
+                )  # fmt: skip
         mine = self._valid_for()
         changed = [k for k in POSITION_KEYS if state.get(k) != mine[k]]
         if changed:
@@ -471,6 +501,16 @@ class MaskedBatchLoader:
         self.close()
         self._consumed, self._positions = consumed, positions
         self._recent.clear()
+
+
+def _shared_batch_parts(saved_batch: int, batch: int, world_size: int) -> int:
+    """How many ranks share each batch of a data order saved at `saved_batch` rows, when this
+    loader takes `batch` rows on `world_size` ranks: saved_batch / batch where that divides both
+    (more ranks at a smaller micro-batch keep the global batch), else 1 (each its own)."""
+    if saved_batch <= batch or saved_batch % batch:
+        return 1
+    parts = saved_batch // batch
+    return parts if world_size % parts == 0 else 1
 
 
 def _unwrap_worker_error(e: PipelineError) -> PipelineError:

@@ -483,6 +483,60 @@ def test_another_rank_count_takes_every_sample_of_the_epoch_once(tmp_path, befor
         assert_same(take(loader, count), batches)
 
 
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ((1, 0), (2, 0)),  # 1 rank at 8 rows -> 2 ranks at 4: each takes half of every batch
+        ((2, 0), (4, 1)),  # 2 ranks -> 4 ranks x 1 worker
+        ((1, 2), (4, 0)),  # 1 rank x 2 workers at 8 rows -> 4 ranks at 2
+    ],
+)
+def test_more_ranks_at_a_smaller_batch_share_the_saved_batches_exactly(tmp_path, before, after):
+    """The global batch kept by a smaller micro-batch: a state saved at 8 rows on N ranks, loaded
+    at 8 / c rows on c x N ranks: each group of c ranks yields, row block by row block, the
+    batches the N-rank run would have yielded, and saves states that resume so again."""
+    make_shards(tmp_path, [12] * 8)
+    slots, taken, more = 4, 3, 5
+    (world, workers), (new_world, new_workers) = before, after
+    c = new_world // world
+    old = [
+        MaskedBatchLoader(tmp_path, cfg(batch_size=8, num_workers=workers, slots=slots),
+                          rank=r, world_size=world, tokenizer=TOK)
+        for r in range(world)
+    ]  # fmt: skip
+    saved, uninterrupted = [], []
+    for loader in old:
+        batches, state = take(loader, taken + more, save_at=taken)
+        saved.append(state)
+        uninterrupted.append(batches[taken:])
+    merged = merge_states(saved)
+    new = [
+        MaskedBatchLoader(tmp_path, cfg(batch_size=8 // c, num_workers=new_workers, slots=slots),
+                          rank=r, world_size=new_world, tokenizer=TOK)
+        for r in range(new_world)
+    ]  # fmt: skip
+    resumed = []
+    for loader in new:
+        loader.load_state_dict(merged)
+        batches, state = take(loader, more, save_at=2)
+        resumed.append((batches, state))
+    for r, (batches, _) in enumerate(resumed):
+        rows = slice((r % c) * (8 // c), (r % c + 1) * (8 // c))
+        for mine, whole in zip(batches, uninterrupted[r // c], strict=True):
+            assert mine["keys"] == whole["keys"][rows]
+            assert torch.equal(mine["labels"], whole["labels"][rows, : mine["labels"].shape[1]])
+    # the states saved meanwhile resume the same way (the same layout again)
+    again = merge_states([state for _, state in resumed])
+    assert again["batch_size"] == 8 and again["parts"] == c
+    for r, (batches, _) in enumerate(resumed):
+        loader = MaskedBatchLoader(
+            tmp_path, cfg(batch_size=8 // c, num_workers=new_workers, slots=slots),
+            rank=r, world_size=new_world, tokenizer=TOK,
+        )  # fmt: skip
+        loader.load_state_dict(again)
+        assert_same(take(loader, more - 2), batches[2:])
+
+
 def test_a_rank_without_the_merged_state_is_refused_naming_the_slots(tmp_path):
     make_shards(tmp_path, [12] * 8)
     states = [take(r, 2, save_at=1)[1] for r in _layout(tmp_path, 4, 2, 0)]
