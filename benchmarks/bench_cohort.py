@@ -200,6 +200,11 @@ def synthetic_shards(
 # ---------------------------------------------------------------- runs
 
 
+# A step here is one micro-batch of the DeepSpeed JSON on each rank (the recipes' global batch
+# would add accumulation on one rank): the figures compare with those recorded before.
+ONE_MICRO_BATCH = "train.global_batch=null"
+
+
 def recipe_overrides(plan: Plan, root: Path, samples_per_step: int) -> list[str]:
     """Overrides shared by every run: its data, no evaluation (never timed here), paper sizes."""
     if plan.sizes == "demo":
@@ -220,6 +225,7 @@ def recipe_overrides(plan: Plan, root: Path, samples_per_step: int) -> list[str]
             "data.entities=null",
             f"teacher={{config: {{{teacher}}}}}",
             "train.mlm_twins=false",
+            ONE_MICRO_BATCH,
         ]
     docs = (plan.total_steps + 1) * samples_per_step  # every batch distinct (no epoch wraps)
     return synthetic_overrides(plan.sizes, root / "data", docs)
@@ -239,6 +245,7 @@ def synthetic_overrides(sizes: str, root: Path, docs: int, zipf: float | None = 
         f"data.tokenizer={tok}",
         f"data.max_len={max_len}",
         "data.num_workers=0",
+        ONE_MICRO_BATCH,
     ]
     if tiny:
         overrides.append(f"students.TinyBioBERT.init.config={_flow(TINY_TINYBIOBERT)}")

@@ -108,9 +108,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)  # NOTE: the rename itself survives a power loss, not only a crash
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory: its entries (a file renamed into it) are on disk once this returns."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

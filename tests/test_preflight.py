@@ -63,7 +63,10 @@ def test_a_runnable_recipe_passes_every_check(make, capsys, tiny_shards):
         f"ok    data.train_shards: {tiny_shards}/manifest.json: {len(m.splits['train'].shards)} "
         f"shards, {samples:,} samples, max_len 64"
     )
-    assert lines["batch"] == "ok    batch: 1 rank x micro-batch 8 x accumulation 1 = 8"
+    assert lines["batch"] == (
+        "ok    batch: global batch 8 = 1 rank x 8 x accumulation 1 (the recipe sets no "
+        "train.global_batch, so it changes with the number of ranks)"
+    )
     assert "network" not in lines  # no hub name in the recipe: nothing is looked up
     assert err == ""
 
@@ -195,15 +198,25 @@ def test_each_missing_piece_fails_its_check_with_the_fix(
     assert [x for x in checks if x.startswith("FAIL")] == [lines[failed]]
 
 
-def test_a_batch_that_does_not_divide_fails(make, capsys):
+def test_a_global_batch_the_ranks_cannot_share_fails(make, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, checks, _ = make(capsys, overrides=["train.global_batch=25"])
+    assert rc == 2
+    assert by_name(checks)["batch"] == (
+        "FAIL  batch: global batch 25 cannot be shared by 2 ranks: set train.global_batch to a "
+        "multiple of 2 (e.g. 24 or 26), or run on a number of ranks that divides 25"
+    )
+
+
+def test_a_global_batch_and_another_train_batch_size_fail(make, capsys):
     def change(ds):
         ds["train_batch_size"] = 25
 
-    rc, checks, _ = make(capsys, ds_change=change)
+    rc, checks, _ = make(capsys, ds_change=change, overrides=["train.global_batch=24"])
     assert rc == 2
     assert by_name(checks)["batch"] == (
-        "FAIL  batch: train_batch_size 25 is not micro-batch 8 x accumulation 1 x 1 ranks; drop "
-        "train_batch_size or make it 8"
+        "FAIL  batch: train.global_batch=24 but the DeepSpeed JSON's train_batch_size is 25: "
+        "drop one of them (or make them equal)"
     )
 
 

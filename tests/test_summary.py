@@ -23,7 +23,8 @@ from trainer.summary import (
     twins_of,
     write_summary,
 )
-from trainer.teacher_build import BUILT, TEACHER_MARK, claim_run_dir, stale_reason
+from trainer.teacher_build import TEACHER_MARK, claim_run_dir
+from trainer.teacher_cache import BUILT, stale_reason
 
 METRICS = {
     "eval/teacher/mlm_acc": 0.80,
@@ -86,8 +87,10 @@ def test_summary_files_and_table(tmp_path):
     assert "A loss 0.900 acc 0.720 entity 0.540" in line and "teacher loss 0.500" in line
 
 
-def test_a_built_teacher_is_reused_only_for_the_same_recipe_and_shards(tmp_path):
-    expected = {"recipe": "r.yaml", "recipe_sha256": "a", "shards_manifest_sha256": "s"}
+def test_a_built_teacher_is_reused_only_for_the_same_recipe_shards_and_global_batch(tmp_path):
+    expected = {
+        "recipe": "r.yaml", "recipe_sha256": "a", "shards_manifest_sha256": "s", "global_batch": 48
+    }  # fmt: skip
     path = tmp_path / "teacher"
     assert stale_reason(path, expected) == "is missing"
     path.mkdir()
@@ -102,6 +105,15 @@ def test_a_built_teacher_is_reused_only_for_the_same_recipe_and_shards(tmp_path)
     )
     changed = {**expected, "shards_manifest_sha256": "t"}
     assert stale_reason(path, changed) == "is stale: the shards changed since it was built"
+    assert stale_reason(path, {**expected, "global_batch": 24}) == (
+        "is stale: built at global batch 48, this start trains it at 24"
+    )
+    earlier = {k: v for k, v in expected.items() if k != "global_batch"}  # an earlier rule's
+    (path / BUILT).write_text(json.dumps(earlier))
+    assert stale_reason(path, expected) == (
+        "is stale: built before the global batch was the recipe's on any number of ranks (this "
+        "start trains it at 48)"
+    )
 
 
 def test_a_run_directory_made_with_another_teacher_is_set_aside(tmp_path, caplog):

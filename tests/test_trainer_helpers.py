@@ -207,7 +207,7 @@ def test_plan_teacher_computes_the_union_of_the_students_needs(monkeypatch):
 def test_plan_counts_two_batches_of_teacher_signals_with_teacher_ahead(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ds = dict(load_ds_config(ROOT / "ds_configs" / "zero2.json"), train_micro_batch_size_per_gpu=64)
-    sizes = ["data.max_len=512"]
+    sizes = ["data.max_len=512", "train.global_batch=null"]  # the JSON's micro-batch of 64
     off = render_plan(load_config(ROOT / "recipes" / "demo.yaml", sizes), ds)
     cfg = load_config(ROOT / "recipes" / "demo.yaml", [*sizes, "train.teacher_ahead=true"])
     on = render_plan(cfg, ds)
@@ -415,7 +415,8 @@ def test_model_card_usage_names_the_model_where_it_is():
 def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, tiny_shards):
     """teacher.build: the plan's stage line for shards not built yet, a missing teacher, a
     current one and a stale one (its recipe changed)."""
-    from trainer.teacher_build import BUILT, build_config, fingerprint
+    from trainer.teacher_build import build_config, fingerprint
+    from trainer.teacher_cache import BUILT
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
@@ -439,11 +440,21 @@ def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, t
     assert line.startswith(f"teacher stage first: {teacher} is missing; {build} trains ")
     assert "DemoTeacher for 1,500 steps" in line
     teacher.mkdir()
-    (teacher / BUILT).write_text(json.dumps(fingerprint(cfg, build_config(cfg))))
+    (teacher / BUILT).write_text(json.dumps(fingerprint(cfg, build_config(cfg), ds, 1)))
     line, _ = stage(str(tiny_shards))
     assert line == f"teacher stage: {teacher} is built and current ({build})"
     line, _ = stage(str(tiny_shards), lr=1e-3)
     assert line.startswith(f"teacher stage first: {teacher} is stale: {build} changed since")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the same global batch on 2 ranks: still current
+    line, _ = stage(str(tiny_shards))
+    assert line == f"teacher stage: {teacher} is built and current ({build})"
+    (teacher / BUILT).unlink()
+    (teacher / "model.safetensors").write_bytes(b"the user's")  # a directory the build did not make
+    line, _ = stage(str(tiny_shards))
+    assert line == (
+        f"teacher stage: none: {teacher} holds model.safetensors and no {BUILT}, so it is loaded "
+        f"as the teacher and teacher.build={build} is not used"
+    )
 
 
 def test_ds_overrides_reach_the_plan_and_bad_ones_exit_2(monkeypatch, capsys):
@@ -452,7 +463,8 @@ def test_ds_overrides_reach_the_plan_and_bad_ones_exit_2(monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     zero2 = str(ROOT / "ds_configs" / "zero2.json")
     assert main(["--ds_config", zero2, "--dry-run", "ds.train_micro_batch_size_per_gpu=2"]) == 0
-    assert "ranks 1 x micro-batch 2 x accumulation 1" in capsys.readouterr().out
+    # the demo's global batch of 48 at the micro-batch the override allows
+    assert "global batch 48 = 1 rank x 2 x accumulation 24" in capsys.readouterr().out
     assert main(["--ds_config", zero2, "--dry-run", "ds.train_micro_batch=2"]) == 2
     assert "did you mean train_micro_batch_size_per_gpu" in capsys.readouterr().err
 

@@ -97,11 +97,17 @@ def build_trainer(
     cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
 ) -> Trainer:
     ds = for_device(ds, rt.device)
-    keep = cfg.train.keep_global_batch  # NOTE: before the engines, which fix the accumulation
-    ds = keep_global_batch(ds, cfg.run_dir / "checkpoints", rt.world_size, keep=keep)
+    # NOTE: before the engines, which fix the micro-batch and the accumulation
+    t = cfg.train
+    ds, line = keep_global_batch(
+        ds, cfg.run_dir / "checkpoints", rt.world_size, keep=t.keep_global_batch,
+        global_batch=t.global_batch,
+    )  # fmt: skip
+    logger.info("%s", line)
     run_dir = prepare_run_dir(cfg, ds, rt)
     ensure_demo(cfg, rt)
-    inputs = build_inputs(cfg, rt, micro_batch_size(ds, rt.world_size))
+    micro = micro_batch_size(ds, rt.world_size)
+    inputs = build_inputs(cfg, rt, micro, int(ds.get("gradient_accumulation_steps", 1)))
     teacher, students = build_cohort(cfg, ds, rt, vocab_size=inputs.info.vocab_size)
     bf16 = ds.get("bf16", {})
     if bf16.get("enabled") and bf16.get("check_grad_overflow") is False:

@@ -118,7 +118,11 @@ class TrainSection:
     eval_every: int = 1000
     save_every: int = 2500
     keep: int = 5  # checkpoints kept
-    eval_batches: int = 50
+    # sequences per optimizer step over all ranks, the recipe's: the accumulation (or a smaller
+    # micro-batch) is derived for the world size; None: the DeepSpeed JSON's train_batch_size,
+    # else ranks x micro-batch x accumulation, which changes with the rank count
+    global_batch: int | None = None
+    eval_batches: int = 50  # held-out batches of train.global_batch sequences per evaluation
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
     compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
     teacher_ahead: bool = False  # the next batch's teacher forward beside the students' steps
@@ -356,6 +360,8 @@ def _validate(cfg: RunConfig) -> None:
     _require(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
     for k in ("max_steps", "log_every", "eval_every", "save_every", "keep", "eval_batches"):
         _require(getattr(t, k) >= 1, f"train.{k}", getattr(t, k), "an integer >= 1")
+    gb = t.global_batch
+    _require(gb is None or gb >= 1, "train.global_batch", gb, "null or an integer >= 1")
     teacher_layers = None
     if teacher is not None and _one_of("teacher", teacher, ("path", "config")) == "config":
         teacher_layers = _depth("teacher.config", teacher.config)

@@ -208,6 +208,60 @@ def micro_batch_size(ds: dict, world_size: int) -> int:
     raise ValueError("DeepSpeed config: set train_micro_batch_size_per_gpu (or train_batch_size)")
 
 
+def fit_global_batch(ds: dict, world_size: int, global_batch: int | None) -> tuple[dict, str]:
+    """`ds` set to train `global_batch` sequences per optimizer step on `world_size` ranks
+    (train_batch_size, train_micro_batch_size_per_gpu and gradient_accumulation_steps), and
+    the line that says how ("global batch 192 = 4 ranks x 24 x accumulation 2").
+
+    The JSON's train_micro_batch_size_per_gpu is the most a rank takes at once: the accumulation
+    makes up the rest, and where no accumulation does, the micro-batch is lowered to the largest
+    divisor of the rank's share that fits (said). `global_batch` None: the JSON's
+    train_batch_size, else ranks x micro-batch x accumulation, which changes with the rank count
+    (said too). A global batch the ranks cannot share evenly is refused with the numbers."""
+    given = ds.get("train_batch_size")
+    if global_batch is not None and given is not None and int(given) != global_batch:
+        raise ValueError(
+            f"train.global_batch={global_batch} but the DeepSpeed JSON's train_batch_size is "
+            f"{given}: drop one of them (or make them equal)"
+        )
+    if global_batch is None and given is None:
+        micro = micro_batch_size(ds, world_size)
+        accumulation = int(ds.get("gradient_accumulation_steps", 1))
+        total = world_size * micro * accumulation
+        line = (
+            f"global batch {total} = {_product(world_size, micro, accumulation)} (the recipe "
+            "sets no train.global_batch, so it changes with the number of ranks)"
+        )
+        return dict(ds, train_batch_size=total), line
+    target = int(global_batch if global_batch is not None else given)
+    if target < 1 or target % world_size:
+        lower = max(world_size, target // world_size * world_size)
+        raise ValueError(
+            f"global batch {target} cannot be shared by {world_size} ranks: set "
+            f"train.global_batch to a multiple of {world_size} (e.g. {lower} or "
+            f"{lower + world_size}), or run on a number of ranks that divides {target}"
+        )
+    share = target // world_size  # a rank's sequences per optimizer step
+    ceiling = int(ds.get("train_micro_batch_size_per_gpu", share))
+    fitted = max(d for d in range(1, min(ceiling, share) + 1) if share % d == 0)
+    steps = share // fitted
+    out = dict(ds, train_micro_batch_size_per_gpu=fitted, gradient_accumulation_steps=steps)
+    out["train_batch_size"] = target
+    line = f"global batch {target} = {_product(world_size, fitted, steps)}"
+    if fitted != ceiling:
+        line += (
+            f" (micro-batch {ceiling} -> {fitted}: "
+            + ("a rank's whole share)" if ceiling > share else f"no accumulation of {ceiling} "
+               f"makes a rank's share of {share})")
+        )  # fmt: skip
+    return out, line
+
+
+def _product(world_size: int, micro: int, accumulation: int) -> str:
+    ranks = f"{world_size} rank{'s' * (world_size != 1)}"
+    return f"{ranks} x {micro} x accumulation {accumulation}"
+
+
 def _check_not_owned(ds: dict, where: str) -> None:
     owned = [k for k in RECIPE_OWNED if k in ds]
     if owned:

@@ -1,13 +1,14 @@
 """Resume a checkpoint saved by N ranks on M != N ranks (elastic resume).
 
-    ds = keep_global_batch(ds, checkpoints_root, world_size, keep=True)   # before the engines
+    ds, line = keep_global_batch(ds, checkpoints_root, world_size, keep=True)   # before engines
     state = load_elsewhere(directory, marker, students, rt, run_dir)   # Checkpointer.load
 
 - Global batch: the checkpoint's ds_config.json says how it was trained (N x micro x accumulation).
-  With train.keep_global_batch (default) the accumulation is set so that M x micro x accumulation
-  is the same global batch, where it divides; otherwise the start is refused with the numbers.
-  Without it the new global batch is taken, with a warning. The LR schedule counts optimizer
-  steps either way.
+  With train.keep_global_batch (default) M ranks go on with the same global batch: the
+  accumulation makes it up, and where none does, a smaller micro-batch per rank (the largest
+  divisor of a rank's share that the JSON's micro-batch allows); refused only where M does not
+  divide it. Without it this start's own global batch is taken, with a warning. The LR schedule
+  counts optimizer steps either way.
 - Students' engines: each student's DeepSpeed checkpoint is converted to a universal checkpoint
   (DeepSpeed's `ds_to_universal`, with `inject_missing_state`: a model without Megatron-style
   tensor parallelism carries no universal-checkpoint info) by rank 0, into
@@ -35,6 +36,7 @@ import torch
 from data_pipeline.io_utils import read_json
 from data_pipeline.slots import merge_states
 from trainer.checkpoint import newest_complete_marker, rank_file
+from trainer.ds_config import fit_global_batch, micro_batch_size
 from trainer.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,16 @@ logger = logging.getLogger(__name__)
 UNIVERSAL = "universal"  # run_dir/universal/step-N/<student>/global_stepK: the converted state
 
 
-def keep_global_batch(ds: dict, root: Path, world_size: int, *, keep: bool) -> dict:
-    """`ds` with gradient_accumulation_steps set so that a checkpoint under `root` saved on
-    another number of ranks goes on with its global batch (`keep`), or as it is, warned."""
+def keep_global_batch(
+    ds: dict, root: Path, world_size: int, *, keep: bool, global_batch: int | None = None
+) -> tuple[dict, str]:
+    """`ds` fitted to the global batch this start trains (ds_config.fit_global_batch), and the
+    line that says it: `global_batch` (the recipe's), except when the newest checkpoint under
+    `root` was saved on another number of ranks and `keep`: then the checkpoint's, made up by
+    the accumulation or, where none does, a smaller micro-batch."""
     found = newest_complete_marker(root)
     if found is None or found[1]["world_size"] == world_size:
-        return ds
+        return fit_global_batch(ds, world_size, global_batch)
     directory, marker = found
     saved_ds = directory / "ds_config.json"
     if not saved_ds.is_file():
@@ -58,40 +64,42 @@ def keep_global_batch(ds: dict, root: Path, world_size: int, *, keep: bool) -> d
         )
     old = read_json(saved_ds)
     old_micro, old_accumulation = _batch(old, marker["world_size"])
-    micro, accumulation = _batch(ds, world_size)
     saved_global = marker["world_size"] * old_micro * old_accumulation
-    new_global = world_size * micro * accumulation
-    if saved_global == new_global:
-        return ds
     what = (
         f"{directory.name} was trained on {marker['world_size']} ranks x micro-batch {old_micro} "
-        f"x accumulation {old_accumulation} = global batch {saved_global}; this run has "
-        f"{world_size} ranks x micro-batch {micro}"
+        f"x accumulation {old_accumulation} = global batch {saved_global}"
     )
     if not keep:
-        logger.warning("%s x accumulation %d = %d (train.keep_global_batch=false)", what,
-                       accumulation, new_global)  # fmt: skip
-        return ds
-    if saved_global % (world_size * micro):
+        out, line = fit_global_batch(ds, world_size, global_batch)
+        logger.warning("%s; this run: %s (train.keep_global_batch=false)", what, line)
+        return out, line
+    if global_batch is not None and global_batch != saved_global:
+        logger.warning(
+            "%s; train.global_batch=%d is not used on this resume (train.keep_global_batch=false "
+            "takes it)", what, global_batch,
+        )  # fmt: skip
+    mine = {k: v for k, v in ds.items() if k != "train_batch_size"}  # the checkpoint's instead
+    try:
+        out, line = fit_global_batch(mine, world_size, saved_global)
+    except ValueError as e:
         raise ValueError(
-            f"{what}, which no accumulation makes {saved_global}: set "
-            f"ds.train_micro_batch_size_per_gpu to a divisor of {saved_global // world_size} "
-            f"(with {world_size} ranks), or train.keep_global_batch=false to go on with another "
-            "global batch"
-        )
-    steps = saved_global // (world_size * micro)
-    logger.warning(
-        "%s: gradient_accumulation_steps %d -> %d keeps the global batch", what, accumulation, steps
-    )
-    out = dict(ds, gradient_accumulation_steps=steps)
-    if "train_batch_size" in out:
-        out["train_batch_size"] = saved_global
-    return out
+            f"{what}, {e}, or train.keep_global_batch=false to go on with another global batch"
+        ) from None
+    micro, accumulation = _batch(ds, world_size)
+    if out["gradient_accumulation_steps"] != accumulation:
+        logger.warning(
+            "%s: gradient_accumulation_steps %d -> %d keeps the global batch",
+            what, accumulation, out["gradient_accumulation_steps"],
+        )  # fmt: skip
+    if out["train_micro_batch_size_per_gpu"] != micro:
+        logger.warning(
+            "%s: train_micro_batch_size_per_gpu %d -> %d keeps the global batch on %d ranks",
+            what, micro, out["train_micro_batch_size_per_gpu"], world_size,
+        )  # fmt: skip
+    return out, line
 
 
 def _batch(ds: dict, world_size: int) -> tuple[int, int]:
-    from trainer.ds_config import micro_batch_size
-
     return micro_batch_size(ds, world_size), int(ds.get("gradient_accumulation_steps", 1))
 
 

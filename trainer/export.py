@@ -18,7 +18,10 @@ never touches, is put in: trainer/pooler.py):
   come from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
 
 A directory is written under a temporary name and renamed into place: an export that exists is
-complete.
+complete, and its EXPORT.json lists every file with its size and SHA-256. An export replaces only
+an export: a directory that is absent, empty, or holds EXPORT.json and nothing besides the files
+it lists (or, written before the record existed, a model card of this trainer). Anything else
+under that name is the user's, and the export is refused, naming it.
 """
 
 from __future__ import annotations
@@ -34,12 +37,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import PipelineError, disk_full_is_an_error, fsync_tree, share_tree
+from data_pipeline.io_utils import (
+    PipelineError,
+    atomic_write_json,
+    disk_full_is_an_error,
+    fsync_dir,
+    fsync_tree,
+    read_json,
+    sha256_file,
+    share_tree,
+)
 from trainer import pooler as poolers
 from trainer.model_card import model_card, with_model_id
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
+EXPORT_RECORD = "EXPORT.json"  # in an export: every file it wrote, with size and SHA-256
 
 
 def gather_fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -75,6 +88,9 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
     is left under `out_dir`'s name but a previous export, untouched. `advice` says how to go on.
     """
     out_dir = Path(out_dir)
+    problem = not_an_export(out_dir)
+    if problem is not None:
+        raise PipelineError(_not_ours(out_dir, problem))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     advice = "nothing was written under that name" + (f"; {advice}" if advice else "")
     with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: _tensor_bytes(model)):
@@ -83,6 +99,12 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
             model.save_pretrained(tmp)
             save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
             (tmp / "README.md").write_text(with_model_id(card, str(out_dir.resolve())), "utf-8")
+            files = {
+                p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            atomic_write_json(tmp / EXPORT_RECORD, {"files": files})
             share_tree(tmp)
             fsync_tree(tmp)
             old = None
@@ -91,12 +113,48 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
                 shutil.rmtree(old, ignore_errors=True)
                 out_dir.rename(old)
             tmp.rename(out_dir)
+            fsync_dir(out_dir.parent)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)  # an export (not_an_export above)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out_dir
+
+
+def not_an_export(out_dir: Path) -> str | None:
+    """None when `out_dir` may be (re)written by an export; else what is there."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return "is a file"
+    found = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    if not found:
+        return None
+    record = out_dir / EXPORT_RECORD
+    if record.is_file():
+        try:
+            listed = set(read_json(record).get("files", {}))
+        except PipelineError:
+            return f"holds an unreadable {EXPORT_RECORD}"
+        others = [f for f in found if f not in listed and f != EXPORT_RECORD]
+        return f"holds {_listing(others)} besides the export" if others else None
+    card = out_dir / "README.md"
+    if (out_dir / "config.json").is_file() and card.is_file():
+        if "- biodistill" in card.read_text(encoding="utf-8", errors="replace"):
+            return None  # NOTE: an export written before EXPORT.json: its card's tag says so
+    return f"holds {_listing(found)} and no {EXPORT_RECORD}"
+
+
+def _not_ours(out_dir: Path, problem: str) -> str:
+    return (
+        f"{out_dir}: {problem}: it is not an export of this trainer, and nothing in it is "
+        "replaced; export to another directory (--output) or move it away"
+    )
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _tensor_bytes(model: nn.Module) -> int:
@@ -316,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     out = args.output or ckpt.parent.parent / f"export-{ckpt.name}"
+    for name in wanted:  # NOTE: before any work, so that nothing is half done
+        problem = not_an_export(out / name)
+        if problem is not None:
+            print(f"error: {_not_ours(out / name, problem)}", file=sys.stderr)
+            return 2
     exported = []
     for name in wanted:
         try:

@@ -122,7 +122,9 @@ def run_tokenizer(cfg: RunConfig, manifest: Manifest):
     return tok, info
 
 
-def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int) -> Inputs:
+def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int, accumulation: int = 1) -> Inputs:
+    """The shards' loader at `micro_batch` per rank, and the held-out batches, each a global
+    batch (`micro_batch` x `accumulation` per rank): the same samples on any number of ranks."""
     d, t = cfg.data, cfg.train
     manifest = manifest_of(cfg)
     if manifest.max_len != d.max_len:
@@ -163,7 +165,7 @@ def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int) -> Inputs:
     if d.eval_shards is not None:
         held = EvalBatches(
             d.eval_shards,
-            micro_batch,
+            micro_batch * accumulation,
             rank=rt.rank,
             world_size=rt.world_size,
             tokenizer=info,

@@ -19,20 +19,13 @@ from pathlib import Path
 import yaml
 
 from trainer.config import RunConfig, to_yaml
+from trainer.hub_names import hub_id
 from trainer.objectives import KINDS
 
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
 _USE_LINE = re.compile(r'^fill = pipeline\("fill-mask", model=.*\)$', re.MULTILINE)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # metric name (eval/<student>/<name>) -> the Hub's metric type
 _METRIC_TYPE = {"mlm_acc": "accuracy", "mlm_loss": "loss", "teacher_agreement": "accuracy"}
-
-
-def hub_id(source: str | None) -> str | None:
-    """`source` if it names a model on the Hub (org/name or name), None for a local path."""
-    if not source or not _HUB_ID.match(source) or Path(source).expanduser().exists():
-        return None
-    return source
 
 
 def card_license(cfg: RunConfig) -> str:

@@ -26,7 +26,7 @@ import torch
 from data_pipeline.io_utils import PipelineError, first_line
 from trainer.bert_config import bert_config
 from trainer.config import RunConfig, to_yaml
-from trainer.ds_config import micro_batch_size
+from trainer.ds_config import fit_global_batch, micro_batch_size
 from trainer.objectives import Objective, cohort_teacher_need, fill_layer_maps, uses_attention_maps
 from trainer.parameters import count_parameters
 
@@ -92,9 +92,15 @@ def _built_config(recipe: str):
     return _config(spec.init.pretrained)[0] if spec.init.pretrained is not None else None
 
 
-def _build_line(cfg: RunConfig) -> str:
-    from trainer.teacher_build import build_config, fingerprint, stale_reason
+def _build_line(cfg: RunConfig, ds: dict, world: int) -> str:
+    from trainer.teacher_build import build_config, fingerprint, ownership, stale_reason
 
+    foreign = ownership(Path(cfg.teacher.path))
+    if foreign is not None:
+        return (
+            f"teacher stage: none: {cfg.teacher.path} {foreign}, so it is loaded as the teacher "
+            f"and teacher.build={cfg.teacher.build} is not used"
+        )
     build = build_config(cfg)
     spec = build.students[0]
     shards = build.data.train_shards
@@ -102,7 +108,7 @@ def _build_line(cfg: RunConfig) -> str:
         if isinstance(shards, str) and "://" not in shards and not Path(shards).exists():
             reason = f"cannot be checked before {shards} is built (the run builds the demo's)"
         else:
-            reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build))
+            reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build, ds, world))
     except (OSError, ValueError, PipelineError) as e:
         reason = f"cannot be checked yet ({first_line(e)})"
     if reason is None:
@@ -115,15 +121,16 @@ def _build_line(cfg: RunConfig) -> str:
 
 def render_plan(cfg: RunConfig, ds: dict) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        ds, batch_line = fit_global_batch(ds, world, cfg.train.global_batch)
+    except ValueError as e:  # the pre-flight's batch check says it again, as a failure
+        batch_line = f"global batch: {e}"
     micro = micro_batch_size(ds, world)
-    accumulation = int(ds.get("gradient_accumulation_steps", 1))
     seq = cfg.data.max_len
     on_gpu = torch.cuda.is_available()
     lines = ["# resolved recipe", to_yaml(cfg).rstrip(), "", "# plan"]
     lines.append(
-        f"ranks {world} x micro-batch {micro} x accumulation {accumulation} = global batch "
-        f"{world * micro * accumulation} sequences of up to {seq} tokens; "
-        f"{cfg.train.max_steps:,} steps at most"
+        f"{batch_line}; sequences of up to {seq} tokens; {cfg.train.max_steps:,} steps at most"
     )
 
     teacher_cfg, teacher_note, t_layers = None, "", None
@@ -134,7 +141,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
             teacher_cfg, err = _config(cfg.teacher.path)
             teacher_note = f" (config not reachable: {err})" if teacher_cfg is None else ""
             if cfg.teacher.build is not None:
-                lines.append(_build_line(cfg))
+                lines.append(_build_line(cfg, ds, world))
                 if teacher_cfg is None:
                     teacher_cfg, teacher_note = _built_config(cfg.teacher.build), ""
         t_layers = _layers(teacher_cfg) if teacher_cfg is not None else None

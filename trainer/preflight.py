@@ -14,7 +14,6 @@ teacher that `teacher.build` trains first.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from urllib.parse import urlparse
 
 from data_pipeline.io_utils import PipelineError, first_line
 from trainer.config import RunConfig
+from trainer.hub_names import is_hub_name
+from trainer.teacher_cache import ownership
 
 NETWORK_TIMEOUT_S = 3.0
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -38,11 +38,6 @@ class Check:
         if self.problem is None:
             return f"ok    {self.what}" + (f": {self.detail}" if self.detail else "")
         return f"FAIL  {self.what}: {self.problem}"
-
-
-def is_hub_name(source: str) -> bool:
-    """A name the hub would be asked for: not a local path, and shaped like `org/name`."""
-    return not Path(source).exists() and _HUB_ID.match(source) is not None
 
 
 def hub_sources(cfg: RunConfig) -> list[str]:
@@ -135,7 +130,8 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
         checks.append(Check("teacher", None, "teacher.config (random weights)"))
     else:
         teacher_config, problem = _source(cfg.teacher.path, "teacher.path")
-        if problem is not None and cfg.teacher.build is not None:
+        built = cfg.teacher.build is not None and ownership(Path(cfg.teacher.path)) is None
+        if problem is not None and built:
             built_first, problem = True, None
             checks.append(
                 Check("teacher", None, f"{cfg.teacher.path}: made first by {cfg.teacher.build}")
@@ -175,7 +171,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
         checks.append(Check("shards", None, f"{DEMO_DIR}: the demo corpus, built on first use"))
     else:
         checks += _data_checks(cfg, built_first)
-    checks.append(_batch_check(ds, world))
+    checks.append(_batch_check(ds, world, cfg.train.global_batch))
     return checks
 
 
@@ -248,26 +244,11 @@ _SHARD_FIX = (
 )
 
 
-def _batch_check(ds: dict, world: int) -> Check:
-    from trainer.ds_config import micro_batch_size
+def _batch_check(ds: dict, world: int, global_batch: int | None) -> Check:
+    from trainer.ds_config import fit_global_batch
 
-    accumulation = int(ds.get("gradient_accumulation_steps", 1))
     try:
-        micro = micro_batch_size(ds, world)
+        _, line = fit_global_batch(ds, world, global_batch)
     except ValueError as e:
         return Check("batch", str(e))
-    if "train_batch_size" in ds:
-        total = int(ds["train_batch_size"])
-        if micro < 1 or total != micro * accumulation * world:
-            return Check(
-                "batch",
-                f"train_batch_size {total} is not micro-batch {micro} x accumulation "
-                f"{accumulation} x {world} ranks; drop train_batch_size or make it "
-                f"{max(micro, 1) * accumulation * world}",
-            )
-    return Check(
-        "batch",
-        None,
-        f"{world} rank{'s' * (world != 1)} x micro-batch {micro} x accumulation {accumulation} = "
-        f"{world * micro * accumulation}",
-    )
+    return Check("batch", None, line)

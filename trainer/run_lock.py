@@ -23,9 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from data_pipeline.io_utils import claim_output_dir
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+# What only a run leaves in its directory: a directory with one of them is a run directory
+RUN_RECORDS = (LOCK_NAME, "recipe.resolved.yaml", "checkpoints", "TEACHER.json")
 
 _held: dict[Path, int] = {}  # run directory (resolved) -> the open lock file descriptor
 
@@ -35,12 +39,17 @@ class RunDirInUse(ValueError):
 
 
 def hold(run_dir: Path) -> None:
-    """Take the run directory's lock (creating the directory), or raise RunDirInUse."""
+    """Take the run directory's lock (creating the directory), or raise RunDirInUse. A directory
+    that holds files but no trace of a run (RUN_RECORDS) is the user's: refused, untouched."""
     run_dir = Path(run_dir)
     key = run_dir.resolve()
     if key in _held:
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(
+        run_dir,
+        RUN_RECORDS,
+        "set run.name or run.output_dir to another directory, or move what is there away",
+    )
     path = run_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

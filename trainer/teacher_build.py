@@ -9,7 +9,13 @@ directory is <run.output_dir>/<its run.name>, resumable like any other), and its
 export is copied to `teacher.path` with BUILT.json beside the weights: the recipe, a digest of
 its resolved content (run section excluded) and a digest of the shards' manifest. Later runs find
 it and load it like any teacher (`teacher.path`, as a user loads BioBERT); a changed recipe or
-changed shards (a new generator makes new shards) retrain it, and the console says why.
+changed shards (a new generator makes new shards) retrain it, and the console says why. BUILT.json
+also records the global batch the teacher was trained with and every file it installed.
+
+The build writes only into what it owns: `teacher.path` absent, an empty directory, or a teacher
+it built (BUILT.json), holding nothing besides the files BUILT.json lists. Any other directory
+(the user's own teacher, a model of any kind) is loaded as the teacher, like any teacher, and the
+build is not used; the console says so. A hub name is never built into either.
 """
 
 from __future__ import annotations
@@ -23,20 +29,21 @@ import tempfile
 from pathlib import Path
 
 from data_pipeline.io_utils import (
-    PipelineError,
     atomic_write_json,
+    fsync_dir,
     fsync_tree,
     read_json,
     share_tree,
 )
 from trainer import run_lock
 from trainer.config import RunConfig, load_config, to_dict
+from trainer.ds_config import fit_global_batch
 from trainer.inputs import ensure_demo, manifest_of
 from trainer.runtime import Runtime
+from trainer.teacher_cache import BUILT, ownership, read_or_none, stale_reason
 
 logger = logging.getLogger(__name__)
 
-BUILT = "BUILT.json"
 TEACHER_MARK = "TEACHER.json"  # in a run directory: the teacher fingerprint it was made with
 
 
@@ -54,42 +61,41 @@ def build_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(build, run=run)
 
 
-def fingerprint(cfg: RunConfig, build: RunConfig) -> dict:
+def fingerprint(cfg: RunConfig, build: RunConfig, ds: dict, world_size: int) -> dict:
+    """What a built teacher must match: the build recipe's resolved content, the shards' manifest
+    and the global batch this start would train it with."""
     recipe = {k: v for k, v in to_dict(build).items() if k != "run"}
     manifest = manifest_of(build).to_dict()
+    fitted, _ = fit_global_batch(ds, world_size, build.train.global_batch)
     return {
         "recipe": cfg.teacher.build,
         "recipe_sha256": _digest(recipe),
         "shards_manifest_sha256": _digest(manifest),
+        "global_batch": fitted["train_batch_size"],
     }
 
 
-def stale_reason(path: Path, expected: dict) -> str | None:
-    """Why the teacher at `path` cannot be used, as "<path> <reason>" reads (None: it can)."""
-    stamp = path / BUILT
-    if not stamp.is_file():
-        return "is missing" if not path.exists() else f"holds no {BUILT}"
-    found = _read_or_none(stamp)
-    if found is None:
-        return f"is stale: its {BUILT} is unreadable"
-    if found.get("shards_manifest_sha256") != expected["shards_manifest_sha256"]:
-        return "is stale: the shards changed since it was built"
-    if found.get("recipe_sha256") != expected["recipe_sha256"]:
-        return f"is stale: {expected['recipe']} changed since it was built"
-    return None
-
-
 def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
-    """Train and export the teacher when `teacher.build` says how and it is missing or stale.
+    """Train and export the teacher when `teacher.build` says how and it is missing or stale,
+    into a `teacher.path` the build owns; a path it does not own is the user's teacher.
     Returns the build run's exit code (0 also when nothing had to be done). NOTE: collective."""
     if cfg.teacher is None or cfg.teacher.build is None:
         return 0
     from trainer.assemble import build_trainer  # NOTE: assemble builds runs; this precedes one
 
+    path = Path(cfg.teacher.path)
+    foreign = ownership(path)
+    if foreign is not None:
+        logger.info(
+            "teacher: %s %s: loading it as the teacher; teacher.build=%s is not used (it "
+            "installs only into a directory of its own)", path, foreign, cfg.teacher.build,
+        )  # fmt: skip
+        # NOTE: a run directory distilled from another teacher is set aside, as below
+        claim_run_dir(cfg.run_dir, {"teacher": str(path.resolve())}, rt)
+        return 0
     build = build_config(cfg)
     ensure_demo(build, rt)  # the demo's shards, which the fingerprint reads
-    path = Path(cfg.teacher.path)
-    expected = fingerprint(cfg, build)
+    expected = fingerprint(cfg, build, ds, rt.world_size)
     reason = stale_reason(path, expected)
     if reason is None:
         logger.info("teacher: %s (built by %s, reused)", path, cfg.teacher.build)
@@ -131,7 +137,7 @@ def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
     def claim() -> None:
         run_lock.hold(run_dir)
         mark = run_dir / TEACHER_MARK
-        found = _read_or_none(mark)
+        found = read_or_none(mark)
         if found is not None and found != stamp:
             n = 1
             while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
@@ -153,25 +159,29 @@ def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
     rt.on_main(claim)
 
 
-def _read_or_none(path: Path) -> dict | None:
-    try:
-        return read_json(path)
-    except PipelineError:  # missing, not JSON, or not an object
-        return None
-
-
 def _install(export: Path, path: Path, stamp: dict) -> None:
-    """Copy the export to `path` with its BUILT.json, atomically (temp dir, rename)."""
+    """Copy the export to `path` with its BUILT.json (listing the files), atomically: a temp dir
+    renamed into place. The teacher it replaces is one of the build's own (`ownership`)."""
+    problem = ownership(path)
+    if problem is not None:  # NOTE: checked at start-up too; the build ran in between
+        raise ValueError(f"teacher: {path} {problem}: not replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         shutil.copytree(export, tmp, dirs_exist_ok=True)
-        atomic_write_json(tmp / BUILT, stamp)
+        files = sorted(p.name for p in tmp.iterdir())
+        atomic_write_json(tmp / BUILT, {**stamp, "files": files})
         share_tree(tmp)
         fsync_tree(tmp)
         if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+            old = path.with_name(f".{path.name}.replaced")
+            shutil.rmtree(old, ignore_errors=True)  # NOTE: a replaced teacher of a crashed install
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)  # the build's own teacher, nothing else (ownership above)
+        else:
+            tmp.rename(path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

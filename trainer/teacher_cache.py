@@ -1,0 +1,77 @@
+"""The directory a built teacher is installed in (`teacher.path` under `teacher.build`): whether
+the build owns it, and whether the teacher there is current. File system only (no torch), so
+that the dry-run's plan and pre-flight say the same as the build.
+
+    ownership(path)                 # None: the build may write it; else whose it is
+    stale_reason(path, expected)    # None: the teacher there is current; else why not
+
+A directory is the build's when absent, empty, or holding BUILT.json and nothing besides the
+files BUILT.json lists; any other is the user's (loaded as the teacher, never written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.io_utils import PipelineError, read_json
+from trainer.hub_names import is_hub_name
+
+BUILT = "BUILT.json"
+
+
+def ownership(path: Path) -> str | None:
+    """None when the build may write `path` (absent, empty, or a teacher it built holding only
+    its listed files); otherwise what makes it someone else's, as "<path> <what>" reads."""
+    if not path.exists():
+        return "looks like a hub name" if is_hub_name(str(path)) else None
+    if not path.is_dir():
+        return "is a file"
+    found = sorted(p.name for p in path.iterdir())
+    if not found:
+        return None
+    stamp = read_or_none(path / BUILT)
+    if stamp is None:
+        what = "an unreadable" if (path / BUILT).exists() else "no"
+        return f"holds {listing(found)} and {what} {BUILT}"
+    listed = stamp.get("files")
+    if listed is not None:  # NOTE: a BUILT.json of before the file list vouches for the whole dir
+        others = [name for name in found if name not in {*listed, BUILT}]
+        if others:
+            return f"holds {listing(others)} besides the teacher its {BUILT} lists"
+    return None
+
+
+def stale_reason(path: Path, expected: dict) -> str | None:
+    """Why the teacher at `path` cannot be used, as "<path> <reason>" reads (None: it can)."""
+    stamp = path / BUILT
+    if not stamp.is_file():
+        return "is missing" if not path.exists() else f"holds no {BUILT}"
+    found = read_or_none(stamp)
+    if found is None:
+        return f"is stale: its {BUILT} is unreadable"
+    if found.get("shards_manifest_sha256") != expected["shards_manifest_sha256"]:
+        return "is stale: the shards changed since it was built"
+    if "global_batch" not in found:
+        return (
+            "is stale: built before the global batch was the recipe's on any number of ranks "
+            f"(this start trains it at {expected['global_batch']})"
+        )
+    if found["global_batch"] != expected["global_batch"]:
+        return (
+            f"is stale: built at global batch {found['global_batch']}, this start trains it at "
+            f"{expected['global_batch']}"
+        )
+    if found.get("recipe_sha256") != expected["recipe_sha256"]:
+        return f"is stale: {expected['recipe']} changed since it was built"
+    return None
+
+
+def read_or_none(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except PipelineError:  # missing, not JSON, or not an object
+        return None
+
+
+def listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
