@@ -11,7 +11,7 @@ Accepted inputs (files or directories, in the order given):
   which prints them as a warning and reads what is there;
 - any other directory: its *.jsonl.gz, *.jsonl and *.txt files, same order and rules;
 - .jsonl / .jsonl.gz: one JSON object a line; text = title + " " + abstract when those keys exist
-  (the paper's text, RECIPES.md), else the "text" field, or the field named by --text-field;
+  (the paper's text, docs/objectives.md), else the "text" field, or the field named by --text-field;
 - .txt (optionally .txt.gz): one document a line, blank lines skipped;
 - a saved Hugging Face `datasets` Dataset (a `save_to_disk` directory with state.json and
   dataset_info.json), rows read like JSON records.

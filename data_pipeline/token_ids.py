@@ -5,10 +5,10 @@ order, in-process or in a pool of worker processes. Each process holds one `Text
 one of two paths, both giving exactly the ids of `tok.encode(text).ids[:keep]`:
 
 - the piece cache (`PieceCache`), for tokenizers whose ids of a text are the ids of its
-  space-separated pieces laid end to end (`splits_on_spaces`: the BERT family, i.e. every model of
-  RECIPES.md). Text is split on " " in Python and each distinct piece is tokenized once by the Rust
-  tokenizer and then looked up: words repeat (Zipf), so most pieces cost a dict lookup, and in
-  truncate mode nothing after the kept ids is looked at;
+  space-separated pieces laid end to end (`splits_on_spaces`: the BERT family, i.e. every model
+  of docs/objectives.md). Text is split on " " in Python and each distinct piece is tokenized once
+  by the Rust tokenizer and then looked up: words repeat (Zipf), so most pieces cost a dict lookup,
+  and in truncate mode nothing after the kept ids is looked at;
 - the prefix path, for other tokenizers (byte-level BPE, ...): only a prefix of each text is
   tokenized, its length learnt from the corpus (`PrefixBudget`), and the whole text again when the
   prefix came out short (`tokenize_texts`).

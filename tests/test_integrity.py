@@ -1,5 +1,5 @@
-"""Every pipeline output proves itself (DESIGN.md, Integrity): extract's report.json and shard's
-manifest.json list each file with its size and SHA-256, and every consumer checks them.
+"""Every pipeline output proves itself (docs/design.md, Integrity): extract's report.json and
+shard's manifest.json list each file with its size and SHA-256, and every consumer checks them.
 
 Run: .venv/bin/pytest tests/test_integrity.py -q
 """

@@ -14,7 +14,7 @@ Then one short cohort run distils two students beside their twins (train.mlm_twi
   whose map pairs its last hidden state with the teacher's last: afterwards its last hidden
   state must be nearer the teacher's last than any other teacher layer's, and its agreement
   through the MLM head it shares with the teacher must have risen.
-Caught by these asserts (mutations tried by hand, see the README's learning section): the soft
+Caught by these asserts (mutations tried by hand, see docs/learning.md): the soft
 cross-entropy / KD weight zeroed, the teacher's logits replaced by the student's, the attention
 and hidden terms reading other teacher layers than the maps name.
 """

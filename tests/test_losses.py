@@ -1,4 +1,5 @@
-"""Loss terms (trainer/losses.py) against independent float64 computations of RECIPES.md's formulas.
+"""Loss terms (trainer/losses.py) against independent float64 computations of the definitions in
+docs/objectives.md.
 
 Run: .venv/bin/pytest tests/test_losses.py -q
 

@@ -4,8 +4,8 @@
 
 Sections come from `config_from_dict` on small recipes (4-layer teacher, 2-layer students), so the
 defaults are the ones a run gets. Losses are compared with float64 references written out below
-from RECIPES.md's definitions, sharing no code with trainer/losses.py, on fake signals that are
-distinct for every layer: a wrong layer pairing changes the value.
+from docs/objectives.md's definitions, sharing no code with trainer/losses.py, on fake signals
+that are distinct for every layer: a wrong layer pairing changes the value.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_default_weights_temperatures_and_maps():
     compact = _objective("compactbiobert")
     assert compact.temperature == 1.0
     assert compact.weights == {"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0}
-    # RECIPES.md: attention i -> 2i+1, hidden i -> 2i (i >= 1), for a 2-layer student.
+    # docs/objectives.md: attention i -> 2i+1, hidden i -> 2i (i >= 1), for a 2-layer student.
     assert compact.attention_map == ((0, 1), (1, 3))
     assert compact.hidden_map == ((1, 2), (2, 4))
     tiny = _objective("tinybiobert")
@@ -240,7 +240,7 @@ def ref_mse(s, t):
 
 
 def reference(kind, weights, temperature, student, teacher, batch):
-    """(weighted loss, terms) from RECIPES.md with the layer maps written out for 2 -> 4 layers."""
+    """(weighted loss, terms) from docs/objectives.md, layer maps written out for 2 -> 4 layers."""
     s = {k: v.double() for k, v in student.items()}
     t = {k: v.double() for k, v in teacher.items()}
     mask, terms = batch.attention_mask, {}

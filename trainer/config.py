@@ -8,9 +8,10 @@ Recipe schema: the dataclasses below, nested as `run`, `data`, `teacher` (absent
 `train`, `students` (a list; each entry's `name` is its handle). Unknown keys anywhere, ill-typed
 values and out-of-range numbers raise ValueError naming the dotted key (students.NAME.optimizer.lr).
 Loading resolves every default into the config, so the resolved recipe shows what is trained:
-- `objective`: `kind` alone suffices; `temperature` and `weights` default per kind from RECIPES.md
-  (trainer/objectives.py `KINDS`, where each kind is defined). Given weights replace the defaults
-  term by term (0 switches a term off); a weight for a term the kind does not have is an error.
+- `objective`: `kind` alone suffices; `temperature` and `weights` default per kind
+  (docs/objectives.md; trainer/objectives.py `KINDS`, where each kind is defined). Given weights
+  replace the defaults term by term (0 switches a term off); a weight for a term the kind does not
+  have is an error.
   `mlm` has no temperature.
 - Layer maps (compactbiobert, tinybiobert only): `attention_map` and `hidden_map` are lists of
   [student, teacher] index pairs. Attention indices are HF `attentions` entries (layers from 0);
@@ -142,7 +143,7 @@ class InitSection:  # exactly one source
 @dataclass
 class ObjectiveSection:
     kind: Literal[KIND_NAMES]
-    temperature: float | None = None  # None: the kind's default (RECIPES.md, objectives.KINDS)
+    temperature: float | None = None  # None: the kind's default (docs/objectives.md, KINDS)
     weights: dict[str, float] = field(default_factory=dict)
     attention_map: list[list[int]] | None = None  # [[student, teacher], ...], see the docstring
     hidden_map: list[list[int]] | None = None

@@ -1,8 +1,8 @@
 """Loss terms of the paper's recipes, as pure functions of tensors.
 
-Every term is defined in /work/shared/RECIPES.md ("Terms") and implemented here to the letter; the
-objectives (trainer/objectives.py) weight them and sum them over layer pairs. MiniLMv2's relation
-term is not in RECIPES.md yet: `relation_kl`'s docstring is its definition. Conventions:
+Every term is defined in docs/objectives.md ("The loss terms") and implemented here to the letter;
+the objectives (trainer/objectives.py) weight them and sum them over layer pairs. MiniLMv2's
+relation term (RELATIONS there) is also stated in full in `relation_kl`'s docstring. Conventions:
 
 - Math runs in fp32 at least: DeepSpeed's bf16 mode returns bf16 logits and hidden states, and
   softmax/KL/cosine in bf16 loses most of the signal. Half-precision inputs are upcast first;

@@ -6,7 +6,7 @@
     objective.student_need(), objective.teacher_need()   # the signals each side must produce
     loss, terms = objective(student_out, teacher_out, batch, scale)
 
-Kinds (RECIPES.md; weights and temperature overridable in the recipe):
+Kinds (docs/objectives.md; weights and temperature overridable in the recipe):
     distilbiobert   w_mlm*MLM + w_kd*KD + w_cos*COS_last
     compactbiobert  w_mlm*MLM + w_kd*KD + w_att*ATT_KL(attention_map) + w_cos*COS(hidden_map)
     tinybiobert     w_att*ATT_MSE(attention_map) + w_hid*HID_MSE(hidden_map) + w_soft_ce*SOFT_CE
@@ -138,7 +138,7 @@ TERMS: dict[str, Term] = {
         projected=True,
     ),
 }
-"""RECIPES.md's terms by their names there."""
+"""docs/objectives.md's terms by their names there."""
 
 
 LayerMaps = Callable[[int], tuple[list[list[int]], list[list[int]]]]
@@ -149,7 +149,7 @@ class Kind:
     """One recipe `objective.kind`: everything about it, in one place."""
 
     terms: dict[str, str]  # recipe weight key -> TERMS name; the keys are its only weights
-    weights: dict[str, float]  # default weights (RECIPES.md)
+    weights: dict[str, float]  # default weights (docs/objectives.md)
     temperature: float | None  # default temperature; None: none (no logit distillation)
     card: str  # what the model card says of a student trained so
     # default (attention_map, hidden_map) for a student of n layers; None: no recipe layer maps

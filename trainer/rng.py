@@ -1,6 +1,6 @@
 """Seeds and per-student random streams.
 
-A student trained in a cohort must equal the same student trained alone (DESIGN.md). Its random
+A student trained in a cohort must equal the same student trained alone (docs/design.md). Its random
 numbers are therefore its own: its initialisation is seeded from (seed, its name), and its dropout
 draws come from an `RngStream` that is swapped in around its forward and out again afterwards, so
 other students' forwards never shift its masks. Streams are saved in checkpoints for exact resume.

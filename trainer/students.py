@@ -8,7 +8,7 @@ Initialisation (`students.NAME.init`, exactly one):
 - from_teacher_layers: the teacher's config with len(layers) layers; embeddings, the listed
   teacher layers (in order) and the teacher's MLM head (transform + bias; the decoder is tied to
   the embeddings) are copied. The paper's code re-initialised the head when it reloaded the
-  student; keeping the trained head is one of our deliberate corrections (RECIPES.md).
+  student; keeping the trained head is one of our deliberate corrections (docs/objectives.md).
 - config: a BERT masked LM with these BertConfig values, initialised at random.
 - pretrained: any HF masked LM by name or directory (continual MLM), with its own tokenizer.
 Random draws (initialisation, fit_dense) are seeded from (seed, "student", name): a student built

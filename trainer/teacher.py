@@ -7,7 +7,7 @@
 - Loading that leaves any weight newly initialised is an error (a teacher without its MLM head
   gives meaningless soft targets) unless `teacher.allow_new_weights` opts out, for a teacher used
   only for hidden-state terms.
-- Frozen: eval() (no dropout; the paper's code left it on, RECIPES.md), requires_grad False,
+- Frozen: eval() (no dropout; the paper's code left it on, docs/objectives.md), requires_grad False,
   bf16 on GPU, never in a checkpoint. Its forward runs under no_grad rather than inference_mode:
   students' losses save teacher tensors for their backward, which inference tensors forbid.
 - It computes the union of the students' needs only (`Need`), e.g. no logits at all when no
