@@ -119,10 +119,9 @@ class TrainSection:
     eval_every: int = 1000
     save_every: int = 2500
     keep: int = 5  # checkpoints kept
-    # sequences per optimizer step over all ranks, the recipe's: the accumulation (or a smaller
-    # micro-batch) is derived for the world size; None: the DeepSpeed JSON's train_batch_size,
-    # else ranks x micro-batch x accumulation, which changes with the rank count
-    global_batch: int | None = None
+    # None: the DeepSpeed JSON's train_batch_size, else ranks x micro-batch x accumulation,
+    # which changes with the rank count (trainer/ds_config.py: fit_global_batch)
+    global_batch: int | None = None  # sequences per optimizer step on any number of ranks
     eval_batches: int = 50  # held-out batches of train.global_batch sequences per evaluation
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
     compile: bool | None = None  # torch.compile teacher and students; None: on a GPU only
