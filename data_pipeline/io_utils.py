@@ -174,39 +174,56 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...]
     return sorted(found, key=lambda q: (q.name, str(q)))
 
 
+_PROBE = ".write-test."  # check_writable_dir's test file, there for a moment
+
+
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and check that files can be written there."""
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test."):
+        with tempfile.NamedTemporaryFile(dir=p, prefix=_PROBE):
             pass
     except OSError as e:
         raise PipelineError(f"{p}: output directory is not writable ({e.strerror})") from None
     return p
 
 
-def claim_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
-    """Create `path` when absent and return it, if this writer may write there: the directory is
-    absent, empty, or holds one of `records`: the names of the writer's own completion record
-    and of what an unfinished run of it leaves (report.json and parts/ for extract, a run's
-    .lock). Otherwise a PipelineError names the path, what is there and `way_out`.
-    NOTE: the rule of every writer: a directory the user owns (a path they named that holds
-    their files) is never written into, let alone replaced; in its own directory a writer
-    touches only the files it made."""
+def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
+    """claim_output_dir's check alone: the PipelineError where this writer may not write into
+    `path`, creating nothing (for a dry run)."""
     p = Path(path)
     records = tuple(records)
     if p.exists() and not p.is_dir():
         raise PipelineError(f"{p}: is a file, not a directory; {way_out}")
-    if p.is_dir():
-        found = sorted(c.name for c in p.iterdir())
-        if found and not any((p / r).exists() for r in records):
+    if p.is_dir() and not any((p / r).exists() for r in records):
+        # NOTE: what another process of this writer has in flight does not count: a test file
+        # of check_writable_dir, or a record being written atomically (atomic_path's temp
+        # name). Array tasks claim one directory at the same time.
+        writing = tuple(f".{r}." for r in records)
+
+        def in_flight(name: str) -> bool:
+            return name.startswith(_PROBE) or name.startswith(writing) and name.endswith(".tmp")
+
+        found = sorted(c.name for c in p.iterdir() if not in_flight(c.name))
+        if found:
             shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             raise PipelineError(
                 f"{p}: holds {shown} and no {' or '.join(records)}: it is not an output of this "
                 f"command, and nothing in it is overwritten; {way_out}"
             )
-    return check_writable_dir(p)
+    return p
+
+
+def claim_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
+    """Create `path` when absent and return it, if this writer may write there: the directory is
+    absent, empty, or holds one of `records`: the names of the writer's own completion record
+    and of what an unfinished run of it leaves (report.json and .parts for extract, a run's
+    .lock). Otherwise a PipelineError names the path, what is there and `way_out`.
+    NOTE: the rule of every writer: a directory the user owns (a path they named that holds
+    their files) is never written into, let alone replaced; in its own directory a writer
+    touches only the files it made."""
+    return check_writable_dir(check_output_dir(path, records, way_out))
 
 
 def parse_slice(spec: str) -> tuple[int, int]:
