@@ -73,7 +73,7 @@ from data_pipeline.io_utils import (
     PipelineError,
     atomic_path,
     atomic_write_json,
-    check_writable_dir,
+    claim_output_dir,
     disk_full_is_an_error,
     expand_inputs,
     out_of_space,
@@ -364,7 +364,9 @@ def run_extract(
     for path in files:
         if (other := by_stem.setdefault(input_stem(path), path)) != path:
             raise PipelineError(f"two inputs would share an output name: {other} and {path}")
-    out = check_writable_dir(output)
+    # NOTE: .parts is what a killed run (or an array task of --parts-only) leaves before the
+    # report exists; either marks the directory as this command's.
+    out = claim_output_dir(output, (REPORT, PARTS_DIR), "use a new or empty directory as --output")
     parts = out / PARTS_DIR
     parts.mkdir(exist_ok=True)
     if parts_only:
@@ -558,6 +560,8 @@ def _remove_previous_outputs(out: Path, keep: set[str]) -> dict[str, str]:
     """Drop outputs a previous run listed that this run won't write, then its report.
 
     Returns the previous run's output digests by output name, for the outputs that are kept.
+    NOTE: only what the report lists as an output (a `<stem>.jsonl.gz` in this directory) is ever
+    deleted; any other file here is not this command's.
     """
     if not (out / REPORT).exists():
         return {}
@@ -568,7 +572,7 @@ def _remove_previous_outputs(out: Path, keep: set[str]) -> dict[str, str]:
     digests = {}
     for entry in previous:
         name = entry.get("output") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or Path(name).name != name:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".jsonl.gz"):
             continue
         if name in keep:
             digests[name] = entry.get("output_digest")

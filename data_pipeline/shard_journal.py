@@ -1,6 +1,6 @@
 """Resume journal of `data_pipeline shard`: what a crashed run needs to continue byte for byte.
 
-Layout (DIR/.shard-state/, removed once manifest.json is written):
+Layout (DIR/.shard-state/, its files removed once manifest.json is written):
     state.json          {"version", "fingerprint", "records_consumed", "pending_file",
                          "splits": {split: [ShardInfo...]}}, saved atomically after every shard
     pending-NNNNNN.npz  the samples not yet in a shard and the pack-mode carry of each split,
@@ -12,10 +12,10 @@ output, so a journal is only ever resumed by the run that wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +33,10 @@ STATE_DIR = ".shard-state"
 STATE_VERSION = 1
 _SHARD_NAME = re.compile(r"^(train|eval)-\d{6}\.tar$")
 _TMP_NAME = re.compile(r"^\.(train|eval)-\d{6}\.tar\..*\.tmp$")  # atomic_path leftovers
+# What the journal directory holds: state.json, pending-NNNNNN.npz and their temp files.
+_JOURNAL_NAME = re.compile(
+    r"^(state\.json|pending-\d{6}\.npz)$|^\.(state\.json|pending-\d{6}\.npz)\..*\.tmp$"
+)
 
 
 class Journal:
@@ -88,6 +92,17 @@ class Journal:
         for old in self.dir.glob("pending-*.npz"):
             if old.name != name:
                 old.unlink()
+
+    def remove(self) -> None:
+        """Delete the journal's own files (and its directory, once empty); a file someone else
+        put there stays."""
+        if not self.dir.is_dir():
+            return
+        for f in self.dir.iterdir():
+            if _JOURNAL_NAME.match(f.name) and f.is_file():
+                f.unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     def restore(
         self, state: dict, writers: dict[str, SplitWriter], packers: dict[str, Packer]
@@ -155,16 +170,24 @@ def complete_run(
             f"{out}: holds a complete shard run made with different settings (inputs, tokenizer, "
             "max_len, mode, eval fraction or shard size); choose a new --output or remove it"
         )
-    shutil.rmtree(journal.dir, ignore_errors=True)  # a crash can leave it after the manifest
+    journal.remove()  # a crash can leave it after the manifest
     if progress:
         print(f"shard: {out} already complete ({MANIFEST_NAME} matches)", file=sys.stderr)
     return existing
 
 
-def _clean_output(out: Path, journaled: set[str]) -> None:
-    """Drop shard files (and temp files) that the journal does not list: a crash left them."""
+def _unjournaled(writers: dict[str, SplitWriter]) -> set[str]:
+    """The shard files a crash can leave after the journal's last save: each shard is written,
+    then journalled, so at most the next shard of each split."""
+    return {f"{split}-{len(w.shards):06d}.tar" for split, w in writers.items()}
+
+
+def _clean_output(out: Path, writers: dict[str, SplitWriter]) -> None:
+    """Drop what a crashed run left past its journal: the next shard of a split, temp files.
+    NOTE: no other file is touched, a user's shard-like file included."""
+    crashed = _unjournaled(writers)
     for f in out.iterdir():
-        if _SHARD_NAME.match(f.name) and f.name not in journaled or _TMP_NAME.match(f.name):
+        if f.name in crashed and f.is_file() or _TMP_NAME.match(f.name):
             f.unlink()
 
 
@@ -176,7 +199,7 @@ def resume(
     ours = state is not None  # shard files here are a crashed run's, not someone else's
     if ours and state["fingerprint"] != journal.fingerprint and not any(state["splits"].values()):
         state = None  # a run that stopped before its first shard: nothing worth keeping
-        shutil.rmtree(journal.dir)
+        journal.remove()
     if state is not None and state["fingerprint"] != journal.fingerprint:
         raise PipelineError(
             f"{out}: holds a partial shard run made with different settings; rerun it with its "
@@ -194,7 +217,31 @@ def resume(
             f"{out}: shards named by the resume journal are gone ({', '.join(gone[:3])}); "
             "remove the directory to start over"
         )
-    _clean_output(out, journaled)
+    _clean_output(out, writers)
     if state is None:
         journal.save(0, writers, packers)  # claims the directory for these settings
     return consumed
+
+
+def clear_run(out: Path) -> None:
+    """Clear `out` for another shard run: delete the run's own files, complete or stopped (the
+    shards its manifest or journal lists, those a crash can leave past the journal and the
+    writers' temp files), then the manifest and the journal's files. The journal directory
+    stays, empty, so that `out` is still this command's to write into.
+    NOTE: only names the run recorded go; a user's file in `out` stays."""
+    if not out.is_dir():
+        return
+    names = {f.name for f in out.iterdir() if _TMP_NAME.match(f.name)}
+    if (out / MANIFEST_NAME).is_file():
+        manifest = Manifest.load(out)
+        names |= {s.name for split in manifest.splits.values() for s in split.shards}
+    journal = Journal(out, "")
+    if (state := journal.load()) is not None:
+        for split, shards in state["splits"].items():
+            names |= {i["name"] for i in shards} | {f"{split}-{len(shards):06d}.tar"}
+    for name in sorted(names):
+        if _SHARD_NAME.match(name) or _TMP_NAME.match(name):
+            (out / name).unlink(missing_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    journal.remove()
+    journal.dir.mkdir(exist_ok=True)

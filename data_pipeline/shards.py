@@ -32,7 +32,6 @@ import hashlib
 import io
 import itertools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 from data_pipeline.io_utils import (
     PipelineError,
     atomic_path,
-    check_writable_dir,
+    claim_output_dir,
     disk_full_is_an_error,
     sha256_file,
 )
@@ -58,7 +57,7 @@ from data_pipeline.manifest import (
     tokenizer_info,
 )
 from data_pipeline.records import RecordReader, resolve_inputs, sample_identity, split_of
-from data_pipeline.shard_journal import Journal, complete_run, fingerprint, resume
+from data_pipeline.shard_journal import STATE_DIR, Journal, complete_run, fingerprint, resume
 from data_pipeline.token_cache import TokenCache
 from data_pipeline.token_ids import backend_tokenizer, kept_ids, tokenized_chunks
 
@@ -276,7 +275,11 @@ def run_shard(
     input_set = resolve_inputs([str(i) for i in inputs], allow_partial)
     if not input_set.files:
         raise PipelineError(f"no record files found in {', '.join(map(str, inputs))}")
-    out = check_writable_dir(output)
+    # NOTE: the journal is what a stopped run leaves before its manifest; either marks the
+    # directory as this command's.
+    out = claim_output_dir(
+        output, (MANIFEST_NAME, STATE_DIR), "use a new or empty directory as --output"
+    )
     hf_tok = load_tokenizer(tokenizer)
     name = str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
     positions = getattr(hf_tok, "model_max_length", None)
@@ -355,7 +358,7 @@ def run_shard(
         for split in SPLITS:
             write_full(split, final=True)
         if samples == 0:
-            shutil.rmtree(journal.dir, ignore_errors=True)
+            journal.remove()
             raise PipelineError(f"no records with text in {', '.join(map(str, inputs))}")
         manifest = Manifest(
             tokenizer=info,
@@ -366,7 +369,7 @@ def run_shard(
             inputs=inputs_meta,
         )
         manifest.save(out)  # NOTE: last, and only once every shard it lists is in place
-        shutil.rmtree(journal.dir, ignore_errors=True)
+        journal.remove()
         meter.update(consumed, samples, tokens, final=True)
         if cache is not None and progress:
             print(cache.summary(), file=sys.stderr, flush=True)

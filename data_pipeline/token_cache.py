@@ -12,7 +12,9 @@ of the earlier files. So each task parses its inputs (`extract --parts-only --sl
 tokenizes every record of those parts, before resolution; the final `extract` + `shard` over all
 inputs then take each record's ids from this cache instead of tokenizing.
 
-One entry per input, CACHE/<stem>.npz, written atomically (present means complete):
+CACHE/token-cache.json marks the directory as a token cache (a directory without it that holds
+anything is refused). One entry per input, CACHE/<stem>.npz, written atomically (present means
+complete):
     hashes   uint8 [n, 16]   blake2b-128 of each part record's text (shard's rule for the text)
     offsets  int64 [n + 1]   the ids of record k are ids[offsets[k]:offsets[k + 1]]
     ids      uint16 | int32  token ids without [CLS]/[SEP], cut to max_len - 2 in truncate mode
@@ -50,7 +52,8 @@ from data_pipeline.extract import (
 from data_pipeline.io_utils import (
     PipelineError,
     atomic_path,
-    check_writable_dir,
+    atomic_write_json,
+    claim_output_dir,
     expand_inputs,
     parse_slice,
     take_slice,
@@ -69,6 +72,9 @@ from data_pipeline.token_ids import (
 
 FORMAT = 1
 _HASH_BYTES = 16
+# The cache directory's record: written when a run first claims the directory, so that the next
+# run (another array task, a rerun) knows it as this command's; entries are <stem>.npz.
+RECORD = "token-cache.json"
 
 
 def text_hash(text: str) -> bytes:
@@ -147,11 +153,15 @@ def run_tokenize(
         raise PipelineError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
     files = take_slice(files, slice_spec)
     parts = Path(records) / PARTS_DIR
-    out = check_writable_dir(cache)
     hf_tok = load_tokenizer(tokenizer)
     tok = backend_tokenizer(hf_tok)
     keep = kept_ids(max_len, mode)
     fp, dtype = fingerprint(tok, keep), np.dtype(tokenizer_info(hf_tok, tokenizer).dtype)
+    out = claim_output_dir(cache, (RECORD,), "use a new or empty directory as --cache")
+    if not (out / RECORD).exists():
+        atomic_write_json(
+            out / RECORD, {"format": FORMAT, "written_by": "python -m data_pipeline tokenize"}
+        )
     stems = {input_stem(p) for p in files}
     for stray in out.glob(".*.npz.*.tmp"):  # NOTE: only this slice's, others may be writing
         if stray.name[1:].split(".npz.", 1)[0] in stems:

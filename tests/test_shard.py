@@ -311,6 +311,9 @@ def test_rerun_complete_and_conflicting_runs(tmp_path, monkeypatch, jsonl, token
     assert not (tmp_path / "c" / ".shard-state").exists()
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(PipelineError, match="holds train-000000.tar and no manifest.json"):
+        shard([jsonl], tokenizer_dir, tmp_path / "d", max_len=16)
+    (tmp_path / "d" / ".shard-state").mkdir()  # a journal that never saved a state
     with pytest.raises(PipelineError, match="neither a manifest nor a resume journal"):
         shard([jsonl], tokenizer_dir, tmp_path / "d", max_len=16)
 
