@@ -19,6 +19,12 @@ a changed generator (its code) or changed settings rebuild it, and say so. Layou
     knowledge.json  the knowledge base (entities by type, relations, noise) and the ceiling: the
                     best accuracy any model can reach at the eval split's entity positions;
                     written last, so its presence says every step above is complete
+    .demo.json      the demo's record, written first: a directory without it (or, built before
+                    it existed, without xml/.complete.json) that holds anything is the user's and
+                    is refused; `make clean` removes data/demo only when it is there
+
+A rebuild removes only the demo's own files, each by the name its step gives it; a user's file
+anywhere under --output stays.
 """
 
 from __future__ import annotations
@@ -26,17 +32,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
+import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 from data_pipeline import demo_ner, knowledge, synth
 from data_pipeline.extract import run_extract
-from data_pipeline.io_utils import atomic_write_json, check_writable_dir, share_tree
+from data_pipeline.io_utils import atomic_write_json, claim_output_dir, share_tree
 from data_pipeline.knowledge import KnowledgeBase, split_ceiling, write_mentions
 from data_pipeline.manifest import MANIFEST_NAME, Manifest, load_tokenizer
 from data_pipeline.records import iter_records, resolve_inputs
+from data_pipeline.shard_journal import clear_run
 from data_pipeline.shards import run_shard
 from data_pipeline.synth import frequent_words_wordpiece, generate_corpus
 
@@ -49,6 +57,13 @@ DEMO_EVAL_FRACTION = 0.15  # a large eval split: gains of a point must be resolv
 DEMO_SAMPLES_PER_SHARD = 128
 KNOWLEDGE_NAME = "knowledge.json"  # the knowledge base, its entity words and the ceiling
 MENTIONS_NAME = "mentions.jsonl.gz"  # in xml/: every article's entity mentions and bounds
+MARK = ".demo.json"  # the demo's record (the layout above)
+XML_DONE = "xml/.complete.json"  # the generator's settings; the mark of a demo older than MARK
+XML_PREFIX = "pubmed26n"
+# The names the demo gives its generated inputs and what extract makes of them (xml/, records/).
+_XML_FILE = re.compile(rf"{XML_PREFIX}\d{{4}}\.xml\.gz|{re.escape(MENTIONS_NAME)}")
+_RECORDS_FILE = re.compile(rf"{XML_PREFIX}\d{{4}}\.jsonl\.gz|report\.json")
+_PARTS_FILE = re.compile(rf"{XML_PREFIX}\d{{4}}\.(part\.gz|index\.npz)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,13 +91,15 @@ def build_demo(
     log=print,
 ) -> Path:
     """Build (or complete) the demo corpus; returns the shard directory."""
-    root = check_writable_dir(output)
+    root = claim_output_dir(output, (MARK, XML_DONE), "use a new or empty directory as --output")
+    if not (root / MARK).exists():
+        atomic_write_json(root / MARK, {"written_by": "python -m data_pipeline demo"})
     xml_dir, records, tok_dir, shards = (
         root / d for d in ("xml", "records", "tokenizer", "shards")
     )
     kb_file = root / KNOWLEDGE_NAME
 
-    xml_done = xml_dir / ".complete.json"
+    xml_done = root / XML_DONE
     settings = {
         "articles": articles,
         "files": files,
@@ -101,12 +118,10 @@ def build_demo(
         if old is not None:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
             log(f"demo: {', '.join(changed)} changed since {root} was built: rebuilding it")
-        for stale in (xml_dir, records, tok_dir, shards, root / NER_DIR):
-            shutil.rmtree(stale, ignore_errors=True)
-        kb_file.unlink(missing_ok=True)
+        _remove_previous_build(root)
         log(f"demo: generating {articles} PubMed citations in {files} files + 1 update file")
         corpus = generate_corpus(
-            xml_dir, n_articles=articles, n_files=files, seed=seed, knowledge=kb
+            xml_dir, n_articles=articles, n_files=files, seed=seed, prefix=XML_PREFIX, knowledge=kb
         )
         write_mentions(xml_dir / MENTIONS_NAME, kb, corpus.expected)
         atomic_write_json(xml_done, settings)
@@ -117,14 +132,17 @@ def build_demo(
 
     if not (tok_dir / "tokenizer.json").exists():
         log(f"demo: a cased WordPiece tokenizer of the {DEMO_VOCAB} most frequent words")
-        # NOTE: trained into a temporary directory renamed into place, so a crash mid-save never
-        # leaves a tokenizer directory that looks complete.
+        # NOTE: trained into a temporary directory and moved into place file by file, with
+        # tokenizer.json (this step's mark) last: a crash mid-save never leaves a tokenizer that
+        # looks complete, and a user's file in tokenizer/ stays.
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=root))
         texts = (r.text for r in iter_records(resolve_inputs([str(records)])))
         frequent_words_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
         share_tree(tmp)
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tmp.rename(tok_dir)
+        tok_dir.mkdir(exist_ok=True)
+        for made in sorted(tmp.iterdir(), key=lambda f: f.name == "tokenizer.json"):
+            os.replace(made, tok_dir / made.name)
+        tmp.rmdir()
 
     if not (shards / MANIFEST_NAME).exists():
         log("demo: shard")
@@ -141,8 +159,7 @@ def build_demo(
     manifest = Manifest.load(shards)
     if not kb_file.exists():
         log("demo: NER datasets in BioBERT's layout (the downstream task in miniature)")
-        shutil.rmtree(root / NER_DIR, ignore_errors=True)
-        demo_ner.write_ner_datasets(kb, root / NER_DIR, seed)
+        demo_ner.write_ner_datasets(kb, root / NER_DIR, seed)  # each file replaced atomically
         log("demo: the ceiling at entity positions of the eval split")
         ceiling = split_ceiling(
             xml_dir / MENTIONS_NAME,
@@ -162,6 +179,26 @@ def build_demo(
         f"{ceiling['entity_acc']:.3f} ({kb_file})"
     )
     return shards
+
+
+def _remove_previous_build(root: Path) -> None:
+    """Remove what an earlier build made, for a build with other settings (or after one that
+    stopped while generating): the demo's own files only, each known by its name.
+    NOTE: knowledge.json and the xml mark go first, so a crash on the way leaves a build that
+    says it is incomplete. The tokenizer's files and the NER datasets are replaced by name when
+    remade (tokenizer.json goes so that it is remade), the shard run by its manifest."""
+    (root / KNOWLEDGE_NAME).unlink(missing_ok=True)
+    (root / XML_DONE).unlink(missing_ok=True)
+    for folder, own in (
+        (root / "xml", _XML_FILE),
+        (root / "records", _RECORDS_FILE),
+        (root / "records" / ".parts", _PARTS_FILE),
+    ):
+        for f in folder.iterdir() if folder.is_dir() else ():
+            if own.fullmatch(f.name) and f.is_file():
+                f.unlink()
+    (root / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    clear_run(root / "shards")
 
 
 def main(args: argparse.Namespace) -> int:
