@@ -6,8 +6,9 @@
         [section.key=value ...]        e.g. ner.lr=3e-5 re.epochs=5 qa.max_length=512
     python -m evaluation report --output DIR
 
-Exit codes: 0 done, 2 bad input (one line names the file, key or value), 3 a non-finite training
-loss (the line names the cell), 130 interrupted. Finished cells are kept in every case.
+Exit codes: 0 done, 2 bad input (one line names the file, key or value, or an --output that holds
+files and no results.json or cells/ of this command), 3 a non-finite training loss (the line names
+the cell), 130 interrupted. Finished cells are kept in every case.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from data_pipeline.io_utils import PipelineError
     from evaluation.config import build_settings
     from evaluation.report import write_report
     from evaluation.runner import RunRequest, run
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             log_every_s=args.log_every,
         )
         run(request, settings)
-    except ValueError as e:  # DataError included
+    except (ValueError, PipelineError) as e:  # DataError included; a refused --output
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FloatingPointError as e:

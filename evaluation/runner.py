@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.io_utils import atomic_write_json
+from data_pipeline.io_utils import atomic_write_json, check_output_dir, claim_output_dir
 from evaluation import cells as cells_mod
 from evaluation.catalog import Split, locate, select_datasets
 from evaluation.cells import TASK_MODULES, Cell
@@ -78,6 +78,12 @@ def run(req: RunRequest, settings: EvalSettings) -> dict[str, Any]:
         tokenizers[spec.slug] = load_tokenizer(spec)
     prints = {spec.slug: fingerprint(spec) for spec in specs}
     precision = runtime.precision
+    # NOTE: cells/ is made first thing, so that a stopped run's directory is known as this
+    # command's (and resumed) like a finished one's (results.json).
+    claim = check_output_dir if req.dry_run else claim_output_dir
+    claim(req.output, OWN_RECORDS, "use a new or empty directory as --output")
+    if not req.dry_run:
+        (Path(req.output) / "cells").mkdir(exist_ok=True)
 
     plan = plan_cells(specs, splits, req)
     idents, pending, stale, finished = {}, [], [], 0
@@ -139,6 +145,7 @@ def run(req: RunRequest, settings: EvalSettings) -> dict[str, Any]:
 
 
 REPORT_FILES = ("results.json", "results.md", "chart.png")
+OWN_RECORDS = ("results.json", "cells")  # what marks an --output as this command's
 
 
 def _summary(metrics: dict[str, Any]) -> str:
