@@ -35,6 +35,8 @@ Every JSON line goes to OUT_DIR/gpu_check.jsonl as soon as it exists (a time-out
 what finished), each part's output to OUT_DIR/<part>.log. After each part a line of benchmark
 gpu_check, metric `part`, says ok, failed (with the end of its log), timed_out or skipped (the
 deadline); the last line, metric `passed`, sums them up. Exit status 0 when every part passed.
+An OUT_DIR that holds files but no gpu_check.jsonl is someone else's: the check refuses it in one
+line (exit status 2) and writes nothing there.
 
 --dry goes through every part at tiny sizes (bench_cohort.TINY_*), 6 steps a run, on whatever
 device there is, with no deadline; tests/test_gpu_check.py runs it in the suite, so the script
@@ -62,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cohort import stdout_to_stderr  # noqa: E402
+from data_pipeline.io_utils import PipelineError, claim_output_dir  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "paper_distilled.yaml"
 DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
@@ -89,6 +92,7 @@ PARTS = (
     Part("train-compile", 100, train={"compile": True, "teacher_ahead": False}),
 )
 DRY_STEPS, LOG_EVERY, DRY_LOG_EVERY, WARMUP = 6, 5, 2, 5
+JSONL = "gpu_check.jsonl"  # the check's record: OUT_DIR holds it, or nothing, or is made here
 
 
 class Output:
@@ -98,7 +102,7 @@ class Output:
         from benchmarks.run import device_name
 
         self.dir = out_dir
-        self.path = out_dir / "gpu_check.jsonl"
+        self.path = out_dir / JSONL
         self.device = device_name()
         sys.stdout.flush()
         # NOTE: a handle of its own: what the libraries print goes from fd 1 to stderr meanwhile
@@ -142,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(wanted) - {x.name for x in PARTS})
     if unknown:
         p.error(f"unknown part(s) {unknown}; known: {[x.name for x in PARTS]}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        claim_output_dir(args.out_dir, (JSONL,), "use a new or empty directory as OUT_DIR")
+    except PipelineError as e:
+        print(f"gpu_check: error: {e}", file=sys.stderr)
+        return 2
     out = Output(args.out_dir)
+    out.path.touch()  # NOTE: the record, there from the start: a killed check's OUT_DIR is reused
     start = time.monotonic()
     status: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, stdout_to_stderr():
