@@ -66,5 +66,19 @@ gpu-wheels: install
 	    --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $$($(PINNED) $(GPU_PACKAGES))
 	ls $(GPU_WHEELS)
 
+# Removes only what this checkout made, each known by its own record: the venv by .installed
+# (make install), the demo corpus by .demo.json (xml/.complete.json before that record existed),
+# a run directory by the trainer's .lock or recipe.resolved.yaml, pytest's cache by CACHEDIR.TAG.
+# A folder of the same name without its record is the user's: it stays, said in one line.
+REMOVE_OWN = remove() { dir=$$1; shift; [ -e "$$dir" ] || return 0; \
+	for record; do [ -e "$$dir/$$record" ] && { echo "rm -rf $$dir"; rm -rf "$$dir"; return 0; }; \
+	done; echo "make clean: kept $$dir: no $$(echo "$$@" | sed 's/ / or /g') in it, so this" \
+	"checkout did not make it; remove it yourself if you mean to"; }
+RUN_RECORDS := .lock recipe.resolved.yaml
 clean:
-	rm -rf $(VENV) data/demo runs/demo runs/demo.stale-* runs/demo-teacher runs/demo-teacher.stale-* .pytest_cache
+	@$(REMOVE_OWN); \
+	remove "$(VENV)" .installed; \
+	remove data/demo .demo.json xml/.complete.json; \
+	for run in runs/demo runs/demo.stale-* runs/demo-teacher runs/demo-teacher.stale-*; do \
+	  remove "$$run" $(RUN_RECORDS); done; \
+	remove .pytest_cache CACHEDIR.TAG
