@@ -11,6 +11,7 @@ line on stderr), and in-process for the rerun, at the smallest sizes it takes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -160,6 +161,10 @@ def test_extract_rerun_leaves_the_users_files(small_corpus, tmp_path):
     files = [str(f) for f in small_corpus.files]
     run_extract(files, str(out), progress=False)
     planted = [plant(out), plant(out / ".parts"), plant(out, "extra.json")]
+    # a report edited by hand to name a user's file as an output
+    report = json.loads((out / "report.json").read_text())
+    report["files"].append({**report["files"][0], "output": USER_FILE})
+    (out / "report.json").write_text(json.dumps(report))
     # fewer inputs: the outputs of the dropped ones go (listed in the previous report), and
     # every output is written again
     report = run_extract(files[1:], str(out), progress=False, keep_no_abstract=True)
@@ -198,12 +203,13 @@ def test_shard_resume_leaves_the_users_files(records, tokenizer_dir, tmp_path, m
         m.setattr(Manifest, "save", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run_shard(*args, **kw)
-    planted = [plant(out), plant(out / STATE_DIR)]
+    # a shard-like name too: only the shard a crash can leave past the journal may go
+    planted = [plant(out), plant(out / STATE_DIR), plant(out, "train-000999.tar")]
     manifest = run_shard(*args, **kw)
     assert manifest.splits["train"].samples > 0
-    assert [p.read_bytes() for p in planted] == [USER_BYTES] * 2
+    assert [p.read_bytes() for p in planted] == [USER_BYTES] * 3
     assert run_shard(*args, **kw) == manifest  # complete: nothing to do
-    assert [p.read_bytes() for p in planted] == [USER_BYTES] * 2
+    assert [p.read_bytes() for p in planted] == [USER_BYTES] * 3
 
 
 def test_demo_rebuild_leaves_the_users_files(tmp_path, monkeypatch):
@@ -240,8 +246,9 @@ def test_evaluation_rerun_leaves_the_users_files(tiny_model, ner_data, tmp_path,
     with monkeypatch.context() as m:
         m.setattr(finetune, "train", interrupt)
         assert main(args) == 130
-    planted = [plant(out), plant(out / "cells"), plant(out / "models")]
+    planted = [plant(out)]
     assert main(args) == 0
+    planted += [plant(out / "cells"), plant(out / "models")]
     assert main([*args, "ner.lr=1e-3", "--rerun-stale"]) == 0  # every cell again, and the report
     assert (out / "results.json").is_file()
     assert [p.read_bytes() for p in planted] == [USER_BYTES] * 3
