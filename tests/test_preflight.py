@@ -54,7 +54,8 @@ def test_a_runnable_recipe_passes_every_check(make, capsys, tiny_shards):
     assert all(line.startswith("ok    ") for line in checks), checks
     lines = by_name(checks)
     assert sorted(lines) == [
-        "batch", "data.eval_shards", "data.train_shards", "positions", "student CompactBioBERT",
+        "batch", "data.eval_shards", "data.train_shards", "positions", "run directory",
+        "student CompactBioBERT",
         "student DistilBioBERT", "student TinyBioBERT", "teacher", "tokenizer",
     ]  # fmt: skip
     m = Manifest.load(tiny_shards)

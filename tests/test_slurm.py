@@ -418,3 +418,18 @@ def test_bad_input_fails_at_once_with_one_line(cluster, training, knobs, message
     start, end = (datetime.datetime.fromisoformat(record[k]) for k in ("StartTime", "EndTime"))
     assert (end - start).total_seconds() < 30  # no rank started: only the checks ran
     assert not (run_dir / "recipe.resolved.yaml").exists()  # rank 0 writes it first thing
+
+
+@pytest.mark.slow
+def test_a_run_dir_of_the_users_files_is_refused_untouched(cluster, training):
+    """RUN_DIR naming a directory of the user's: the dry-run's check refuses it before any rank
+    starts, and nothing is written into it (the plan goes in only once the checks pass)."""
+    theirs = training["root"] / "runs" / "theirs"
+    theirs.mkdir(parents=True)
+    (theirs / "results.csv").write_text("a,b\n1,2\n")
+    job, log, run_dir = submit_training(cluster, training, "theirs")
+    record = cluster.wait_done(job, timeout=120)
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0")
+    assert f"FAIL  run directory: {theirs}: holds results.csv and no .lock" in log.read_text()
+    assert sorted(p.name for p in theirs.iterdir()) == ["results.csv"]
+    assert (theirs / "results.csv").read_text() == "a,b\n1,2\n"

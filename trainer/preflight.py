@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from data_pipeline.io_utils import PipelineError, first_line
+from trainer import run_lock
 from trainer.config import RunConfig
 from trainer.hub_names import is_hub_name
 from trainer.teacher_cache import ownership
@@ -172,6 +173,8 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     else:
         checks += _data_checks(cfg, built_first)
     checks.append(_batch_check(ds, world, cfg.train.global_batch))
+    problem = run_lock.foreign(cfg.run_dir)
+    checks.append(Check("run directory", problem, str(cfg.run_dir)))
     return checks
 
 

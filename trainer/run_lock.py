@@ -23,13 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from data_pipeline.io_utils import claim_output_dir
+from data_pipeline.io_utils import PipelineError, check_output_dir, claim_output_dir
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-# What only a run leaves in its directory: a directory with one of them is a run directory
-RUN_RECORDS = (LOCK_NAME, "recipe.resolved.yaml", "checkpoints", "TEACHER.json")
+# What only a run leaves in its directory (plan.txt: slurm/train.sbatch's dry-run plan): a
+# directory with one of them is a run directory
+RUN_RECORDS = (LOCK_NAME, "recipe.resolved.yaml", "checkpoints", "TEACHER.json", "plan.txt")
+_WAY_OUT = "set run.name or run.output_dir to another directory, or move what is there away"
 
 _held: dict[Path, int] = {}  # run directory (resolved) -> the open lock file descriptor
 
@@ -45,11 +47,7 @@ def hold(run_dir: Path) -> None:
     key = run_dir.resolve()
     if key in _held:
         return
-    claim_output_dir(
-        run_dir,
-        RUN_RECORDS,
-        "set run.name or run.output_dir to another directory, or move what is there away",
-    )
+    claim_output_dir(run_dir, RUN_RECORDS, _WAY_OUT)
     path = run_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -74,6 +72,16 @@ def hold(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     _held[key] = fd
+
+
+def foreign(run_dir: Path) -> str | None:
+    """Why `run_dir` is not a run directory a trainer may take (None: it may), creating
+    nothing: the dry-run's check of what `hold` would refuse."""
+    try:
+        check_output_dir(run_dir, RUN_RECORDS, _WAY_OUT)
+    except PipelineError as e:
+        return str(e)
+    return None
 
 
 def release(run_dir: Path) -> None:
