@@ -45,10 +45,10 @@ REPEATS = 3
 def measure(quick: bool, root: Path) -> dict:
     import deepspeed
 
-    from trainer.assemble import build_trainer
-    from trainer.checkpoint import file_records, verify
-    from trainer.ds_config import load_ds_config, micro_batch_size
-    from trainer.runtime import Runtime
+    from trainer.checkpoint.store import file_records, verify
+    from trainer.config.ds_json import load_ds_config, micro_batch_size
+    from trainer.runtime.distributed import Runtime
+    from trainer.train.builder import build_trainer
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     plan = replace(QUICK if quick else FULL, warmup=2, steps=REPEATS, rounds=1)

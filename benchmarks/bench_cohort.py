@@ -14,7 +14,7 @@ synchronize, so machine noise falls on all runs alike. Data loading and the loop
 bookkeeping (logging, evaluation, checkpoints) are outside the timed region. A student alone gets
 the teacher its own objective needs: DistilBioBERT's reads no attention maps, so its teacher
 computes none, where the cohort's computes the maps CompactBioBERT and TinyBioBERT read beside
-its SDPA attention (trainer/attention.py); that is what a separate run would cost. Figures
+its SDPA attention (trainer/models/attention.py); that is what a separate run would cost. Figures
 (benchmark cohort_vs_separate):
 - measured_ratio: cohort time / sum of the three separate runs' times, per round; the median
   (settings: every round's ratio, the ratios of total and of minimum times, and the teacher's
@@ -68,8 +68,8 @@ import numpy as np
 from benchmarks.flops import FORMULA, cohort_flops, describe, shapes_from_recipe
 
 if TYPE_CHECKING:
-    from trainer.config import RunConfig
-    from trainer.loop import Trainer
+    from trainer.config.recipe import RunConfig
+    from trainer.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
@@ -154,8 +154,8 @@ def stdout_to_stderr() -> Iterator[None]:
 def synthetic_tokenizer(out: Path, vocab_size: int) -> Path:
     """A cased BERT-style WordPiece tokenizer whose vocabulary is the special tokens plus words
     "w5" ... "w<vocab_size - 1>", word "wN" being id N (the same normaliser, pre-tokeniser and
-    specials as data_pipeline.synth.train_wordpiece, nothing learned)."""
-    from data_pipeline.synth import SPECIAL_TOKENS, wordpiece_from_vocab
+    specials as data_pipeline.demo.synth.train_wordpiece, nothing learned)."""
+    from data_pipeline.demo.synth import SPECIAL_TOKENS, wordpiece_from_vocab
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
@@ -169,8 +169,8 @@ def synthetic_shards(
     """(shard dir, tokenizer dir): `docs` full-length samples of random token ids, uniform, or
     with `zipf` the k-th most frequent word drawn with probability proportional to k**-zipf:
     a unigram distribution a model can learn, so that the loss of a short run falls."""
-    from data_pipeline.shards import run_shard
-    from data_pipeline.synth import SPECIAL_TOKENS
+    from data_pipeline.demo.synth import SPECIAL_TOKENS
+    from data_pipeline.shards.writer import run_shard
 
     tok = synthetic_tokenizer(root / "tokenizer", vocab_size)
     rng = np.random.default_rng(2023)
@@ -209,13 +209,13 @@ def recipe_overrides(plan: Plan, root: Path, samples_per_step: int) -> list[str]
     """Overrides shared by every run: its data, no evaluation (never timed here), paper sizes."""
     if plan.sizes == "demo":
         if not (DEMO_DIR / "shards" / "manifest.json").exists():
-            from data_pipeline.demo import build_demo
+            from data_pipeline.demo.build import build_demo
 
             log(f"demo corpus missing: building {DEMO_DIR}")
             build_demo(DEMO_DIR, log=log)
         # A teacher of the demo teacher's shape, random: speed does not depend on its weights,
         # and the demo's trained one may not be built yet. No MLM twins: the paper's three.
-        from trainer.config import load_config
+        from trainer.config.recipe import load_config
 
         shape = load_config(DEMO_TEACHER_RECIPE).students[0].init.config
         teacher = ", ".join(f"{k}: {v}" for k, v in shape.items())
@@ -262,7 +262,7 @@ def run_config(
 ) -> RunConfig:
     """The recipe with `overrides`, its run directory under `out`, student budgets long enough
     for every step taken here, and only `students` (None: all)."""
-    from trainer.config import load_config, select_students
+    from trainer.config.recipe import load_config, select_students
 
     overrides = [*overrides, f"run.output_dir={out}", f"run.name={name}"]
     if plan.compile is not None:
@@ -314,9 +314,9 @@ def measure(plan: Plan, root: Path) -> Measured:
     import deepspeed
     import torch
 
-    from trainer.assemble import build_trainer
-    from trainer.ds_config import load_ds_config, micro_batch_size
-    from trainer.runtime import Runtime
+    from trainer.config.ds_json import load_ds_config, micro_batch_size
+    from trainer.runtime.distributed import Runtime
+    from trainer.train.builder import build_trainer
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(DS_CONFIG)
@@ -382,7 +382,7 @@ def measure(plan: Plan, root: Path) -> Measured:
 
 def run_settings(plan: Plan, cfg: RunConfig, ds: dict, seq_len: float) -> dict:
     """What every figure of a run states: sizes, recipe, DeepSpeed settings, models."""
-    from trainer.ds_config import micro_batch_size
+    from trainer.config.ds_json import micro_batch_size
 
     teacher, students = shapes_from_recipe(cfg)
     models = {"teacher": describe(teacher)} if teacher is not None else {}

@@ -31,8 +31,8 @@ import torch
 from benchmarks.common import corpus_with_tokenizer
 from data_pipeline.extract import run_extract
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
-from data_pipeline.manifest import Manifest
-from data_pipeline.shards import run_shard
+from data_pipeline.shards.manifest import Manifest
+from data_pipeline.shards.writer import run_shard
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -44,9 +44,9 @@ def measure_memory(
     import deepspeed
     import torch
 
-    from trainer.assemble import build_trainer
-    from trainer.ds_config import load_ds_config
-    from trainer.runtime import Runtime
+    from trainer.config.ds_json import load_ds_config
+    from trainer.runtime.distributed import Runtime
+    from trainer.train.builder import build_trainer
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(ROOT / "ds_configs" / f"zero{stage}.json")

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from benchmarks.common import corpus_with_tokenizer, count_records, timed
 from data_pipeline.extract import run_extract
-from data_pipeline.manifest import Manifest
-from data_pipeline.shards import run_shard
+from data_pipeline.shards.manifest import Manifest
+from data_pipeline.shards.writer import run_shard
 
 # NOTE: per-core rates need single-threaded tokenizers on both sides (the Rust tokenizer otherwise
 # spreads a batch over every core).

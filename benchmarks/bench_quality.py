@@ -8,8 +8,8 @@ CompactBioBERT and TinyBioBERT distilled from it, each beside its MLM-only twin)
 `deepspeed --num_gpus 2 trainer/main.py --ds_config ds_configs/zero2.json train.seed=S`, each
 in its own run directory under a temporary folder. train.seed sets the students' initialisation,
 masks, dropout and data order; the teacher is the same for every seed (the first run builds it
-when it is missing). Figures, from each run's summary.json (trainer/summary.py); value = the mean
-over seeds, settings = every seed's value, min, max, spread (max - min) and the sample std:
+when it is missing). Figures, from each run's summary.json (trainer/train/summary.py); value = the
+mean over seeds, settings = every seed's value, min, max, spread (max - min) and the sample std:
 
 - teacher_to_ceiling_acc: the teacher's held-out accuracy at entity positions over the ceiling,
   the best accuracy any model can reach there (data/demo/knowledge.json).
@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.bench_cohort import ROOT, log
-from trainer.runtime import free_port
-from trainer.summary import SUMMARY_JSON
+from trainer.runtime.distributed import free_port
+from trainer.train.summary import SUMMARY_JSON
 
 SEEDS = (42, 7, 2023, 11, 5)
 STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")

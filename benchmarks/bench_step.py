@@ -19,11 +19,11 @@ on generated full-length shards; benchmarks/bench_cohort.py explains them). Figu
   student, torch AdamW) / seconds per step of the cohort, on the same batches, the two taking
   turns over `Plan.rounds` rounds; the median round.
 - teacher_ahead: `speedup` = seconds per step with the teacher's forward for batch k+1 launched
-  right after batch k's (train.teacher_ahead, trainer/teacher_ahead.py: a side CUDA stream beside
-  the students' steps) / seconds per step without, same batches, taking turns over `Plan.rounds`
-  rounds of ROUND_STEPS steps; the median round. Each block starts cold (its first batch has no
-  early signals), so the figure slightly understates a long run's gain. On a CPU there is no
-  second stream and nothing can overlap: expect about 1.0 there.
+  right after batch k's (train.teacher_ahead, trainer/train/teacher_ahead.py: a side CUDA stream
+  beside the students' steps) / seconds per step without, same batches, taking turns over
+  `Plan.rounds` rounds of ROUND_STEPS steps; the median round. Each block starts cold (its first
+  batch has no early signals), so the figure slightly understates a long run's gain. On a CPU there
+  is no second stream and nothing can overlap: expect about 1.0 there.
 
 Peak memory per ZeRO stage is its own benchmark (benchmarks/bench_memory.py).
 """
@@ -86,10 +86,10 @@ def measure(plan: Plan, root: Path) -> Measured:
     import deepspeed
 
     from benchmarks.paper_loop import PaperLoop
-    from trainer.assemble import build_trainer
-    from trainer.batch import DevicePrefetcher
-    from trainer.ds_config import load_ds_config, micro_batch_size
-    from trainer.runtime import Runtime
+    from trainer.config.ds_json import load_ds_config, micro_batch_size
+    from trainer.runtime.distributed import Runtime
+    from trainer.train.batch import DevicePrefetcher
+    from trainer.train.builder import build_trainer
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     ds = load_ds_config(DS_CONFIG)
@@ -160,8 +160,8 @@ def measure(plan: Plan, root: Path) -> Measured:
 
 def compare_teacher_ahead(trainer, stream, rounds: int, gas: int, device) -> dict[str, list[float]]:
     """Seconds per step with train.teacher_ahead off and on, taking turns (see the module doc)."""
-    from trainer.batch import DeviceBatch
-    from trainer.teacher_ahead import TeacherAhead
+    from trainer.train.batch import DeviceBatch
+    from trainer.train.teacher_ahead import TeacherAhead
 
     times: dict[str, list[float]] = {"off": [], "on": []}
     if trainer.teacher is None:

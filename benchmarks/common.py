@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from data_pipeline.synth import generate_corpus, train_wordpiece
+from data_pipeline.demo.synth import generate_corpus, train_wordpiece
 
 
 class Skipped(Exception):  # noqa: N818 - a benchmark's outcome, not an error

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from trainer.config import RunConfig
+    from trainer.config.recipe import RunConfig
 
 FORMULA = (
     "encoder fwd = L*(8*s*h^2 + 4*s^2*h + 4*s*h*i); MLM head = 2*m*(h^2 + h*V), m = mask_prob*s; "
@@ -71,7 +71,7 @@ def fit_dense_flops(student_hidden: int, teacher_hidden: int, seq_len: float, n:
 
 @dataclass(frozen=True)
 class StudentShape:
-    """What a student computes per step, as its objective asks (trainer/objectives.py)."""
+    """What a student computes per step, as its objective asks (trainer/distill/objectives.py)."""
 
     name: str
     config: BertShape
@@ -169,8 +169,8 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
     """
     from transformers import AutoConfig
 
-    from trainer.bert_config import bert_config
-    from trainer.objectives import Objective, fill_layer_maps
+    from trainer.distill.objectives import Objective, fill_layer_maps
+    from trainer.models.bert_config import bert_config
 
     teacher = None
     if cfg.teacher is not None:

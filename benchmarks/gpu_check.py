@@ -268,8 +268,8 @@ print(json.dumps({
 def train_command(part: Part, work: Path, dry: bool) -> list[str]:
     """The user's command for a short run of the paper's cohort on generated data."""
     from benchmarks.bench_cohort import synthetic_overrides
-    from trainer.config import load_config
-    from trainer.ds_config import load_ds_config, micro_batch_size
+    from trainer.config.ds_json import load_ds_config, micro_batch_size
+    from trainer.config.recipe import load_config
 
     steps = DRY_STEPS if dry else part.steps
     data = work / "train-data"
@@ -304,7 +304,7 @@ def train_command(part: Part, work: Path, dry: bool) -> list[str]:
 
 def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool) -> dict:
     """The train part's line: passed (exit 0, finite losses, each falling), and its figures."""
-    from trainer.metrics import read_scalars
+    from trainer.train.metrics import read_scalars
 
     losses, tokens_per_s = {}, []
     problems = [] if rc == 0 else [f"exit status {rc}"]

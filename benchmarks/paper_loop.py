@@ -11,7 +11,7 @@ the opposite of a choice in trainer/:
 - a separate teacher forward for every student (one script per student);
 - torch's AdamW with gradient clipping, autocast for mixed precision (bf16 when the trainer's
   DeepSpeed JSON trains in bf16), no DeepSpeed.
-The loss is the trainer's own objective (trainer/objectives.py) on the same signals, so both
+The loss is the trainer's own objective (trainer/distill/objectives.py) on the same signals, so both
 sides do the same learning work; only how they compute it differs.
 """
 
@@ -23,9 +23,9 @@ import copy
 import torch
 from torch import nn
 
-from trainer.batch import DeviceBatch
-from trainer.objectives import projected_key
-from trainer.signals import LOGITS, attention_key, hidden_key
+from trainer.distill.objectives import projected_key
+from trainer.distill.teacher_signals import LOGITS, attention_key, hidden_key
+from trainer.train.batch import DeviceBatch
 
 
 def _plain(model: nn.Module) -> nn.Module:

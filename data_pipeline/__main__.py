@@ -28,9 +28,12 @@ from data_pipeline.io_utils import PipelineError
 COMMANDS = {
     "extract": ("data_pipeline.extract", "PubMed XML -> text records (jsonl.gz + report.json)"),
     "tokenize": ("data_pipeline.token_cache", "extract's parts -> token ids for shard (arrays)"),
-    "shard": ("data_pipeline.shards", "records -> WebDataset token shards + manifest.json"),
-    "inspect": ("data_pipeline.inspect_shards", "summary and decoded samples of a shard directory"),
-    "demo": ("data_pipeline.demo", "build the embedded demo corpus, tokenizer and shards"),
+    "shard": ("data_pipeline.shards.writer", "records -> WebDataset token shards + manifest.json"),
+    "inspect": (
+        "data_pipeline.shards.inspect_shards",
+        "summary and decoded samples of a shard directory",
+    ),
+    "demo": ("data_pipeline.demo.build", "build the embedded demo corpus, tokenizer and shards"),
 }
 
 

@@ -20,9 +20,9 @@ from data_pipeline.loader_config import (
     run_tokenizer,
     sample_seeds,
 )
-from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX, collate, mask_tokens
-from data_pipeline.shard_source import ManifestArg, ShardSpec, read_shard, resolve_shards
+from data_pipeline.shards.manifest import TokenizerInfo
+from data_pipeline.shards.reader import ManifestArg, ShardSpec, read_shard, resolve_shards
 
 
 class EvalBatches:

@@ -75,9 +75,9 @@ from data_pipeline.loader_config import (
     run_tokenizer,
     sample_seeds,
 )
-from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import collate, mask_batch
-from data_pipeline.shard_source import ManifestArg, ShardSet, ShardSpec, read_shard, resolve_shards
+from data_pipeline.shards.manifest import TokenizerInfo
+from data_pipeline.shards.reader import ManifestArg, ShardSet, ShardSpec, read_shard, resolve_shards
 from data_pipeline.slots import (
     POSITION_KEYS,
     STATE_VERSION,

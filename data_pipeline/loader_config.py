@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data_pipeline.manifest import TokenizerInfo
 from data_pipeline.masking import special_table
-from data_pipeline.shard_source import ShardSet
+from data_pipeline.shards.manifest import TokenizerInfo
+from data_pipeline.shards.reader import ShardSet
 
 # Domain tags keep the seed streams of different uses apart even when their other inputs collide.
 TAG_SHARDS, TAG_GROUP, TAG_MASK, TAG_EVAL = 0, 1, 2, 3

@@ -58,8 +58,8 @@ from data_pipeline.io_utils import (
     parse_slice,
     take_slice,
 )
-from data_pipeline.manifest import MODES, load_tokenizer, tokenizer_info
 from data_pipeline.records import Record, RecordReader, Source, record_text
+from data_pipeline.shards.manifest import MODES, load_tokenizer, tokenizer_info
 from data_pipeline.token_ids import (
     CHUNK,
     ChunkTokenizer,

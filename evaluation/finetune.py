@@ -25,7 +25,7 @@ import torch
 
 from data_pipeline.masking import IGNORE_INDEX
 from evaluation.config import TaskSettings
-from trainer.parameters import param_groups
+from trainer.models.parameters import param_groups
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -31,7 +31,7 @@ import torch
 
 from data_pipeline.io_utils import first_line
 from evaluation.config import SpeedSettings
-from trainer.parameters import count_parameters
+from trainer.models.parameters import count_parameters
 
 if TYPE_CHECKING:
     from evaluation.finetune import Runtime

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.synth import generate_corpus, train_wordpiece
+from data_pipeline.demo.synth import generate_corpus, train_wordpiece
 
-# The tests of the bf16 path keep bf16 on this CPU (trainer/ds_config.py: for_device); spawned
+# The tests of the bf16 path keep bf16 on this CPU (trainer/config/ds_json.py: for_device); spawned
 # ranks and subprocesses inherit it.
 os.environ.setdefault("BIODISTILL_CPU_BF16", "1")
 
@@ -35,7 +35,7 @@ def tokenizer_dir(tmp_path_factory, small_corpus) -> Path:
 def tiny_shards(tmp_path_factory, small_corpus, tokenizer_dir) -> Path:
     """Token shards of the small corpus at max_len 64, 32 samples a shard (trainer tests)."""
     from data_pipeline.extract import run_extract
-    from data_pipeline.shards import run_shard
+    from data_pipeline.shards.writer import run_shard
 
     root = tmp_path_factory.mktemp("tiny")
     run_extract([str(f) for f in small_corpus.files], str(root / "records"), progress=False)

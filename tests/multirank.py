@@ -15,7 +15,7 @@ import os
 import queue
 import traceback
 
-from trainer.runtime import free_port
+from trainer.runtime.distributed import free_port
 
 
 def _entry(fn, rank: int, world: int, port: int, args: tuple, results) -> None:

@@ -2,9 +2,9 @@
 
     .venv/bin/python tests/mutate_learning.py       # about 2 minutes on 2 CPU cores
 
-Each mutation is applied to trainer/objectives.py in turn, tests/test_learning.py runs against it,
-and the file is restored (also on Ctrl-C). Every mutation must make the test fail; the exit code
-is 1 when one does not. The mutations:
+Each mutation is applied to trainer/distill/objectives.py in turn, tests/test_learning.py runs
+against it, and the file is restored (also on Ctrl-C). Every mutation must make the test fail; the
+exit code is 1 when one does not. The mutations:
 
 - kd_weight_zero: the KD and soft cross-entropy terms weigh 0 (no logit distillation);
 - teacher_logits_are_students: KD and soft CE compare the student's logits with themselves;

@@ -1,4 +1,5 @@
-"""trainer/attention.py: SDPA everywhere, attention probabilities only where a loss reads them.
+"""trainer/models/attention.py: SDPA everywhere, attention probabilities only where a loss reads
+them.
 
     .venv/bin/python -m pytest tests/test_attention.py -q
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from trainer.attention import IMPLEMENTATION, return_probabilities, returns_probabilities
-from trainer.signals import Need, attention_key, masked_lm_signals
+from trainer.distill.teacher_signals import Need, attention_key, masked_lm_signals
+from trainer.models.attention import IMPLEMENTATION, return_probabilities, returns_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Recipes, overrides, validation and DeepSpeed JSON helpers of trainer/config.py.
+"""Recipes, overrides, validation and DeepSpeed JSON helpers of trainer/config/recipe.py.
 
 .venv/bin/pytest tests/test_config.py -q
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipeline.demo import DEMO_MAX_LEN, DEMO_VOCAB
-from trainer.config import (
+from data_pipeline.demo.build import DEMO_MAX_LEN, DEMO_VOCAB
+from trainer.config.ds_json import apply_ds_overrides, ds_config_for_student, load_ds_config
+from trainer.config.recipe import (
     DEMO_RECIPE,
     ROOT,
     RunConfig,
@@ -24,8 +25,7 @@ from trainer.config import (
     select_students,
     to_dict,
 )
-from trainer.ds_config import apply_ds_overrides, ds_config_for_student, load_ds_config
-from trainer.objectives import KINDS
+from trainer.distill.objectives import KINDS
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -596,7 +596,7 @@ def test_missing_or_invalid_recipe(tmp_path):
 def test_bf16_becomes_fp32_on_a_cpu_without_native_bf16(monkeypatch, caplog):
     import torch
 
-    from trainer.ds_config import KEEP_CPU_BF16, for_device
+    from trainer.config.ds_json import KEEP_CPU_BF16, for_device
 
     ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
-from data_pipeline.demo import DEMO_MAX_LEN, NER_DIR, build_demo
-from data_pipeline.demo_ner import DATASETS, SIZES
-from data_pipeline.manifest import Manifest, load_tokenizer, tokenizer_info
+from data_pipeline.demo.build import DEMO_MAX_LEN, NER_DIR, build_demo
+from data_pipeline.demo.ner import DATASETS, SIZES
+from data_pipeline.shards.manifest import Manifest, load_tokenizer, tokenizer_info
 
 
 def test_demo_builds_once_and_is_consistent(tmp_path):
@@ -32,7 +32,7 @@ def test_demo_builds_once_and_is_consistent(tmp_path):
 
 
 def test_a_changed_generator_rebuilds_the_demo_and_says_so(tmp_path, monkeypatch):
-    from data_pipeline import demo
+    from data_pipeline.demo import build as demo
 
     out = tmp_path / "demo"
     build_demo(out, articles=200, files=2, workers=1, log=lambda *_: None)

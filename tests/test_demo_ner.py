@@ -1,4 +1,4 @@
-"""data_pipeline/demo_ner.py: the demo's NER datasets, in BioBERT's layout, read by the evaluation.
+"""data_pipeline/demo/ner.py: the demo's NER datasets, in BioBERT's layout, read by the evaluation.
 
 .venv/bin/python -m pytest tests/test_demo_ner.py -q
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from data_pipeline.demo_ner import DATASETS, SIZES, write_ner_datasets
-from data_pipeline.knowledge import KnowledgeBase
+from data_pipeline.demo.knowledge import KnowledgeBase
+from data_pipeline.demo.ner import DATASETS, SIZES, write_ner_datasets
 from evaluation import ner
 from evaluation.catalog import BY_NAME, locate
 

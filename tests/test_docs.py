@@ -148,10 +148,27 @@ def test_readme_is_a_front_door():
 def test_keys_reference_is_the_print_keys_output():
     """docs/training.md's recipe-key block is what `python trainer/main.py --print-keys` prints
     (paste that output into the block when a key changes)."""
-    from trainer.config import render_keys
+    from trainer.config.recipe import render_keys
 
     text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     m = re.search(r"Generated from `python trainer/main.py --print-keys`.*?\n```\n(.*?)\n```", text,
                   re.S)  # fmt: skip
     assert m, "docs/training.md: no generated recipe-key block"
     assert m.group(1) == render_keys()
+
+
+CODE_PATH = re.compile(
+    r"\b(?:trainer|data_pipeline|evaluation|benchmarks|tests|slurm)/[\w/]+\.(?:py|sh|sbatch)\b"
+)
+
+
+def test_every_cited_code_path_exists():
+    """A file named in the docs or in a comment (trainer/train/loop.py) is where it says: a moved
+    or renamed file leaves no stale pointer behind."""
+    missing = []
+    for path in tracked_files():
+        text = path.read_text(encoding="utf-8")
+        for m in CODE_PATH.finditer(text):
+            if not (ROOT / m.group(0)).exists():
+                missing.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert not missing, "cites files that do not exist:\n" + "\n".join(missing)

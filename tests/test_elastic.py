@@ -1,5 +1,5 @@
-"""Elastic resume: a run saved on N ranks goes on on M != N ranks (trainer/elastic.py) and ends
-where the uninterrupted N-rank run ends, to fp32 rounding.
+"""Elastic resume: a run saved on N ranks goes on on M != N ranks (trainer/checkpoint/elastic.py)
+and ends where the uninterrupted N-rank run ends, to fp32 rounding.
 
     .venv/bin/python -m pytest tests/test_elastic.py -q
 
@@ -23,10 +23,10 @@ from multirank import run_distributed
 from test_resume import resume_copy, run_in_turn
 from trainer_setup import assert_same_weights, ds_config, recipe, weights, write_recipe
 
-from data_pipeline.manifest import Manifest
-from trainer.elastic import to_universal
-from trainer.metrics import read_scalars
-from trainer.runtime import free_port
+from data_pipeline.shards.manifest import Manifest
+from trainer.checkpoint.elastic import to_universal
+from trainer.runtime.distributed import free_port
+from trainer.train.metrics import read_scalars
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ CELLS = (1 + 2 + 1 + 1) * SEEDS  # NCBI-disease, GAD folds 1-2, ChemProt, BioASQ
 def save_tiny_model(out: Path, seed: int = 0) -> Path:
     from transformers import BertConfig, BertForMaskedLM
 
-    from data_pipeline.synth import train_wordpiece
+    from data_pipeline.demo.synth import train_wordpiece
 
     texts = [" ".join(w for w, _ in s) for s in ner_sentences(40, 0)]
     texts += [s for s, _ in re_rows(40, 0, ["0", "1"])]

@@ -27,12 +27,12 @@ from transformers import (
     BertForPreTraining,
 )
 
-from data_pipeline.synth import train_wordpiece
-from trainer import pooler as poolers
-from trainer.export import export_student, main, write_export, write_skeleton
-from trainer.model_card import UNSET_ID, front_matter
-from trainer.students import build_student
-from trainer.teacher import load_teacher_model
+from data_pipeline.demo.synth import train_wordpiece
+from trainer.export.hf_export import export_student, main, write_export, write_skeleton
+from trainer.export.model_card import UNSET_ID, front_matter
+from trainer.models import pooler as poolers
+from trainer.models.students import build_student
+from trainer.models.teacher import load_teacher_model
 
 VOCAB = 120
 TEACHER = {
@@ -52,7 +52,7 @@ CARD = (
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    """A WordPiece tokenizer saved as data_pipeline/synth.py saves the demo's (transformers 5
+    """A WordPiece tokenizer saved as data_pipeline/demo/synth.py saves the demo's (transformers 5
     calls it TokenizersBackend)."""
     out = tmp_path_factory.mktemp("tokenizer")
     texts = ["Aspirin inhibits prostaglandin synthesis in platelets of patients."] * 40

@@ -24,9 +24,9 @@ import torch
 from load_export import main as load_here
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from data_pipeline.synth import train_wordpiece
-from trainer.export import write_export
-from trainer.pooler import attach, identity_pooler
+from data_pipeline.demo.synth import train_wordpiece
+from trainer.export.hf_export import write_export
+from trainer.models.pooler import attach, identity_pooler
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -442,7 +442,7 @@ def test_cli_entry_and_progress(tmp_path, capsys):
 
 
 def test_matches_the_generated_corpus(small_corpus, tmp_path):
-    # Cross-check against data_pipeline.synth, which records the text each citation must yield.
+    # Cross-check against data_pipeline.demo.synth, which records the text each citation must yield.
     run_extract(
         [str(p) for p in small_corpus.files], str(tmp_path), keep_no_abstract=True, progress=False
     )

@@ -5,7 +5,7 @@
 `train.global_batch` (or the DeepSpeed JSON's train_batch_size) fixes the sequences per optimizer
 step; the trainer derives the accumulation for the world size, and where no accumulation makes a
 rank's share, lowers the micro-batch to the largest divisor of it that the JSON allows
-(trainer/ds_config.py: fit_global_batch). The table below checks the rule at every corner; the
+(trainer/config/ds_json.py: fit_global_batch). The table below checks the rule at every corner; the
 runs check it end to end by the sample keys each optimizer step trained on.
 """
 
@@ -17,8 +17,8 @@ import pytest
 from multirank import run_distributed
 from trainer_setup import ds_config, recipe, write_recipe
 
-from data_pipeline.manifest import Manifest
-from trainer.ds_config import fit_global_batch
+from data_pipeline.shards.manifest import Manifest
+from trainer.config.ds_json import fit_global_batch
 
 JSON = {"train_micro_batch_size_per_gpu": 24, "gradient_accumulation_steps": 1}
 
@@ -90,9 +90,9 @@ def train_recording_keys(rank: int, world: int, argv: list[str]) -> dict:
     """One rank of a run, recording the sample keys of every micro-batch it trains on."""
     import dataclasses
 
-    from trainer import batch as batches
-    from trainer import inputs
     from trainer.main import main
+    from trainer.train import batch as batches
+    from trainer.train import inputs
 
     keys: list[list[str]] = []
     original = batches.DeviceBatch.from_host.__func__

@@ -119,7 +119,7 @@ def test_unknown_part_is_refused(tmp_path, capsys):
     ],
 )
 def test_train_verdict_needs_every_loss_finite_and_falling(tmp_path, losses, problem):
-    from trainer.metrics import MetricsWriter
+    from trainer.train.metrics import MetricsWriter
 
     writer = MetricsWriter(
         tmp_path / "tensorboard", enabled=True, models=["DistilBioBERT", "TinyBioBERT"]
@@ -163,8 +163,8 @@ def test_run_py_fails_on_a_benchmark_without_figures_and_reports_a_skip(tmp_path
 
 def test_run_py_gives_each_benchmark_the_environment_it_started_with(monkeypatch):
     """A benchmark that starts a Runtime in-process sets RANK, WORLD_SIZE, LOCAL_WORLD_SIZE=1,
-    ... (trainer/runtime.py). Leaked into a later benchmark's `deepspeed --num_gpus 2` children
-    (the launcher sets LOCAL_SIZE, not LOCAL_WORLD_SIZE), each rank took every core, so the
+    ... (trainer/runtime/distributed.py). Leaked into a later benchmark's `deepspeed --num_gpus 2`
+    children (the launcher sets LOCAL_SIZE, not LOCAL_WORLD_SIZE), each rank took every core, so the
     learning benchmark trained other numerics after the step benchmark than alone."""
     import types
 

@@ -1,4 +1,4 @@
-"""trainer/heldout.py: held-out MLM loss, accuracy, teacher agreement and accuracy at entity
+"""trainer/train/heldout.py: held-out MLM loss, accuracy, teacher agreement and accuracy at entity
 positions, any world size; the teacher's results cached across evaluations.
 
     .venv/bin/python -m pytest tests/test_heldout.py -q
@@ -19,12 +19,12 @@ from multirank import run_distributed
 from transformers import BertConfig, BertForMaskedLM
 
 from data_pipeline.eval_batches import EvalBatches
-from data_pipeline.manifest import Manifest
-from trainer.heldout import heldout_metrics
-from trainer.runtime import Runtime
-from trainer.signals import LOGITS, Need
-from trainer.students import StudentModule
-from trainer.teacher import Teacher
+from data_pipeline.shards.manifest import Manifest
+from trainer.distill.teacher_signals import LOGITS, Need
+from trainer.models.students import StudentModule
+from trainer.models.teacher import Teacher
+from trainer.runtime.distributed import Runtime
+from trainer.train.heldout import heldout_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

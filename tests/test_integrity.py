@@ -20,8 +20,8 @@ from data_pipeline.__main__ import main as cli
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import PipelineError, sha256_file
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
-from data_pipeline.manifest import Manifest
-from data_pipeline.shard_source import read_shard
+from data_pipeline.shards.manifest import Manifest
+from data_pipeline.shards.reader import read_shard
 
 CORRUPT_SHARD = "train-000001.tar"
 

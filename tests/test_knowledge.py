@@ -1,4 +1,5 @@
-"""data_pipeline/knowledge.py: the knowledge base, its articles and the ceiling at entity positions.
+"""data_pipeline/demo/knowledge.py: the knowledge base, its articles and the ceiling at entity
+positions.
 
     .venv/bin/python -m pytest tests/test_knowledge.py -q
 
@@ -15,14 +16,14 @@ import random
 import numpy as np
 import pytest
 
-from data_pipeline.knowledge import (
+from data_pipeline.demo.knowledge import (
     RELATIONS,
     Facts,
     KnowledgeBase,
     Mention,
     masked_bound,
 )
-from data_pipeline.synth import filler_words
+from data_pipeline.demo.synth import filler_words
 
 KB = KnowledgeBase.generate(seed=5)
 BY_NAME = {r.name: r for r in RELATIONS}
@@ -162,7 +163,7 @@ def test_masked_bound_counts_kept_tokens_as_readable():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from data_pipeline.demo import build_demo
+    from data_pipeline.demo.build import build_demo
 
     out = tmp_path_factory.mktemp("kdemo") / "demo"
     build_demo(out, articles=300, files=3, workers=1, log=lambda *_: None)
@@ -172,7 +173,7 @@ def demo(tmp_path_factory):
 def test_the_demo_ceiling_is_computed_on_the_eval_split(demo):
     import json
 
-    from data_pipeline.manifest import Manifest
+    from data_pipeline.shards.manifest import Manifest
 
     kb = json.loads((demo / "knowledge.json").read_text())
     assert kb["entities"] == KnowledgeBase.generate(2023).entities  # the demo's seed
@@ -196,8 +197,8 @@ def test_the_demo_ceiling_is_computed_on_the_eval_split(demo):
 )
 def test_bad_entity_files_are_refused_naming_the_file(demo, tmp_path, content, message):
     from data_pipeline.io_utils import PipelineError
-    from data_pipeline.manifest import load_tokenizer
-    from trainer.inputs import load_entities
+    from data_pipeline.shards.manifest import load_tokenizer
+    from trainer.train.inputs import load_entities
 
     path = tmp_path / "entities.json"
     path.write_text(content)
@@ -208,8 +209,8 @@ def test_bad_entity_files_are_refused_naming_the_file(demo, tmp_path, content, m
 
 
 def test_entity_files_give_a_table_and_the_ceiling(demo):
-    from data_pipeline.manifest import load_tokenizer
-    from trainer.inputs import load_entities
+    from data_pipeline.shards.manifest import load_tokenizer
+    from trainer.train.inputs import load_entities
 
     tok = load_tokenizer(str(demo / "tokenizer"))
     table, ceiling = load_entities(str(demo / "knowledge.json"), tok, 4096)

@@ -3,7 +3,7 @@ MLM-only twins of the same shape, init and batches.
 
     .venv/bin/python -m pytest tests/test_learning.py -q
 
-A small knowledge corpus (data_pipeline/knowledge.py) and a small teacher pre-trained on it are
+A small knowledge corpus (data_pipeline/demo/knowledge.py) and a small teacher pre-trained on it are
 made once per session, the teacher through `teacher.build` exactly as the demo makes its own.
 Then one short cohort run distils two students beside their twins (train.mlm_twins):
 - Tiny: random init, the TinyBioBERT objective (attention MSE, hidden MSE through fit_dense, soft
@@ -29,16 +29,16 @@ import torch
 from multirank import run_distributed
 from trainer_setup import ds_config, write_recipe
 
-from data_pipeline.demo import build_demo
+from data_pipeline.demo.build import build_demo
 from data_pipeline.eval_batches import EvalBatches
-from data_pipeline.manifest import Manifest, load_tokenizer, tokenizer_info
-from trainer.config import load_config
-from trainer.heldout import heldout_metrics
-from trainer.hf_models import load_masked_lm
-from trainer.inputs import load_entities
-from trainer.runtime import Runtime
-from trainer.students import build_student
-from trainer.summary import SUMMARY_JSON
+from data_pipeline.shards.manifest import Manifest, load_tokenizer, tokenizer_info
+from trainer.config.recipe import load_config
+from trainer.models.hf_models import load_masked_lm
+from trainer.models.students import build_student
+from trainer.runtime.distributed import Runtime
+from trainer.train.heldout import heldout_metrics
+from trainer.train.inputs import load_entities
+from trainer.train.summary import SUMMARY_JSON
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -127,8 +127,8 @@ def _starting_agreement(cfg, name: str) -> dict[str, float]:
     teacher_model, _ = load_masked_lm(cfg.teacher.path, None, "teacher")
     spec = next(s for s in cfg.students if s.name == name)
     built = build_student(spec, teacher_model=teacher_model, vocab_size=4096, seed=SEED)
-    from trainer.signals import Need
-    from trainer.teacher import Teacher
+    from trainer.distill.teacher_signals import Need
+    from trainer.models.teacher import Teacher
 
     entities, _ = load_entities(cfg.data.entities, tok, 4096)
     batches = EvalBatches(

@@ -24,8 +24,8 @@ from data_pipeline import loader as loader_mod
 from data_pipeline.eval_batches import iter_eval_batches
 from data_pipeline.io_utils import PipelineError
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
-from data_pipeline.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
 from data_pipeline.masking import IGNORE_INDEX
+from data_pipeline.shards.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
 from data_pipeline.slots import merge_states
 
 TOK = TokenizerInfo(
@@ -49,7 +49,8 @@ def make_shards(directory: Path, sizes, eval_sizes=(), seed: int = 0) -> dict[st
         infos = []
         for i, n in enumerate(split_sizes):
             name, tokens = f"{split}-{i:06d}.tar", 0
-            # mtime 0, as data_pipeline/shards.py writes: no pax headers, so the fast path reads it
+            # mtime 0, as data_pipeline/shards/writer.py writes: no pax headers, so the fast path
+            # reads it
             with webdataset.TarWriter(str(directory / name), mtime=0) as writer:
                 for _ in range(n):
                     body = rng.integers(5, TOK.vocab_size, int(rng.integers(4, 40)))

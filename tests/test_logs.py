@@ -1,4 +1,5 @@
-"""trainer/logs.py: the console without the known third-party noise, the run log with everything.
+"""trainer/runtime/logs.py: the console without the known third-party noise, the run log with
+everything.
 
     .venv/bin/python -m pytest tests/test_logs.py -q
 
@@ -12,13 +13,13 @@ import subprocess
 import sys
 import textwrap
 
-from trainer.config import ROOT
+from trainer.config.recipe import ROOT
 
 SCRIPT = textwrap.dedent(
     """
     import logging, sys, warnings
     from pathlib import Path
-    from trainer.logs import attach_run_log, quiet_console, setup_logging
+    from trainer.runtime.logs import attach_run_log, quiet_console, setup_logging
 
     run_dir, rank = Path(sys.argv[1]), int(sys.argv[2])
     setup_logging()

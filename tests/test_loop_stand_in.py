@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 from multirank import run_distributed
 
-from trainer import checkpoint as checkpoint_module
-from trainer.checkpoint import MARKER, Checkpointer, latest_complete, rank_file, step_dir
-from trainer.loop import Trainer
-from trainer.metrics import TrainLog
-from trainer.runtime import Runtime
+from trainer.checkpoint import store as checkpoint_module
+from trainer.checkpoint.store import MARKER, Checkpointer, latest_complete, rank_file, step_dir
+from trainer.runtime.distributed import Runtime
+from trainer.train.loop import Trainer
+from trainer.train.metrics import TrainLog
 
 CPU = torch.device("cpu")
 

@@ -1,5 +1,5 @@
-"""Loss terms (trainer/losses.py) against independent float64 computations of the definitions in
-docs/objectives.md.
+"""Loss terms (trainer/distill/losses.py) against independent float64 computations of the
+definitions in docs/objectives.md.
 
 Run: .venv/bin/pytest tests/test_losses.py -q
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import (
+from trainer.distill.losses import (
     IGNORE_INDEX,
     attention_kl,
     attention_mse,
@@ -344,7 +344,7 @@ def assert_gradients_match_central_differences(loss, inputs, step: float = 1e-6)
 
 
 def test_chunked_is_used_by_default_above_threshold():
-    from trainer.losses import KD_CHUNK_ROWS
+    from trainer.distill.losses import KD_CHUNK_ROWS
 
     s = torch.zeros(KD_CHUNK_ROWS + 1, 3, requires_grad=True)
     loss = kd_kl(s, torch.zeros(KD_CHUNK_ROWS + 1, 3), 2.0)

@@ -1,11 +1,12 @@
-"""Objectives (trainer/objectives.py): the signals each recipe asks for, and its weighted loss.
+"""Objectives (trainer/distill/objectives.py): the signals each recipe asks for, and its weighted
+loss.
 
 .venv/bin/pytest tests/test_objectives.py -q
 
 Sections come from `config_from_dict` on small recipes (4-layer teacher, 2-layer students), so the
 defaults are the ones a run gets. Losses are compared with float64 references written out below
-from docs/objectives.md's definitions, sharing no code with trainer/losses.py, on fake signals
-that are distinct for every layer: a wrong layer pairing changes the value.
+from docs/objectives.md's definitions, sharing no code with trainer/distill/losses.py, on fake
+signals that are distinct for every layer: a wrong layer pairing changes the value.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.batch import DeviceBatch
-from trainer.config import config_from_dict
-from trainer.objectives import Objective, cohort_teacher_need, uses_attention_maps
-from trainer.signals import Need
+from trainer.config.recipe import config_from_dict
+from trainer.distill.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.distill.teacher_signals import Need
+from trainer.train.batch import DeviceBatch
 
 S_LAYERS, T_LAYERS = 2, 4
 B, L, HEADS, H_TEACHER, H_TINY, V = 2, 6, 2, 12, 8, 11
@@ -403,7 +404,7 @@ def test_minilmv2_relations_of_real_models_match_a_float64_reference():
     hidden states (the input of each layer) and the layers' own projections, in float64."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from trainer.signals import masked_lm_signals
+    from trainer.distill.teacher_signals import masked_lm_signals
 
     section = _minilm_section(teacher_layer=2, relation_heads=4, init={"num_attention_heads": 3})
     assert (section.teacher_layer, section.relation_heads, section.weights) == (2, 4, {"rel": 1.0})

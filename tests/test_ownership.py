@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
 from benchmarks import gpu_check  # noqa: E402
-from data_pipeline.demo import MARK  # noqa: E402
+from data_pipeline.demo.build import MARK  # noqa: E402
 
 USER_FILE = "notes.md"  # not a record file: shard reads *.txt in an extract output as records
 USER_BYTES = b"the user's own notes\n\x00\xff binary too\n"
@@ -191,9 +191,9 @@ def test_tokenize_rerun_leaves_the_users_files(small_corpus, records, tokenizer_
 def test_shard_resume_leaves_the_users_files(records, tokenizer_dir, tmp_path, monkeypatch):
     """A run stopped before its manifest, resumed: the user's files in the shard directory and
     in its resume journal survive (the journal goes once the manifest is written)."""
-    from data_pipeline.manifest import Manifest
-    from data_pipeline.shard_journal import STATE_DIR
-    from data_pipeline.shards import run_shard
+    from data_pipeline.shards.journal import STATE_DIR
+    from data_pipeline.shards.manifest import Manifest
+    from data_pipeline.shards.writer import run_shard
 
     out = tmp_path / "shards"
     args = ([str(records)], str(tokenizer_dir), str(out))
@@ -215,8 +215,8 @@ def test_shard_resume_leaves_the_users_files(records, tokenizer_dir, tmp_path, m
 def test_demo_rebuild_leaves_the_users_files(tmp_path, monkeypatch):
     """A build stopped while generating is resumed; a changed generator rebuilds the demo: only
     the demo's own files go, in every folder."""
-    from data_pipeline import demo
-    from data_pipeline.manifest import Manifest
+    from data_pipeline.demo import build as demo
+    from data_pipeline.shards.manifest import Manifest
 
     out = tmp_path / "demo"
     with monkeypatch.context() as m:

@@ -21,10 +21,10 @@ from test_trainer_runs import train
 from trainer_setup import ds_config, recipe, teacher_config, write_recipe
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from data_pipeline.manifest import Manifest
-from trainer.export import EXPORT_RECORD, not_an_export
-from trainer.export import main as export_main
-from trainer.teacher_cache import BUILT, ownership
+from data_pipeline.shards.manifest import Manifest
+from trainer.cli.teacher_cache import BUILT, ownership
+from trainer.export.hf_export import EXPORT_RECORD, not_an_export
+from trainer.export.hf_export import main as export_main
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -1,5 +1,5 @@
-"""`--dry-run`'s pre-flight (trainer/preflight.py): one line per check, ok or the problem and its
-fix, exit 2 when one fails; offline, hub names fail at once with the way out.
+"""`--dry-run`'s pre-flight (trainer/cli/preflight.py): one line per check, ok or the problem and
+its fix, exit 2 when one fails; offline, hub names fail at once with the way out.
 
 Run: .venv/bin/pytest tests/test_preflight.py -q
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from trainer_setup import ds_config, recipe, teacher_config, write_recipe
 
-from data_pipeline.manifest import Manifest
-from trainer import preflight
-from trainer.config import ROOT
+from data_pipeline.shards.manifest import Manifest
+from trainer.cli import preflight
+from trainer.config.recipe import ROOT
 from trainer.main import main
 
 
@@ -163,7 +163,7 @@ def test_each_missing_piece_fails_its_check_with_the_fix(
 ):
     other = tmp_path / "other-tokenizer"
     if case == "another tokenizer":
-        from data_pipeline.synth import train_wordpiece
+        from data_pipeline.demo.synth import train_wordpiece
 
         train_wordpiece(["alpha beta gamma delta"] * 50, other, vocab_size=200)
     if case == "teacher directory without weights":

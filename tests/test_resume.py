@@ -23,8 +23,8 @@ import torch
 from multirank import run_distributed
 from trainer_setup import ds_config, recipe, weights, write_recipe
 
-from data_pipeline.manifest import Manifest
-from trainer.runtime import free_port
+from data_pipeline.shards.manifest import Manifest
+from trainer.runtime.distributed import free_port
 
 pytestmark = pytest.mark.slow
 

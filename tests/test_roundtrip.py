@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 from data_pipeline.__main__ import main as cli
 from data_pipeline.extract import run_extract
-from data_pipeline.manifest import Manifest
-from data_pipeline.shards import run_shard
+from data_pipeline.shards.manifest import Manifest
+from data_pipeline.shards.writer import run_shard
 
 
 def test_xml_to_shards_roundtrip(small_corpus, tokenizer_dir, tmp_path):

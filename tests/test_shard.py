@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_pipeline import shards, token_ids
-from data_pipeline.inspect_shards import inspect
+from data_pipeline import token_ids
 from data_pipeline.io_utils import PipelineError, sha256_file
-from data_pipeline.manifest import Manifest, length_bin, load_tokenizer
 from data_pipeline.records import resolve_inputs
+from data_pipeline.shards import writer as shards
+from data_pipeline.shards.inspect_shards import inspect
+from data_pipeline.shards.manifest import Manifest, length_bin, load_tokenizer
 
 # Extra records where the prefix cut is hard: one long word across the budget, no whitespace at
 # all, whitespace runs and odd spaces, control characters, CJK, combining marks.

@@ -1,4 +1,4 @@
-"""Reading one shard (data_pipeline/shard_source.py): the local fast path against webdataset's.
+"""Reading one shard (data_pipeline/shards/reader.py): the local fast path against webdataset's.
 
 Run: .venv/bin/pytest tests/test_shard_source.py -q
 """
@@ -15,7 +15,7 @@ import pytest
 import webdataset
 
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.shard_source import read_local_shard, read_shard, read_streamed_shard
+from data_pipeline.shards.reader import read_local_shard, read_shard, read_streamed_shard
 
 VOCAB = 70_000  # above 2**16, so int32 ids may use the whole range the test draws from
 
@@ -32,7 +32,7 @@ def random_ids(rng: np.random.Generator, dtype: str) -> np.ndarray:
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> None:
-    """Members as data_pipeline/shards.py writes them: mode 0444, uid/gid 0, mtime 0."""
+    """Members as data_pipeline/shards/writer.py writes them: mode 0444, uid/gid 0, mtime 0."""
     with tarfile.open(path, "w", format=fmt) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -61,7 +61,7 @@ def assert_same_samples(got, want) -> None:
 @pytest.mark.parametrize(
     "writer,fast_path",
     [
-        ("tarfile", True),  # data_pipeline/shards.py's bytes: USTAR, mtime 0
+        ("tarfile", True),  # data_pipeline/shards/writer.py's bytes: USTAR, mtime 0
         ("TarWriter, mtime 0", True),  # tests/test_loader.py's shards
         ("TarWriter", False),  # a float mtime puts a pax header before every member
     ],

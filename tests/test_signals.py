@@ -1,4 +1,5 @@
-"""What a masked-LM forward hands the losses (trainer/signals.py), checked against HF's own outputs.
+"""What a masked-LM forward hands the losses (trainer/distill/teacher_signals.py), checked against
+HF's own outputs.
 
 .venv/bin/pytest tests/test_signals.py -q
 
@@ -20,9 +21,8 @@ from transformers import (
     MobileBertForMaskedLM,
 )
 
-from trainer.batch import DeviceBatch
-from trainer.losses import IGNORE_INDEX
-from trainer.signals import (
+from trainer.distill.losses import IGNORE_INDEX
+from trainer.distill.teacher_signals import (
     LOGITS,
     Need,
     attention_key,
@@ -30,6 +30,7 @@ from trainer.signals import (
     hidden_key,
     masked_lm_signals,
 )
+from trainer.train.batch import DeviceBatch
 
 VOCAB, HIDDEN, LAYERS, HEADS, B, L = 100, 32, 2, 2, 2, 9
 

@@ -22,11 +22,11 @@ import pytest
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
-from data_pipeline import shards
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import PipelineError, parse_slice
-from data_pipeline.manifest import Manifest
-from data_pipeline.shards import run_shard
+from data_pipeline.shards import writer as shards
+from data_pipeline.shards.manifest import Manifest
+from data_pipeline.shards.writer import run_shard
 from data_pipeline.token_cache import run_tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_sliced_parts_and_token_cache_give_the_direct_output(
 
 
 def test_trainer_reads_slurm_rank_variables(monkeypatch):
-    from trainer import runtime
+    from trainer.runtime import distributed as runtime
 
     step = {
         "SLURM_STEP_ID": "0",
@@ -379,8 +379,8 @@ def test_scancel_stops_the_job_without_requeue_and_one_task_resumes_it(cluster, 
     assert [r["JobState"] for r in cluster.history(job)] == ["CANCELLED"]  # never requeued
     assert "SIGTERM" in text and "requeueing" not in text, text
 
-    # Resubmitted as 1 task: the 2-rank checkpoint goes on on 1 rank (trainer/elastic.py; its
-    # exactness is tests/test_elastic.py's), with the global batch kept by accumulation.
+    # Resubmitted as 1 task: the 2-rank checkpoint goes on on 1 rank (trainer/checkpoint/elastic.py;
+    # its exactness is tests/test_elastic.py's), with the global batch kept by accumulation.
     job, log, _ = submit_training(cluster, training, "cancelled", tasks=1, log_name="resubmitted")
     record = cluster.wait_done(job)
     text = log.read_text()

@@ -1,4 +1,5 @@
-"""Students built from recipes (trainer/students.py) and the frozen teacher (trainer/teacher.py).
+"""Students built from recipes (trainer/models/students.py) and the frozen teacher
+(trainer/models/teacher.py).
 
 .venv/bin/pytest tests/test_students.py -q
 
@@ -17,14 +18,14 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from trainer.attention import IMPLEMENTATION, returns_probabilities
-from trainer.batch import DeviceBatch
-from trainer.config import TeacherSection, config_from_dict
-from trainer.losses import IGNORE_INDEX
-from trainer.parameters import count_parameters
-from trainer.signals import LOGITS, Need
-from trainer.students import build_student
-from trainer.teacher import Teacher, load_teacher_model
+from trainer.config.recipe import TeacherSection, config_from_dict
+from trainer.distill.losses import IGNORE_INDEX
+from trainer.distill.teacher_signals import LOGITS, Need
+from trainer.models.attention import IMPLEMENTATION, returns_probabilities
+from trainer.models.parameters import count_parameters
+from trainer.models.students import build_student
+from trainer.models.teacher import Teacher, load_teacher_model
+from trainer.train.batch import DeviceBatch
 
 VOCAB, T_HIDDEN, S_HIDDEN, T_LAYERS, MAX_LEN, SEED = 100, 32, 16, 4, 16, 42
 TEACHER = {
@@ -461,7 +462,7 @@ def test_loading_an_export_as_a_masked_lm_says_only_what_matters(tmp_path, capfd
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertForMaskedLM
 
-    from trainer.hf_models import load_masked_lm
+    from trainer.models.hf_models import load_masked_lm
 
     config = BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
                         intermediate_size=8, vocab_size=32)  # fmt: skip
@@ -470,14 +471,14 @@ def test_loading_an_export_as_a_masked_lm_says_only_what_matters(tmp_path, capfd
     weights["bert.pooler.dense.weight"] = torch.eye(8)
     weights["bert.pooler.dense.bias"] = torch.zeros(8)
     save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="trainer.hf_models"):
+    with caplog.at_level(logging.WARNING, logger="trainer.models.hf_models"):
         _, new = load_masked_lm(str(tmp_path / "m"), None, "teacher.path")
     assert new == [] and caplog.messages == []
     assert "LOAD REPORT" not in capfd.readouterr().err
 
     weights["bert.extra.weight"] = torch.zeros(3)
     save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="trainer.hf_models"):
+    with caplog.at_level(logging.WARNING, logger="trainer.models.hf_models"):
         load_masked_lm(str(tmp_path / "m"), None, "teacher.path")
     assert caplog.messages == [
         "teacher.path: 1 weights the masked LM does not use (bert.extra.weight)"

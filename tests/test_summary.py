@@ -1,5 +1,5 @@
-"""trainer/summary.py: the figures relative to the teacher, the ceiling and the MLM twins, and the
-summary files; trainer/teacher_build.py: when a built teacher is reused.
+"""trainer/train/summary.py: the figures relative to the teacher, the ceiling and the MLM twins, and
+the summary files; trainer/cli/teacher_build.py: when a built teacher is reused.
 
     .venv/bin/python -m pytest tests/test_summary.py -q
 """
@@ -11,9 +11,11 @@ import json
 import pytest
 import torch
 
-from trainer.config import load_config
-from trainer.runtime import Runtime
-from trainer.summary import (
+from trainer.cli.teacher_build import TEACHER_MARK, claim_run_dir
+from trainer.cli.teacher_cache import BUILT, stale_reason
+from trainer.config.recipe import load_config
+from trainer.runtime.distributed import Runtime
+from trainer.train.summary import (
     SUMMARY_JSON,
     SUMMARY_MD,
     eval_line,
@@ -23,8 +25,6 @@ from trainer.summary import (
     twins_of,
     write_summary,
 )
-from trainer.teacher_build import TEACHER_MARK, claim_run_dir
-from trainer.teacher_cache import BUILT, stale_reason
 
 METRICS = {
     "eval/teacher/mlm_acc": 0.80,

@@ -16,9 +16,9 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from data_pipeline import token_ids
+from data_pipeline.demo.synth import train_wordpiece
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.manifest import load_tokenizer
-from data_pipeline.synth import train_wordpiece
+from data_pipeline.shards.manifest import load_tokenizer
 
 WORDS = (
     "Metformin reduced HbA1c in 120 patients with type 2 diabetes (p < 0.05). IL-6, TNF-alpha; "

@@ -20,13 +20,13 @@ import yaml
 from trainer_setup import one_student_config
 from transformers import BertConfig, BertForMaskedLM
 
-from trainer.checkpoint import MARKER, complete_checkpoints, latest_complete, step_dir
-from trainer.config import ROOT, load_config, select_students
-from trainer.ds_config import load_ds_config
-from trainer.model_card import UNSET_ID, model_card, with_model_id
-from trainer.plan import render_plan
-from trainer.pooler import identity_pooler
-from trainer.rng import RngStream, derive_seed
+from trainer.checkpoint.store import MARKER, complete_checkpoints, latest_complete, step_dir
+from trainer.cli.plan import render_plan
+from trainer.config.ds_json import load_ds_config
+from trainer.config.recipe import ROOT, load_config, select_students
+from trainer.export.model_card import UNSET_ID, model_card, with_model_id
+from trainer.models.pooler import identity_pooler
+from trainer.train.rng import RngStream, derive_seed
 
 CPU = torch.device("cpu")
 
@@ -263,7 +263,7 @@ def _card_config(init: dict, kind: str = "distilbiobert", teacher_path: str | No
 
 
 def _stand_in(cfg, base_model: str | None):
-    """What model_card reads from trainer/cohort.py's Student."""
+    """What model_card reads from trainer/models/cohort.py's Student."""
     spec = cfg.students[0]
     config = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=99)
     return SimpleNamespace(
@@ -415,8 +415,8 @@ def test_model_card_usage_names_the_model_where_it_is():
 def test_plan_says_whether_the_teacher_stage_runs_first(monkeypatch, tmp_path, tiny_shards):
     """teacher.build: the plan's stage line for shards not built yet, a missing teacher, a
     current one and a stale one (its recipe changed)."""
-    from trainer.teacher_build import build_config, fingerprint
-    from trainer.teacher_cache import BUILT
+    from trainer.cli.teacher_build import build_config, fingerprint
+    from trainer.cli.teacher_cache import BUILT
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
@@ -536,7 +536,7 @@ def test_an_installed_wheel_finds_its_recipes_and_ds_configs_from_any_directory(
 
 
 def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
-    from trainer.config import to_dict
+    from trainer.config.recipe import to_dict
     from trainer.main import main
 
     assert main(["--print-keys"]) == 0
@@ -560,7 +560,7 @@ def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
 
 
 def test_a_resumed_run_with_a_changed_recipe_or_ds_json_names_the_changed_keys(tmp_path, caplog):
-    from trainer.assemble import _keep_previous
+    from trainer.train.builder import _keep_previous
 
     (tmp_path / "ds_config.json").write_text(
         json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 24})

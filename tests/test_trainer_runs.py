@@ -36,8 +36,8 @@ from corrupt import flip_byte, flip_token_bit
 from multirank import run_distributed
 from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
-from data_pipeline.manifest import Manifest
-from trainer.runtime import free_port
+from data_pipeline.shards.manifest import Manifest
+from trainer.runtime.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None
 
     `nan_at=(student, step)` makes that student's loss NaN at that (1-based) step, on every rank.
     """
-    from trainer import objectives
+    from trainer.distill import objectives
     from trainer.main import main
 
     if nan_at is not None:
@@ -72,7 +72,7 @@ def train(rank: int, world: int, argv: list[str], nan_at: tuple[str, int] | None
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from trainer.metrics import read_scalars
+    from trainer.train.metrics import read_scalars
 
     return read_scalars(run_dir / "tensorboard")
 
@@ -165,7 +165,7 @@ def test_zero2_cohort_on_two_ranks(env):
         state = get_fp32_state_dict_from_zero_checkpoint(str(last / student))
         exported = weights(run_dir, student)
         for key, value in exported.items():
-            if key.startswith("bert.pooler."):  # exported, never trained: trainer/pooler.py
+            if key.startswith("bert.pooler."):  # exported, never trained: trainer/models/pooler.py
                 continue
             torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
         assert "bert.pooler.dense.weight" in exported
@@ -173,7 +173,7 @@ def test_zero2_cohort_on_two_ranks(env):
         assert not any(k.startswith("fit_dense") for k in exported)
 
     # an export on request from the checkpoint alone is the same model
-    from trainer.export import main as export_main
+    from trainer.export.hf_export import main as export_main
 
     assert export_main([str(last), "--students", "TinyBioBERT,DistilBioBERT"]) == 0
     for student in ("TinyBioBERT", "DistilBioBERT"):
@@ -256,7 +256,8 @@ def test_zero3_trains_the_same_as_zero2(env):
             str(runs[3] / "checkpoints" / "step-00000004" / student)
         )
         for key, value in weights(runs[3], student).items():
-            if not key.startswith("bert.pooler."):  # exported, never trained: trainer/pooler.py
+            # the pooler is exported, never trained: trainer/models/pooler.py
+            if not key.startswith("bert.pooler."):
                 torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
 
 
@@ -442,8 +443,8 @@ def test_kill_9_and_resume_equals_uninterrupted_run(env, uninterrupted):
 def test_corrupt_checkpoint_is_named_and_resume_falls_back_to_the_newest_that_verifies(
     env, uninterrupted
 ):
-    from trainer.checkpoint import verify
-    from trainer.export import main as export_main
+    from trainer.checkpoint.store import verify
+    from trainer.export.hf_export import main as export_main
 
     recipe_path, reference = uninterrupted
     run = env["runs"] / "corrupt"
@@ -585,7 +586,7 @@ def test_full_disk_while_saving_or_exporting_says_so_and_keeps_what_is_complete(
     env, small_disk, capsys
 ):
     """6 MiB: room for the run directory and one tiny checkpoint (3.8 MB), not two."""
-    from trainer.checkpoint import verify
+    from trainer.checkpoint.store import verify
 
     disk = small_disk("6m")
     recipe_path = env["make"]("full", steps=6, train={"save_every": 1, "keep": 5})
@@ -602,7 +603,7 @@ def test_full_disk_while_saving_or_exporting_says_so_and_keeps_what_is_complete(
 
     # exporting it onto a disk too small for the weights: one line with about the bytes needed,
     # nothing under the export's name; with room made the same command writes it
-    from trainer.export import main as export_main
+    from trainer.export.hf_export import main as export_main
 
     tiny = small_disk("64k")
     out = tiny / "export"
@@ -708,7 +709,7 @@ def test_nonfinite_loss_skipped_when_the_recipe_says_so(env):
 
 def test_pack_mode_shards_train_end_to_end_without_padding(env):
     """`shard --mode pack` fills every sequence: the cohort trains on it, every sample full."""
-    from data_pipeline.shards import run_shard
+    from data_pipeline.shards.writer import run_shard
 
     pack = env["root"] / "pack-shards"
     records = env["shards"].parent / "records"
@@ -780,7 +781,7 @@ def test_continual_mlm_student_without_teacher(env, distilbert_dir):
 def test_continual_student_with_another_vocabulary_is_refused(env, distilbert_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from data_pipeline.synth import train_wordpiece
+    from data_pipeline.demo.synth import train_wordpiece
 
     other = tmp_path / "other-tokenizer"
     train_wordpiece(["an unrelated corpus of other words"] * 50, other, vocab_size=120)

@@ -95,7 +95,7 @@ def one_student_config(
     max_steps: int,
 ):  # fmt: skip
     """A resolved RunConfig with one student (for the model card and export tests)."""
-    from trainer.config import config_from_dict
+    from trainer.config.recipe import config_from_dict
 
     return config_from_dict(
         {

@@ -9,7 +9,7 @@ With no --recipe it runs recipes/demo.yaml on the embedded demo corpus: the demo
 the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
 `python trainer/main.py ...` runs one. --dry-run prints the plan and a pre-flight (teacher,
-students, tokenizer, shards, batch: one line each, ok or what to fix; trainer/preflight.py).
+students, tokenizer, shards, batch: one line each, ok or what to fix; trainer/cli/preflight.py).
 Exit codes: 0 done, 2 bad input (one line says what), 3 stopped on a non-finite loss, 75
 preempted after a complete checkpoint (requeue to resume) or by SIGTERM/SIGUSR1 before training
 started, 130 Ctrl-C before training started.
@@ -22,12 +22,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from data_pipeline.io_utils import PipelineError
-from trainer import preflight
-from trainer.config import load_config, render_keys, select_students
-from trainer.ds_config import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config
-from trainer.logs import quiet_console, setup_logging
+# NOTE: `deepspeed trainer/main.py` runs this file as a script, so Python puts trainer/ first on
+# sys.path: its packages (config, models, train, ...) would shadow any installed module of that
+# name for every import in the process. The trainer is imported as `trainer.*` (installed).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+from data_pipeline.io_utils import PipelineError  # noqa: E402
+from trainer.cli import preflight  # noqa: E402
+from trainer.config.ds_json import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config  # noqa: E402
+from trainer.config.recipe import load_config, render_keys, select_students  # noqa: E402
+from trainer.runtime.logs import quiet_console, setup_logging  # noqa: E402
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -77,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     if network is not None and "offline" in network.detail:
         logging.getLogger("trainer").info("network: %s", network.detail)
 
-    from trainer import run_lock
-    from trainer.assemble import build_trainer
-    from trainer.loop import NonFiniteLoss
-    from trainer.preemption import PreemptionFlag
-    from trainer.runtime import Runtime
-    from trainer.teacher_build import ensure_teacher
+    from trainer.cli.teacher_build import ensure_teacher
+    from trainer.runtime import run_lock
+    from trainer.runtime.distributed import Runtime
+    from trainer.runtime.preemption import PreemptionFlag
+    from trainer.train.builder import build_trainer
+    from trainer.train.loop import NonFiniteLoss
 
     preempt = PreemptionFlag()
     preempt.install()  # NOTE: first: a signal during start-up stops the process at once
@@ -118,7 +125,7 @@ def dry_run(cfg, ds: dict, network) -> int:
     """The resolved recipe, the plan and the pre-flight checks; 2 when a check fails."""
     import os
 
-    from trainer.plan import render_plan
+    from trainer.cli.plan import render_plan
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     print(render_plan(cfg, ds), flush=True)

@@ -3,10 +3,11 @@
     python -m data_pipeline demo [--output data/demo] [--articles 4000] [--workers 2]
 
 Everything is made offline by the pipeline's own commands, so the demo exercises exactly the code a
-real PubMed run does. The citations are knowledge articles (data_pipeline/knowledge.py): made-up
-genes, diseases, chemicals and tissues with fixed relations, so that a model can learn something.
-Each step is skipped when its output is already complete, so `make demo` builds the corpus once;
-a changed generator (its code) or changed settings rebuild it, and say so. Layout under --output:
+real PubMed run does. The citations are knowledge articles (data_pipeline/demo/knowledge.py):
+made-up genes, diseases, chemicals and tissues with fixed relations, so that a model can learn
+something. Each step is skipped when its output is already complete, so `make demo` builds the
+corpus once; a changed generator (its code) or changed settings rebuild it, and say so. Layout under
+--output:
 
     xml/            pubmed26n0001.xml.gz ... (baseline) + one update file (revisions, deletions),
                     mentions.jsonl.gz (every article's entity mentions and their bounds)
@@ -15,7 +16,7 @@ a changed generator (its code) or changed settings rebuild it, and say so. Layou
                     the most frequent words, the same on every machine
     shards/         train-*.tar, eval-*.tar, manifest.json
     datasets/       NER/{NCBI-disease,BC5CDR-chem,BC2GM}/{train,devel,test}.tsv: the downstream
-                    task in miniature, in BioBERT's layout (data_pipeline/demo_ner.py)
+                    task in miniature, in BioBERT's layout (data_pipeline/demo/ner.py)
     knowledge.json  the knowledge base (entities by type, relations, noise) and the ceiling: the
                     best accuracy any model can reach at the eval split's entity positions;
                     written last, so its presence says every step above is complete
@@ -38,15 +39,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline import demo_ner, knowledge, synth
+from data_pipeline.demo import knowledge, synth
+from data_pipeline.demo import ner as demo_ner
+from data_pipeline.demo.knowledge import KnowledgeBase, split_ceiling, write_mentions
+from data_pipeline.demo.synth import frequent_words_wordpiece, generate_corpus
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import atomic_write_json, claim_output_dir, share_tree
-from data_pipeline.knowledge import KnowledgeBase, split_ceiling, write_mentions
-from data_pipeline.manifest import MANIFEST_NAME, Manifest, load_tokenizer
 from data_pipeline.records import iter_records, resolve_inputs
-from data_pipeline.shard_journal import clear_run
-from data_pipeline.shards import run_shard
-from data_pipeline.synth import frequent_words_wordpiece, generate_corpus
+from data_pipeline.shards.journal import clear_run
+from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, load_tokenizer
+from data_pipeline.shards.writer import run_shard
 
 DEFAULT_OUTPUT = "data/demo"
 NER_DIR = "datasets"  # `python -m evaluation run --data data/demo/datasets`

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.demo.synth import JOURNALS, LABELS, Article, Rich, filler_sentence, filler_words
 from data_pipeline.io_utils import PipelineError, atomic_write_bytes
 from data_pipeline.records import iter_records, resolve_inputs, sample_identity, split_of
-from data_pipeline.synth import JOURNALS, LABELS, Article, Rich, filler_sentence, filler_words
 
 TYPES = ("gene", "disease", "chemical", "tissue")
 # NOTE: sized so that the demo teacher (4 layers, hidden 64) learns the 64 facts in a few CPU

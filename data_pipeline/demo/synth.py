@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:
-    from data_pipeline.knowledge import Facts, KnowledgeBase
+    from data_pipeline.demo.knowledge import Facts, KnowledgeBase
 
 DOCTYPE = (
     '<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
@@ -95,7 +95,7 @@ class Article:
     journal: str | None = "PLoS One"
     translated: bool = False  # title wrapped in [ ] as NLM does for translated titles
     metadata: bool = True  # authors, MeSH, references: ignored by extraction, but real-sized XML
-    facts: Facts | None = None  # what a knowledge article states (data_pipeline/knowledge.py)
+    facts: Facts | None = None  # what a knowledge article states (data_pipeline/demo/knowledge.py)
 
     @property
     def expected_title(self) -> str:
@@ -354,7 +354,7 @@ def generate_corpus(
     The update file re-issues about 3% of the citations with new text (a third with a higher
     PMID Version) and deletes about 1%, as NLM's daily update files do. `long_tail`: see
     make_article (benchmarks use it; tests keep the default). `knowledge`: every citation is a
-    knowledge article of that knowledge base (data_pipeline/knowledge.py; the demo uses it).
+    knowledge article of that knowledge base (data_pipeline/demo/knowledge.py; the demo uses it).
     """
     rng = random.Random(seed)
     out = Path(out_dir)

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TextIO
 
 from data_pipeline.io_utils import PipelineError, sha256_file
-from data_pipeline.manifest import LENGTH_BINS, SPLITS, Manifest, load_tokenizer, tokenizer_info
+from data_pipeline.shards.manifest import (
+    LENGTH_BINS,
+    SPLITS,
+    Manifest,
+    load_tokenizer,
+    tokenizer_info,
+)
 
 _BAR = 40  # characters of the widest histogram bar
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from data_pipeline.io_utils import PipelineError, atomic_path
-from data_pipeline.manifest import MANIFEST_NAME, Manifest, ShardInfo, TokenizerInfo
+from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, TokenizerInfo
 
 if TYPE_CHECKING:  # shards imports this module
-    from data_pipeline.shards import Packer, SplitWriter
+    from data_pipeline.shards.writer import Packer, SplitWriter
 
 STATE_DIR = ".shard-state"
 STATE_VERSION = 1

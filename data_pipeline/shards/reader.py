@@ -42,7 +42,7 @@ from webdataset.gopen import Pipe as _Pipe
 from webdataset.gopen import rewrite_url
 
 from data_pipeline.io_utils import PipelineError
-from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 
 ShardSpec = str | os.PathLike | Sequence[str]
 ManifestArg = str | os.PathLike | Manifest | None

@@ -13,7 +13,7 @@ NOTE: the output is byte-identical whatever --workers is and whether or not the 
 workers only tokenize, one writer in the main process consumes their results in input order, tars
 have fixed mtime/owner, and a resumed run restores the exact writer state of its last journal.
 
-A crashed run resumes from its journal in DIR/.shard-state/ (data_pipeline/shard_journal.py).
+A crashed run resumes from its journal in DIR/.shard-state/ (data_pipeline/shards/journal.py).
 
 Integrity: an extract output is read only when its report.json vouches for every file in it
 (--allow-partial: warn and read what is there; data_pipeline/records.py), and the manifest lists
@@ -45,7 +45,9 @@ from data_pipeline.io_utils import (
     disk_full_is_an_error,
     sha256_file,
 )
-from data_pipeline.manifest import (
+from data_pipeline.records import RecordReader, resolve_inputs, sample_identity, split_of
+from data_pipeline.shards.journal import STATE_DIR, Journal, complete_run, fingerprint, resume
+from data_pipeline.shards.manifest import (
     MANIFEST_NAME,
     MODES,
     SPLITS,
@@ -56,8 +58,6 @@ from data_pipeline.manifest import (
     load_tokenizer,
     tokenizer_info,
 )
-from data_pipeline.records import RecordReader, resolve_inputs, sample_identity, split_of
-from data_pipeline.shard_journal import STATE_DIR, Journal, complete_run, fingerprint, resume
 from data_pipeline.token_cache import TokenCache
 from data_pipeline.token_ids import backend_tokenizer, kept_ids, tokenized_chunks
 

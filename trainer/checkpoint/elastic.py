@@ -35,9 +35,9 @@ import torch
 
 from data_pipeline.io_utils import read_json
 from data_pipeline.slots import merge_states
-from trainer.checkpoint import newest_complete_marker, rank_file
-from trainer.ds_config import fit_global_batch, micro_batch_size
-from trainer.runtime import Runtime
+from trainer.checkpoint.store import newest_complete_marker, rank_file
+from trainer.config.ds_json import fit_global_batch, micro_batch_size
+from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from data_pipeline.io_utils import (
     read_json,
     sha256_file,
 )
-from trainer.runtime import Runtime
+from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class Checkpointer:
                 f"{sorted(marker['students'])}. Start a new run (run.name) for other students"
             )
         if marker["world_size"] != self.rt.world_size:
-            from trainer.elastic import load_elsewhere  # NOTE: it imports this module
+            from trainer.checkpoint.elastic import load_elsewhere  # NOTE: it imports this module
 
             return load_elsewhere(directory, marker, students, self.rt, self.root.parent)
         for s in students:

@@ -24,11 +24,16 @@ from pathlib import Path
 import torch
 
 from data_pipeline.io_utils import PipelineError, first_line
-from trainer.bert_config import bert_config
-from trainer.config import RunConfig, to_yaml
-from trainer.ds_config import fit_global_batch, micro_batch_size
-from trainer.objectives import Objective, cohort_teacher_need, fill_layer_maps, uses_attention_maps
-from trainer.parameters import count_parameters
+from trainer.config.ds_json import fit_global_batch, micro_batch_size
+from trainer.config.recipe import RunConfig, to_yaml
+from trainer.distill.objectives import (
+    Objective,
+    cohort_teacher_need,
+    fill_layer_maps,
+    uses_attention_maps,
+)
+from trainer.models.bert_config import bert_config
+from trainer.models.parameters import count_parameters
 
 GIB = 1024**3
 
@@ -84,7 +89,7 @@ def _activation_bytes(config, batch: int, seq: int, eager: bool, vocab: int) -> 
 
 def _built_config(recipe: str):
     """The config of the teacher `teacher.build` will train (its one student's), if it says."""
-    from trainer.config import load_config
+    from trainer.config.recipe import load_config
 
     spec = load_config(recipe).students[0]
     if spec.init.config is not None:
@@ -93,7 +98,7 @@ def _built_config(recipe: str):
 
 
 def _build_line(cfg: RunConfig, ds: dict, world: int) -> str:
-    from trainer.teacher_build import build_config, fingerprint, ownership, stale_reason
+    from trainer.cli.teacher_build import build_config, fingerprint, ownership, stale_reason
 
     foreign = ownership(Path(cfg.teacher.path))
     if foreign is not None:

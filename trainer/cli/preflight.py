@@ -20,10 +20,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from data_pipeline.io_utils import PipelineError, first_line
-from trainer import run_lock
-from trainer.config import RunConfig
-from trainer.hub_names import is_hub_name
-from trainer.teacher_cache import ownership
+from trainer.cli.teacher_cache import ownership
+from trainer.config.recipe import RunConfig
+from trainer.models.hub_names import is_hub_name
+from trainer.runtime import run_lock
 
 NETWORK_TIMEOUT_S = 3.0
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -117,8 +117,8 @@ def _source(source: str, key: str) -> tuple[object | None, str | None]:
 
 
 def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
-    from trainer.bert_config import bert_config
-    from trainer.inputs import DEMO_DIR
+    from trainer.models.bert_config import bert_config
+    from trainer.train.inputs import DEMO_DIR
 
     checks: list[Check] = []
     demo_pending = _demo_pending(cfg, DEMO_DIR)
@@ -199,8 +199,8 @@ def _demo_pending(cfg: RunConfig, demo_dir: Path) -> bool:
 
 
 def _data_checks(cfg: RunConfig, teacher_built_first: bool) -> list[Check]:
-    from data_pipeline.shard_source import resolve_shards
-    from trainer.inputs import run_tokenizer
+    from data_pipeline.shards.reader import resolve_shards
+    from trainer.train.inputs import run_tokenizer
 
     checks, manifest = [], None
     for key, spec, split in (
@@ -248,7 +248,7 @@ _SHARD_FIX = (
 
 
 def _batch_check(ds: dict, world: int, global_batch: int | None) -> Check:
-    from trainer.ds_config import fit_global_batch
+    from trainer.config.ds_json import fit_global_batch
 
     try:
         _, line = fit_global_batch(ds, world, global_batch)

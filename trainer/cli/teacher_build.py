@@ -35,12 +35,12 @@ from data_pipeline.io_utils import (
     read_json,
     share_tree,
 )
-from trainer import run_lock
-from trainer.config import RunConfig, load_config, to_dict
-from trainer.ds_config import fit_global_batch
-from trainer.inputs import ensure_demo, manifest_of
-from trainer.runtime import Runtime
-from trainer.teacher_cache import BUILT, ownership, read_or_none, stale_reason
+from trainer.cli.teacher_cache import BUILT, ownership, read_or_none, stale_reason
+from trainer.config.ds_json import fit_global_batch
+from trainer.config.recipe import RunConfig, load_config, to_dict
+from trainer.runtime import run_lock
+from trainer.runtime.distributed import Runtime
+from trainer.train.inputs import ensure_demo, manifest_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
     Returns the build run's exit code (0 also when nothing had to be done). NOTE: collective."""
     if cfg.teacher is None or cfg.teacher.build is None:
         return 0
-    from trainer.assemble import build_trainer  # NOTE: assemble builds runs; this precedes one
+    from trainer.train.builder import build_trainer  # NOTE: assemble builds runs; this precedes one
 
     path = Path(cfg.teacher.path)
     foreign = ownership(path)
@@ -129,7 +129,7 @@ def ensure_teacher(cfg: RunConfig, ds: dict, rt: Runtime, preempt=None) -> int:
 
 
 def claim_run_dir(run_dir: Path, stamp: dict, rt: Runtime) -> None:
-    """Hold `run_dir` (trainer/run_lock.py) and mark it as made with `stamp` (a teacher's
+    """Hold `run_dir` (trainer/runtime/run_lock.py) and mark it as made with `stamp` (a teacher's
     fingerprint) in TEACHER.json; a run directory marked with another is renamed to
     <run_dir>.stale-<n> first, and that is said.
     NOTE: collective; rank 0 touches the file system."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.io_utils import PipelineError, read_json
-from trainer.hub_names import is_hub_name
+from trainer.models.hub_names import is_hub_name
 
 BUILT = "BUILT.json"
 

@@ -29,7 +29,7 @@ import logging
 import os
 from pathlib import Path
 
-from trainer.config import StudentSection, parse_override, shipped, shipped_dir
+from trainer.config.recipe import StudentSection, parse_override, shipped, shipped_dir
 
 DS_CONFIG_DIR = shipped_dir("ds_configs")
 

@@ -9,9 +9,9 @@ Recipe schema: the dataclasses below, nested as `run`, `data`, `teacher` (absent
 values and out-of-range numbers raise ValueError naming the dotted key (students.NAME.optimizer.lr).
 Loading resolves every default into the config, so the resolved recipe shows what is trained:
 - `objective`: `kind` alone suffices; `temperature` and `weights` default per kind
-  (docs/objectives.md; trainer/objectives.py `KINDS`, where each kind is defined). Given weights
-  replace the defaults term by term (0 switches a term off); a weight for a term the kind does not
-  have is an error.
+  (docs/objectives.md; trainer/distill/objectives.py `KINDS`, where each kind is defined). Given
+  weights replace the defaults term by term (0 switches a term off); a weight for a term the kind
+  does not have is an error.
   `mlm` has no temperature.
 - Layer maps (compactbiobert, tinybiobert only): `attention_map` and `hidden_map` are lists of
   [student, teacher] index pairs. Attention indices are HF `attentions` entries (layers from 0);
@@ -19,8 +19,8 @@ Loading resolves every default into the config, so the resolved recipe shows wha
   compactbiobert: ATT_KL pairs attention i -> 2i+1, COS_layers pairs hidden i -> 2i (i >= 1);
   tinybiobert: ATT_MSE pairs attention i -> 3i+2, HID_MSE pairs hidden j -> 3j (j >= 0). Defaults
   are filled in when the student's depth is known at load (from_teacher_layers or init.config);
-  otherwise the trainer calls `fill_layer_maps` and `check_layers` (trainer/objectives.py, with
-  the kinds' layer-map rules) once the model is built.
+  otherwise the trainer calls `fill_layer_maps` and `check_layers` (trainer/distill/objectives.py,
+  with the kinds' layer-map rules) once the model is built.
 - `optimizer.max_steps` (the student's budget and LR-schedule length) defaults to `train.max_steps`.
   The run stops at `train.max_steps` or when every student has spent its budget, if sooner.
 - Shards: a directory with manifest.json means "that split of it" (train for train_shards, eval for
@@ -33,7 +33,8 @@ unknown student is an error. To switch an alternative, replace its section whole
 (`students.X.init={pretrained: DIR}`, `teacher=null`): adding a second source beside the first is
 the "exactly one" error.
 
-The DeepSpeed JSON side (what it owns, each student's optimizer and schedule): trainer/ds_config.py.
+The DeepSpeed JSON side (what it owns, each student's optimizer and schedule):
+trainer/config/ds_json.py.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ from typing import Any, Literal
 
 import yaml
 
-from trainer.objectives import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
-from trainer.typed_dict import build_typed
+from trainer.config.typed import build_typed
+from trainer.distill.objectives import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (trainer/config/recipe.py)
 SHIPPED = ("recipes", "ds_configs")  # a checkout's folders; trainer/recipes, ... in an install
 
 
@@ -69,13 +70,13 @@ def shipped(path: str | Path) -> Path:
 
 def shipped_dir(name: str) -> Path:
     """The checkout's `name` folder (recipes, ds_configs), else the installed package's."""
-    checkout, installed = ROOT / name, Path(__file__).resolve().parent / name
+    checkout, installed = ROOT / name, Path(__file__).resolve().parents[1] / name
     return checkout if checkout.is_dir() or not installed.is_dir() else installed
 
 
 DEMO_RECIPE = shipped("recipes/demo.yaml")
 
-KIND_NAMES = tuple(KINDS)  # objective.kind: trainer/objectives.py defines each
+KIND_NAMES = tuple(KINDS)  # objective.kind: trainer/distill/objectives.py defines each
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -100,7 +101,7 @@ class DataSection:
     slots: int | None = None
     skip_corrupt: bool = False  # skip (warn, count) shards failing their checks (SHA-256, ...)
     tokenizer: str | None = None  # for exports; None: the teacher's, else the shards' tokenizer
-    entities: str | None = None  # entity words (JSON, see trainer/inputs.py): eval entity_acc
+    entities: str | None = None  # entity words (JSON, see trainer/train/inputs.py): eval entity_acc
 
 
 @dataclass
@@ -120,7 +121,7 @@ class TrainSection:
     save_every: int = 2500
     keep: int = 5  # checkpoints kept
     # None: the DeepSpeed JSON's train_batch_size, else ranks x micro-batch x accumulation,
-    # which changes with the rank count (trainer/ds_config.py: fit_global_batch)
+    # which changes with the rank count (trainer/config/ds_json.py: fit_global_batch)
     global_batch: int | None = None  # sequences per optimizer step on any number of ranks
     eval_batches: int = 50  # held-out batches of train.global_batch sequences per evaluation
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
@@ -128,7 +129,8 @@ class TrainSection:
     teacher_ahead: bool = False  # the next batch's teacher forward beside the students' steps
     mlm_twins: bool = False  # beside each distilled student X, "X-MLM": same model, MLM only
     # a resume on another number of ranks keeps the checkpoint's global batch through the
-    # accumulation (refused where none fits); false: the new global batch (trainer/elastic.py)
+    # accumulation (refused where none fits); false: the new global batch
+    # (trainer/checkpoint/elastic.py)
     keep_global_batch: bool = True
 
 
@@ -460,7 +462,7 @@ _LICENSE_RULE = "a Hub license id in lower case (apache-2.0, mit, cc-by-4.0, oth
 
 
 def _depth(key: str, config: dict) -> int:
-    from trainer.bert_config import bert_config  # checks every value, names the key
+    from trainer.models.bert_config import bert_config  # checks every value, names the key
 
     return bert_config(config, key).num_hidden_layers
 

@@ -1,7 +1,7 @@
 """Loss terms of the paper's recipes, as pure functions of tensors.
 
 Every term is defined in docs/objectives.md ("The loss terms") and implemented here to the letter;
-the objectives (trainer/objectives.py) weight them and sum them over layer pairs. MiniLMv2's
+the objectives (trainer/distill/objectives.py) weight them and sum them over layer pairs. MiniLMv2's
 relation term (RELATIONS there) is also stated in full in `relation_kl`'s docstring. Conventions:
 
 - Math runs in fp32 at least: DeepSpeed's bf16 mode returns bf16 logits and hidden states, and
@@ -94,7 +94,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def mlm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The sum over masked rows that `mlm_loss` averages (held-out evaluation sums it over a
-    whole split before dividing, trainer/heldout.py). Shapes as `mlm_loss`."""
+    whole split before dividing, trainer/train/heldout.py). Shapes as `mlm_loss`."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "

@@ -13,23 +13,24 @@ Kinds (docs/objectives.md; weights and temperature overridable in the recipe):
     minilmv2        w_rel*RELATIONS(student's last layer, teacher_layer): MiniLMv2's q-q, k-k,
                     v-v relation KL over relation_heads heads; any student width and head count
     mlm             w_mlm*MLM
-Config validation (trainer/config.py), the cohort's teacher (trainer/cohort.py), the signals each
-side computes, the loss and the model card (trainer/model_card.py) all read KINDS. A new kind is
-one `Kind` entry below and a recipe entry; a new loss term is one `Term` (and its function in
-losses.py).
+Config validation (trainer/config/recipe.py), the cohort's teacher (trainer/models/cohort.py), the
+signals each side computes, the loss and the model card (trainer/export/model_card.py) all read
+KINDS. A new kind is one `Kind` entry below and a recipe entry; a new loss term is one `Term` (and
+its function in losses.py).
 
 Layer-map terms are sums over the [student, teacher] pairs. A term whose weight is 0 is neither
 computed nor are its signals requested. `terms` holds every computed term unweighted (for logs;
 scaled as below when scaled); `loss` is the weighted sum, fp32.
 
 Every term is a mean, and its Term names what it divides by (`NORMALIZERS`). Called with `scale`
-(the loop does, trainer/loop.py), each term is multiplied by scale[its normalizer]: count in this
-batch x ranks / count over the accumulation window on all ranks. The window's micro-batches on all
-ranks then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole
+(the loop does, trainer/train/loop.py), each term is multiplied by scale[its normalizer]: count in
+this batch x ranks / count over the accumulation window on all ranks. The window's micro-batches on
+all ranks then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole
 window, as one batch of that size would give, not a mean of per-micro-batch means.
 
-TinyBioBERT's fit_dense projection is applied inside the student's forward (trainer/students.py)
-so that ZeRO-3 gathers its weights there; its outputs arrive here as `proj.<index>`.
+TinyBioBERT's fit_dense projection is applied inside the student's forward
+(trainer/models/students.py) so that ZeRO-3 gathers its weights there; its outputs arrive here as
+`proj.<index>`.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer import losses
-from trainer.batch import Counts, DeviceBatch
-from trainer.signals import LOGITS, Need, attention_key, hidden_key, qkv_keys
+from trainer.distill import losses
+from trainer.distill.teacher_signals import LOGITS, Need, attention_key, hidden_key, qkv_keys
+from trainer.train.batch import Counts, DeviceBatch
 
 if TYPE_CHECKING:
-    from trainer.config import ObjectiveSection, StudentSection
+    from trainer.config.recipe import ObjectiveSection, StudentSection
 
 NORMALIZERS: dict[str, Callable[[Counts], int]] = {
     "masked": lambda c: c.masked,  # over the masked rows
@@ -293,7 +294,7 @@ class Objective:
         cls, section: ObjectiveSection, student_layers: int, teacher_layers: int | None
     ) -> Objective:
         """Resolve the layer maps: COS_last pairs the last layers; the rest come from the recipe
-        (defaults filled in by trainer/config.py)."""
+        (defaults filled in by trainer/config/recipe.py)."""
         kind = KINDS[section.kind]
         weights = {k: float(v) for k, v in section.weights.items() if v > 0}
         att = tuple(tuple(p) for p in section.attention_map or ())

@@ -12,7 +12,7 @@
   full head at those rows, without the [B, L, V] tensor that is ~95% discarded.
 - Hidden states and attention maps are taken with forward hooks on the layers asked for,
   installed once per model (`tap_signals`, so torch.compile traces them); nothing else is kept.
-  Attention probabilities come only from layers that compute them (trainer/attention.py; SDPA
+  Attention probabilities come only from layers that compute them (trainer/models/attention.py; SDPA
   elsewhere returns none, and HF's `output_attentions` then silently gives an empty tuple), so a
   requested map that comes back missing is an error here rather than a loss term that is quietly
   zero.
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.attention import IMPLEMENTATION, returns_probabilities
+from trainer.models.attention import IMPLEMENTATION, returns_probabilities
 
 LOGITS = "logits"
 
@@ -141,7 +141,7 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
         raise ValueError(
             f"{who}: attention maps of layers {silent} are needed but the model runs "
             f"{model.config._attn_implementation!r} attention there, which returns none; build it "
-            f"with attn_implementation={IMPLEMENTATION!r} and trainer.attention."
+            f"with attn_implementation={IMPLEMENTATION!r} and trainer.models.attention."
             "return_probabilities (or 'eager')"
         )
 
@@ -226,7 +226,7 @@ def masked_lm_signals(
             raise RuntimeError(
                 f"{type(model).__name__}: layer {layer} returned no attention probabilities "
                 f"(attention implementation {model.config._attn_implementation!r}); the "
-                "attention loss terms need layers that compute them (trainer/attention.py)"
+                "attention loss terms need layers that compute them (trainer/models/attention.py)"
             )
     return captured
 

@@ -2,7 +2,7 @@
 
 Two ways, one format (loads with `AutoModelForMaskedLM.from_pretrained(dir)`, MLM head included;
 TinyBioBERT's fit_dense, a training-only projection, is left out; a BERT's pooler, which training
-never touches, is put in: trainer/pooler.py):
+never touches, is put in: trainer/models/pooler.py):
 
 - Live, at the end of a run or when a student leaves the cohort (`export_student`): the optimizer's
   fp32 master weights (not the bf16 training copy), gathered with DeepSpeed's
@@ -11,7 +11,7 @@ never touches, is put in: trainer/pooler.py):
 - On request, from any complete checkpoint, on any machine and without DeepSpeed engines:
 
       python -m trainer.export runs/demo/checkpoints/step-00000040 [--students A,B] [--output DIR]
-          [--push-to-hub ORG/NAME]        # then push it (trainer/hub_push.py)
+          [--push-to-hub ORG/NAME]        # then push it (trainer/export/hub.py)
       python -m trainer.export runs/demo/export/DistilBioBERT --push-to-hub ORG/NAME
 
   Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card, pooler); the weights
@@ -47,8 +47,8 @@ from data_pipeline.io_utils import (
     sha256_file,
     share_tree,
 )
-from trainer import pooler as poolers
-from trainer.model_card import model_card, with_model_id
+from trainer.export.model_card import model_card, with_model_id
+from trainer.models import pooler as poolers
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
@@ -177,7 +177,7 @@ _RESUME_TO_EXPORT = "free space and start again: the run resumes from its newest
 
 
 class LiveExports:
-    """A run's model cards and live exports (trainer/loop.py calls it).
+    """A run's model cards and live exports (trainer/train/loop.py calls it).
 
     - `cards(...)`: every student's model card as of now, remade only when the step or the last
       evaluation changed (checkpoints and exports of one step share them).
@@ -190,7 +190,7 @@ class LiveExports:
 
     def __init__(self, cfg, rt, run_dir: Path, tokenizer_of, record: tuple[str, ...]) -> None:
         self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
-        self.tokenizer_of = tokenizer_of  # student -> its tokenizer (trainer/inputs.py)
+        self.tokenizer_of = tokenizer_of  # student -> its tokenizer (trainer/train/inputs.py)
         self.record = record  # files of the run directory every checkpoint copies
         self.done: set[str] = set()
         self._made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
@@ -324,7 +324,7 @@ def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.checkpoint import MARKER, verify
+    from trainer.checkpoint.store import MARKER, verify
 
     p = argparse.ArgumentParser(
         prog="python -m trainer.export",
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _push(exports: list[tuple[str, Path]], repo: str, private: bool) -> int:
-    from trainer.hub_push import HubError, push_export
+    from trainer.export.hub import HubError, push_export
 
     for name, directory in exports:
         repo_id = repo.replace("{student}", name)

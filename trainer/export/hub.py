@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.model_card import with_model_id
+from trainer.export.model_card import with_model_id
 
 CARD = "README.md"
 

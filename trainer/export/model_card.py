@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from trainer.config import RunConfig, to_yaml
-from trainer.hub_names import hub_id
-from trainer.objectives import KINDS
+from trainer.config.recipe import RunConfig, to_yaml
+from trainer.distill.objectives import KINDS
+from trainer.models.hub_names import hub_id
 
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
 _USE_LINE = re.compile(r'^fill = pipeline\("fill-mask", model=.*\)$', re.MULTILINE)

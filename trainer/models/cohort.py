@@ -3,7 +3,7 @@
     teacher, students = build_cohort(cfg, ds, rt, vocab_size=info.vocab_size)
 
 Each student gets its own engine from `deepspeed.initialize` with the run's DeepSpeed JSON plus its
-own AdamW and warmup/decay schedule (trainer/ds_config.py): its own optimizer state, ZeRO
+own AdamW and warmup/decay schedule (trainer/config/ds_json.py): its own optimizer state, ZeRO
 partitioning and step count. Weight decay applies to weight matrices and embeddings only, not to
 biases and LayerNorm weights (the usual BERT practice; the 1-D parameters).
 
@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from trainer import startup
-from trainer.config import RunConfig, StudentSection
-from trainer.ds_config import ds_config_for_student
-from trainer.objectives import KINDS, Objective, cohort_teacher_need, uses_attention_maps
-from trainer.parameters import count_parameters, param_groups
-from trainer.pooler import Pooler
-from trainer.rng import RngStream, derive_seed
-from trainer.runtime import Runtime
-from trainer.students import build_student
-from trainer.teacher import Teacher, load_teacher_model
+from trainer.config.ds_json import ds_config_for_student
+from trainer.config.recipe import RunConfig, StudentSection
+from trainer.distill.objectives import KINDS, Objective, cohort_teacher_need, uses_attention_maps
+from trainer.models.parameters import count_parameters, param_groups
+from trainer.models.pooler import Pooler
+from trainer.models.students import build_student
+from trainer.models.teacher import Teacher, load_teacher_model
+from trainer.runtime import startup
+from trainer.runtime.distributed import Runtime
+from trainer.train.rng import RngStream, derive_seed
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -52,7 +52,7 @@ class Student:
     rng: RngStream  # its dropout stream
     tokenizer: str | None  # its own tokenizer (continual students); None: the run's
     base_model: str | None
-    pooler: Pooler | None  # exported with it (trainer/pooler.py), not trained
+    pooler: Pooler | None  # exported with it (trainer/models/pooler.py), not trained
     parameters: int  # exported parameters (fit_dense excluded)
 
     @property

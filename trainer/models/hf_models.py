@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from data_pipeline.io_utils import first_line
-from trainer.attention import IMPLEMENTATION
+from trainer.models.attention import IMPLEMENTATION
 
 logger = logging.getLogger(__name__)
 
 
 def attn_implementation(attention_maps: bool) -> str | None:
-    """Ours where some layer's attention probabilities are needed (trainer/attention.py: SDPA in
+    """Ours where some layer's attention probabilities are needed (trainer/models/attention.py: SDPA
+    in
     every other layer), else the model's default (SDPA for BERT)."""
     return IMPLEMENTATION if attention_maps else None
 
@@ -36,7 +37,7 @@ def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, 
     from transformers.utils import logging as hf_logging
 
     # NOTE: transformers' load report is said here instead, in one line, from the loading info:
-    # an export's pooler (trainer/pooler.py), which a masked LM does not use, is not news.
+    # an export's pooler (trainer/models/pooler.py), which a masked LM does not use, is not news.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:

@@ -2,7 +2,7 @@
 
     built = build_student(spec, teacher_model=teacher, vocab_size=28996, seed=42)
     built.module      # StudentModule: forward(input_ids, attention_mask, masked_index) -> signals
-    built.objective   # trainer/objectives.py, layer maps resolved
+    built.objective   # trainer/distill/objectives.py, layer maps resolved
 
 Initialisation (`students.NAME.init`, exactly one):
 - from_teacher_layers: the teacher's config with len(layers) layers; embeddings, the listed
@@ -17,7 +17,7 @@ sibling's name) from its sibling's.
 
 TinyBioBERT's `fit_dense` (student hidden -> teacher hidden, used only by HID_MSE) lives in the
 StudentModule, is trained with it and is not exported. The pooler that is exported
-(trainer/pooler.py) is not trained and lives outside the module: the teacher's for
+(trainer/models/pooler.py) is not trained and lives outside the module: the teacher's for
 from_teacher_layers, the checkpoint's own for pretrained, else the identity one.
 """
 
@@ -30,20 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainer.attention import return_probabilities
-from trainer.bert_config import bert_config
-from trainer.config import StudentSection
-from trainer.hf_models import attn_implementation, load_masked_lm
-from trainer.objectives import (
+from trainer.config.recipe import StudentSection
+from trainer.distill.objectives import (
     Objective,
     check_layers,
     fill_layer_maps,
     projected_key,
     uses_attention_maps,
 )
-from trainer.pooler import Pooler, pooler_for
-from trainer.rng import derive_seed, seeded
-from trainer.signals import (
+from trainer.distill.teacher_signals import (
     Need,
     check_need,
     hidden_key,
@@ -51,6 +46,11 @@ from trainer.signals import (
     num_layers,
     tap_signals,
 )
+from trainer.models.attention import return_probabilities
+from trainer.models.bert_config import bert_config
+from trainer.models.hf_models import attn_implementation, load_masked_lm
+from trainer.models.pooler import Pooler, pooler_for
+from trainer.train.rng import derive_seed, seeded
 
 logger = logging.getLogger(__name__)
 

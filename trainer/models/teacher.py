@@ -2,7 +2,8 @@
 
     model = load_teacher_model(cfg.teacher, attention=True, seed=42, vocab_size=28996)
     teacher = Teacher(model.to(device, dtype), need)   # after the students copied their layers
-    signals = teacher(batch)                            # dict, see trainer/signals.py
+    signals = teacher(batch)                            # dict, see
+    trainer/distill/teacher_signals.py
 
 - Loading that leaves any weight newly initialised is an error (a teacher without its MLM head
   gives meaningless soft targets) unless `teacher.allow_new_weights` opts out, for a teacher used
@@ -12,7 +13,7 @@
   students' losses save teacher tensors for their backward, which inference tensors forbid.
 - It computes the union of the students' needs only (`Need`), e.g. no logits at all when no
   student has a KD or soft-CE term, attention probabilities only in the layers some student's
-  loss reads (SDPA computes every layer's output, trainer/attention.py).
+  loss reads (SDPA computes every layer's output, trainer/models/attention.py).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import logging
 import torch
 from torch import nn
 
-from trainer.attention import return_probabilities
-from trainer.batch import DeviceBatch
-from trainer.bert_config import bert_config
-from trainer.config import TeacherSection
-from trainer.hf_models import attn_implementation, load_masked_lm
-from trainer.rng import seeded
-from trainer.signals import Need, check_need, masked_lm_signals, tap_signals
+from trainer.config.recipe import TeacherSection
+from trainer.distill.teacher_signals import Need, check_need, masked_lm_signals, tap_signals
+from trainer.models.attention import return_probabilities
+from trainer.models.bert_config import bert_config
+from trainer.models.hf_models import attn_implementation, load_masked_lm
+from trainer.train.batch import DeviceBatch
+from trainer.train.rng import seeded
 
 logger = logging.getLogger(__name__)
 

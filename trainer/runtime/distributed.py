@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.io_utils import PipelineError
-from trainer import startup
+from trainer.runtime import startup
 
 logger = logging.getLogger(__name__)
 

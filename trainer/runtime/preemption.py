@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 
-from trainer import startup
+from trainer.runtime import startup
 
 logger = logging.getLogger(__name__)
 

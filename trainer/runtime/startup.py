@@ -3,7 +3,8 @@ most often behind it.
 
     with startup.phase("loading the teacher from dmis-lab/biobert-base-cased-v1.2"):
         ...
-    startup.current()        # the phase in progress, or None (read by trainer/preemption.py)
+    startup.current()        # the phase in progress, or None (read by
+    trainer/runtime/preemption.py)
 
 A phase that lasts BIODISTILL_STARTUP_WARN_S seconds (default 30) gets one warning. If a torch
 extensions lock file exists then (TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions), it is

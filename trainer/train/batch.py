@@ -7,7 +7,7 @@ sync: the MLM heads, KD and accuracy use `masked_index` / `masked_labels` with f
 
 Under gradient accumulation the prefetcher loads a whole window (`gradient_accumulation_steps`
 micro-batches) at once, so that every micro-batch knows the counts of its window before the first
-backward: token-mean loss terms are then normalised by the window's counts (trainer/loop.py).
+backward: token-mean loss terms are then normalised by the window's counts (trainer/train/loop.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.losses import IGNORE_INDEX
+from trainer.distill.losses import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

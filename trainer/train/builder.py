@@ -15,18 +15,18 @@ from pathlib import Path
 import yaml
 
 from data_pipeline.io_utils import atomic_write_bytes, check_writable_dir
-from trainer import run_lock
-from trainer.checkpoint import Checkpointer
-from trainer.cohort import build_cohort
-from trainer.config import ROOT, RunConfig, to_yaml
-from trainer.ds_config import for_device, micro_batch_size
-from trainer.elastic import keep_global_batch
-from trainer.inputs import build_inputs, ensure_demo
-from trainer.logs import attach_run_log
-from trainer.loop import Trainer
-from trainer.metrics import MetricsWriter
-from trainer.preemption import PreemptionFlag
-from trainer.runtime import Runtime
+from trainer.checkpoint.elastic import keep_global_batch
+from trainer.checkpoint.store import Checkpointer
+from trainer.config.ds_json import for_device, micro_batch_size
+from trainer.config.recipe import ROOT, RunConfig, to_yaml
+from trainer.models.cohort import build_cohort
+from trainer.runtime import run_lock
+from trainer.runtime.distributed import Runtime
+from trainer.runtime.logs import attach_run_log
+from trainer.runtime.preemption import PreemptionFlag
+from trainer.train.inputs import build_inputs, ensure_demo
+from trainer.train.loop import Trainer
+from trainer.train.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from trainer.batch import DeviceBatch
-from trainer.losses import mlm_loss_sum
-from trainer.runtime import Runtime
-from trainer.signals import LOGITS, Need
+from trainer.distill.losses import mlm_loss_sum
+from trainer.distill.teacher_signals import LOGITS, Need
+from trainer.runtime.distributed import Runtime
+from trainer.train.batch import DeviceBatch
 
 
 @torch.no_grad()

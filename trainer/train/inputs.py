@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.demo.knowledge import entity_token_ids
 from data_pipeline.eval_batches import EvalBatches
 from data_pipeline.io_utils import PipelineError, first_line
-from data_pipeline.knowledge import entity_token_ids
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
-from data_pipeline.manifest import Manifest, TokenizerInfo, load_tokenizer, tokenizer_info
 from data_pipeline.masking import continuation_table
-from data_pipeline.shard_source import resolve_shards
-from trainer.config import RunConfig
-from trainer.runtime import Runtime
+from data_pipeline.shards.manifest import Manifest, TokenizerInfo, load_tokenizer, tokenizer_info
+from data_pipeline.shards.reader import resolve_shards
+from trainer.config.recipe import RunConfig
+from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def ensure_demo(cfg: RunConfig, rt: Runtime) -> None:
     if shards.resolve() != (DEMO_DIR / "shards").resolve():
         return
     if rt.is_main:
-        from data_pipeline.demo import build_demo
+        from data_pipeline.demo.build import build_demo
 
         if not (shards / "manifest.json").exists():
             logger.info("demo corpus missing: building %s (once, about 20 s)", DEMO_DIR)

@@ -13,21 +13,21 @@
   windows, never inside one.
 - Loss normalisation over the window: the prefetcher loads a window at once, its counts (masked
   rows, tokens, ...) are summed over ranks (one small all-reduce per step), and each micro-batch's
-  terms are scaled to their share of the window's mean (trainer/objectives.py). With the masks a
-  function of the sample (data_pipeline/masking.py), 2 x 12 accumulated equals 1 x 24 (and 2
+  terms are scaled to their share of the window's mean (trainer/distill/objectives.py). With the
+  masks a function of the sample (data_pipeline/masking.py), 2 x 12 accumulated equals 1 x 24 (and 2
   ranks x 12), as transformers 4.46 fixed it for its Trainer.
 - No host sync in the step: losses stay device tensors, summed; they are reduced over ranks and
   read at log steps only. The masked rows are located on the host, and on a GPU the next batch is
-  copied while this step runs (trainer/batch.py).
+  copied while this step runs (trainer/train/batch.py).
 - Non-finite steps: DeepSpeed checks the gradients before every optimizer step (bf16
   `check_grad_overflow`, on by default; fp32 through the clipping norm) and discards a step whose
   gradients are not finite, counting it in `skipped_steps`. The loop reads that host counter: with
   train.on_nonfinite=stop it stops naming the student, step and term (the checkpoints are kept);
   with skip it warns and goes on.
 - train.teacher_ahead launches the teacher's forward for the next batch right after this one's,
-  on a side CUDA stream, beside the students' steps (trainer/teacher_ahead.py); same results.
-- Preemption: SIGUSR1/SIGTERM (or a first Ctrl-C) only set a flag (trainer/preemption.py); at the
-  next step boundary the ranks agree on it, save a complete checkpoint and exit with
+  on a side CUDA stream, beside the students' steps (trainer/train/teacher_ahead.py); same results.
+- Preemption: SIGUSR1/SIGTERM (or a first Ctrl-C) only set a flag (trainer/runtime/preemption.py);
+  at the next step boundary the ranks agree on it, save a complete checkpoint and exit with
   EXIT_PREEMPTED.
 """
 
@@ -40,13 +40,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.batch import Counts, DeviceBatch, DevicePrefetcher
-from trainer.checkpoint import Checkpointer
-from trainer.config import RunConfig, to_yaml
-from trainer.export import LiveExports
-from trainer.heldout import heldout_metrics
-from trainer.inputs import Inputs
-from trainer.metrics import (
+from trainer.checkpoint.store import Checkpointer
+from trainer.config.recipe import RunConfig, to_yaml
+from trainer.distill.objectives import NORMALIZERS
+from trainer.export.hf_export import LiveExports
+from trainer.models.teacher import Teacher
+from trainer.runtime.distributed import Runtime
+from trainer.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
+from trainer.train.batch import Counts, DeviceBatch, DevicePrefetcher
+from trainer.train.heldout import heldout_metrics
+from trainer.train.inputs import Inputs
+from trainer.train.metrics import (
     MetricsWriter,
     TrainLog,
     engine_figures,
@@ -55,11 +59,8 @@ from trainer.metrics import (
     progress_line,
     time_figures,
 )
-from trainer.objectives import NORMALIZERS
-from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
-from trainer.rng import global_state, set_global_state
-from trainer.runtime import Runtime
-from trainer.summary import (
+from trainer.train.rng import global_state, set_global_state
+from trainer.train.summary import (
     RELATIVE_SUFFIXES,
     eval_line,
     relative_figures,
@@ -69,12 +70,11 @@ from trainer.summary import (
     twins_of,
     write_summary,
 )
-from trainer.teacher import Teacher
-from trainer.teacher_ahead import TeacherAhead
-from trainer.timing import StepTimer
+from trainer.train.teacher_ahead import TeacherAhead
+from trainer.train.timing import StepTimer
 
 if TYPE_CHECKING:
-    from trainer.cohort import Student
+    from trainer.models.cohort import Student
 
 logger = logging.getLogger(__name__)
 RUN_RECORD = ("recipe.resolved.yaml", "ds_config.json")  # copied into every checkpoint
@@ -106,7 +106,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._eval_step = -1  # the step of the last evaluation
         self._settled: set[str] = set()  # students evaluated after they left the cohort
-        self._teacher_eval: list = []  # the teacher's results per eval batch (trainer/heldout.py)
+        # the teacher's results per eval batch (trainer/train/heldout.py)
+        self._teacher_eval: list = []
         self.exports = LiveExports(cfg, rt, self.run_dir, inputs.student_tokenizer, RUN_RECORD)
         # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
         self.preempt = preempt if preempt is not None else PreemptionFlag()
@@ -224,7 +225,7 @@ class Trainer:
 
     def window_scales(self, window: tuple[Counts, ...]) -> list[dict[str, torch.Tensor]]:
         """Per micro-batch of an accumulation window, each normaliser's factor: its count in the
-        micro-batch x ranks / the window's count summed over ranks (trainer/objectives.py).
+        micro-batch x ranks / the window's count summed over ranks (trainer/distill/objectives.py).
         NOTE: collective. Device tensors: no host sync. 1.0 exactly on one rank without
         accumulation."""
         names = list(NORMALIZERS)
@@ -243,7 +244,8 @@ class Trainer:
     ) -> None:
         """One micro-batch (on the device, or a loader's host dict) through the teacher and every
         student in `active` (their step). `upcoming` gives the next batch, for train.teacher_ahead
-        (trainer/teacher_ahead.py). `scale`: the batch's `window_scales`; without it the terms are
+        (trainer/train/teacher_ahead.py). `scale`: the batch's `window_scales`; without it the terms
+        are
         the batch's own means and DeepSpeed divides them by the accumulation steps."""
         self._timer.start()
         if isinstance(batch, dict):
@@ -309,7 +311,7 @@ class Trainer:
         return self._timer.collect()
 
     def _log(self) -> None:
-        """Reduce the running sums over ranks and write them (trainer/metrics.py).
+        """Reduce the running sums over ranks and write them (trainer/train/metrics.py).
         NOTE: collective."""
         skipped_shards = self.inputs.loader.skipped_corrupt  # a running total per rank
         out, names, steps = self.log.reduce(
@@ -329,7 +331,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation and export
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out metrics of every student and the teacher (trainer/heldout.py), logged.
+        """Held-out metrics of every student and the teacher (trainer/train/heldout.py), logged.
         NOTE: collective."""
         if self.inputs.eval_batches is None:
             return {}
@@ -358,7 +360,7 @@ class Trainer:
         return out
 
     def summarize(self) -> dict:
-        """The run's summary (trainer/summary.py) from the last evaluation: runs/<name>/
+        """The run's summary (trainer/train/summary.py) from the last evaluation: runs/<name>/
         summary.{md,json}, the console and TensorBoard's Text tab (rank 0)."""
         summary = run_summary(
             self.cfg, self.step, self.last_eval, twins_of(self.cfg), self.inputs.ceiling
@@ -374,7 +376,7 @@ class Trainer:
         return summary
 
     def _cards(self) -> dict[str, str]:
-        """Every student's model card as of now (trainer/export.py). NOTE: collective."""
+        """Every student's model card as of now (trainer/export/hf_export.py). NOTE: collective."""
         return self.exports.cards(
             self.students,
             step=self.step,

@@ -15,13 +15,13 @@ Flat tags (what the trainer logs):
     data/skipped_shards (shards skipped as corrupt so far, all ranks; data.skip_corrupt)
     eval/<student>/mlm_loss, eval/<student>/mlm_acc, eval/<student>/teacher_agreement,
     eval/<student>/entity_acc (with data.entities), eval/teacher/mlm_loss, eval/teacher/mlm_acc,
-    eval/teacher/entity_acc; relative figures (trainer/summary.py): eval/<student>/acc_to_teacher,
-    eval/<student>/entity_acc_to_teacher, eval/teacher/entity_acc_to_ceiling,
-    eval/<student>/acc_gain_vs_twin, eval/<student>/entity_acc_gain_vs_twin
-    text (root run): recipe (the resolved recipe, at the start), summary (at the end)
-    HParams: each student's recipe settings and final held-out figures, in its run
-Watch a run with `tensorboard --logdir runs/<name>/tensorboard`. The console's progress line
-(`progress_line`) is made from the same values.
+    eval/teacher/entity_acc; relative figures (trainer/train/summary.py):
+    eval/<student>/acc_to_teacher, eval/<student>/entity_acc_to_teacher,
+    eval/teacher/entity_acc_to_ceiling, eval/<student>/acc_gain_vs_twin,
+    eval/<student>/entity_acc_gain_vs_twin text (root run): recipe (the resolved recipe, at the
+    start), summary (at the end) HParams: each student's recipe settings and final held-out figures,
+in its run Watch a run with `tensorboard --logdir runs/<name>/tensorboard`. The console's progress
+line (`progress_line`) is made from the same values.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class MetricsWriter:
 
 
 def hparams_of(student) -> dict:
-    """A student's row in the HParams tab: its recipe settings and shape (trainer/cohort.py
+    """A student's row in the HParams tab: its recipe settings and shape (trainer/models/cohort.py
     Student)."""
     spec, config, objective = student.spec, student.module.mlm.config, student.objective
     init = spec.init
@@ -248,7 +248,7 @@ def engine_figures(students: list, names: list[str]) -> dict[str, float]:
 
 
 def time_figures(times: dict[str, float], names: list[str], steps: int) -> dict[str, float]:
-    """The step's anatomy (trainer/timing.py names: "data", "teacher", "<student>/..."): the
+    """The step's anatomy (trainer/train/timing.py names: "data", "teacher", "<student>/..."): the
     teacher's and the data's share of the time, each student's seconds per optimizer step."""
     total = sum(times.values()) or 1e-9
     out = {

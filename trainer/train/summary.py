@@ -4,7 +4,7 @@
     summary = run_summary(cfg, step, metrics | figures, twins, ceiling)
     write_summary(run_dir, summary); print(render_table(summary))
 
-From the held-out figures of trainer/heldout.py (`eval/<model>/mlm_acc`, `mlm_loss`,
+From the held-out figures of trainer/train/heldout.py (`eval/<model>/mlm_acc`, `mlm_loss`,
 `teacher_agreement`, `entity_acc`), each student's figures as a fraction of the teacher's
 (`acc_to_teacher`, `entity_acc_to_teacher`), the teacher's entity accuracy as a fraction of the
 ceiling (the best accuracy any model can reach there, when `data.entities` gives it), and each
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.io_utils import atomic_write_bytes, atomic_write_json
-from trainer.config import RunConfig
+from trainer.config.recipe import RunConfig
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 TEACHER = "teacher"

@@ -23,8 +23,8 @@ from contextlib import nullcontext
 
 import torch
 
-from trainer.batch import DeviceBatch, hand_over
-from trainer.teacher import Teacher
+from trainer.models.teacher import Teacher
+from trainer.train.batch import DeviceBatch, hand_over
 
 
 class TeacherAhead:

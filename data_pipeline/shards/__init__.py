@@ -1,0 +1,1 @@
+"""Token shards: the writer (`shard`), its journal, the manifest, the reader, `inspect`."""

@@ -1,0 +1,2 @@
+"""Checkpoints: the store (save, verify, load, the COMPLETE.json marker) and elastic resume on
+another number of ranks."""
