@@ -169,7 +169,8 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
     """
     from transformers import AutoConfig
 
-    from trainer.distill.objectives import Objective, fill_layer_maps
+    from trainer.distill.kinds import fill_layer_maps
+    from trainer.distill.objectives import Objective
     from trainer.models.bert_config import bert_config
 
     teacher = None

@@ -18,14 +18,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = ROOT / "trainer" / "objectives.py"
+TARGET = ROOT / "trainer" / "distill" / "objectives.py"
 MUTATIONS = {
     "kd_weight_zero": (
-        "loss = sum(w[name] * value for name, value in terms.items())",
-        "loss = sum((0.0 if name in ('kd', 'soft_ce') else w[name]) * value "
+        "loss = sum(self.weights[name] * value for name, value in terms.items())",
+        "loss = sum((0.0 if name in ('kd', 'soft_ce') else self.weights[name]) * value "
         "for name, value in terms.items())",
     ),
-    "teacher_logits_are_students": ("teacher[LOGITS], T)", "student[LOGITS].detach(), T)"),
+    "teacher_logits_are_students": (
+        "t[LOGITS], o.temperature)",
+        "s[LOGITS].detach(), o.temperature)",
+    ),
     "layers_shifted": (
         "        att = tuple(tuple(p) for p in section.attention_map or ())\n"
         "        hid = tuple(tuple(p) for p in section.hidden_map or ())",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from trainer.config.recipe import (
     select_students,
     to_dict,
 )
-from trainer.distill.objectives import KINDS
+from trainer.distill.kinds import KINDS
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -645,3 +647,23 @@ def test_ds_overrides_set_deepspeed_keys_and_refuse_unknown_ones():
     ):
         with pytest.raises(ValueError, match=fragment):
             apply_ds_overrides(ds, [item])
+
+
+def test_print_keys_needs_no_torch():
+    """`python -m trainer --print-keys` on a machine without torch, transformers or DeepSpeed:
+    the recipe schema and the objective kinds are plain data (trainer/distill/kinds.py)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'deepspeed'):\n"
+        "            raise ImportError(f'{name} is not installed here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from trainer.main import main\n"
+        "sys.exit(main(['--print-keys']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train.global_batch" in done.stdout and "students.NAME.objective.kind" in done.stdout

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from trainer.config.recipe import config_from_dict
-from trainer.distill.objectives import Objective, cohort_teacher_need, uses_attention_maps
+from trainer.distill.kinds import uses_attention_maps
+from trainer.distill.objectives import Objective, cohort_teacher_need
 from trainer.distill.teacher_signals import Need
 from trainer.train.batch import DeviceBatch
 

@@ -63,10 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
-    if args.print_keys:
+    if args.print_keys:  # NOTE: no torch, transformers or DeepSpeed needed (nor imported)
         print(render_keys(), flush=True)
         return 0
+    setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
     try:
         ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
         recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]

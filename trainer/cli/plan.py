@@ -26,12 +26,8 @@ import torch
 from data_pipeline.io_utils import PipelineError, first_line
 from trainer.config.ds_json import fit_global_batch, micro_batch_size
 from trainer.config.recipe import RunConfig, to_yaml
-from trainer.distill.objectives import (
-    Objective,
-    cohort_teacher_need,
-    fill_layer_maps,
-    uses_attention_maps,
-)
+from trainer.distill.kinds import fill_layer_maps, uses_attention_maps
+from trainer.distill.objectives import Objective, cohort_teacher_need
 from trainer.models.bert_config import bert_config
 from trainer.models.parameters import count_parameters
 

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.config.typed import build_typed
-from trainer.distill.objectives import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
+from trainer.distill.kinds import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (trainer/config/recipe.py)
 SHIPPED = ("recipes", "ds_configs")  # a checkout's folders; trainer/recipes, ... in an install

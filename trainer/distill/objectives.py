@@ -1,26 +1,13 @@
-"""Objectives: the recipe kinds, each defined once, and the objective that composes their terms.
+"""The objective: a student's loss composed of its kind's terms (trainer/distill/kinds.py).
 
-    KINDS["compactbiobert"]            # a Kind: terms, default weights and temperature, layer maps,
-                                       #   whether it needs a teacher, its model-card description
     objective = Objective.from_section(section, student_layers=6, teacher_layers=12)
     objective.student_need(), objective.teacher_need()   # the signals each side must produce
     loss, terms = objective(student_out, teacher_out, batch, scale)
 
-Kinds (docs/objectives.md; weights and temperature overridable in the recipe):
-    distilbiobert   w_mlm*MLM + w_kd*KD + w_cos*COS_last
-    compactbiobert  w_mlm*MLM + w_kd*KD + w_att*ATT_KL(attention_map) + w_cos*COS(hidden_map)
-    tinybiobert     w_att*ATT_MSE(attention_map) + w_hid*HID_MSE(hidden_map) + w_soft_ce*SOFT_CE
-    minilmv2        w_rel*RELATIONS(student's last layer, teacher_layer): MiniLMv2's q-q, k-k,
-                    v-v relation KL over relation_heads heads; any student width and head count
-    mlm             w_mlm*MLM
-Config validation (trainer/config/recipe.py), the cohort's teacher (trainer/models/cohort.py), the
-signals each side computes, the loss and the model card (trainer/export/model_card.py) all read
-KINDS. A new kind is one `Kind` entry below and a recipe entry; a new loss term is one `Term` (and
-its function in losses.py).
-
 Layer-map terms are sums over the [student, teacher] pairs. A term whose weight is 0 is neither
 computed nor are its signals requested. `terms` holds every computed term unweighted (for logs;
-scaled as below when scaled); `loss` is the weighted sum, fp32.
+scaled as below when scaled); `loss` is the weighted sum, fp32. Each term's function is
+`LOSSES[its name]`, over the loss functions of trainer/distill/losses.py.
 
 Every term is a mean, and its Term names what it divides by (`NORMALIZERS`). Called with `scale`
 (the loop does, trainer/train/loop.py), each term is multiplied by scale[its normalizer]: count in
@@ -38,17 +25,18 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.distill import losses
+from trainer.distill.kinds import KINDS, TERMS, Term
 from trainer.distill.teacher_signals import LOGITS, Need, attention_key, hidden_key, qkv_keys
 from trainer.train.batch import Counts, DeviceBatch
 
 if TYPE_CHECKING:
-    from trainer.config.recipe import ObjectiveSection, StudentSection
+    from trainer.config.recipe import ObjectiveSection
 
 NORMALIZERS: dict[str, Callable[[Counts], int]] = {
     "masked": lambda c: c.masked,  # over the masked rows
@@ -73,210 +61,27 @@ def _pairs(o: Objective, student: dict, teacher: dict, key, loss, *extra, studen
     return sum(loss(student[student_key(s)], teacher[key(t)], *extra) for s, t in pairs)
 
 
-@dataclass(frozen=True)
-class Term:
-    """One loss term: its function of (objective, student signals, teacher signals, batch), what
-    its mean divides by, and the signals it reads."""
-
-    loss: Callable[[Objective, dict, dict | None, DeviceBatch], torch.Tensor]
-    normalizer: str  # a NORMALIZERS key
-    student_logits: bool = False
-    teacher_logits: bool = False
-    # "attention" or "hidden": sums over that map's pairs; "relations": the relation pair
-    layer_map: str | None = None
-    projected: bool = False  # the student's hidden states through fit_dense (HID_MSE)
-
-
-TERMS: dict[str, Term] = {
-    "MLM": Term(
-        lambda o, s, t, b: losses.mlm_loss(s[LOGITS], b.masked_labels),
-        "masked",
-        student_logits=True,
+LOSSES: dict[str, Callable[[Objective, dict, dict | None, DeviceBatch], torch.Tensor]] = {
+    "MLM": lambda o, s, t, b: losses.mlm_loss(s[LOGITS], b.masked_labels),
+    "KD": lambda o, s, t, b: losses.kd_kl(s[LOGITS], t[LOGITS], o.temperature),
+    "SOFT_CE": lambda o, s, t, b: losses.soft_cross_entropy(s[LOGITS], t[LOGITS], o.temperature),
+    "ATT_KL": lambda o, s, t, b: _pairs(
+        o, s, t, attention_key, losses.attention_kl, b.attention_mask
     ),
-    "KD": Term(
-        lambda o, s, t, b: losses.kd_kl(s[LOGITS], t[LOGITS], o.temperature),
-        "masked",
-        student_logits=True,
-        teacher_logits=True,
+    "ATT_MSE": lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_mse),
+    "COS": lambda o, s, t, b: _pairs(o, s, t, hidden_key, losses.cosine_loss, b.attention_mask),
+    "RELATIONS": lambda o, s, t, b: losses.minilm_relations(
+        tuple(s[k] for k in qkv_keys(o.relation_pair[0])),
+        tuple(t[k] for k in qkv_keys(o.relation_pair[1])),
+        b.attention_mask,
+        o.relation_heads,
     ),
-    "SOFT_CE": Term(
-        lambda o, s, t, b: losses.soft_cross_entropy(s[LOGITS], t[LOGITS], o.temperature),
-        "masked",
-        student_logits=True,
-        teacher_logits=True,
-    ),
-    "ATT_KL": Term(  # over the non-padding query rows, every key column
-        lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_kl, b.attention_mask),
-        "query_rows",
-        layer_map="attention",
-    ),
-    "ATT_MSE": Term(  # over every element, padding included (TinyBERT's code)
-        lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_mse),
-        "pairs",
-        layer_map="attention",
-    ),
-    "COS": Term(  # over the real tokens
-        lambda o, s, t, b: _pairs(o, s, t, hidden_key, losses.cosine_loss, b.attention_mask),
-        "tokens",
-        layer_map="hidden",
-    ),
-    "RELATIONS": Term(  # over the real query rows (x relation heads)
-        lambda o, s, t, b: losses.minilm_relations(
-            tuple(s[k] for k in qkv_keys(o.relation_pair[0])),
-            tuple(t[k] for k in qkv_keys(o.relation_pair[1])),
-            b.attention_mask,
-            o.relation_heads,
-        ),
-        "tokens",
-        layer_map="relations",
-    ),
-    "HID_MSE": Term(
-        lambda o, s, t, b: _pairs(
-            o, s, t, hidden_key, losses.hidden_mse, student_key=projected_key
-        ),
-        "positions",
-        layer_map="hidden",
-        projected=True,
+    "HID_MSE": lambda o, s, t, b: _pairs(
+        o, s, t, hidden_key, losses.hidden_mse, student_key=projected_key
     ),
 }
-"""docs/objectives.md's terms by their names there."""
-
-
-LayerMaps = Callable[[int], tuple[list[list[int]], list[list[int]]]]
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One recipe `objective.kind`: everything about it, in one place."""
-
-    terms: dict[str, str]  # recipe weight key -> TERMS name; the keys are its only weights
-    weights: dict[str, float]  # default weights (docs/objectives.md)
-    temperature: float | None  # default temperature; None: none (no logit distillation)
-    card: str  # what the model card says of a student trained so
-    # default (attention_map, hidden_map) for a student of n layers; None: no recipe layer maps
-    layer_maps: LayerMaps | None = None
-    last_layers_cos: bool = False  # its hidden map is fixed: the last layers (COS_last)
-    # its own integer recipe keys (objective.<key>): (default, least value); other kinds
-    # refuse them. Each is a field of config.ObjectiveSection, so that the schema lists it.
-    options: dict[str, tuple[int | None, int]] = field(default_factory=dict)
-    # once the models are built: (objective, student config, teacher config) -> a problem
-    # ("objective.<key>=...: ...") that would fail the first step, or None
-    check_models: Callable[[Objective, Any, Any], str | None] | None = None
-
-    def term(self, key: str) -> Term:
-        return TERMS[self.terms[key]]
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(
-            t.teacher_logits or t.layer_map is not None for t in map(TERMS.get, self.terms.values())
-        )
-
-
-def _relation_heads_divide(objective: Objective, student, teacher) -> str | None:
-    """MiniLMv2's relation heads must split both models' hidden sizes."""
-    heads = objective.relation_heads
-    sizes = {"student": student.hidden_size, "teacher": teacher.hidden_size}
-    bad = {who: size for who, size in sizes.items() if size % heads}
-    if bad:
-        return (
-            f"objective.relation_heads={heads}: must divide the hidden sizes {sizes}; {bad} is "
-            "not divisible"
-        )
-    return None
-
-
-KINDS: dict[str, Kind] = {
-    "distilbiobert": Kind(
-        terms={"mlm": "MLM", "kd": "KD", "cos": "COS"},
-        weights={"mlm": 2.0, "kd": 5.0, "cos": 1.0},
-        temperature=2.0,
-        card="distilled (DistilBioBERT recipe: MLM + KD + last-layer cosine)",
-        last_layers_cos=True,
-    ),
-    "compactbiobert": Kind(
-        terms={"mlm": "MLM", "kd": "KD", "att": "ATT_KL", "cos": "COS"},
-        weights={"mlm": 1.0, "kd": 5.0, "att": 3.0, "cos": 3.0},
-        temperature=1.0,
-        card="distilled (CompactBioBERT recipe: MLM + KD + attention KL + layer cosines)",
-        # attention i -> 2i+1; hidden i -> 2i (i >= 1)
-        layer_maps=lambda n: (
-            [[i, 2 * i + 1] for i in range(n)],
-            [[i, 2 * i] for i in range(1, n + 1)],
-        ),
-    ),
-    "tinybiobert": Kind(
-        terms={"att": "ATT_MSE", "hid": "HID_MSE", "soft_ce": "SOFT_CE"},
-        weights={"att": 1.0, "hid": 1.0, "soft_ce": 1.0},
-        temperature=1.0,
-        card="distilled (TinyBioBERT recipe: attention MSE + hidden MSE + soft CE)",
-        # attention i -> 3i+2; hidden j -> 3j (j >= 0)
-        layer_maps=lambda n: (
-            [[i, 3 * i + 2] for i in range(n)],
-            [[j, 3 * j] for j in range(n + 1)],
-        ),
-    ),
-    "minilmv2": Kind(
-        terms={"rel": "RELATIONS"},
-        weights={"rel": 1.0},
-        temperature=None,
-        card="distilled (MiniLMv2 recipe: query, key and value self-attention relation KL)",
-        # teacher_layer None: the teacher's last (MiniLMv2 takes an upper-middle one of a large
-        # teacher, the last of a base one); relation heads: MiniLMv2's for base-size teachers
-        options={"teacher_layer": (None, 0), "relation_heads": (12, 1)},
-        check_models=_relation_heads_divide,
-    ),
-    "mlm": Kind(
-        terms={"mlm": "MLM"},
-        weights={"mlm": 1.0},
-        temperature=None,
-        card="continual masked-language-model pre-training",
-    ),
-}
-"""Every objective kind a recipe can name."""
-
-KIND_OPTIONS = sorted({name for kind in KINDS.values() for name in kind.options})
-"""The objective keys some kind owns (config validation refuses them for the others)."""
-
-
-# ---------------------------------------------------------------- layer-map rules
-
-
-def fill_layer_maps(obj: ObjectiveSection, student_layers: int) -> None:
-    """Give each layer map the recipe leaves null its kind's default for a student this deep."""
-    rule = KINDS[obj.kind].layer_maps
-    if rule is not None:
-        att, hid = rule(student_layers)
-        obj.attention_map = att if obj.attention_map is None else obj.attention_map
-        obj.hidden_map = hid if obj.hidden_map is None else obj.hidden_map
-
-
-def check_layers(
-    student: StudentSection, teacher_layers: int | None, student_layers: int | None
-) -> None:
-    """Layer indices in range for the depths known (None: unknown, unchecked): the layers a
-    student copies from the teacher, its layer maps, its teacher_layer. Config validation calls
-    it with the depths a recipe states; the trainer again with those of the models it built."""
-    key, obj = f"students.{student.name}", student.objective
-    checks = [("init.from_teacher_layers", student.init.from_teacher_layers or [], 0, 1)]
-    for name, extra in (("attention_map", 0), ("hidden_map", 1)):  # hidden_states: layers + 1
-        pairs = getattr(obj, name) or []
-        checks += [(f"objective.{name}", [p[0] for p in pairs], extra, 0)]
-        checks += [(f"objective.{name}", [p[1] for p in pairs], extra, 1)]
-    if obj.teacher_layer is not None:  # a layer index, from 0
-        checks += [("objective.teacher_layer", [obj.teacher_layer], 0, 1)]
-    for name, indices, extra, is_teacher in checks:
-        depth, who = (teacher_layers, "teacher") if is_teacher else (student_layers, "student")
-        bad = [i for i in indices if depth is not None and i >= depth + extra]
-        if bad:
-            limit = (depth or 0) + extra
-            raise ValueError(f"{key}.{name}={bad[:1]!r}: expected {who} indices < {limit}")
-
-
-def uses_attention_maps(section: ObjectiveSection) -> bool:
-    """Whether the student needs attention probabilities (then it runs eager attention)."""
-    kind = KINDS[section.kind]
-    return any(kind.term(k).layer_map == "attention" for k, w in section.weights.items() if w > 0)
+"""Each term's function of (objective, student signals, teacher signals, batch), by its name in
+kinds.TERMS (the signals and normaliser it has there)."""
 
 
 @dataclass(frozen=True)
@@ -353,7 +158,8 @@ class Objective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, terms) of one batch: the batch's means, or with `scale` (normalizer ->
         factor) each term times its factor, its share of the window's mean (module doc)."""
-        terms = {k: term.loss(self, student, teacher, batch) for k, term in self.terms.items()}
+        names = KINDS[self.kind].terms
+        terms = {k: LOSSES[names[k]](self, student, teacher, batch) for k in self.terms}
         if scale is not None:
             terms = {name: value * scale[self.normalizer(name)] for name, value in terms.items()}
         loss = sum(self.weights[name] * value for name, value in terms.items())

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from trainer.config.recipe import RunConfig, to_yaml
-from trainer.distill.objectives import KINDS
+from trainer.distill.kinds import KINDS
 from trainer.models.hub_names import hub_id
 
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export

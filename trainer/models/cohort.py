@@ -29,7 +29,8 @@ from torch import nn
 
 from trainer.config.ds_json import ds_config_for_student
 from trainer.config.recipe import RunConfig, StudentSection
-from trainer.distill.objectives import KINDS, Objective, cohort_teacher_need, uses_attention_maps
+from trainer.distill.kinds import KINDS, uses_attention_maps
+from trainer.distill.objectives import Objective, cohort_teacher_need
 from trainer.models.parameters import count_parameters, param_groups
 from trainer.models.pooler import Pooler
 from trainer.models.students import build_student

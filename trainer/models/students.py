@@ -31,13 +31,8 @@ import torch
 from torch import nn
 
 from trainer.config.recipe import StudentSection
-from trainer.distill.objectives import (
-    Objective,
-    check_layers,
-    fill_layer_maps,
-    projected_key,
-    uses_attention_maps,
-)
+from trainer.distill.kinds import check_layers, fill_layer_maps, uses_attention_maps
+from trainer.distill.objectives import Objective, projected_key
 from trainer.distill.teacher_signals import (
     Need,
     check_need,
