@@ -189,6 +189,11 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def listing(names: list[str]) -> str:
+    """The first three of `names` and how many more, for a one-line message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
     """claim_output_dir's check alone: the PipelineError where this writer may not write into
     `path`, creating nothing (for a dry run)."""
@@ -207,10 +212,9 @@ def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: s
 
         found = sorted(c.name for c in p.iterdir() if not in_flight(c.name))
         if found:
-            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             raise PipelineError(
-                f"{p}: holds {shown} and no {' or '.join(records)}: it is not an output of this "
-                f"command, and nothing in it is overwritten; {way_out}"
+                f"{p}: holds {listing(found)} and no {' or '.join(records)}: it is not an output "
+                f"of this command, and nothing in it is overwritten; {way_out}"
             )
     return p
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.io_utils import PipelineError, read_json
+from data_pipeline.io_utils import PipelineError, listing, read_json
 from trainer.models.hub_names import is_hub_name
 
 BUILT = "BUILT.json"
@@ -71,7 +71,3 @@ def read_or_none(path: Path) -> dict | None:
         return read_json(path)
     except PipelineError:  # missing, not JSON, or not an object
         return None
-
-
-def listing(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

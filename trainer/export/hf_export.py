@@ -43,6 +43,7 @@ from data_pipeline.io_utils import (
     disk_full_is_an_error,
     fsync_dir,
     fsync_tree,
+    listing,
     read_json,
     sha256_file,
     share_tree,
@@ -138,12 +139,12 @@ def not_an_export(out_dir: Path) -> str | None:
         except PipelineError:
             return f"holds an unreadable {EXPORT_RECORD}"
         others = [f for f in found if f not in listed and f != EXPORT_RECORD]
-        return f"holds {_listing(others)} besides the export" if others else None
+        return f"holds {listing(others)} besides the export" if others else None
     card = out_dir / "README.md"
     if (out_dir / "config.json").is_file() and card.is_file():
         if "- biodistill" in card.read_text(encoding="utf-8", errors="replace"):
             return None  # NOTE: an export written before EXPORT.json: its card's tag says so
-    return f"holds {_listing(found)} and no {EXPORT_RECORD}"
+    return f"holds {listing(found)} and no {EXPORT_RECORD}"
 
 
 def _not_ours(out_dir: Path, problem: str) -> str:
@@ -151,10 +152,6 @@ def _not_ours(out_dir: Path, problem: str) -> str:
         f"{out_dir}: {problem}: it is not an export of this trainer, and nothing in it is "
         "replaced; export to another directory (--output) or move it away"
     )
-
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _tensor_bytes(model: nn.Module) -> int:
