@@ -201,7 +201,11 @@ def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: s
     records = tuple(records)
     if p.exists() and not p.is_dir():
         raise PipelineError(f"{p}: is a file, not a directory; {way_out}")
-    if p.is_dir() and not any((p / r).exists() for r in records):
+    # NOTE: listed before the records are looked for: a record that another task of this writer
+    # creates meanwhile (array tasks claim one directory at once) is then in the listing or
+    # found after it, never a file listed without its record
+    names = {c.name for c in p.iterdir()} if p.is_dir() else set()
+    if p.is_dir() and not any(r in names or (p / r).exists() for r in records):
         # NOTE: what another process of this writer has in flight does not count: a test file
         # of check_writable_dir, or a record being written atomically (atomic_path's temp
         # name). Array tasks claim one directory at the same time.
@@ -210,7 +214,7 @@ def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: s
         def in_flight(name: str) -> bool:
             return name.startswith(_PROBE) or name.startswith(writing) and name.endswith(".tmp")
 
-        found = sorted(c.name for c in p.iterdir() if not in_flight(c.name))
+        found = sorted(name for name in names if not in_flight(name))
         if found:
             raise PipelineError(
                 f"{p}: holds {listing(found)} and no {' or '.join(records)}: it is not an output "
