@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from data_pipeline.errors import UserError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -25,9 +27,7 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 
-
-class PipelineError(Exception):
-    """A user-facing error: the CLI prints its message on one line and exits non-zero."""
+PipelineError = UserError  # the pipeline's name for it, kept while call sites move to UserError
 
 
 def out_of_space(e: BaseException, path: str | os.PathLike) -> bool:
