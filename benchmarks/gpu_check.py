@@ -64,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cohort import stdout_to_stderr  # noqa: E402
-from data_pipeline.io_utils import PipelineError, claim_output_dir  # noqa: E402
+from data_pipeline.errors import UserError  # noqa: E402
+from data_pipeline.io_utils import claim_output_dir  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "paper_distilled.yaml"
 DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown part(s) {unknown}; known: {[x.name for x in PARTS]}")
     try:
         claim_output_dir(args.out_dir, (JSONL,), "use a new or empty directory as OUT_DIR")
-    except PipelineError as e:
+    except UserError as e:
         print(f"gpu_check: error: {e}", file=sys.stderr)
         return 2
     out = Output(args.out_dir)

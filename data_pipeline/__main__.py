@@ -14,7 +14,7 @@ and a final `extract` + `shard --token-cache` merge them (slurm/preprocess.sbatc
 byte-identical to the plain `extract` + `shard`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`.
-A PipelineError becomes one line `error: ...` on stderr and exit status 2.
+A UserError becomes one line `error: ...` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import argparse
 import importlib
 import sys
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 
 COMMANDS = {
     "extract": ("data_pipeline.extract", "PubMed XML -> text records (jsonl.gz + report.json)"),
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
-    except PipelineError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.loader_config import (
     TAG_EVAL,
     LoaderConfig,
@@ -68,7 +68,7 @@ class EvalBatches:
         self._special, self._cont = masking_tables(self.tokenizer, whole_word, is_continuation)
         self.total = sum(self.shards.counts)
         if self.total == 0:
-            raise PipelineError(f"{self.shards.source}: the {split} split holds no samples")
+            raise UserError(f"{self.shards.source}: the {split} split holds no samples")
         self.per_rank = -(-self.total // world_size)
 
     def __len__(self) -> int:

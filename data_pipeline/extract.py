@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.io_utils import (
-    PipelineError,
+    UserError,
     atomic_path,
     atomic_write_json,
     claim_output_dir,
@@ -210,7 +210,7 @@ def extract_part(task: tuple[str, str]) -> dict:
                     deletions.extend(item.pmids)
             if lines:
                 gz.write(("\n".join(lines) + "\n").encode())
-    except PipelineError as e:
+    except UserError as e:
         return {**stats, "error": str(e)}
     except OSError as e:
         if out_of_space(e, parts):
@@ -261,13 +261,13 @@ def resolve_updates(
     Two passes over the indexes, memory O(max PMID) in numpy arrays, no per-PMID Python objects.
     """
     if n_files >= 1 << _FILE_BITS:
-        raise PipelineError(f"too many input files ({n_files}); at most {(1 << _FILE_BITS) - 1}")
+        raise UserError(f"too many input files ({n_files}); at most {(1 << _FILE_BITS) - 1}")
     best = np.full(size, -1, np.int64)  # packed key of the current winner, -1 = none
     last_delete = np.full(size, -1, np.int32)  # last file index with a DeleteCitation
     for f in range(n_files):
         pmids, versions, deleted = load(f)
         if len(pmids) >= 1 << _REC_BITS:
-            raise PipelineError(f"file {f} has too many records ({len(pmids)})")
+            raise UserError(f"file {f} has too many records ({len(pmids)})")
         if len(pmids):
             keys = _keys(versions, f)
             # Per-PMID maximum within the file first, so each PMID is assigned once below.
@@ -307,7 +307,7 @@ def write_output(task: tuple[str, str, np.ndarray | None]) -> None:
                 if n <= len(keep) and keep[n - 1]:
                     dst.write(line)
         if n != len(keep):
-            raise PipelineError(
+            raise UserError(
                 f"{part}: {n} records but the index has {len(keep)}; delete {part.parent} and rerun"
             )
 
@@ -351,19 +351,19 @@ def run_extract(
     all of them when it is None; the return value is then {"files": [...], "bad_files": [...]}.
     """
     if workers < 1:
-        raise PipelineError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"--workers must be at least 1, got {workers}")
     if slice_spec is not None and not parts_only:
-        raise PipelineError(
+        raise UserError(
             "--slice needs --parts-only: resolving updates needs every file, so only parsing is "
             "split (then run extract over all inputs, without --slice, to merge)"
         )
     files = expand_inputs(inputs, SUFFIXES)
     if not files:
-        raise PipelineError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
+        raise UserError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
     by_stem: dict[str, Path] = {}
     for path in files:
         if (other := by_stem.setdefault(input_stem(path), path)) != path:
-            raise PipelineError(f"two inputs would share an output name: {other} and {path}")
+            raise UserError(f"two inputs would share an output name: {other} and {path}")
     # NOTE: .parts is what a killed run (or an array task of --parts-only) leaves before the
     # report exists; either marks the directory as this command's.
     out = claim_output_dir(output, (REPORT, PARTS_DIR), "use a new or empty directory as --output")
@@ -500,10 +500,10 @@ def _parse_parts(pool, todo: list, stats: dict[str, dict], n_files: int, progres
         )
 
 
-def _bad_files_error(bad: list[dict], good: list[dict], n_files: int) -> PipelineError:
+def _bad_files_error(bad: list[dict], good: list[dict], n_files: int) -> UserError:
     errors = "; ".join(s["error"] for s in bad[:5]) + ("; ..." if len(bad) > 5 else "")
     hint = " (rerun with --skip-bad-files to write the output without them)"
-    return PipelineError(
+    return UserError(
         f"{len(bad)} of {n_files} input files could not be read{hint if good else ''}: {errors}"
     )
 
@@ -567,7 +567,7 @@ def _remove_previous_outputs(out: Path, keep: set[str]) -> dict[str, str]:
         return {}
     try:
         previous = read_json(out / REPORT).get("files", [])
-    except PipelineError:
+    except UserError:
         previous = []
     digests = {}
     for entry in previous:

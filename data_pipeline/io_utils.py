@@ -27,8 +27,6 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 
-PipelineError = UserError  # the pipeline's name for it, kept while call sites move to UserError
-
 
 def out_of_space(e: BaseException, path: str | os.PathLike) -> bool:
     """Whether `e` (from a write under `path`) means the file system is full.
@@ -71,7 +69,7 @@ def disk_full_is_an_error(
     advice: str,
     need: Callable[[], int | None] = lambda: None,
 ) -> Iterator[None]:
-    """Turn running out of space under `path` into a one-line PipelineError.
+    """Turn running out of space under `path` into a one-line UserError.
 
     NOTE: the writes inside must be atomic (atomic_path), so that what they leave behind is only
     complete files; `advice` says what the user can rely on and how to go on.
@@ -81,7 +79,7 @@ def disk_full_is_an_error(
     except Exception as e:  # NOTE: writers say it in their own types (safetensors, torch.save)
         if not out_of_space(e, path):
             raise
-        raise PipelineError(no_space_message(path, doing, need(), advice)) from None
+        raise UserError(no_space_message(path, doing, need(), advice)) from None
 
 
 def first_line(e: BaseException) -> str:
@@ -133,16 +131,16 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON object, raising PipelineError naming the file when it is missing or invalid."""
+    """Read a JSON object, raising UserError naming the file when it is missing or invalid."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+        raise UserError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+        raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise PipelineError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+        raise UserError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
 
 
@@ -170,7 +168,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...]
         elif p.is_file():
             found[p] = None
         else:
-            raise PipelineError(f"{p}: no such file or directory")
+            raise UserError(f"{p}: no such file or directory")
     return sorted(found, key=lambda q: (q.name, str(q)))
 
 
@@ -185,7 +183,7 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=p, prefix=_PROBE):
             pass
     except OSError as e:
-        raise PipelineError(f"{p}: output directory is not writable ({e.strerror})") from None
+        raise UserError(f"{p}: output directory is not writable ({e.strerror})") from None
     return p
 
 
@@ -195,12 +193,12 @@ def listing(names: list[str]) -> str:
 
 
 def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: str) -> Path:
-    """claim_output_dir's check alone: the PipelineError where this writer may not write into
+    """claim_output_dir's check alone: the UserError where this writer may not write into
     `path`, creating nothing (for a dry run)."""
     p = Path(path)
     records = tuple(records)
     if p.exists() and not p.is_dir():
-        raise PipelineError(f"{p}: is a file, not a directory; {way_out}")
+        raise UserError(f"{p}: is a file, not a directory; {way_out}")
     # NOTE: listed before the records are looked for: a record that another task of this writer
     # creates meanwhile (array tasks claim one directory at once) is then in the listing or
     # found after it, never a file listed without its record
@@ -216,7 +214,7 @@ def check_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: s
 
         found = sorted(name for name in names if not in_flight(name))
         if found:
-            raise PipelineError(
+            raise UserError(
                 f"{p}: holds {listing(found)} and no {' or '.join(records)}: it is not an output "
                 f"of this command, and nothing in it is overwritten; {way_out}"
             )
@@ -227,7 +225,7 @@ def claim_output_dir(path: str | os.PathLike, records: Iterable[str], way_out: s
     """Create `path` when absent and return it, if this writer may write there: the directory is
     absent, empty, or holds one of `records`: the names of the writer's own completion record
     and of what an unfinished run of it leaves (report.json and .parts for extract, a run's
-    .lock). Otherwise a PipelineError names the path, what is there and `way_out`.
+    .lock). Otherwise a UserError names the path, what is there and `way_out`.
     NOTE: the rule of every writer: a directory the user owns (a path they named that holds
     their files) is never written into, let alone replaced; in its own directory a writer
     touches only the files it made."""
@@ -238,10 +236,10 @@ def parse_slice(spec: str) -> tuple[int, int]:
     """`I/N` (slice I of N, 0 <= I < N) as (I, N); a one-line error names what is wrong."""
     index, sep, count = spec.partition("/")
     if not sep or not index.isdigit() or not count.isdigit():
-        raise PipelineError(f"--slice must look like I/N (e.g. 3/16), got {spec!r}")
+        raise UserError(f"--slice must look like I/N (e.g. 3/16), got {spec!r}")
     i, n = int(index), int(count)
     if n < 1 or i >= n:
-        raise PipelineError(f"--slice {spec}: need 0 <= I < N")
+        raise UserError(f"--slice {spec}: need 0 <= I < N")
     return i, n
 
 

@@ -41,7 +41,7 @@ eval_batches.py (re-exported here as `iter_eval_batches` / `EvalBatches`).
   (`parts`), so every step trains on the samples it would have. A state saved with another
   seed, batch size, shuffle_shards, shard list or slot count cannot be continued exactly: the
   loader warns and starts at the same epoch at the same fraction of it (rounded down).
-- Corrupt shards raise PipelineError naming the shard: a damaged tar, a sample count or token id
+- Corrupt shards raise UserError naming the shard: a damaged tar, a sample count or token id
   the manifest contradicts, or a local shard whose SHA-256 differs from the manifest's (hashed
   from the buffer read_shard reads anyway; remote and pipe: shards are not hashed). With
   skip_corrupt=True the shard is logged once and skipped, and a slot that runs short wraps to the
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.loader_config import (
     TAG_GROUP,
     TAG_MASK,
@@ -152,7 +152,7 @@ def _read_group(
         url, name = plan.shards.urls[i], plan.shards.names[i]
         try:
             got = read_shard(url, plan.shards.counts[i], plan.tokenizer.vocab_size, sha256[i])
-        except PipelineError as e:
+        except UserError as e:
             if not plan.config.skip_corrupt:
                 raise
             if url not in _warned:
@@ -187,7 +187,7 @@ def _epoch_samples(
                     return
             skip = 0
         if produced == 0 and first == 0:
-            raise PipelineError(f"loader slot {slot}: every one of its shards was skipped")
+            raise UserError(f"loader slot {slot}: every one of its shards was skipped")
         first = 0  # ran short because shards were skipped: wrap to the start of the epoch stream
 
 
@@ -301,7 +301,7 @@ class MaskedBatchLoader:
         config, workers = self.config, max(1, self.config.num_workers)
         shares = self._shares(slots, parts)
         if min(shares) < workers:
-            raise PipelineError(
+            raise UserError(
                 f"loader: {slots} slots (the data order's streams) cannot give each of the "
                 f"{self.world_size} ranks x {workers} workers a slot: use data.slots >= "
                 f"{self.world_size * workers}, or fewer ranks or DataLoader workers"
@@ -326,7 +326,7 @@ class MaskedBatchLoader:
                 if slots == self.world_size * workers
                 else "data.slots"
             )
-            raise PipelineError(
+            raise UserError(
                 f"{len(counts)} {self._split} shards ({sum(counts)} samples) cannot give each of "
                 f"the {slots} loader slots ({how}) one batch of {config.batch_size}: the "
                 f"smallest slot may get {smallest_slot} samples. Use fewer slots (fewer "
@@ -384,7 +384,7 @@ class MaskedBatchLoader:
             while True:
                 try:
                     batch = next(it)
-                except PipelineError as e:
+                except UserError as e:
                     raise _unwrap_worker_error(e) from None
                 # Count on the way out, so prefetched batches are never counted as consumed.
                 slot = int(batch.pop(_SLOT_KEY))
@@ -490,7 +490,7 @@ class MaskedBatchLoader:
             saved = {int(v): int(n) for v, n in state["slot_batches"].items()}
             lacking = [v for v in self._plan.owned if v not in saved]
             if lacking:
-                raise PipelineError(
+                raise UserError(
                     f"loader state: it holds the positions of slots {sorted(saved)}, this rank "
                     f"(rank {self.rank} of {self.world_size}) reads slots {self._plan.owned}: "
                     "resume from every saved rank's state joined (data_pipeline.slots.merge_states)"
@@ -513,11 +513,11 @@ def _shared_batch_parts(saved_batch: int, batch: int, world_size: int) -> int:
     return parts if world_size % parts == 0 else 1
 
 
-def _unwrap_worker_error(e: PipelineError) -> PipelineError:
+def _unwrap_worker_error(e: UserError) -> UserError:
     # DataLoader re-raises a worker's exception with the worker traceback folded into the
     # message; keep the one line the user needs (it names the shard).
     text = str(e)
-    marker = "PipelineError: "
+    marker = "UserError: "
     if "Original Traceback" in text and marker in text:
-        return PipelineError(text.rsplit(marker, 1)[1].strip() + " (in a DataLoader worker)")
+        return UserError(text.rsplit(marker, 1)[1].strip() + " (in a DataLoader worker)")
     return e

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from xml.etree import ElementTree as ET
 from xml.parsers import expat
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 
 # Bump when the text a record gets changes, so completed parts of earlier runs are redone.
 PARSER_VERSION = 1
@@ -41,7 +41,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _YEAR = re.compile(r"(?<!\d)\d{4}(?!\d)")
 
 
-class PubmedFormatError(PipelineError):
+class PubmedFormatError(UserError):
     """A whole file cannot be read as PubMed XML; the message names the file."""
 
 

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from data_pipeline.errors import UserError
 from data_pipeline.extract import PARTS_DIR, REPORT
-from data_pipeline.io_utils import PipelineError, read_json, sha256_file
+from data_pipeline.io_utils import read_json, sha256_file
 
 RECORD_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt", ".txt.gz")
 _HF_MARKERS = ("state.json", "dataset_info.json")
@@ -110,7 +111,7 @@ def check_extract_dir(d: Path, files: list[Path]) -> tuple[list[str], dict[Path,
         return [f"no {REPORT} (extract writes it last: an interrupted run leaves none)"], {}
     try:
         entries = read_json(d / REPORT).get("files")
-    except PipelineError as e:
+    except UserError as e:
         return [str(e)], {}
     if not isinstance(entries, list):
         return [f"{REPORT} has no 'files' list"], {}
@@ -148,7 +149,7 @@ def _extract_files(d: Path, allow_partial: bool) -> tuple[list[Path], dict[Path,
     if len(problems) > 5:
         listing += f"; ... ({len(problems)} problems)"
     if not allow_partial:
-        raise PipelineError(
+        raise UserError(
             f"{d}: incomplete or changed extract output: {listing}. Rerun `python -m "
             "data_pipeline extract` into it (complete parts are reused), or pass --allow-partial "
             "to use the files that are there"
@@ -162,7 +163,7 @@ def resolve_inputs(inputs: list[str], allow_partial: bool = False) -> InputSet:
     """Turn --input paths into sources; missing paths and DatasetDict directories are errors,
     and so is an extract output that its report.json does not vouch for, unless `allow_partial`."""
     if not inputs:
-        raise PipelineError("no inputs given (pass --input PATH [PATH ...])")
+        raise UserError("no inputs given (pass --input PATH [PATH ...])")
     sources: list[Source] = []
     total: int | None = 0
     sha256: dict[Path, str] = {}
@@ -175,7 +176,7 @@ def resolve_inputs(inputs: list[str], allow_partial: bool = False) -> InputSet:
                 total = None if total is None else total + rows
                 continue
             if (p / "dataset_dict.json").is_file():
-                raise PipelineError(
+                raise UserError(
                     f"{p}: a saved DatasetDict; pass one split's directory (e.g. {p / 'train'})"
                 )
             if _is_extract_dir(p):
@@ -190,7 +191,7 @@ def resolve_inputs(inputs: list[str], allow_partial: bool = False) -> InputSet:
             sources.append(Source(_file_kind(p), p, (p,)))
             total = None
         else:
-            raise PipelineError(f"{p}: no such file or directory")
+            raise UserError(f"{p}: no such file or directory")
     return InputSet(sources, total, sha256)
 
 
@@ -204,32 +205,32 @@ def _hf_rows(d: Path) -> int:
 
         return len(datasets.load_from_disk(str(d)))
     except Exception as e:  # noqa: BLE001 - any loading failure is the user's input problem
-        raise PipelineError(f"{d}: cannot load the saved dataset ({e})") from None
+        raise UserError(f"{d}: cannot load the saved dataset ({e})") from None
 
 
 def record_text(rec: dict[str, Any], text_field: str | None, where: str) -> str:
     """The text of one JSON record or dataset row (see the module docstring for the rule)."""
     if text_field is not None:
         if text_field not in rec:
-            raise PipelineError(f"{where}: record has no field '{text_field}'")
+            raise UserError(f"{where}: record has no field '{text_field}'")
         value = rec[text_field]
     elif "title" in rec or "abstract" in rec:
         title = rec.get("title") or ""
         abstract = rec.get("abstract") or ""
         if not isinstance(title, str) or not isinstance(abstract, str):
-            raise PipelineError(f"{where}: 'title' and 'abstract' must be strings")
+            raise UserError(f"{where}: 'title' and 'abstract' must be strings")
         return f"{title} {abstract}" if title and abstract else title or abstract
     elif "text" in rec:
         value = rec["text"]
     else:
-        raise PipelineError(
+        raise UserError(
             f"{where}: record has neither title/abstract nor text "
             "(name the text field with --text-field NAME)"
         )
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise PipelineError(f"{where}: field value {value!r} is not a string")
+        raise UserError(f"{where}: field value {value!r} is not a string")
     return value
 
 
@@ -286,7 +287,7 @@ class RecordReader:
                         if rec is not None:
                             yield rec
             except (EOFError, OSError, zlib.error) as e:
-                raise PipelineError(f"{path}: cannot read it (truncated or corrupt: {e})") from None
+                raise UserError(f"{path}: cannot read it (truncated or corrupt: {e})") from None
             finally:
                 self._raw = None
 
@@ -295,9 +296,9 @@ class RecordReader:
         try:
             rec = json.loads(line)
         except ValueError as e:
-            raise PipelineError(f"{where}: malformed JSON ({e})") from None
+            raise UserError(f"{where}: malformed JSON ({e})") from None
         if not isinstance(rec, dict):
-            raise PipelineError(f"{where}: expected a JSON object, found {type(rec).__name__}")
+            raise UserError(f"{where}: expected a JSON object, found {type(rec).__name__}")
         text = record_text(rec, self.text_field, where)
         return Record(_pmid(rec.get("pmid")), text) if text.strip() else None
 

@@ -12,7 +12,7 @@ ranks or workers the merged state of every saved rank.
 
 from __future__ import annotations
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 
 STATE_VERSION = 2  # 1: one position for the rank (its slots were its workers)
 POSITION_KEYS = ("seed", "batch_size", "shuffle_shards", "shards", "slots")
@@ -45,12 +45,12 @@ def merge_states(states: list[dict]) -> dict:
     for s in states[1:]:
         differ = [k for k in (*POSITION_KEYS, "batches_consumed") if s.get(k) != first.get(k)]
         if differ:
-            raise PipelineError(f"loader states: not from one save (they differ in {differ})")
+            raise UserError(f"loader states: not from one save (they differ in {differ})")
     merged = dict(first, rank=None, slot_batches={})
     for s in states:
         merged["slot_batches"].update(s["slot_batches"])
     if len(merged["slot_batches"]) != first["slots"]:
-        raise PipelineError(
+        raise UserError(
             f"loader states: {len(states)} states hold {len(merged['slot_batches'])} of the "
             f"{first['slots']} slots' positions; every saved rank's state is needed"
         )
@@ -64,7 +64,7 @@ def upgrade_state(state: dict) -> dict:
     if version == STATE_VERSION and "slot_batches" in state:
         return state
     if version != 1 or "batches_consumed" not in state:
-        raise PipelineError(f"loader state: unsupported format (version {version})")
+        raise UserError(f"loader state: unsupported format (version {version})")
     workers = max(1, int(state["num_workers"]))
     world, rank = int(state["world_size"]), int(state["rank"])
     slots = world * workers

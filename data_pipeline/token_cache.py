@@ -50,7 +50,7 @@ from data_pipeline.extract import (
     input_stem,
 )
 from data_pipeline.io_utils import (
-    PipelineError,
+    UserError,
     atomic_path,
     atomic_write_json,
     claim_output_dir,
@@ -114,7 +114,7 @@ def _part_texts(todo: list[tuple], text_field: str | None) -> Iterator[Record]:
                 rec = json.loads(line)
                 yield Record(None, record_text(rec, text_field, f"{part}:{count}"))
         if count != n:
-            raise PipelineError(
+            raise UserError(
                 f"{part}: {count} records but its index has {n}; rerun "
                 f"`extract --parts-only` for {stem}"
             )
@@ -143,14 +143,14 @@ def run_tokenize(
 ) -> dict:
     """Tokenize the parts of `inputs` (slice `slice_spec`) in RECORDS/.parts into CACHE."""
     if max_len < 3:
-        raise PipelineError(f"--max-len must be at least 3, got {max_len}")
+        raise UserError(f"--max-len must be at least 3, got {max_len}")
     if mode not in MODES:
-        raise PipelineError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if workers < 1:
-        raise PipelineError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"--workers must be at least 1, got {workers}")
     files = expand_inputs(inputs, SUFFIXES)
     if not files:
-        raise PipelineError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
+        raise UserError(f"no PubMed XML files (.xml, .xml.gz) found in: {' '.join(inputs)}")
     files = take_slice(files, slice_spec)
     parts = Path(records) / PARTS_DIR
     hf_tok = load_tokenizer(tokenizer)
@@ -181,7 +181,7 @@ def run_tokenize(
             continue
         todo.append((stem, part, stats["records_kept"], source))
     if missing and not skip_bad_files:
-        raise PipelineError(
+        raise UserError(
             f"{len(missing)} of {len(files)} inputs have no complete part in {parts} (run "
             f"`extract --parts-only` over them first): {', '.join(missing[:5])}"
         )
@@ -229,7 +229,7 @@ class TokenCache:
     def __init__(self, directory: str | Path, tok, keep: int | None) -> None:
         self.dir = Path(directory)
         if not self.dir.is_dir():
-            raise PipelineError(
+            raise UserError(
                 f"{self.dir}: no token cache there (--token-cache names the --cache directory "
                 "of `python -m data_pipeline tokenize`)"
             )

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.records import Record
 
 CHUNK = 1024  # records per tokenizer call / per task sent to a worker
@@ -236,7 +236,7 @@ def plain_switch() -> bool:
     """Whether BIODISTILL_TOKENIZE=plain asks for the prefix path; other values are an error."""
     switch = os.environ.get(ENV_SWITCH, "")
     if switch not in ("", "plain"):
-        raise PipelineError(f"{ENV_SWITCH}={switch!r}: expected 'plain' or unset")
+        raise UserError(f"{ENV_SWITCH}={switch!r}: expected 'plain' or unset")
     return switch == "plain"
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from data_pipeline.io_utils import PipelineError
+    from data_pipeline.errors import UserError
     from evaluation.config import build_settings
     from evaluation.report import write_report
     from evaluation.runner import RunRequest, run
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             log_every_s=args.log_every,
         )
         run(request, settings)
-    except (ValueError, PipelineError) as e:  # DataError included; a refused --output
+    except (ValueError, UserError) as e:  # DataError included; a refused --output
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FloatingPointError as e:

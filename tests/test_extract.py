@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from data_pipeline import extract
+from data_pipeline.errors import UserError
 from data_pipeline.extract import add_arguments, main, resolve_updates, run_extract
-from data_pipeline.io_utils import PipelineError
 from data_pipeline.pubmed import PubmedReader, clean_title, iter_pubmed
 
 HEADER = (
@@ -368,7 +368,7 @@ def test_bad_files_fail_the_run_but_keep_good_parts(tmp_path, monkeypatch):
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     write(d / "pubmed26n0003.xml", article(3))
     out = tmp_path / "out"
-    with pytest.raises(PipelineError, match=r"pubmed26n0002\.xml\.gz: truncated gzip stream"):
+    with pytest.raises(UserError, match=r"pubmed26n0002\.xml\.gz: truncated gzip stream"):
         run_extract([str(d)], str(out), workers=2, progress=False)
     assert sorted(p.name for p in (out / ".parts").glob("*.npz")) == [
         "pubmed26n0001.index.npz",
@@ -398,7 +398,7 @@ def test_bad_files_fail_the_run_but_keep_good_parts(tmp_path, monkeypatch):
 def test_unreadable_files_name_the_file(tmp_path, content, message):
     good = write(tmp_path / "pubmed26n0001.xml", article(1))
     (tmp_path / "pubmed26n0009.xml").write_bytes(content)
-    with pytest.raises(PipelineError, match=r"pubmed26n0009\.xml: " + message):
+    with pytest.raises(UserError, match=r"pubmed26n0009\.xml: " + message):
         run_extract([str(tmp_path)], str(tmp_path / "out"), progress=False)
     assert good.exists() and (tmp_path / "out" / ".parts" / "pubmed26n0001.index.npz").exists()
 
@@ -417,14 +417,14 @@ def test_stale_outputs_of_a_previous_run_are_removed(tmp_path):
 def test_input_and_output_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("nothing here")
-    with pytest.raises(PipelineError, match=r"no PubMed XML files \(\.xml, \.xml\.gz\) found in"):
+    with pytest.raises(UserError, match=r"no PubMed XML files \(\.xml, \.xml\.gz\) found in"):
         run_extract([str(tmp_path / "empty")], str(tmp_path / "out"), progress=False)
     f = write(tmp_path / "pubmed26n0001.xml", article(1))
     blocker = tmp_path / "a_file"
     blocker.write_text("a regular file, so nothing can be created under it, even by root")
-    with pytest.raises(PipelineError, match="not writable"):
+    with pytest.raises(UserError, match="not writable"):
         run_extract([str(f)], str(blocker / "out"), progress=False)
-    with pytest.raises(PipelineError, match="--workers"):
+    with pytest.raises(UserError, match="--workers"):
         run_extract([str(f)], str(tmp_path / "out"), workers=0, progress=False)
 
 
@@ -493,7 +493,7 @@ def test_full_disk_stops_with_one_line_and_the_rerun_finishes(
     assert (len(list((out / ".parts").glob("*.index.npz"))) == len(inputs)) == parsed
     for f in out.rglob("*.gz"):
         gzip.decompress(f.read_bytes())  # every file left is whole
-    with pytest.raises(PipelineError, match="incomplete or changed extract output"):
+    with pytest.raises(UserError, match="incomplete or changed extract output"):
         resolve_inputs([str(out)], False)
     small_disk.resize(disk, "2m")
     run_extract(inputs, str(out), workers=workers, progress=False)

@@ -17,8 +17,9 @@ import pytest
 from corrupt import flip_byte, flip_token_bit
 
 from data_pipeline.__main__ import main as cli
+from data_pipeline.errors import UserError
 from data_pipeline.extract import run_extract
-from data_pipeline.io_utils import PipelineError, sha256_file
+from data_pipeline.io_utils import sha256_file
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.shards.manifest import Manifest
 from data_pipeline.shards.reader import read_shard
@@ -168,7 +169,7 @@ def test_loader_refuses_a_shard_with_one_flipped_bit(tmp_path, tiny_shards):
     flip_token_bit(d / CORRUPT_SHARD, m.tokenizer.vocab_size)
     shard = m.splits["train"].shards[1]
     # The one read the loader does: structure, count and ids all look right, the digest does not.
-    with pytest.raises(PipelineError) as e:
+    with pytest.raises(UserError) as e:
         read_shard(str(d / CORRUPT_SHARD), shard.samples, m.tokenizer.vocab_size, shard.sha256)
     assert str(e.value).startswith(
         f"shard {d / CORRUPT_SHARD}: corrupt (SHA-256 differs from manifest.json: the file "
@@ -181,7 +182,7 @@ def test_loader_refuses_a_shard_with_one_flipped_bit(tmp_path, tiny_shards):
         shard.samples
     )  # unverified, it would have been read as good data
     loader = _loader(d)
-    with pytest.raises(PipelineError, match=rf"shard {d / CORRUPT_SHARD}: corrupt \(SHA-256 "):
+    with pytest.raises(UserError, match=rf"shard {d / CORRUPT_SHARD}: corrupt \(SHA-256 "):
         it = iter(loader)
         for _ in range(2 * loader.batches_per_epoch):
             next(it)

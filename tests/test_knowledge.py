@@ -196,14 +196,14 @@ def test_the_demo_ceiling_is_computed_on_the_eval_split(demo):
     ],
 )
 def test_bad_entity_files_are_refused_naming_the_file(demo, tmp_path, content, message):
-    from data_pipeline.io_utils import PipelineError
+    from data_pipeline.errors import UserError
     from data_pipeline.shards.manifest import load_tokenizer
     from trainer.train.inputs import load_entities
 
     path = tmp_path / "entities.json"
     path.write_text(content)
     tok = load_tokenizer(str(demo / "tokenizer"))
-    with pytest.raises((ValueError, PipelineError), match=message) as e:
+    with pytest.raises((ValueError, UserError), match=message) as e:
         load_entities(str(path), tok, 4096)
     assert str(path) in str(e.value)
 

@@ -21,8 +21,8 @@ import torch
 import webdataset
 
 from data_pipeline import loader as loader_mod
+from data_pipeline.errors import UserError
 from data_pipeline.eval_batches import iter_eval_batches
-from data_pipeline.io_utils import PipelineError
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.masking import IGNORE_INDEX
 from data_pipeline.shards.manifest import Manifest, ShardInfo, SplitInfo, TokenizerInfo
@@ -272,7 +272,7 @@ def test_state_dict_fingerprint(tmp_path):
 def test_tokenizer_mismatch_is_refused(tmp_path):
     make_shards(tmp_path, [10] * 2)
     other = dataclasses.replace(TOK, name="biobert-cased", vocab_hash="b" * 64)
-    with pytest.raises(PipelineError, match="re-shard with the run's tokenizer"):
+    with pytest.raises(UserError, match="re-shard with the run's tokenizer"):
         MaskedBatchLoader(tmp_path, cfg(), tokenizer=other)
 
 
@@ -286,10 +286,10 @@ def test_corrupt_shard_error_names_it_in_process_and_in_a_worker(tmp_path):
     _truncate(tmp_path / "train-000002.tar")
     for workers in (0, 1):
         loader = MaskedBatchLoader(tmp_path, cfg(num_workers=workers), tokenizer=TOK)
-        with pytest.raises(PipelineError, match=r"shard \S*train-000002\.tar: "):
+        with pytest.raises(UserError, match=r"shard \S*train-000002\.tar: "):
             take(loader, loader.batches_per_epoch)
     (tmp_path / "train-000001.tar").write_bytes(b"not a tar file" * 100)
-    with pytest.raises(PipelineError, match=r"train-000001\.tar: corrupt or truncated"):
+    with pytest.raises(UserError, match=r"train-000001\.tar: corrupt or truncated"):
         take(MaskedBatchLoader(tmp_path, cfg(), tokenizer=TOK), 10)
 
 
@@ -319,21 +319,21 @@ def test_globs_braces_pipes_and_manifest_paths_give_the_same_stream(tmp_path):
         got = take(MaskedBatchLoader(spec, cfg(), tokenizer=TOK, manifest=m), 3)
         assert_same(got, reference)
         assert keys_of(got) == keys_of(reference)
-    with pytest.raises(PipelineError, match="pass manifest="):
+    with pytest.raises(UserError, match="pass manifest="):
         MaskedBatchLoader(specs[3][0], cfg(), tokenizer=TOK)
     missing = MaskedBatchLoader(
         [f"pipe:cat {tmp_path}/gone/train-000000.tar"] * 4, cfg(), tokenizer=TOK, manifest=manifest
     )
-    with pytest.raises(PipelineError, match="gone/train-000000.tar"):
+    with pytest.raises(UserError, match="gone/train-000000.tar"):
         take(missing, 1)
     shutil.copy(tmp_path / "train-000000.tar", tmp_path / "extra.tar")
-    with pytest.raises(PipelineError, match=r"extra\.tar.*not listed in the manifest"):
+    with pytest.raises(UserError, match=r"extra\.tar.*not listed in the manifest"):
         MaskedBatchLoader(str(tmp_path / "*.tar"), cfg(), tokenizer=TOK)
-    with pytest.raises(PipelineError, match="no shards match"):
+    with pytest.raises(UserError, match="no shards match"):
         MaskedBatchLoader(str(tmp_path / "nothing-*.tar"), cfg(), tokenizer=TOK)
     # A path that does not exist is named as it was given, not as a manifest beside it.
     for gone in (tmp_path / "pubmed" / "shards", tmp_path / "train-000009.tar"):
-        with pytest.raises(PipelineError, match=rf"^{re.escape(str(gone))}: not found; expected"):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(gone))}: not found; expected"):
             MaskedBatchLoader(str(gone), cfg(), tokenizer=TOK)
 
 
@@ -358,7 +358,7 @@ def test_http_shards_find_the_manifest_next_to_them(tmp_path):
 
 def test_too_few_shards_for_world_and_workers(tmp_path):
     make_shards(tmp_path, [50] * 3)
-    with pytest.raises(PipelineError, match=r"4 loader slots \(world_size 2 x num_workers 2\)"):
+    with pytest.raises(UserError, match=r"4 loader slots \(world_size 2 x num_workers 2\)"):
         MaskedBatchLoader(tmp_path, cfg(num_workers=2), rank=0, world_size=2, tokenizer=TOK)
 
 
@@ -542,12 +542,12 @@ def test_a_rank_without_the_merged_state_is_refused_naming_the_slots(tmp_path):
     make_shards(tmp_path, [12] * 8)
     states = [take(r, 2, save_at=1)[1] for r in _layout(tmp_path, 4, 2, 0)]
     one = _layout(tmp_path, 4, 1, 0)[0]
-    with pytest.raises(PipelineError, match=r"holds the positions of slots \[0, 1\].*merge_st"):
+    with pytest.raises(UserError, match=r"holds the positions of slots \[0, 1\].*merge_st"):
         one.load_state_dict(states[0])
-    with pytest.raises(PipelineError, match="1 states hold 2 of the 4 slots' positions"):
+    with pytest.raises(UserError, match="1 states hold 2 of the 4 slots' positions"):
         merge_states(states[:1])
     other = dict(states[1], batches_consumed=5)
-    with pytest.raises(PipelineError, match=r"not from one save .*batches_consumed"):
+    with pytest.raises(UserError, match=r"not from one save .*batches_consumed"):
         merge_states([states[0], other])
 
 

@@ -22,7 +22,8 @@ import pytest
 import webdataset as wds
 
 from data_pipeline import token_ids
-from data_pipeline.io_utils import PipelineError, sha256_file
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import sha256_file
 from data_pipeline.records import resolve_inputs
 from data_pipeline.shards import writer as shards
 from data_pipeline.shards.inspect_shards import inspect
@@ -294,7 +295,7 @@ def test_rerun_complete_and_conflicting_runs(tmp_path, monkeypatch, jsonl, token
     assert again.to_dict() == m.to_dict()
     assert "already complete" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "a").iterdir()} == stamp
-    with pytest.raises(PipelineError, match="complete shard run made with different settings"):
+    with pytest.raises(UserError, match="complete shard run made with different settings"):
         shard([jsonl], tokenizer_dir, tmp_path / "a", max_len=17)
     # A partial run with a finished shard and other settings is refused; one that never finished
     # a shard (say, it stopped at a malformed input line) is simply started over.
@@ -305,17 +306,17 @@ def test_rerun_complete_and_conflicting_runs(tmp_path, monkeypatch, jsonl, token
     with pytest.raises(Crash):
         shard([jsonl], tokenizer_dir, tmp_path / "c", max_len=16, samples_per_shard=10)
     monkeypatch.undo()
-    with pytest.raises(PipelineError, match="partial shard run made with different settings"):
+    with pytest.raises(UserError, match="partial shard run made with different settings"):
         shard([jsonl], tokenizer_dir, tmp_path / "b", max_len=16, mode="pack")
     shard([jsonl], tokenizer_dir, tmp_path / "c", max_len=16, mode="pack")
     assert (tmp_path / "c" / "manifest.json").exists()
     assert not (tmp_path / "c" / ".shard-state").exists()
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train-000000.tar").write_bytes(b"")
-    with pytest.raises(PipelineError, match="holds train-000000.tar and no manifest.json"):
+    with pytest.raises(UserError, match="holds train-000000.tar and no manifest.json"):
         shard([jsonl], tokenizer_dir, tmp_path / "d", max_len=16)
     (tmp_path / "d" / ".shard-state").mkdir()  # a journal that never saved a state
-    with pytest.raises(PipelineError, match="neither a manifest nor a resume journal"):
+    with pytest.raises(UserError, match="neither a manifest nor a resume journal"):
         shard([jsonl], tokenizer_dir, tmp_path / "d", max_len=16)
 
 
@@ -389,7 +390,7 @@ def test_inspect_prints_summary_and_decoded_samples(tmp_path, jsonl, docs, token
     out = io.StringIO()
     inspect(tmp_path, samples=1, out=out)
     assert "cannot decode them" in out.getvalue() and "[CLS]" not in out.getvalue()
-    with pytest.raises(PipelineError, match="no shard manifest"):
+    with pytest.raises(UserError, match="no shard manifest"):
         inspect(tmp_path / "nowhere")
 
 
@@ -460,14 +461,14 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, jsonl, tokenizer_dir):
         ),
     ]
     for inputs, tok_arg, out_arg, kw, pattern in cases:
-        with pytest.raises(PipelineError, match=pattern) as e:
+        with pytest.raises(UserError, match=pattern) as e:
             shards.run_shard(inputs, tok_arg, out_arg, progress=False, **kw)
         assert "\n" not in str(e.value)
     args = cli("--input", str(bad_json), "--tokenizer", tok, "--output", out, "--max-len", "-5")
-    with pytest.raises(PipelineError, match="--max-len"):
+    with pytest.raises(UserError, match="--max-len"):
         shards.main(args)
     args = cli("--input", str(empty), "--tokenizer", tok, "--output", out)
-    with pytest.raises(PipelineError, match="no records"):
+    with pytest.raises(UserError, match="no records"):
         shards.main(args)
     assert not (tmp_path / "out" / ".shard-state").exists()
 
@@ -482,7 +483,7 @@ def test_full_disk_stops_with_one_line_and_the_rerun_finishes_byte_identical(
     clean = shard([jsonl], tokenizer_dir, tmp_path / "clean", **kw)
     disk = small_disk("160k")
     out = disk / "shards"
-    with pytest.raises(PipelineError) as err:
+    with pytest.raises(UserError) as err:
         shard([jsonl], tokenizer_dir, out, **kw)
     assert str(err.value).startswith(
         f"{out}: no space left on device while writing shards ("

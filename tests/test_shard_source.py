@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import webdataset
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.shards.reader import read_local_shard, read_shard, read_streamed_shard
 
 VOCAB = 70_000  # above 2**16, so int32 ids may use the whole range the test draws from
@@ -158,7 +158,7 @@ def test_a_flipped_header_byte_is_an_error_naming_the_shard(tmp_path, member, of
     path.write_bytes(bytes(data))
     # A damaged first header goes to tarfile, which refuses the file just as it always did.
     why = "checksum" if member else "corrupt or truncated"
-    with pytest.raises(PipelineError, match=rf"shard \S*train-000003\.tar: .*{why}"):
+    with pytest.raises(UserError, match=rf"shard \S*train-000003\.tar: .*{why}"):
         read_shard(str(path), 6, VOCAB)
 
 
@@ -169,7 +169,7 @@ def test_a_truncated_shard_is_an_error_naming_the_shard(tmp_path):
     cuts = [len(data) // 2 + 100, 512 * 5 + 17, end, -(-end // 512) * 512 + 512, 100]
     for cut in cuts:
         path.write_bytes(data[:cut])
-        with pytest.raises(PipelineError, match=r"shard \S*train-000003\.tar: "):
+        with pytest.raises(UserError, match=r"shard \S*train-000003\.tar: "):
             read_shard(str(path), 6, VOCAB)
     path.write_bytes(data[: -(-end // 512) * 512 + 1024])
     assert len(read_shard(str(path), 6, VOCAB)) == 6  # both end blocks, no record padding: fine
@@ -191,13 +191,13 @@ def test_bad_samples_give_the_slow_paths_messages(tmp_path):
     for members, message in cases:
         write_tar(path, members)
         for url in (str(path), f"pipe:cat {path}"):  # the fast path and webdataset's
-            with pytest.raises(PipelineError, match=rf"shard .*s\.tar: .*{message}"):
+            with pytest.raises(UserError, match=rf"shard .*s\.tar: .*{message}"):
                 read_shard(url, 1, VOCAB)
 
 
 def test_missing_file_and_not_a_tar(tmp_path):
-    with pytest.raises(PipelineError, match=r"gone\.tar: file not found"):
+    with pytest.raises(UserError, match=r"gone\.tar: file not found"):
         read_shard(str(tmp_path / "gone.tar"), 1, VOCAB)
     (tmp_path / "x.tar").write_bytes(b"not a tar file" * 100)
-    with pytest.raises(PipelineError, match=r"x\.tar: corrupt or truncated"):
+    with pytest.raises(UserError, match=r"x\.tar: corrupt or truncated"):
         read_shard(str(tmp_path / "x.tar"), 1, VOCAB)

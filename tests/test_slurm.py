@@ -22,8 +22,9 @@ import pytest
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 from trainer_setup import STUDENTS, assert_same_weights, ds_config, recipe, weights, write_recipe
 
+from data_pipeline.errors import UserError
 from data_pipeline.extract import run_extract
-from data_pipeline.io_utils import PipelineError, parse_slice
+from data_pipeline.io_utils import parse_slice
 from data_pipeline.shards import writer as shards
 from data_pipeline.shards.manifest import Manifest
 from data_pipeline.shards.writer import run_shard
@@ -158,14 +159,14 @@ def test_sliced_parts_and_token_cache_give_the_direct_output(
     merge(tmp_path / "resumed")
     assert_same_output(tmp_path / "direct" / "shards", tmp_path / "resumed")
 
-    with pytest.raises(PipelineError, match="--slice needs --parts-only"):
+    with pytest.raises(UserError, match="--slice needs --parts-only"):
         run_extract(inputs, str(records), slice_spec=(0, 3), progress=False)
-    with pytest.raises(PipelineError, match="no complete part"):
+    with pytest.raises(UserError, match="no complete part"):
         run_tokenize(
             inputs, str(tmp_path / "nowhere"), str(tokenizer_dir), str(cache), progress=False
         )
     for bad in ("3/3", "1", "a/2", "0/0"):
-        with pytest.raises(PipelineError, match="--slice"):
+        with pytest.raises(UserError, match="--slice"):
             parse_slice(bad)
 
 

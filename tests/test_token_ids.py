@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 
 from data_pipeline import token_ids
 from data_pipeline.demo.synth import train_wordpiece
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.shards.manifest import load_tokenizer
 
 WORDS = (
@@ -143,5 +143,5 @@ def test_plain_switch_takes_the_prefix_path(monkeypatch, cased, corpus):
     a, b = fast(corpus), plain(corpus)
     assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
     monkeypatch.setenv("BIODISTILL_TOKENIZE", "fast")
-    with pytest.raises(PipelineError, match="TOKENIZE='fast': expected 'plain' or unset"):
+    with pytest.raises(UserError, match="TOKENIZE='fast': expected 'plain' or unset"):
         token_ids.TextIds(cased, 20)

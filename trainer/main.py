@@ -30,7 +30,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-from data_pipeline.io_utils import PipelineError  # noqa: E402
+from data_pipeline.errors import UserError  # noqa: E402
 from trainer.cli import preflight  # noqa: E402
 from trainer.config.ds_json import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config  # noqa: E402
 from trainer.config.recipe import load_config, render_keys, select_students  # noqa: E402
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         network = preflight.go_offline_if_unreachable(cfg)
         if args.dry_run:
             return dry_run(cfg, ds, network)
-    except (ValueError, FileNotFoundError, PipelineError) as e:
+    except (ValueError, FileNotFoundError, UserError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     if network is not None and "offline" in network.detail:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         trainer = build_trainer(cfg, ds, rt, preempt)
         return trainer.fit()
-    except (ValueError, FileNotFoundError, PipelineError) as e:
+    except (ValueError, FileNotFoundError, UserError) as e:
         print(f"error{_where(rt)}: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except NonFiniteLoss as e:

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.demo.synth import JOURNALS, LABELS, Article, Rich, filler_sentence, filler_words
-from data_pipeline.io_utils import PipelineError, atomic_write_bytes
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import atomic_write_bytes
 from data_pipeline.records import iter_records, resolve_inputs, sample_identity, split_of
 
 TYPES = ("gene", "disease", "chemical", "tissue")
@@ -390,7 +391,7 @@ def entity_token_ids(tokenizer, words: list[str], where: str) -> dict[int, str]:
     (accuracy at entity positions is defined per token)."""
     split = [w for w in words if tokenizer.tokenize(w) != [w]]
     if split:
-        raise PipelineError(
+        raise UserError(
             f"{where}: {len(split)} entity words are not single tokens of the tokenizer "
             f"(e.g. {split[:3]}); entity accuracy needs one token per entity"
         )
@@ -421,7 +422,7 @@ def split_ceiling(
         found = [ids[t] for t in tokens if t in ids]
         expected = by_pmid.get(record.pmid, [])[: len(found)]
         if [w for w, *_ in expected] != found:
-            raise PipelineError(
+            raise UserError(
                 f"{mentions}: PMID {record.pmid}: the entity tokens of its text {found} are not "
                 f"its recorded mentions {[w for w, *_ in expected]}"
             )
@@ -429,7 +430,7 @@ def split_ceiling(
             bounds["topic" if role == -1 else "tail"].append(bound)
     every = bounds["topic"] + bounds["tail"]
     if not every:
-        raise PipelineError(f"{records}: no entity mention in the eval split")
+        raise UserError(f"{records}: no entity mention in the eval split")
     return {
         "entity_acc": float(np.mean([masked_bound(b) for b in every])),
         "context_bound": float(np.mean(every)),

@@ -21,7 +21,8 @@ import textwrap
 from pathlib import Path
 from typing import TextIO
 
-from data_pipeline.io_utils import PipelineError, sha256_file
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import sha256_file
 from data_pipeline.shards.manifest import (
     LENGTH_BINS,
     SPLITS,
@@ -64,7 +65,7 @@ def summary_lines(m: Manifest) -> list[str]:
 
 
 def verify_shards(directory: Path, m: Manifest, out: TextIO) -> None:
-    """Check every listed shard's size and SHA-256; raise PipelineError naming each bad one."""
+    """Check every listed shard's size and SHA-256; raise UserError naming each bad one."""
     bad, unverified, total = [], [], 0
     for name in SPLITS:
         for s in m.splits[name].shards if name in m.splits else []:
@@ -87,7 +88,7 @@ def verify_shards(directory: Path, m: Manifest, out: TextIO) -> None:
             file=out,
         )
     if bad:
-        raise PipelineError(
+        raise UserError(
             f"{directory}: {len(bad)} of {total} shards fail verification: {', '.join(bad)}"
         )
     print(f"  verified: {total - len(unverified)} of {total} shards match manifest.json", file=out)
@@ -98,7 +99,7 @@ def _decoder(m: Manifest):
     try:
         tok = load_tokenizer(m.tokenizer.name)
         m.check_tokenizer(tokenizer_info(tok, m.tokenizer.name))
-    except PipelineError as e:
+    except UserError as e:
         return None, str(e)
     return tok, None
 
@@ -111,13 +112,13 @@ def inspect(
     verify: bool = False,
 ) -> None:
     """Print the manifest summary of `directory` and its first `samples` samples of `split`;
-    with `verify`, check every shard against the manifest first (PipelineError if one fails)."""
+    with `verify`, check every shard against the manifest first (UserError if one fails)."""
     out = out if out is not None else sys.stdout  # resolved late so redirected stdout is honoured
     directory = Path(directory)
     if split not in SPLITS:
-        raise PipelineError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if samples < 0:
-        raise PipelineError(f"--samples must be 0 or more, got {samples}")
+        raise UserError(f"--samples must be 0 or more, got {samples}")
     m = Manifest.load(directory)
     print(f"{directory}", file=out)
     for line in summary_lines(m):
@@ -132,9 +133,7 @@ def inspect(
     paths = [directory / s.name for s in shards.shards]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise PipelineError(
-            f"{directory}: shard files listed in the manifest are missing: {missing}"
-        )
+        raise UserError(f"{directory}: shard files listed in the manifest are missing: {missing}")
 
     import webdataset as wds
 

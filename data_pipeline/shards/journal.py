@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_pipeline.io_utils import PipelineError, atomic_path
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import atomic_path
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, TokenizerInfo
 
 if TYPE_CHECKING:  # shards imports this module
@@ -54,7 +55,7 @@ class Journal:
             if state.get("version") != STATE_VERSION:
                 raise ValueError(f"version {state.get('version')!r}")
         except (OSError, ValueError, AttributeError) as e:
-            raise PipelineError(
+            raise UserError(
                 f"{path}: unreadable resume journal ({e}); remove {self.dir} to start over"
             ) from None
         return state
@@ -166,7 +167,7 @@ def complete_run(
     """The existing manifest when it is what this run would write; an error otherwise."""
     existing = Manifest.load(out)
     if not _same_run(existing, info.vocab_hash, inputs_meta, settings):
-        raise PipelineError(
+        raise UserError(
             f"{out}: holds a complete shard run made with different settings (inputs, tokenizer, "
             "max_len, mode, eval fraction or shard size); choose a new --output or remove it"
         )
@@ -201,19 +202,19 @@ def resume(
         state = None  # a run that stopped before its first shard: nothing worth keeping
         journal.remove()
     if state is not None and state["fingerprint"] != journal.fingerprint:
-        raise PipelineError(
+        raise UserError(
             f"{out}: holds a partial shard run made with different settings; rerun it with its "
             "own arguments to resume it, or choose a new --output or remove that directory"
         )
     if not ours and any(_SHARD_NAME.match(f.name) for f in out.iterdir()):
-        raise PipelineError(
+        raise UserError(
             f"{out}: holds shard files but neither a manifest nor a resume journal; choose a "
             "new --output or remove them"
         )
     consumed = journal.restore(state, writers, packers) if state else 0
     journaled = {i.name for w in writers.values() for i in w.shards}
     if gone := sorted(n for n in journaled if not (out / n).is_file()):
-        raise PipelineError(
+        raise UserError(
             f"{out}: shards named by the resume journal are gone ({', '.join(gone[:3])}); "
             "remove the directory to start over"
         )

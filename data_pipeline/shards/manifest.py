@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.io_utils import PipelineError, atomic_write_json, first_line, read_json
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import atomic_write_json, first_line, read_json
 
 FORMAT = "biodistill-shards"
 FORMAT_VERSION = 1
@@ -130,20 +131,20 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         def get(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
             if key not in obj:
-                raise PipelineError(f"{source}: missing key '{where}{key}'")
+                raise UserError(f"{source}: missing key '{where}{key}'")
             value = obj[key]
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise PipelineError(
+                raise UserError(
                     f"{source}: key '{where}{key}' has {value!r}, expected {_kind_name(kind)}"
                 )
             return value
 
         if d.get("format") != FORMAT:
-            raise PipelineError(
+            raise UserError(
                 f"{source}: not a biodistill shard manifest (format={d.get('format')!r})"
             )
         if d.get("format_version") != FORMAT_VERSION:
-            raise PipelineError(
+            raise UserError(
                 f"{source}: format_version {d.get('format_version')!r} is not supported "
                 f"(this version reads {FORMAT_VERSION})"
             )
@@ -160,11 +161,11 @@ class Manifest:
         )
         mode = get(d, "mode", str, "")
         if mode not in MODES:
-            raise PipelineError(f"{source}: key 'mode' has {mode!r}, expected one of {MODES}")
+            raise UserError(f"{source}: key 'mode' has {mode!r}, expected one of {MODES}")
         splits = {}
         for name, s in get(d, "splits", dict, "").items():
             if name not in SPLITS:
-                raise PipelineError(f"{source}: unknown split '{name}', expected one of {SPLITS}")
+                raise UserError(f"{source}: unknown split '{name}', expected one of {SPLITS}")
             shards = [
                 ShardInfo(
                     name=get(x, "name", str, f"splits.{name}.shards[]."),
@@ -193,7 +194,7 @@ class Manifest:
         if path.is_dir():
             path = path / MANIFEST_NAME
         if not path.exists():
-            raise PipelineError(
+            raise UserError(
                 f"{path}: no shard manifest (run `python -m data_pipeline shard` to make one; "
                 "an interrupted shard run writes none)"
             )
@@ -205,7 +206,7 @@ class Manifest:
             info.vocab_hash != self.tokenizer.vocab_hash
             or info.vocab_size != self.tokenizer.vocab_size
         ):
-            raise PipelineError(
+            raise UserError(
                 f"{source}: shards were made with tokenizer '{self.tokenizer.name}' "
                 f"(vocab {self.tokenizer.vocab_size}, hash {self.tokenizer.vocab_hash[:12]}), "
                 f"but this run uses '{info.name}' (vocab {info.vocab_size}, "
@@ -237,12 +238,12 @@ def load_tokenizer(name_or_dir: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
     except (OSError, ValueError) as e:
-        raise PipelineError(
+        raise UserError(
             f"tokenizer '{name_or_dir}': cannot load it (expected a local directory with tokenizer "
             f"files or a Hugging Face hub name): {first_line(e)}"
         ) from None
     if not getattr(tok, "is_fast", False):
-        raise PipelineError(f"tokenizer '{name_or_dir}': a fast (Rust) tokenizer is required")
+        raise UserError(f"tokenizer '{name_or_dir}': a fast (Rust) tokenizer is required")
     return tok
 
 
@@ -255,7 +256,7 @@ def tokenizer_info(tok, name: str | None = None) -> TokenizerInfo:
     for role in ("cls", "sep", "pad", "mask"):
         value = getattr(tok, f"{role}_token_id", None)
         if value is None:
-            raise PipelineError(
+            raise UserError(
                 f"tokenizer '{name or tok.name_or_path}': has no {role} token; a BERT-style "
                 "tokenizer with [CLS], [SEP], [PAD] and [MASK] is required"
             )

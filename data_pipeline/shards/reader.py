@@ -11,7 +11,7 @@
   USTAR members are walked directly (~15x faster than tarfile + np.load per member). Remote URLs,
   and local tars holding anything the walker leaves alone (pax or GNU long-name headers, base-256
   sizes, links, directories, compression), go through webdataset's tarfile stream. Both paths
-  group members into samples as webdataset does and raise the same PipelineError for a shard
+  group members into samples as webdataset does and raise the same UserError for a shard
   that is corrupt or truncated.
 """
 
@@ -41,7 +41,7 @@ from webdataset import utils as wds_utils
 from webdataset.gopen import Pipe as _Pipe
 from webdataset.gopen import rewrite_url
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 
 ShardSpec = str | os.PathLike | Sequence[str]
@@ -82,12 +82,12 @@ def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg 
             if _is_local(url) and any(c in url for c in "*?["):
                 found = sorted(glob.glob(url))
                 if not found:
-                    raise PipelineError(f"{url}: no shards match this pattern")
+                    raise UserError(f"{url}: no shards match this pattern")
                 urls.extend(found)
             elif _is_local(url) and not Path(url).exists():
                 # NOTE: said here, naming the path: the manifest lookup beside it would name a
                 # manifest.json one level up, which is not where the user pointed.
-                raise PipelineError(
+                raise UserError(
                     f"{url}: not found; expected a shard directory holding {MANIFEST_NAME} "
                     f"(made by `python -m data_pipeline shard`), a {MANIFEST_NAME} path or .tar "
                     f"shard paths"
@@ -95,13 +95,13 @@ def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg 
             else:
                 urls.append(url)
     if not urls:
-        raise PipelineError(f"shard spec {spec!r} names no shards")
+        raise UserError(f"shard spec {spec!r} names no shards")
     m, source = _load_manifest(manifest) if manifest is not None else _manifest_near(urls[0])
     known = {s.name: s for sp in m.splits.values() for s in sp.shards}
     names = tuple(_shard_name(u, known) for u in urls)
     for url, name in zip(urls, names, strict=True):
         if name not in known:
-            raise PipelineError(f"shard {url}: '{name}' is not listed in the manifest {source}")
+            raise UserError(f"shard {url}: '{name}' is not listed in the manifest {source}")
     counts = tuple(known[n].samples for n in names)
     return ShardSet(tuple(urls), names, counts, m, source, tuple(known[n].sha256 for n in names))
 
@@ -109,7 +109,7 @@ def resolve_shards(spec: ShardSpec, split: str = "train", manifest: ManifestArg 
 def _from_manifest(directory: Path, split: str, manifest: ManifestArg) -> ShardSet:
     m, source = _load_manifest(manifest if manifest is not None else directory)
     if split not in m.splits or not m.splits[split].shards:
-        raise PipelineError(f"{source}: no '{split}' shards listed")
+        raise UserError(f"{source}: no '{split}' shards listed")
     shards = m.splits[split].shards
     urls = tuple(str(directory / s.name) for s in shards)
     names, counts = tuple(s.name for s in shards), tuple(s.samples for s in shards)
@@ -125,7 +125,7 @@ def _load_manifest(manifest: str | os.PathLike | Manifest) -> tuple[Manifest, st
 
 def _manifest_near(url: str) -> tuple[Manifest, str]:
     if url.startswith("pipe:"):
-        raise PipelineError(
+        raise UserError(
             f"{url}: cannot find the manifest of pipe: shards; pass manifest=PATH to the loader"
         )
     if _is_local(url):
@@ -136,9 +136,9 @@ def _manifest_near(url: str) -> tuple[Manifest, str]:
         with webdataset.gopen(murl) as f:
             data = json.loads(f.read())
     except Exception as e:  # any transport or JSON failure reads the same to the user
-        raise PipelineError(f"{murl}: cannot read the shard manifest ({_describe(e)})") from None
+        raise UserError(f"{murl}: cannot read the shard manifest ({_describe(e)})") from None
     if not isinstance(data, dict):
-        raise PipelineError(f"{murl}: not a shard manifest")
+        raise UserError(f"{murl}: not a shard manifest")
     return Manifest.from_dict(data, source=murl), murl
 
 
@@ -170,22 +170,22 @@ def read_shard(
     local file, its `sha256` (None: not verified; remote and pipe: shards never are)."""
     try:
         samples = read_local_shard(url, sha256)
-    except PipelineError:
+    except UserError:
         raise
     except FileNotFoundError:
-        raise PipelineError(f"shard {url}: file not found") from None
+        raise UserError(f"shard {url}: file not found") from None
     except Exception as e:  # OS and numpy errors all mean "unreadable shard"
-        raise PipelineError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
+        raise UserError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
     if samples is None:
         samples = read_streamed_shard(url)
     if len(samples) != expected:
-        raise PipelineError(
+        raise UserError(
             f"shard {url}: holds {len(samples)} samples but the manifest lists {expected} "
             "(truncated, or replaced after sharding)"
         )
     # One max over all tokens: a max per sample costs more than reading the sample.
     if samples and int(np.concatenate([ids for _, ids in samples]).max()) >= vocab_size:
-        raise PipelineError(f"shard {url}: token ids beyond the vocabulary ({vocab_size})")
+        raise UserError(f"shard {url}: token ids beyond the vocabulary ({vocab_size})")
     return samples
 
 
@@ -199,13 +199,13 @@ def read_streamed_shard(url: str) -> list[tuple[str, np.ndarray]]:
         for sample in tariterators.group_by_keys(files):
             data = sample.get(IDS_SUFFIX)
             if data is None:
-                raise PipelineError(f"shard {url}: sample {sample['__key__']} has no {IDS_SUFFIX}")
+                raise UserError(f"shard {url}: sample {sample['__key__']} has no {IDS_SUFFIX}")
             samples.append((sample["__key__"], _checked_ids(url, sample["__key__"], _load(data))))
         stream.close()  # a pipe: reports its command's exit status here
-    except PipelineError:
+    except UserError:
         raise
     except FileNotFoundError:
-        raise PipelineError(f"shard {url}: file not found") from None
+        raise UserError(f"shard {url}: file not found") from None
     except Exception as e:  # tarfile, numpy and transport errors all mean "unreadable shard"
         if isinstance(stream, _Pipe):
             # A failing command usually shows up first as an empty or short tar stream; closing
@@ -215,10 +215,10 @@ def read_streamed_shard(url: str) -> list[tuple[str, np.ndarray]]:
             except Exception:
                 pass
             if stream.status not in (None, *stream.ignore_status, -signal.SIGPIPE):
-                raise PipelineError(
+                raise UserError(
                     f"shard {url}: the command exited with status {stream.status}"
                 ) from None
-        raise PipelineError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
+        raise UserError(f"shard {url}: corrupt or truncated ({_describe(e)})") from None
     finally:
         if stream is not None:
             try:
@@ -234,7 +234,7 @@ def _load(data: bytes | memoryview) -> np.ndarray:
 
 def _checked_ids(url: str, key: str, ids: np.ndarray) -> np.ndarray:
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size == 0:
-        raise PipelineError(f"shard {url}: sample {key} is not 1-D token ids")
+        raise UserError(f"shard {url}: sample {key} is not 1-D token ids")
     return ids
 
 
@@ -267,7 +267,7 @@ def read_local_shard(url: str, sha256: str | None = None) -> list[tuple[str, np.
     """A local shard read whole and walked directly; None where read_streamed_shard must read it.
 
     With `sha256`, the bytes read must hash to it (checked after the walk, so a damaged tar
-    structure keeps its more precise message). Raises PipelineError for a corrupt or truncated
+    structure keeps its more precise message). Raises UserError for a corrupt or truncated
     shard, OSError where the file is unreadable.
     """
     path = local_path(url)
@@ -311,7 +311,7 @@ def read_local_shard(url: str, sha256: str | None = None) -> list[tuple[str, np.
 def _check_digest(buf: bytes, url: str, sha256: str) -> None:
     got = hashlib.sha256(buf).hexdigest()
     if got != sha256:
-        raise PipelineError(
+        raise UserError(
             f"shard {url}: corrupt (SHA-256 differs from manifest.json: the file hashes to "
             f"{got[:16]}..., the manifest lists {sha256[:16]}...); restore or re-make the shard"
         )
@@ -404,7 +404,7 @@ def _first_bad_header(buf: bytes, heads: list[int]) -> int:
 def _sample_ids(buf: bytes, url: str, key: str, parts: dict[str, tuple[int, int]]) -> np.ndarray:
     where = parts.get(IDS_SUFFIX)
     if where is None:
-        raise PipelineError(f"shard {url}: sample {key} has no {IDS_SUFFIX}")
+        raise UserError(f"shard {url}: sample {key} has no {IDS_SUFFIX}")
     start, size = where
     layout, header = _npy_layout(buf, start, size)
     if layout is None:  # anything unusual: np.load reads it or raises, as on the slow path
@@ -447,5 +447,5 @@ def _parse_npy_header(raw: bytes) -> tuple[np.dtype, int] | None:
     return dtype, shape[0]
 
 
-def _corrupt(url: str, why: str) -> PipelineError:
-    return PipelineError(f"shard {url}: corrupt or truncated ({why})")
+def _corrupt(url: str, why: str) -> UserError:
+    return UserError(f"shard {url}: corrupt or truncated ({why})")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.io_utils import (
-    PipelineError,
+    UserError,
     atomic_path,
     claim_output_dir,
     disk_full_is_an_error,
@@ -230,17 +230,17 @@ class _Progress:
 
 def _validate(max_len: int, mode: str, eval_fraction: float, workers: int, per_shard: int) -> None:
     if max_len < 3:
-        raise PipelineError(
+        raise UserError(
             f"--max-len must be at least 3 (room for [CLS], a token and [SEP]), got {max_len}"
         )
     if mode not in MODES:
-        raise PipelineError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 0.0 <= eval_fraction < 1.0:
-        raise PipelineError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+        raise UserError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
     if workers < 1:
-        raise PipelineError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"--workers must be at least 1, got {workers}")
     if per_shard < 1:
-        raise PipelineError(f"--samples-per-shard must be positive, got {per_shard}")
+        raise UserError(f"--samples-per-shard must be positive, got {per_shard}")
 
 
 # Shards are written atomically, the journal after each and the manifest last (shard_journal.py).
@@ -274,7 +274,7 @@ def run_shard(
     eval_fraction = float(eval_fraction)  # 0 and 0.0 must fingerprint (and record) the same
     input_set = resolve_inputs([str(i) for i in inputs], allow_partial)
     if not input_set.files:
-        raise PipelineError(f"no record files found in {', '.join(map(str, inputs))}")
+        raise UserError(f"no record files found in {', '.join(map(str, inputs))}")
     # NOTE: the journal is what a stopped run leaves before its manifest; either marks the
     # directory as this command's.
     out = claim_output_dir(
@@ -284,7 +284,7 @@ def run_shard(
     name = str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
     positions = getattr(hf_tok, "model_max_length", None)
     if isinstance(positions, int) and max_len > positions:  # a tokenizer without one says 1e30
-        raise PipelineError(
+        raise UserError(
             f"--max-len {max_len}: longer than the {positions} positions tokenizer {name} is "
             f"made for (its model_max_length); use --max-len {positions} or less"
         )
@@ -359,7 +359,7 @@ def run_shard(
             write_full(split, final=True)
         if samples == 0:
             journal.remove()
-            raise PipelineError(f"no records with text in {', '.join(map(str, inputs))}")
+            raise UserError(f"no records with text in {', '.join(map(str, inputs))}")
         manifest = Manifest(
             tokenizer=info,
             max_len=max_len,

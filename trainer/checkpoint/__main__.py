@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from trainer.checkpoint.store import newest_complete_marker
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         found = newest_complete_marker(args.directory)
-    except PipelineError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if found is not None:

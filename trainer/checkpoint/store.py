@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.io_utils import (
-    PipelineError,
+    UserError,
     atomic_path,
     atomic_write_json,
     fsync_tree,
@@ -99,7 +99,7 @@ def verify(directory: Path) -> str | None:
     the first problem, for a message. A marker from before checksums (no "files") passes."""
     try:
         files = read_json(directory / MARKER).get("files", {})
-    except PipelineError as e:
+    except UserError as e:
         return str(e)
     for rel, want in files.items():
         path = directory / rel

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.io_utils import PipelineError, first_line
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import first_line
 from trainer.config.ds_json import fit_global_batch, micro_batch_size
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.kinds import fill_layer_maps, uses_attention_maps
@@ -110,7 +111,7 @@ def _build_line(cfg: RunConfig, ds: dict, world: int) -> str:
             reason = f"cannot be checked before {shards} is built (the run builds the demo's)"
         else:
             reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build, ds, world))
-    except (OSError, ValueError, PipelineError) as e:
+    except (OSError, ValueError, UserError) as e:
         reason = f"cannot be checked yet ({first_line(e)})"
     if reason is None:
         return f"teacher stage: {cfg.teacher.path} is built and current ({cfg.teacher.build})"

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from data_pipeline.io_utils import PipelineError, first_line
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import first_line
 from trainer.cli.teacher_cache import ownership
 from trainer.config.recipe import RunConfig
 from trainer.models.hub_names import is_hub_name
@@ -211,7 +212,7 @@ def _data_checks(cfg: RunConfig, teacher_built_first: bool) -> list[Check]:
             continue
         try:
             shards = resolve_shards(spec, split)
-        except PipelineError as e:
+        except UserError as e:
             checks.append(Check(key, f"{e}{_SHARD_FIX}"))
             continue
         m = shards.manifest
@@ -234,7 +235,7 @@ def _data_checks(cfg: RunConfig, teacher_built_first: bool) -> list[Check]:
             try:
                 _, info = run_tokenizer(cfg, manifest)
                 checks.append(Check("tokenizer", None, f"{info.name}: the shards' vocabulary"))
-            except PipelineError as e:
+            except UserError as e:
                 checks.append(Check("tokenizer", str(e)))
     if cfg.data.entities is not None and not Path(cfg.data.entities).is_file():
         checks.append(Check("data.entities", f"{cfg.data.entities}: not found"))

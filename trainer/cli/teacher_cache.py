@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.io_utils import PipelineError, listing, read_json
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import listing, read_json
 from trainer.models.hub_names import is_hub_name
 
 BUILT = "BUILT.json"
@@ -69,5 +70,5 @@ def stale_reason(path: Path, expected: dict) -> str | None:
 def read_or_none(path: Path) -> dict | None:
     try:
         return read_json(path)
-    except PipelineError:  # missing, not JSON, or not an object
+    except UserError:  # missing, not JSON, or not an object
         return None

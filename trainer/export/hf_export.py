@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from data_pipeline.io_utils import (
-    PipelineError,
+    UserError,
     atomic_write_json,
     disk_full_is_an_error,
     fsync_dir,
@@ -85,13 +85,13 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
     """Write model + tokenizer + README.md (`card`, its usage snippet naming `out_dir`) to
     `out_dir`, atomically (temp dir, rename).
 
-    A full disk is a one-line PipelineError naming `out_dir` and about the bytes needed; nothing
+    A full disk is a one-line UserError naming `out_dir` and about the bytes needed; nothing
     is left under `out_dir`'s name but a previous export, untouched. `advice` says how to go on.
     """
     out_dir = Path(out_dir)
     problem = not_an_export(out_dir)
     if problem is not None:
-        raise PipelineError(_not_ours(out_dir, problem))
+        raise UserError(_not_ours(out_dir, problem))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     advice = "nothing was written under that name" + (f"; {advice}" if advice else "")
     with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: _tensor_bytes(model)):
@@ -136,7 +136,7 @@ def not_an_export(out_dir: Path) -> str | None:
     if record.is_file():
         try:
             listed = set(read_json(record).get("files", {}))
-        except PipelineError:
+        except UserError:
             return f"holds an unreadable {EXPORT_RECORD}"
         others = [f for f in found if f not in listed and f != EXPORT_RECORD]
         return f"holds {listing(others)} besides the export" if others else None
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:
         try:
             exported.append((name, export_from_checkpoint(ckpt / name, out / name)))
-        except (ValueError, PipelineError) as e:
+        except (ValueError, UserError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{name}: {exported[-1][1]}", flush=True)

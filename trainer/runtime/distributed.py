@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from data_pipeline.io_utils import PipelineError
+from data_pipeline.errors import UserError
 from trainer.runtime import startup
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class Runtime:
         if self.is_main:
             try:
                 fn()
-            except (ValueError, OSError, PipelineError) as e:
+            except (ValueError, OSError, UserError) as e:
                 error = e
         if self.any(error is not None):
             raise error if error is not None else ValueError("stopped: rank 0 says why")

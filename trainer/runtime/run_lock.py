@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from data_pipeline.io_utils import PipelineError, check_output_dir, claim_output_dir
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import check_output_dir, claim_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def foreign(run_dir: Path) -> str | None:
     nothing: the dry-run's check of what `hold` would refuse."""
     try:
         check_output_dir(run_dir, RUN_RECORDS, _WAY_OUT)
-    except PipelineError as e:
+    except UserError as e:
         return str(e)
     return None
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from data_pipeline.demo.knowledge import entity_token_ids
+from data_pipeline.errors import UserError
 from data_pipeline.eval_batches import EvalBatches
-from data_pipeline.io_utils import PipelineError, first_line
+from data_pipeline.io_utils import first_line
 from data_pipeline.loader import LoaderConfig, MaskedBatchLoader
 from data_pipeline.masking import continuation_table
 from data_pipeline.shards.manifest import Manifest, TokenizerInfo, load_tokenizer, tokenizer_info
@@ -112,8 +113,8 @@ def run_tokenizer(cfg: RunConfig, manifest: Manifest):
         source, key = manifest.tokenizer.name, "the shards' manifest"
     try:
         tok = load_tokenizer(source)
-    except PipelineError as e:
-        raise PipelineError(
+    except UserError as e:
+        raise UserError(
             f"{e} (the tokenizer named by {key}; set data.tokenizer=DIR to the tokenizer the "
             "shards were made with)"
         ) from None
