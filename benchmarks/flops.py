@@ -171,12 +171,12 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
 
     from trainer.distill.kinds import fill_layer_maps
     from trainer.distill.objectives import Objective
-    from trainer.models.bert_config import bert_config
+    from trainer.models.families import model_config
 
     teacher = None
     if cfg.teacher is not None:
         if cfg.teacher.config is not None:
-            teacher = bert_config(cfg.teacher.config, "teacher.config")
+            teacher = model_config(cfg.teacher.config, "teacher.config")
         else:
             teacher = AutoConfig.from_pretrained(cfg.teacher.path)
     shapes = []
@@ -186,7 +186,7 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
             config = copy.deepcopy(teacher)
             config.num_hidden_layers = len(init.from_teacher_layers)
         elif init.config is not None:
-            config = bert_config(init.config, f"students.{spec.name}.init.config")
+            config = model_config(init.config, f"students.{spec.name}.init.config")
         else:
             config = AutoConfig.from_pretrained(init.pretrained)
         t_layers = teacher.num_hidden_layers if teacher is not None else None

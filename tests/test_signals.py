@@ -258,7 +258,7 @@ def test_check_need_accepts_the_whole_range():
 def test_check_need_refuses_layer_signals_from_non_bert(kind):
     model = MODELS[kind]()
     for need in (Need(hidden=frozenset({1})), Need(attentions=frozenset({0}))):
-        with pytest.raises(ValueError, match=rf"'{kind}' model.*BERT models only"):
+        with pytest.raises(ValueError, match=r"ForMaskedLM;.*families bert, roberta, modernbert"):
             check_need(model, need, "students.S")
     # Logits and the last hidden state (COS_last) are fine.
     check_need(model, Need(logits=True, hidden=frozenset({LAYERS})), "students.S")

@@ -118,7 +118,7 @@ def _source(source: str, key: str) -> tuple[object | None, str | None]:
 
 
 def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
-    from trainer.models.bert_config import bert_config
+    from trainer.models.families import model_config
     from trainer.train.inputs import DEMO_DIR
 
     checks: list[Check] = []
@@ -128,7 +128,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     if cfg.teacher is None:
         pass
     elif cfg.teacher.config is not None:
-        teacher_config = bert_config(cfg.teacher.config, "teacher.config")
+        teacher_config = model_config(cfg.teacher.config, "teacher.config")
         checks.append(Check("teacher", None, "teacher.config (random weights)"))
     else:
         teacher_config, problem = _source(cfg.teacher.path, "teacher.path")
@@ -159,7 +159,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
             if teacher_config is not None:
                 positions[what] = teacher_config.max_position_embeddings
         elif init.config is not None:
-            config = bert_config(init.config, f"students.{s.name}.init.config")
+            config = model_config(init.config, f"students.{s.name}.init.config")
             checks.append(Check(what, None, "init.config (random weights)"))
             positions[what] = config.max_position_embeddings
         else:

@@ -462,9 +462,9 @@ _LICENSE_RULE = "a Hub license id in lower case (apache-2.0, mit, cc-by-4.0, oth
 
 
 def _depth(key: str, config: dict) -> int:
-    from trainer.models.bert_config import bert_config  # checks every value, names the key
+    from trainer.models.families import model_config  # checks every value, names the key
 
-    return bert_config(config, key).num_hidden_layers
+    return model_config(config, key).num_hidden_layers
 
 
 def _one_of(key: str, section: Any, names: tuple[str, ...]) -> str:

@@ -19,9 +19,11 @@
 - The output is a flat dict of tensors, not a dataclass: DeepSpeed ZeRO-3 attaches its backward
   hooks to the tensors it finds in tuples, lists and dicts only.
 
-Hidden states and attention maps are supported for BERT-family encoders (the distilled students
-and the teacher); the MLM head on masked rows for BERT, MobileBERT, DistilBERT and RoBERTa-style
-models; any other masked LM falls back to its full forward with the rows gathered afterwards.
+Where the embeddings, layers, attention modules, q/k/v projections and the MLM head are is the
+model family's to say (trainer/models/families/): hidden states and attention maps for the
+families with `layer_signals` (BERT, RoBERTa, ModernBERT), the MLM head on masked rows for every
+family; an architecture no family describes falls back to its full forward with the rows
+gathered afterwards.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from trainer.models.attention import IMPLEMENTATION, returns_probabilities
+from trainer.models.families import FAMILIES, family_of
 
 LOGITS = "logits"
 
@@ -89,34 +92,16 @@ def qkv_keys(layer: int) -> tuple[str, str, str]:
 
 
 def num_layers(model: nn.Module) -> int:
-    config = model.config
-    for name in ("num_hidden_layers", "n_layers"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(f"{type(model).__name__}: cannot tell how many layers it has")
-
-
-def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The masked-LM head as a function of hidden rows [N, H] -> logits [N, V]; None when the
-    architecture is not known (the caller then runs the full forward)."""
-    kind = getattr(model.config, "model_type", "")
-    if kind in ("bert", "mobilebert"):
-        return model.cls
-    if kind in ("roberta", "xlm-roberta", "camembert"):
-        return model.lm_head
-    if kind == "distilbert":
-
-        def head(h: torch.Tensor) -> torch.Tensor:
-            h = model.vocab_layer_norm(model.activation(model.vocab_transform(h)))
-            return model.vocab_projector(h)
-
-        return head
-    return None
+    return family_of(model).num_layers(model.config)
 
 
 def supports_layer_signals(model: nn.Module) -> bool:
     """Whether hidden states and attention maps of any layer can be taken from this model."""
-    return getattr(model.config, "model_type", "") == "bert" and hasattr(model, "bert")
+    return family_of(model).layer_signals
+
+
+def layer_families() -> list[str]:
+    return [name for name, fam in FAMILIES.items() if fam.layer_signals]
 
 
 def check_need(model: nn.Module, need: Need, who: str) -> None:
@@ -133,8 +118,8 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
     layer_wise = need.attentions or need.qkv or (need.hidden - {layers})
     if layer_wise and not supports_layer_signals(model):
         raise ValueError(
-            f"{who}: a {model.config.model_type!r} model; hidden states and attention maps of "
-            "single layers are supported for BERT models only"
+            f"{who}: a {type(model).__name__}; hidden states and attention maps of single "
+            f"layers are supported for the families {', '.join(layer_families())} only"
         )
     silent = [i for i in sorted(need.attentions) if not returns_probabilities(model, i)]
     if silent:
@@ -149,13 +134,12 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
 # ---------------------------------------------------------------- the forward
 
 
-def _layer_signals(need: Need, layers: int) -> list[tuple[str, int, int | str]]:
-    """(key, layer index, position in the hooked module's output, or the name of the attention
-    projection hooked) of each layer-wise signal; the last hidden state is last_hidden_state, no
-    hook needed."""
-    wanted = [(hidden_key(i), i, 0) for i in need.hidden - {layers}]
-    wanted += [(key, i, name) for i in need.qkv for name, key in zip(QKV, qkv_keys(i), strict=True)]
-    return wanted + [(attention_key(i), i, 1) for i in need.attentions]
+def _layer_signals(need: Need, layers: int) -> list[str]:
+    """The keys of the layer-wise signals in `need`; the last hidden state is last_hidden_state,
+    no hook needed."""
+    wanted = [hidden_key(i) for i in need.hidden - {layers}]
+    wanted += [key for i in need.qkv for key in qkv_keys(i)]
+    return wanted + [attention_key(i) for i in need.attentions]
 
 
 def tap_signals(model: nn.Module, need: Need) -> None:
@@ -163,19 +147,22 @@ def tap_signals(model: nn.Module, need: Need) -> None:
     what is missing). Installed before torch.compile, they are traced into the compiled graph;
     hooks added and removed around every call would not be."""
     taps = model.__dict__.setdefault("_biodistill_taps", {"store": {}, "keys": set()})
-    if not supports_layer_signals(model):
+    fam = family_of(model)
+    if not fam.layer_signals:
         return
-    bert = model.bert
-    for key, index, position in _layer_signals(need, num_layers(model)):
-        if key in taps["keys"]:
-            continue
-        if isinstance(position, str):  # a projection: the Linear's whole output
-            module, position = getattr(bert.encoder.layer[index].attention.self, position), 0
-        elif position == 1:
-            module = bert.encoder.layer[index].attention.self
-        else:
-            module = bert.embeddings if index == 0 else bert.encoder.layer[index - 1]
-        module.register_forward_hook(_keep(taps["store"], key, position))
+    for i in sorted(need.hidden - {num_layers(model)}):
+        module = fam.embeddings(model) if i == 0 else fam.layers(model)[i - 1]
+        _tap(taps, hidden_key(i), module, _first)
+    for i in sorted(need.qkv):
+        for key, (module, take) in zip(qkv_keys(i), fam.qkv(model, i), strict=True):
+            _tap(taps, key, module, take)
+    for i in sorted(need.attentions):
+        _tap(taps, attention_key(i), fam.attention(model, i), _second)
+
+
+def _tap(taps: dict, key: str, module: nn.Module, take: Callable) -> None:
+    if key not in taps["keys"]:
+        module.register_forward_hook(_keep(taps["store"], key, take))
         taps["keys"].add(key)
 
 
@@ -188,21 +175,22 @@ def masked_lm_signals(
 ) -> dict[str, torch.Tensor]:
     """Run an HF masked LM and return the signals in `need` (keys: see the module docstring)."""
     layers = num_layers(model)
-    wanted = [key for key, _, _ in _layer_signals(need, layers)]
+    wanted = _layer_signals(need, layers)
     taps = model.__dict__.get("_biodistill_taps")
     if taps is None or not taps["keys"].issuperset(wanted):  # built elsewhere: tap it now
         tap_signals(model, need)
         taps = model.__dict__["_biodistill_taps"]
     store = taps["store"]
     store.clear()
-    head = mlm_head(model) if need.logits else None
+    fam = family_of(model)
+    head = fam.head(model) if need.logits else None
     try:
         if need.logits and head is None:
             out = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             logits = out.logits.reshape(-1, out.logits.shape[-1])
             last = None
         else:
-            base = model.base_model(
+            base = fam.base(model)(
                 input_ids=input_ids, attention_mask=attention_mask, return_dict=True
             )
             last = base.last_hidden_state
@@ -231,8 +219,16 @@ def masked_lm_signals(
     return captured
 
 
-def _keep(store: dict, key: str, position: int) -> Callable:
+def _keep(store: dict, key: str, take: Callable) -> Callable:
     def hook(module: nn.Module, inputs: tuple, output) -> None:
-        store[key] = output[position] if isinstance(output, tuple | list) else output
+        store[key] = take(output)
 
     return hook
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def _second(output):
+    return output[1]

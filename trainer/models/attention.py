@@ -4,6 +4,11 @@ Models are built with `attn_implementation=IMPLEMENTATION`, an attention functio
 transformers' AttentionInterface (its masks are SDPA's: boolean, or None without padding). A layer
 marked with `return_probabilities(model, layers)` also returns its attention probabilities:
 
+It serves every family whose attention goes through transformers' attention interface (BERT,
+RoBERTa, ModernBERT). ModernBERT's local layers get their window from the mask, which transformers
+builds for this implementation with `sdpa_mask` and the sliding-window overlay; the
+`sliding_window` argument it passes beside is for flash attention and is not needed here.
+
 - in training mode with attention dropout (a student): eager attention, exactly as HF's eager
   path computes it, softmax(QK^T * scale + mask), dropout, times V; the probabilities returned are
   the ones after dropout, as HF returns them and as the paper's losses saw them;
@@ -71,8 +76,11 @@ AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of every layer of a BERT masked LM, in order."""
-    return [layer.attention.self for layer in model.bert.encoder.layer]
+    """The attention module of every layer of a masked LM, in order (its family says where)."""
+    from trainer.models.families import family_of
+
+    fam = family_of(model)
+    return [fam.attention(model, i) for i in range(len(fam.layers(model)))]
 
 
 def return_probabilities(model: nn.Module, layers) -> None:

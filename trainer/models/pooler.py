@@ -3,8 +3,9 @@
 A masked LM (BertForMaskedLM) has no pooler, and neither has a student: MLM and distillation never
 train it. But `AutoModel` builds BertModel with one (transformers has no config field to leave it
 out: `add_pooling_layer` is an argument of BertModel's constructor only), so an export without
-pooler weights loads with "MISSING pooler.dense.*" and a random `pooler_output`. Every BERT
-export therefore carries one, in this order of preference:
+pooler weights loads with "MISSING pooler.dense.*" and a random `pooler_output`. Every export of
+a family with a pooler (BERT, RoBERTa: its `pooler_prefix`; ModernBERT has none) therefore
+carries one, in this order of preference:
 
 - the pooler of the checkpoint the student's weights come from, unchanged: the teacher's for
   `init.from_teacher_layers` (same width), the model's own for `init.pretrained`;
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from trainer.models.families import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +60,11 @@ def identity_pooler(hidden: int) -> Pooler:
 def pooler_for(model: nn.Module, source: str | None) -> Pooler | None:
     """The pooler to export with `model` (a masked LM): `source`'s if that checkpoint has one of
     the right shape, else the identity one; None for a model without a BERT base (no pooler)."""
-    if getattr(model.config, "model_type", None) != "bert":
+    prefix = family_of(model).pooler_prefix
+    if prefix is None:
         return None
     hidden = model.config.hidden_size
-    state = read_pooler(source) if source else None
+    state = read_pooler(source, prefix) if source else None
     if state is not None and tuple(state["dense.weight"].shape) != (hidden, hidden):
         logger.info(
             "%s: its pooler does not fit hidden size %d; exporting the identity", source, hidden
@@ -69,9 +73,10 @@ def pooler_for(model: nn.Module, source: str | None) -> Pooler | None:
     return Pooler(state, source) if state is not None else identity_pooler(hidden)
 
 
-def read_pooler(name_or_dir: str) -> dict[str, torch.Tensor] | None:
+def read_pooler(name_or_dir: str, prefix: str = "bert.pooler.") -> dict[str, torch.Tensor] | None:
     """The pooler weights in the checkpoint `name_or_dir` (a directory or a hub name, read from
-    the local cache as the model was just loaded), or None when it has none."""
+    the local cache as the model was just loaded), or None when it has none. `prefix`: where a
+    masked LM of the family keeps it (its family's `pooler_prefix`)."""
     from transformers.utils import cached_file
 
     def find(filename: str) -> str | None:
@@ -85,24 +90,24 @@ def read_pooler(name_or_dir: str) -> dict[str, torch.Tensor] | None:
         ("pytorch_model.bin", "pytorch_model.bin.index.json"),
     ):
         if (path := find(weights)) is not None:
-            return _pooler_in([path])
+            return _pooler_in([path], prefix)
         if (path := find(index)) is not None:
             weight_map = json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted({v for k, v in weight_map.items() if _local_key(k) is not None})
-            return _pooler_in([f for f in map(find, shards) if f is not None])
+            shards = {v for k, v in weight_map.items() if _local_key(k, prefix) is not None}
+            return _pooler_in([f for f in map(find, sorted(shards)) if f is not None], prefix)
     return None
 
 
-def _local_key(key: str) -> str | None:
-    """`bert.pooler.dense.weight` (a masked LM's or pre-training model's) or `pooler.dense.weight`
-    (a BertModel's) -> `dense.weight`."""
-    for prefix in ("bert.pooler.", "pooler."):
-        if key.startswith(prefix) and key.removeprefix(prefix) in KEYS:
-            return key.removeprefix(prefix)
+def _local_key(key: str, prefix: str) -> str | None:
+    """`bert.pooler.dense.weight` (a masked LM's or pre-training model's, with `prefix`) or
+    `pooler.dense.weight` (a BertModel's) -> `dense.weight`."""
+    for start in (prefix, "pooler."):
+        if key.startswith(start) and key.removeprefix(start) in KEYS:
+            return key.removeprefix(start)
     return None
 
 
-def _pooler_in(paths: list[str]) -> dict[str, torch.Tensor] | None:
+def _pooler_in(paths: list[str], prefix: str) -> dict[str, torch.Tensor] | None:
     state = {}
     for path in paths:
         if path.endswith(".safetensors"):
@@ -110,7 +115,7 @@ def _pooler_in(paths: list[str]) -> dict[str, torch.Tensor] | None:
 
             with safe_open(path, framework="pt") as f:
                 for key in f.keys():
-                    if (local := _local_key(key)) is not None:
+                    if (local := _local_key(key, prefix)) is not None:
                         state[local] = f.get_tensor(key).float()
         else:
             try:  # NOTE: mmap reads only the pooler's pages of a zip-format file
@@ -118,14 +123,15 @@ def _pooler_in(paths: list[str]) -> dict[str, torch.Tensor] | None:
             except RuntimeError:  # the legacy (pre-zip) format
                 tensors = torch.load(path, map_location="cpu", weights_only=True)
             for key, value in tensors.items():
-                if (local := _local_key(key)) is not None:
+                if (local := _local_key(key, prefix)) is not None:
                     state[local] = value.float().clone()
     return state if set(state) == set(KEYS) else None
 
 
 def attach(model: nn.Module, pooler: Pooler | None) -> nn.Module:
-    """Give `model` (a BertForMaskedLM about to be saved) the pooler, so that save_pretrained
-    writes `bert.pooler.dense.*`."""
+    """Give `model` (a masked LM of a family with a pooler, about to be saved) the pooler, so that
+    save_pretrained writes `<base>.pooler.dense.*`. BERT's and RoBERTa's poolers are the same
+    module (dense + tanh on the first token)."""
     if pooler is None:
         return model
     from transformers.models.bert.modeling_bert import BertPooler

@@ -23,13 +23,13 @@ from_teacher_layers, the checkpoint's own for pretrained, else the identity one.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from trainer.config.recipe import StudentSection
 from trainer.distill.kinds import check_layers, fill_layer_maps, uses_attention_maps
 from trainer.distill.objectives import Objective, projected_key
@@ -37,12 +37,13 @@ from trainer.distill.teacher_signals import (
     Need,
     check_need,
     hidden_key,
+    layer_families,
     masked_lm_signals,
     num_layers,
     tap_signals,
 )
 from trainer.models.attention import return_probabilities
-from trainer.models.bert_config import bert_config
+from trainer.models.families import FAMILIES, family_of
 from trainer.models.hf_models import attn_implementation, load_masked_lm
 from trainer.models.pooler import Pooler, pooler_for
 from trainer.train.rng import derive_seed, seeded
@@ -130,30 +131,18 @@ def build_student(
 
 
 def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: str) -> nn.Module:
-    from transformers import BertForMaskedLM
-
-    if getattr(teacher.config, "model_type", None) != "bert" or not hasattr(teacher, "bert"):
-        raise ValueError(
-            f"{key}.init.from_teacher_layers: the teacher is a "
-            f"{type(teacher).__name__}; copying layers needs a BERT teacher"
+    fam = family_of(teacher)
+    if not fam.layer_signals:
+        raise UserError(
+            f"{key}.init.from_teacher_layers: the teacher is a {type(teacher).__name__}; copying "
+            f"layers needs a teacher of the families {', '.join(layer_families())}"
         )
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(layers)
-    config._attn_implementation = impl or "sdpa"
-    student = BertForMaskedLM(config)
-    student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
-    for i, layer in enumerate(layers):
-        student.bert.encoder.layer[i].load_state_dict(
-            teacher.bert.encoder.layer[layer].state_dict()
-        )
-    student.cls.load_state_dict(teacher.cls.state_dict())
-    return student
+    return fam.student_from_layers(teacher, layers, impl)
 
 
-def _from_config(values: dict, impl: str, key: str) -> nn.Module:
-    from transformers import BertForMaskedLM
-
-    return BertForMaskedLM(bert_config(values, f"{key}.init.config", impl))
+def _from_config(values: dict, impl: str, key: str, family: str = "bert") -> nn.Module:
+    fam = FAMILIES[family]
+    return fam.masked_lm(fam.config(values, f"{key}.init.config", impl))
 
 
 def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:

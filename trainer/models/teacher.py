@@ -26,7 +26,7 @@ from torch import nn
 from trainer.config.recipe import TeacherSection
 from trainer.distill.teacher_signals import Need, check_need, masked_lm_signals, tap_signals
 from trainer.models.attention import return_probabilities
-from trainer.models.bert_config import bert_config
+from trainer.models.families import FAMILIES
 from trainer.models.hf_models import attn_implementation, load_masked_lm
 from trainer.train.batch import DeviceBatch
 from trainer.train.rng import seeded
@@ -38,13 +38,12 @@ def load_teacher_model(
     section: TeacherSection, *, attention: bool, seed: int, vocab_size: int
 ) -> nn.Module:
     """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
-    from transformers import BertForMaskedLM
-
     impl = attn_implementation(attention)
     if section.config is not None:
-        config = bert_config(section.config, "teacher.config", impl)
+        fam = FAMILIES["bert"]
+        config = fam.config(section.config, "teacher.config", impl)
         with seeded(seed, torch.device("cpu")):
-            model = BertForMaskedLM(config)
+            model = fam.masked_lm(config)
         where = "teacher.config"
     else:
         where = f"teacher.path={section.path!r}"
