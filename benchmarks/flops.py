@@ -192,14 +192,15 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
         t_layers = teacher.num_hidden_layers if teacher is not None else None
         section = copy.deepcopy(spec.objective)  # maps a pretrained student's depth decides
         fill_layer_maps(section, config.num_hidden_layers)
-        obj = Objective.from_section(section, config.num_hidden_layers, t_layers)
+        wider = teacher is not None and config.hidden_size != teacher.hidden_size
+        obj = Objective.from_section(section, config.num_hidden_layers, t_layers, wider)
         t_need = obj.teacher_need()
         shapes.append(
             StudentShape(
                 name=spec.name,
                 config=config,
                 logits=obj.student_need().logits,
-                projections=len(obj.hidden_map) if obj.projects_hidden else 0,
+                projections=len(obj.hidden_map) if obj.project_hidden else 0,
                 teacher_encoder=not t_need.empty,
                 teacher_logits=t_need.logits,
             )

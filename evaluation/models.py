@@ -166,8 +166,14 @@ def takes_token_types(model) -> bool:
 
 
 def max_positions(model_or_config) -> int:
+    """The longest input the model takes, as its family counts it (RoBERTa: 514 position
+    embeddings take 512 tokens)."""
+    from trainer.models.families import family_of
+
     config = getattr(model_or_config, "config", model_or_config)
-    return int(getattr(config, "max_position_embeddings", 512) or 512)
+    if not getattr(config, "max_position_embeddings", None):
+        return 512
+    return family_of(config).max_positions(config)
 
 
 def usable_length(tokenizer) -> int:

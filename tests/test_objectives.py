@@ -91,7 +91,7 @@ def test_needs_of_each_kind_with_default_weights(kind, student, teacher):
     assert objective.student_need() == student
     assert objective.teacher_need() == teacher
     assert uses_attention_maps(_section(kind)) == bool(student.attentions)
-    assert objective.projects_hidden == (kind == "tinybiobert")
+    assert objective.project_hidden == (kind == "tinybiobert")
 
 
 def test_the_teacher_computes_the_union_of_the_cohorts_needs():
@@ -155,7 +155,7 @@ def test_zero_weight_removes_the_term_and_its_signals(kind, weights, student, te
         assert not uses_attention_maps(_section(kind, weights=weights))
         assert objective.attention_map == ()
     if "hid" in weights:
-        assert not objective.projects_hidden
+        assert not objective.project_hidden
 
 
 # ---------------------------------------------------------------- fake signals

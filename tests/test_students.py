@@ -484,3 +484,37 @@ def test_loading_an_export_as_a_masked_lm_says_only_what_matters(tmp_path, capfd
         "teacher.path: 1 weights the masked LM does not use (bert.extra.weight)"
     ]
     assert "LOAD REPORT" not in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- students of another width
+
+
+def test_a_narrower_student_reaches_hidden_terms_through_fit_dense():
+    """DistilBioBERT's COS_last on a student of width 16 under a teacher of 32: the student's
+    last hidden state goes through fit_dense, and the term equals the cosine of the projection
+    with the teacher's last hidden state."""
+    teacher = _teacher_model()
+    built = _build("DistilBioBERT", teacher, init=TINY_INIT)
+    assert built.objective.project_hidden
+    assert tuple(built.module.fit_dense.weight.shape) == (T_HIDDEN, S_HIDDEN)
+    batch = _batch()
+    out = built.module(batch.input_ids, batch.attention_mask, batch.masked_index)
+    assert set(out) == {"logits", "proj.2"}
+    t_out = Teacher(teacher, built.objective.teacher_need())(batch)
+    _, terms = built.objective(out, t_out, batch)
+    s, t = out["proj.2"].double(), t_out["hidden.4"].double()
+    cos = (s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1))
+    want = (1 - cos)[batch.attention_mask.bool()].mean()
+    assert terms["cos"].item() == pytest.approx(want.item(), rel=1e-5)
+    # the same width needs none
+    assert not _build("DistilBioBERT", teacher).objective.project_hidden
+
+
+def test_attention_terms_across_head_counts_are_refused_naming_both():
+    teacher = _teacher_model()
+    init = {"config": {**TINY_INIT["config"], "num_attention_heads": 4}}
+    with pytest.raises(ValueError, match=r"students\.TinyBioBERT\.objective: .* 4 heads .* 2"):
+        _build("TinyBioBERT", teacher, init=init)
+    # without the attention term it builds
+    objective = {"kind": "tinybiobert", **TINY_MAPS, "weights": {"att": 0.0}}
+    _build("TinyBioBERT", teacher, init=init, objective=objective)

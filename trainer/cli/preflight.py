@@ -143,7 +143,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
 
     positions = {}
     if teacher_config is not None:
-        positions["the teacher"] = teacher_config.max_position_embeddings
+        positions["the teacher"] = _positions(teacher_config)
     t_layers = getattr(teacher_config, "num_hidden_layers", None)
     for s in cfg.students:
         what, init = f"student {s.name}", s.init
@@ -157,16 +157,16 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
                 continue
             checks.append(Check(what, None, f"teacher layers {init.from_teacher_layers}"))
             if teacher_config is not None:
-                positions[what] = teacher_config.max_position_embeddings
+                positions[what] = _positions(teacher_config)
         elif init.config is not None:
             config = model_config(init.config, f"students.{s.name}.init.config")
             checks.append(Check(what, None, "init.config (random weights)"))
-            positions[what] = config.max_position_embeddings
+            positions[what] = _positions(config)
         else:
             config, problem = _source(init.pretrained, f"students.{s.name}.init.pretrained")
             checks.append(Check(what, problem, init.pretrained))
             if config is not None:
-                positions[what] = config.max_position_embeddings
+                positions[what] = _positions(config)
     checks.append(_positions_check(cfg.data.max_len, positions))
 
     if demo_pending:
@@ -177,6 +177,12 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     problem = run_lock.foreign(cfg.run_dir)
     checks.append(Check("run directory", problem, str(cfg.run_dir)))
     return checks
+
+
+def _positions(config) -> int:
+    from trainer.models.families import family_of
+
+    return family_of(config).max_positions(config)
 
 
 def _positions_check(max_len: int, positions: dict[str, int]) -> Check:

@@ -15,7 +15,8 @@ this batch x ranks / count over the accumulation window on all ranks. The window
 all ranks then add up (DeepSpeed averages the ranks' gradients) to each term's mean over the whole
 window, as one batch of that size would give, not a mean of per-micro-batch means.
 
-TinyBioBERT's fit_dense projection is applied inside the student's forward
+The fit_dense projection (student width -> teacher width: TinyBioBERT's HID_MSE, and any hidden-map
+term of a student narrower or wider than its teacher) is applied inside the student's forward
 (trainer/models/students.py) so that ZeRO-3 gathers its weights there; its outputs arrive here as
 `proj.<index>`.
 """
@@ -61,6 +62,10 @@ def _pairs(o: Objective, student: dict, teacher: dict, key, loss, *extra, studen
     return sum(loss(student[student_key(s)], teacher[key(t)], *extra) for s, t in pairs)
 
 
+def _student_hidden(o: Objective) -> Callable[[int], str]:
+    return projected_key if o.project_hidden else hidden_key
+
+
 LOSSES: dict[str, Callable[[Objective, dict, dict | None, DeviceBatch], torch.Tensor]] = {
     "MLM": lambda o, s, t, b: losses.mlm_loss(s[LOGITS], b.masked_labels),
     "KD": lambda o, s, t, b: losses.kd_kl(s[LOGITS], t[LOGITS], o.temperature),
@@ -69,7 +74,9 @@ LOSSES: dict[str, Callable[[Objective, dict, dict | None, DeviceBatch], torch.Te
         o, s, t, attention_key, losses.attention_kl, b.attention_mask
     ),
     "ATT_MSE": lambda o, s, t, b: _pairs(o, s, t, attention_key, losses.attention_mse),
-    "COS": lambda o, s, t, b: _pairs(o, s, t, hidden_key, losses.cosine_loss, b.attention_mask),
+    "COS": lambda o, s, t, b: _pairs(
+        o, s, t, hidden_key, losses.cosine_loss, b.attention_mask, student_key=_student_hidden(o)
+    ),
     "RELATIONS": lambda o, s, t, b: losses.minilm_relations(
         tuple(s[k] for k in qkv_keys(o.relation_pair[0])),
         tuple(t[k] for k in qkv_keys(o.relation_pair[1])),
@@ -77,7 +84,7 @@ LOSSES: dict[str, Callable[[Objective, dict, dict | None, DeviceBatch], torch.Te
         o.relation_heads,
     ),
     "HID_MSE": lambda o, s, t, b: _pairs(
-        o, s, t, hidden_key, losses.hidden_mse, student_key=projected_key
+        o, s, t, hidden_key, losses.hidden_mse, student_key=_student_hidden(o)
     ),
 }
 """Each term's function of (objective, student signals, teacher signals, batch), by its name in
@@ -93,13 +100,21 @@ class Objective:
     hidden_map: tuple[tuple[int, int], ...]
     relation_pair: tuple[int, int] | None = None  # (student layer, teacher layer), from 0
     relation_heads: int | None = None
+    # student hidden states reach the hidden-map terms through fit_dense (student width ->
+    # teacher width): TinyBioBERT's HID_MSE always, any hidden-map term when the widths differ
+    project_hidden: bool = False
 
     @classmethod
     def from_section(
-        cls, section: ObjectiveSection, student_layers: int, teacher_layers: int | None
+        cls,
+        section: ObjectiveSection,
+        student_layers: int,
+        teacher_layers: int | None,
+        widths_differ: bool = False,
     ) -> Objective:
         """Resolve the layer maps: COS_last pairs the last layers; the rest come from the recipe
-        (defaults filled in by trainer/config/recipe.py)."""
+        (defaults filled in by trainer/config/recipe.py). `widths_differ`: the student's hidden
+        size is not the teacher's, so its hidden states are projected to the teacher's."""
         kind = KINDS[section.kind]
         weights = {k: float(v) for k, v in section.weights.items() if v > 0}
         att = tuple(tuple(p) for p in section.attention_map or ())
@@ -114,7 +129,9 @@ class Objective:
             layer = section.teacher_layer
             pair = (student_layers - 1, teacher_layers - 1 if layer is None else layer)
             heads = section.relation_heads
-        return cls(section.kind, section.temperature, weights, att, hid, pair, heads)
+        projected = any(kind.term(k).projected for k in weights)
+        project = projected or (widths_differ and bool(hid))
+        return cls(section.kind, section.temperature, weights, att, hid, pair, heads, project)
 
     @property
     def terms(self) -> dict[str, Term]:
@@ -127,11 +144,6 @@ class Objective:
     def normalizer(self, key: str) -> str:
         """The NORMALIZERS entry the mean of the term with recipe key `key` divides by."""
         return KINDS[self.kind].term(key).normalizer
-
-    @property
-    def projects_hidden(self) -> bool:
-        """Whether student hidden states go through fit_dense (TinyBioBERT's HID_MSE)."""
-        return any(t.projected for t in self.terms.values())
 
     def student_need(self) -> Need:
         return Need(

@@ -50,6 +50,7 @@ from data_pipeline.io_utils import (
 )
 from trainer.export.model_card import model_card, with_model_id
 from trainer.models import pooler as poolers
+from trainer.models.families import family_of
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
@@ -98,7 +99,7 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
             model.save_pretrained(tmp)
-            save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+            save_tokenizer(tokenizer, tmp, family_of(model).max_positions(model.config))
             (tmp / "README.md").write_text(with_model_id(card, str(out_dir.resolve())), "utf-8")
             files = {
                 p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -263,7 +264,7 @@ def write_skeleton(
     directory.mkdir(parents=True, exist_ok=True)
     mlm.config.save_pretrained(directory)
     poolers.save(pooler, directory)
-    save_tokenizer(tokenizer, directory, mlm.config.max_position_embeddings)
+    save_tokenizer(tokenizer, directory, family_of(mlm).max_positions(mlm.config))
     (directory / "README.md").write_text(card, encoding="utf-8")
 
 

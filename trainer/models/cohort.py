@@ -31,6 +31,7 @@ from trainer.config.ds_json import ds_config_for_student
 from trainer.config.recipe import RunConfig, StudentSection
 from trainer.distill.kinds import KINDS, uses_attention_maps
 from trainer.distill.objectives import Objective, cohort_teacher_need
+from trainer.models.families import family_of
 from trainer.models.parameters import count_parameters, param_groups
 from trainer.models.pooler import Pooler
 from trainer.models.students import build_student
@@ -95,7 +96,7 @@ def _check_positions(cfg: RunConfig, teacher_model: nn.Module | None, built: lis
     students = zip(cfg.students, built, strict=True)
     models += [(f"student {s.name}", b.module.mlm) for s, b in students]
     for who, model in models:
-        positions = model.config.max_position_embeddings
+        positions = family_of(model).max_positions(model.config)
         if positions < cfg.data.max_len:
             raise ValueError(
                 f"data.max_len={cfg.data.max_len}: longer than {who}'s {positions} positions; "

@@ -15,8 +15,9 @@ Random draws (initialisation, fit_dense) are seeded from (seed, "student", name)
 alone or in a cohort starts from the same weights, and an MLM-only twin (`twin_of`, seeded by its
 sibling's name) from its sibling's.
 
-TinyBioBERT's `fit_dense` (student hidden -> teacher hidden, used only by HID_MSE) lives in the
-StudentModule, is trained with it and is not exported. The pooler that is exported
+`fit_dense` (student hidden -> teacher hidden: TinyBioBERT's HID_MSE, and any hidden-map term of a
+student whose width is not the teacher's) lives in the StudentModule, is trained with it and is not
+exported. The pooler that is exported
 (trainer/models/pooler.py) is not trained and lives outside the module: the teacher's for
 from_teacher_layers, the checkpoint's own for pretrained, else the identity one.
 """
@@ -114,16 +115,18 @@ def build_student(
         # depth unknown when the recipe was loaded (a pretrained student): defaults now
         fill_layer_maps(section, num_layers(mlm))
         check_layers(spec, teacher_layers, num_layers(mlm))
-        objective = Objective.from_section(section, num_layers(mlm), teacher_layers)
+        widths_differ = teacher_model is not None and _width(mlm) != _width(teacher_model)
+        objective = Objective.from_section(section, num_layers(mlm), teacher_layers, widths_differ)
+        _check_heads(mlm, objective, teacher_model, key)
         need = objective.student_need()
         if need.attentions:
             return_probabilities(mlm, need.attentions)
         check_need(mlm, need, key)
         fit_dense = None
-        if objective.projects_hidden:
+        if objective.project_hidden:
             # NOTE: the paper's plain nn.Linear, PyTorch's default initialisation (uniform in
             # +-1/sqrt(fan_in), bias included), drawn from the student's seed like its weights
-            fit_dense = nn.Linear(mlm.config.hidden_size, teacher_model.config.hidden_size)
+            fit_dense = nn.Linear(_width(mlm), _width(teacher_model))
     _check_vocab(mlm, objective, teacher_model, vocab_size, key)
     module = StudentModule(mlm, need, fit_dense)
     pooler = pooler_for(mlm, pooler_source)
@@ -150,6 +153,24 @@ def _from_pretrained(name: str, impl: str, key: str) -> nn.Module:
     if new:  # e.g. a checkpoint without an MLM head: continual MLM trains it from scratch
         logger.warning("%s: %d weights newly initialised: %s", key, len(new), new[:8])
     return mlm
+
+
+def _width(model: nn.Module) -> int:
+    return model.config.hidden_size
+
+
+def _check_heads(mlm: nn.Module, objective: Objective, teacher: nn.Module | None, key: str) -> None:
+    """Attention-map terms compare maps head by head: the head counts must be equal."""
+    if not objective.attention_map or teacher is None:
+        return
+    s_heads, t_heads = mlm.config.num_attention_heads, teacher.config.num_attention_heads
+    if s_heads != t_heads:
+        raise UserError(
+            f"{key}.objective: its attention-map terms compare the student's {s_heads} heads "
+            f"with the teacher's {t_heads} head by head; give the student {t_heads} heads, set "
+            "the attention term's weight to 0, or use objective.kind=minilmv2 (relations work "
+            "across head counts)"
+        )
 
 
 def _check_vocab(
