@@ -314,3 +314,23 @@ def test_max_positions_of_each_family(name, positions):
     if name == "modernbert":
         assert config.max_position_embeddings == 8192  # its default
     assert FAMILIES[name].max_positions(config) == positions
+
+
+# ---------------------------------------------------------------- one tokenizer for all
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_naming_both(tokenizer_dir, tmp_path):
+    from data_pipeline.demo.synth import train_wordpiece
+    from data_pipeline.shards.manifest import load_tokenizer, tokenizer_info
+    from trainer.train.inputs import check_teacher_tokenizer
+
+    run = tokenizer_info(load_tokenizer(str(tokenizer_dir)), name=str(tokenizer_dir))
+    check_teacher_tokenizer(str(tokenizer_dir), run)  # the same: fine
+    (tmp_path / "bare").mkdir()  # a teacher saved without a tokenizer: nothing to compare
+    check_teacher_tokenizer(str(tmp_path / "bare"), run)
+    other = tmp_path / "other"
+    train_wordpiece(["a few words of another corpus", "other words again"], other, 120)
+    with pytest.raises(
+        UserError, match=rf"teacher\.path={other}: its tokenizer .* data\.tokenizer="
+    ):
+        check_teacher_tokenizer(str(other), run)

@@ -120,7 +120,29 @@ def run_tokenizer(cfg: RunConfig, manifest: Manifest):
         ) from None
     info = tokenizer_info(tok, name=source)
     manifest.check_tokenizer(info, source=f"data.train_shards={cfg.data.train_shards}")
+    if key == "data.tokenizer" and cfg.teacher is not None and cfg.teacher.path is not None:
+        check_teacher_tokenizer(cfg.teacher.path, info)
     return tok, info
+
+
+def check_teacher_tokenizer(teacher_path: str, run: TokenizerInfo) -> None:
+    """The teacher reads the shards' token ids: where data.tokenizer names the run's tokenizer,
+    a teacher that has a tokenizer of its own must have the same vocabulary (fingerprint), or its
+    logits are over other tokens and its hidden states of other words. A teacher saved without
+    a tokenizer is taken at its word (its vocabulary size is checked when it loads)."""
+    try:
+        own = tokenizer_info(load_tokenizer(teacher_path), name=teacher_path)
+    except UserError:
+        logger.info("teacher.path=%s: no tokenizer of its own to compare", teacher_path)
+        return
+    if (own.vocab_hash, own.vocab_size) != (run.vocab_hash, run.vocab_size):
+        raise UserError(
+            f"teacher.path={teacher_path}: its tokenizer (vocab {own.vocab_size}, hash "
+            f"{own.vocab_hash[:12]}) is not the run's, data.tokenizer={run.name} (vocab "
+            f"{run.vocab_size}, hash {run.vocab_hash[:12]}); the teacher would read the shards' "
+            "token ids as other tokens and its logits would be over another vocabulary. Teacher "
+            "and students must share a tokenizer: shard with the teacher's"
+        )
 
 
 def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int, accumulation: int = 1) -> Inputs:
