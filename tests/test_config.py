@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from data_pipeline.demo.build import DEMO_MAX_LEN, DEMO_VOCAB
+from data_pipeline.errors import UserError
 from trainer.config.ds_json import apply_ds_overrides, ds_config_for_student, load_ds_config
 from trainer.config.recipe import (
     DEMO_RECIPE,
@@ -575,6 +577,70 @@ def test_ds_config_typos_and_fp16_are_refused(tmp_path, content, message):
         load_ds_config(path)
     assert str(e.value).startswith(f"DeepSpeed config {path}: ")
     assert message in str(e.value)
+
+
+# each bad zero_optimization: (section, the message after "DeepSpeed config PATH: ")
+BAD_ZERO = {
+    "misspelt_key": (
+        {"stage": 2, "overlap_com": True},
+        "'zero_optimization.overlap_com' is not a DeepSpeed key; did you mean overlap_comm?",
+    ),
+    "misspelt_nested_key": (
+        {"stage": 2, "offload_optimizer": {"devce": "cpu"}},
+        "'zero_optimization.offload_optimizer.devce' is not a DeepSpeed key; did you mean device?",
+    ),
+    "stage_out_of_range": ({"stage": 7}, "zero_optimization.stage=7: Input should be 0, 1, 2, 3"),
+    "stage_as_a_word": ({"stage": "two"}, "zero_optimization.stage='two': Input should be"),
+    "bucket_as_a_string": (
+        {"stage": 2, "reduce_bucket_size": "5e8"},
+        "zero_optimization.reduce_bucket_size='5e8': Input should be a valid integer",
+    ),
+    "negative_bucket": (
+        {"stage": 2, "reduce_bucket_size": -1},
+        "zero_optimization.reduce_bucket_size=-1: Input should be greater than 0",
+    ),
+    "offload_to_gpu": (
+        {"stage": 2, "offload_optimizer": {"device": "gpu"}},
+        "zero_optimization.offload_optimizer.device='gpu': Input should be 'none', 'cpu' or",
+    ),
+    "two_errors": ({"stage": 7, "overlap_comm": "maybe"}, "(and 1 more)"),
+    "not_an_object": ([2], "zero_optimization is [2], expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ZERO))
+def test_ds_config_zero_section_is_read_as_deepspeed_reads_it(tmp_path, case):
+    """zero_optimization is validated by DeepSpeed's own model (DeepSpeedZeroConfig): a bad
+    key or value, at any depth, is a user error of one line naming the file and the key."""
+    section, message = BAD_ZERO[case]
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "zero_optimization": section}))
+    with pytest.raises(UserError) as e:
+        load_ds_config(path)
+    assert str(e.value).startswith(f"DeepSpeed config {path}: ")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("ds.zero_optimization.stage=9", "zero_optimization.stage=9: Input should be"),
+        ("ds.zero_optimization.offload_optimizer.device=gpu", "offload_optimizer.device='gpu'"),
+    ],
+)
+def test_ds_overrides_of_the_zero_section_are_validated_too(item, message):
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    with pytest.raises(UserError, match=re.escape(message)):
+        apply_ds_overrides(ds, [item])
+
+
+def test_ds_overrides_know_the_nested_zero_keys():
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    out = apply_ds_overrides(ds, ["ds.zero_optimization.offload_optimizer.device=cpu"])
+    assert out["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    item = "ds.zero_optimization.offload_optimizer.devce=cpu"
+    with pytest.raises(ValueError, match="'devce' is not a DeepSpeed key at .*did you mean device"):
+        apply_ds_overrides(ds, [item])
 
 
 def test_fp16_override_is_refused():

@@ -29,6 +29,7 @@ import logging
 import os
 from pathlib import Path
 
+from data_pipeline.errors import UserError
 from trainer.config.recipe import StudentSection, parse_override, shipped, shipped_dir
 
 DS_CONFIG_DIR = shipped_dir("ds_configs")
@@ -53,6 +54,7 @@ def load_ds_config(path: str | Path) -> dict:
         raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
     _check_not_owned(ds, str(p))
     _check_keys(ds, f"DeepSpeed config {p}")
+    _check_zero(ds, f"DeepSpeed config {p}")
     _check_precision(ds, f"DeepSpeed config {p}")
     return ds
 
@@ -68,18 +70,18 @@ _DS_SECTIONS = (
 
 def _known_keys(path: tuple[str, ...], node: dict) -> set[str]:
     """The keys DeepSpeed accepts under `path`: those of the JSON, the documented top-level
-    keys (deepspeed.runtime.constants) and ZeRO's fields; elsewhere only the JSON's own."""
+    keys (deepspeed.runtime.constants) and, under zero_optimization, the fields of DeepSpeed's
+    ZeRO model at any depth; elsewhere only the JSON's own."""
     known = set(node)
     if not path:
         import deepspeed.runtime.constants as constants
 
         known |= {v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str)}
         known |= set(_DS_SECTIONS)
-    elif path == ("zero_optimization",):
+    elif path[0] == "zero_optimization":
         from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-        for name, field in DeepSpeedZeroConfig.model_fields.items():
-            known |= {name, field.alias} - {None}
+        known |= _model_keys(DeepSpeedZeroConfig, path[1:])
     return known
 
 
@@ -91,18 +93,55 @@ def _did_you_mean(key: str, known: set[str]) -> str:
 
 
 def _check_keys(ds: dict, where: str) -> None:
-    """DeepSpeed ignores keys it does not know: a typo (gradient_clipingg) silently turns a
-    setting off. Refuse them at the top level and in zero_optimization, naming the closest."""
-    for path in ((), ("zero_optimization",)):
-        node = ds if not path else ds.get(path[0])
-        if not isinstance(node, dict):
-            continue
-        known = _known_keys(path, {})
-        for key in node:
-            if key not in known:
-                dotted = ".".join((*path, key))
-                hint = _did_you_mean(key, known)
-                raise ValueError(f"{where}: {dotted!r} is not a DeepSpeed key{hint}")
+    """DeepSpeed ignores top-level keys it does not know: a typo (gradient_clipingg) silently
+    turns a setting off. Refuse them, naming the closest (zero_optimization: `_check_zero`)."""
+    known = _known_keys((), {})
+    for key in ds:
+        if key not in known:
+            raise ValueError(f"{where}: {key!r} is not a DeepSpeed key{_did_you_mean(key, known)}")
+
+
+def _check_zero(ds: dict, where: str) -> None:
+    """The `zero_optimization` section as DeepSpeed's own model (DeepSpeedZeroConfig, pydantic,
+    extra keys forbidden at every level) reads it: a bad key or value is one line naming the
+    dotted key, e.g. "DeepSpeed config ds.json: zero_optimization.stage=7: Input should be 0, 1,
+    2, 3 or 3" (DeepSpeed's words)."""
+    section = ds.get("zero_optimization")
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise UserError(f"{where}: zero_optimization is {section!r}, expected a JSON object")
+    # NOTE: imported here, not at the top: it imports torch, and `--print-keys` runs without it
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedZeroConfig(**section)
+    except ValidationError as e:
+        first, *more = e.errors()
+        loc = tuple(str(p) for p in first["loc"])
+        key = ".".join(("zero_optimization", *loc))
+        extra = f" (and {len(more)} more)" if more else ""
+        if first["type"] == "extra_forbidden":
+            hint = _did_you_mean(loc[-1], _model_keys(DeepSpeedZeroConfig, loc[:-1]))
+            raise UserError(f"{where}: {key!r} is not a DeepSpeed key{hint}{extra}") from None
+        raise UserError(f"{where}: {key}={first['input']!r}: {first['msg']}{extra}") from None
+
+
+def _model_keys(model, path: tuple[str, ...]) -> set[str]:
+    """The field names and aliases of the pydantic model at `path` under `model` (a nested
+    section such as offload_optimizer), for the "did you mean" of a misspelt key."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for part in path:
+        field = model.model_fields.get(part)
+        kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return set()
+    return {n for name, f in model.model_fields.items() for n in (name, f.alias) if n}
 
 
 _NO_FP16 = (
@@ -152,6 +191,7 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
                     )
                 node = child
     _check_not_owned(out, "DeepSpeed overrides")
+    _check_zero(out, "DeepSpeed overrides")
     return out
 
 
