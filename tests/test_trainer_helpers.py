@@ -24,7 +24,7 @@ from trainer.checkpoint.store import MARKER, complete_checkpoints, latest_comple
 from trainer.cli.plan import render_plan
 from trainer.config.ds_json import load_ds_config
 from trainer.config.recipe import ROOT, load_config, select_students
-from trainer.export.model_card import UNSET_ID, model_card, with_model_id
+from trainer.export.model_card import UNSET_ID, front_matter, model_card, with_model_id
 from trainer.models.pooler import identity_pooler
 from trainer.train.rng import RngStream, derive_seed
 
@@ -380,8 +380,10 @@ def test_model_card_front_matter_is_what_the_hub_reads(source, from_layers, tmp_
     readme = tmp_path / "README.md"
     readme.write_text(card, encoding="utf-8")
     assert metadata_load(readme) == front
-    hub_card = ModelCard(card)
+    hub_card = ModelCard.load(readme)
     assert hub_card.data.license == "other" and hub_card.data.pipeline_tag == "fill-mask"
+    assert "biodistill" in hub_card.data.tags  # how an export is recognised (hf_export.py)
+    assert [r.task_type for r in hub_card.data.eval_results] == ["fill-mask"] * 3
     assert {r.metric_name: r.metric_value for r in hub_card.data.eval_results} == {
         "mlm_acc": 0.4321,
         "mlm_loss": 2.5,
@@ -398,6 +400,44 @@ def test_model_card_license_from_the_recipe_else_the_teacher_card_else_other(tmp
     assert _front_matter(_card_of(tmp_path, str(teacher)))["license"] == "cc-by-4.0"
     card = _card_of(tmp_path, str(teacher), license="apache-2.0")
     assert _front_matter(card)["license"] == "apache-2.0"
+
+
+@pytest.mark.parametrize(
+    "readme",
+    ["# teacher, no metadata\n", "---\nlicense: [unclosed\n---\n", "---\n- a list\n---\n"],
+    ids=["no_metadata", "bad_yaml", "not_a_mapping"],
+)
+def test_model_card_license_is_other_where_the_teacher_card_says_nothing_readable(tmp_path, readme):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "README.md").write_text(readme)
+    card = _card_of(tmp_path, str(teacher))
+    assert _front_matter(card)["license"] == "other"
+    assert front_matter(readme) == {}
+    assert front_matter(card) == _front_matter(card)
+
+
+def test_an_export_written_before_its_record_is_recognised_by_its_card(tmp_path):
+    """An export from before EXPORT.json is known by its card's `biodistill` tag
+    (trainer/export/hf_export.py): the card model_card writes must carry it as the Hub reads it."""
+    from huggingface_hub import ModelCard
+
+    from trainer.export.hf_export import not_an_export
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "README.md").write_text(_card_of(tmp_path, "dmis-lab/biobert-base-cased-v1.2"))
+    assert "biodistill" in ModelCard.load(out / "README.md").data.tags
+    assert not_an_export(out) is None
+
+
+def test_model_card_without_metrics_has_no_model_index_and_no_stray_name():
+    cfg = _card_config({"from_teacher_layers": [0, 2]})
+    card = model_card(_stand_in(cfg, None), cfg, steps=1, tokens=1, samples=1, metrics={})
+    front = _front_matter(card)
+    assert "model-index" not in front and "model_name" not in front
+    assert list(front)[:3] == ["license", "language", "library_name"]
 
 
 def test_model_card_usage_names_the_model_where_it_is():

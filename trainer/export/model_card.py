@@ -1,10 +1,12 @@
 """The model card (README.md) written into every export: what the model is and how it was made.
 
-Its YAML front matter is what the Hugging Face Hub reads (huggingface_hub's `metadata_load`):
-license (`run.license`, else the teacher's card's where the teacher is a local directory whose
-README.md says, else `other`: BioBERT, the paper's teacher, states none on the Hub), language,
-datasets, pipeline_tag, tags, `base_model` (only a Hub id: a local path means nothing on the Hub,
-so it is left out) and a model-index holding the held-out figures of the card's table.
+Its YAML front matter is built by huggingface_hub's ModelCardData, so that it is what the Hugging
+Face Hub reads (`ModelCard.load`, `metadata_load`): license (`run.license`, else the teacher's
+card's where the teacher is a local directory whose README.md says, else `other`: BioBERT, the
+paper's teacher, states none on the Hub), language, datasets, pipeline_tag, tags (`biodistill`
+among them: trainer/export/hf_export.py recognises an export by it), `base_model` (only a Hub id:
+a local path means nothing on the Hub, so it is left out) and a model-index holding the held-out
+figures of the card's table, one EvalResult each.
 
 The usage snippet names where the model is: `with_model_id` puts in the export's directory when
 it is written, and the Hub id when it is pushed (`python -m trainer.export --push-to-hub`).
@@ -17,6 +19,7 @@ import re
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCardData, RepoCard, metadata_load
 
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.kinds import KINDS
@@ -26,6 +29,8 @@ UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
 _USE_LINE = re.compile(r'^fill = pipeline\("fill-mask", model=.*\)$', re.MULTILINE)
 # metric name (eval/<student>/<name>) -> the Hub's metric type
 _METRIC_TYPE = {"mlm_acc": "accuracy", "mlm_loss": "loss", "teacher_agreement": "accuracy"}
+# the front matter's keys in the order a reader looks for them (model-index, the longest, last)
+_ORDER = ["license", "language", "library_name", "pipeline_tag", "datasets", "tags", "base_model"]
 
 
 def card_license(cfg: RunConfig) -> str:
@@ -34,22 +39,23 @@ def card_license(cfg: RunConfig) -> str:
     teacher = cfg.teacher.path if cfg.teacher is not None else None
     card = Path(teacher) / "README.md" if teacher and Path(teacher).is_dir() else None
     if card is not None and card.is_file():
-        meta = front_matter(card.read_text(encoding="utf-8"))
+        try:
+            meta = metadata_load(card) or {}
+        except (yaml.YAMLError, ValueError):  # unreadable: the teacher's card says nothing
+            meta = {}
         if isinstance(meta.get("license"), str):
             return meta["license"]
     return "other"
 
 
 def front_matter(card: str) -> dict:
-    """The YAML between the card's opening `---` lines ({} for none or unreadable YAML)."""
-    if not card.startswith("---\n"):
+    """The card's YAML metadata as huggingface_hub reads it ({} for none or unreadable YAML)."""
+    if not card.startswith("---"):  # RepoCard would warn that the block is missing
         return {}
-    text, sep, _ = card[4:].partition("\n---\n")
     try:
-        meta = yaml.safe_load(text) if sep else None
-    except yaml.YAMLError:
+        return RepoCard(card, ignore_metadata_errors=True).data.to_dict()
+    except (yaml.YAMLError, ValueError):
         return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def with_model_id(card: str, model_id: str) -> str:
@@ -58,15 +64,42 @@ def with_model_id(card: str, model_id: str) -> str:
     return _USE_LINE.sub(lambda _: line, card)
 
 
-def _model_index(name: str, metrics: dict[str, float]) -> list[dict]:
-    rows = []
-    for key, value in sorted(metrics.items()):
-        metric = key.split("/", 2)[-1]
-        value = round(float(value), 4)  # as the card's table shows it
-        rows.append({"type": _METRIC_TYPE.get(metric, metric), "name": metric, "value": value})
-    task = {"type": "fill-mask", "name": "Masked language modelling"}
-    dataset = {"type": "pubmed", "name": "PubMed (held-out shards)"}
-    return [{"name": name, "results": [{"task": task, "dataset": dataset, "metrics": rows}]}]
+def card_data(
+    name: str, kind: str, *, license: str, distilled: bool, base: str | None, metrics: dict
+) -> ModelCardData:
+    """The card's metadata: what the Hub indexes, and the held-out `metrics` (eval/<name>/<m>)
+    as the model-index's evaluation results, rounded as the card's table shows them."""
+    results = [
+        EvalResult(
+            task_type="fill-mask",
+            task_name="Masked language modelling",
+            dataset_type="pubmed",
+            dataset_name="PubMed (held-out shards)",
+            metric_type=_METRIC_TYPE.get(metric, metric),
+            metric_name=metric,
+            metric_value=round(float(value), 4),
+        )
+        for metric, value in sorted((k.split("/", 2)[-1], v) for k, v in metrics.items())
+    ]
+    return ModelCardData(
+        license=license,
+        language=["en"],
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        datasets=["pubmed"],
+        tags=[
+            "biomedical",
+            "bert",
+            "fill-mask",
+            "biodistill",
+            "distillation" if distilled else "continual-pretraining",
+            kind,
+        ],
+        base_model=base,
+        # NOTE: model_name is written only inside the model-index; alone it would be a stray key
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
 
 
 def model_card(
@@ -78,31 +111,20 @@ def model_card(
     teacher = None
     if cfg.teacher is not None and KINDS[kind].needs_teacher:
         teacher = cfg.teacher.path or "a randomly initialised BERT (teacher.config)"
-    front = {
-        "license": card_license(cfg),
-        "language": ["en"],
-        "library_name": "transformers",
-        "pipeline_tag": "fill-mask",
-        "datasets": ["pubmed"],
-        "tags": [
-            "biomedical",
-            "bert",
-            "fill-mask",
-            "biodistill",
-            "distillation" if teacher else "continual-pretraining",
-            kind,
-        ],
-    }
     teacher_path = cfg.teacher.path if cfg.teacher is not None else None
     base = hub_id(spec.init.pretrained or (teacher_path if spec.init.from_teacher_layers else None))
-    if base:
-        front["base_model"] = base
-    if metrics:
-        front["model-index"] = _model_index(spec.name, metrics)
+    data = card_data(
+        spec.name,
+        kind,
+        license=card_license(cfg),
+        distilled=teacher is not None,
+        base=base,
+        metrics=metrics,
+    )
     pooler = student.pooler
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
+        data.to_yaml(original_order=_ORDER).strip(),
         "---",
         "",
         f"# {spec.name}",
