@@ -53,7 +53,6 @@ everything itself, whatever N was.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import hashlib
 import json
@@ -82,6 +81,7 @@ from data_pipeline.io_utils import (
     sha256_file,
     take_slice,
 )
+from data_pipeline.progress import progress_line
 from data_pipeline.pubmed import PARSER_VERSION, Deletions, PubmedReader, Skip
 
 SUFFIXES = (".xml", ".xml.gz")
@@ -489,14 +489,16 @@ def _parse_parts(pool, todo: list, stats: dict[str, dict], n_files: int, progres
     for k, st in enumerate(pool.imap_unordered(extract_part, todo), 1):
         stats[st["stem"]] = st
         if st["status"] != "ok":
-            _progress(progress, f"[{n_done + k}/{n_files}] {st['error']}")
+            _progress(progress, f"extract: file {n_done + k}/{n_files} | {st['error']}")
             continue
-        eta = (time.perf_counter() - start) / k * (len(todo) - k)
+        # the rate counts this run's files only: reused parts took no time
+        meter = progress_line(
+            n_done + k, n_files, "files", elapsed=time.perf_counter() - start, initial=n_done
+        )
         _progress(
             progress,
-            f"[{n_done + k}/{n_files}] {st['name']}: "
-            f"{st['records_kept']:,} records ({st['seconds']:.1f} s) "
-            f"ETA {datetime.timedelta(seconds=round(eta))}",
+            f"extract: file {meter} | {st['name']}: "
+            f"{st['records_kept']:,} records ({st['seconds']:.1f} s)",
         )
 
 

@@ -2,8 +2,12 @@
 
     python -m evaluation run ...   (lines on stderr, at most one per --log-every seconds)
 
-The run's ETA counts work in training examples x epochs of the cells still to do (known before
-any tokenization) and extrapolates from the pace so far; models of different sizes make it an
+    [1/2] M | GAD: step 5/10 | 0.50 steps/s | ETA 00:10 | loss 0.5000 | run ETA ~00:30
+    [1/2] M | GAD: f1 0.5000 (00:20) | run ETA ~00:20
+
+The cell's counts, rate and ETA are every progress line's (data_pipeline/progress.py). The run's
+ETA counts work in training examples x epochs of the cells still to do (known before any
+tokenization) and extrapolates from the pace so far; models of different sizes make it an
 estimate, refined as cells finish.
 """
 
@@ -13,12 +17,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from data_pipeline.progress import duration, eta, progress_line
+
 log = logging.getLogger("evaluation")
-
-
-def hms(seconds: float) -> str:
-    s = max(0, int(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class RunProgress:
@@ -43,22 +44,15 @@ class RunProgress:
         if now - self._last < self.every_s:
             return
         self._last = now
-        elapsed = now - self._cell_start
-        rate = step / elapsed if elapsed > 0 else 0.0
-        cell_left = (total - step) / rate if rate else 0.0
         done = self.done_units + self._cell_units * step / total
-        run_left = self._eta(done, now)
         log.info(
-            "[%d/%d] %s: step %d/%d loss %.4f | %.1f steps/s | cell %s left | run ~%s left",
+            "[%d/%d] %s: step %s | loss %.4f | run ETA ~%s",
             self.done_cells + 1,
             self.cells,
             self._cell_name,
-            step,
-            total,
+            progress_line(step, total, "steps", elapsed=now - self._cell_start),
             loss_fn(),
-            rate,
-            hms(cell_left),
-            hms(run_left),
+            eta(done, self.total_units, now - self.start),
         )
 
     def finish_cell(self, summary: str) -> None:
@@ -66,16 +60,11 @@ class RunProgress:
         self.done_units += self._cell_units
         now = time.monotonic()
         log.info(
-            "[%d/%d] %s: %s (%s) | run ~%s left",
+            "[%d/%d] %s: %s (%s) | run ETA ~%s",
             self.done_cells,
             self.cells,
             self._cell_name,
             summary,
-            hms(now - self._cell_start),
-            hms(self._eta(self.done_units, now)),
+            duration(now - self._cell_start),
+            eta(self.done_units, self.total_units, now - self.start),
         )
-
-    def _eta(self, done: float, now: float) -> float:
-        if done <= 0:
-            return 0.0
-        return (now - self.start) / done * (self.total_units - done)

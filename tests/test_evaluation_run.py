@@ -201,24 +201,26 @@ def test_progress_lines_give_rate_and_cell_and_run_eta(caplog, monkeypatch):
     now = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     p = progress.RunProgress(total_units=200, cells=2, every_s=5)
+    now[0] = 4.0  # the cell starts 4 s into the run: its clock and the run's differ
     p.start_cell("M | GAD/fold1 | seed 42", units=100)
-    now[0] = 10.0
+    now[0] = 14.0
     with caplog.at_level("INFO", logger="evaluation"):
-        p.step(5, 10, lambda: 0.5)  # 0.5 steps/s; 50 of 200 units in 10 s
-        now[0] = 12.0
+        p.step(5, 10, lambda: 0.5)  # 0.5 steps/s in the cell; 50 of 200 units in 14 s
+        now[0] = 16.0
 
         def no_sync() -> float:
             raise AssertionError("the loss is read (a device sync) only when a line is printed")
 
         p.step(6, 10, no_sync)  # within 5 s of the last line: silent
-        now[0] = 20.0
+        now[0] = 24.0
         p.finish_cell("f1 0.5000")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
-    assert lines[0].endswith(
-        "step 5/10 loss 0.5000 | 0.5 steps/s | cell 0:00:10 left | run ~0:00:30 left"
+    assert lines[0] == (
+        "[1/2] M | GAD/fold1 | seed 42: step 5/10 | 0.50 steps/s | ETA 00:10 | loss 0.5000 "
+        "| run ETA ~00:42"
     )
-    assert lines[1] == "[1/2] M | GAD/fold1 | seed 42: f1 0.5000 (0:00:20) | run ~0:00:20 left"
+    assert lines[1] == "[1/2] M | GAD/fold1 | seed 42: f1 0.5000 (00:20) | run ETA ~00:24"
 
 
 def test_shards_split_the_cells_between_processes_without_overlap(bench, tmp_path):

@@ -436,7 +436,10 @@ def test_cli_entry_and_progress(tmp_path, capsys):
     assert (args.workers, args.keep_no_abstract, args.skip_bad_files) == (1, False, False)
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert re.search(r"\[1/1\] pubmed26n0001\.xml: 2 records \(\d+\.\d s\) ETA 0:00:00", err)
+    # counts, rate and ETA (data_pipeline/progress.py), then the file's own figures
+    line = r"extract: file 1/1 \| \S+ files/s \| ETA 00:00 \| pubmed26n0001\.xml: 2 records "
+    line += r"\(\d+\.\d s\)"
+    assert re.search(line, err), err
     assert main(args) == 0
     assert "reusing 1 of 1 completed parts" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -372,6 +373,8 @@ def test_progress_reports_rates_and_eta(tmp_path, monkeypatch, jsonl, tokenizer_
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) >= 3 and "ETA" in lines[0] and "done in" in lines[-1]
     assert all("records/s" in line and "tokens/s" in line for line in lines)
+    # counts, rate and ETA as every progress line has them (data_pipeline/progress.py)
+    assert re.match(r"shard: records [\d,]+ \| \S+ records/s \| ETA (\d+:)?\d\d:\d\d \| ", lines[0])
 
 
 def test_inspect_prints_summary_and_decoded_samples(tmp_path, jsonl, docs, tokenizer_dir):

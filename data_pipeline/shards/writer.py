@@ -45,6 +45,7 @@ from data_pipeline.io_utils import (
     disk_full_is_an_error,
     sha256_file,
 )
+from data_pipeline.progress import duration, eta, progress_line, si
 from data_pipeline.records import RecordReader, resolve_inputs, sample_identity, split_of
 from data_pipeline.shards.journal import STATE_DIR, Journal, complete_run, fingerprint, resume
 from data_pipeline.shards.manifest import (
@@ -211,20 +212,17 @@ class _Progress:
         now = time.monotonic()
         if not self.enabled or not final and now - self.last < PROGRESS_EVERY_S:
             return
-        self.last, dt, done = now, max(now - self.t0, 1e-9), records - self.records0
-        line, eta = f"shard: {records:,} records", None
-        if self.total:
-            line += f" ({min(1.0, records / self.total):.0%})"
-            eta = (self.total - records) * dt / done if done else None
-        elif self.reader.bytes_read:  # no count known up front: estimate from input bytes read
-            frac = min(1.0, self.reader.bytes_read / max(1, self.reader.bytes_total))
-            eta = dt * (1 - frac) / frac
-        line += f", {samples:,} samples, {tokens:,} tokens | {done / dt:,.0f} records/s, "
-        line += f"{(tokens - self.tokens0) / dt:,.0f} tokens/s"
+        self.last, dt = now, max(now - self.t0, 1e-9)
+        meter = progress_line(
+            records, self.total or None, "records", elapsed=dt, initial=self.records0
+        )
+        line = f"shard: records {meter}"
+        if not self.total and self.reader.bytes_read:  # no count known up front: input bytes
+            line += f" | ETA {eta(self.reader.bytes_read, max(1, self.reader.bytes_total), dt)}"
+        token_rate = si((tokens - self.tokens0) / dt)
+        line += f" | {samples:,} samples, {tokens:,} tokens, {token_rate} tokens/s"
         if final:
-            line += f" | done in {dt:.1f} s"
-        elif eta is not None:
-            line += f" | ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}"
+            line += f" | done in {duration(dt)}"
         print(line, file=sys.stderr, flush=True)
 
 

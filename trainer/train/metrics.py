@@ -26,13 +26,15 @@ line (`progress_line`) is made from the same values.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from data_pipeline.progress import progress_line as meter
+from data_pipeline.progress import si
 
 COHORT = "."  # the root run: values of the whole cohort
 
@@ -268,9 +270,11 @@ def time_figures(times: dict[str, float], names: list[str], steps: int) -> dict[
 def progress_line(
     step: int, end: int, seconds_per_step: float, out: dict[str, float], names: list[str]
 ) -> str:
-    """`step 40/500 | A 1.234 (mlm 0.5 kd 0.7) | ... | 3.7k tok/s | ETA 0:01:23` from a log
-    step's values (`out`, flat tags) for the students in `names`."""
-    parts = [f"step {step}/{end}"]
+    """`step 40/500 | 0.52 steps/s | ETA 14:40 | A 1.234 (mlm 0.5 kd 0.7) | ... | 3.70k tok/s`
+    from a log step's values (`out`, flat tags) for the students in `names`; the counts, rate
+    and ETA as every progress line has them (data_pipeline/progress.py)."""
+    rate = 1.0 / seconds_per_step if seconds_per_step > 0 else None
+    parts = [f"step {meter(step, end, 'steps', rate=rate)}"]
     for name in names:
         terms = " ".join(
             f"{k.removeprefix(f'train/{name}/loss_')} {v:.4g}"
@@ -278,8 +282,7 @@ def progress_line(
             if k.startswith(f"train/{name}/loss_")
         )
         parts.append(f"{name} {out[f'train/{name}/loss']:.4g} ({terms})")
-    parts.append(f"{_si(out['perf/tokens_per_s'])} tok/s")
-    parts.append(f"ETA {_duration(seconds_per_step * max(0, end - step))}")
+    parts.append(f"{si(out['perf/tokens_per_s'])} tok/s")
     return " | ".join(parts)
 
 
@@ -293,18 +296,3 @@ def peak_memory(device: torch.device) -> tuple[str, float]:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     return "perf/cpu_peak_rss_gb", rss
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
