@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCardData, RepoCard, metadata_load
 
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.kinds import KINDS
+from trainer.models.families import family_of
 from trainer.models.hub_names import hub_id
 
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
@@ -65,7 +66,14 @@ def with_model_id(card: str, model_id: str) -> str:
 
 
 def card_data(
-    name: str, kind: str, *, license: str, distilled: bool, base: str | None, metrics: dict
+    name: str,
+    kind: str,
+    *,
+    family: str,
+    license: str,
+    distilled: bool,
+    base: str | None,
+    metrics: dict,
 ) -> ModelCardData:
     """The card's metadata: what the Hub indexes, and the held-out `metrics` (eval/<name>/<m>)
     as the model-index's evaluation results, rounded as the card's table shows them."""
@@ -89,7 +97,7 @@ def card_data(
         datasets=["pubmed"],
         tags=[
             "biomedical",
-            "bert",
+            family,
             "fill-mask",
             "biodistill",
             "distillation" if distilled else "continual-pretraining",
@@ -113,9 +121,12 @@ def model_card(
         teacher = cfg.teacher.path or "a randomly initialised BERT (teacher.config)"
     teacher_path = cfg.teacher.path if cfg.teacher is not None else None
     base = hub_id(spec.init.pretrained or (teacher_path if spec.init.from_teacher_layers else None))
+    family = family_of(mlm)
+    architecture = family.name if family.name != "generic" else c.model_type
     data = card_data(
         spec.name,
         kind,
+        family=architecture,
         license=card_license(cfg),
         distilled=teacher is not None,
         base=base,
@@ -132,9 +143,9 @@ def model_card(
         f"A compact biomedical masked language model: {KINDS[spec.objective.kind].card}, "
         "trained with biodistill on PubMed abstracts.",
         "",
-        "| parameters | layers | hidden | heads | vocabulary |",
-        "|---|---|---|---|---|",
-        f"| {student.parameters:,} | {c.num_hidden_layers} | {c.hidden_size} | "
+        "| architecture | parameters | layers | hidden | heads | vocabulary |",
+        "|---|---|---|---|---|---|",
+        f"| {architecture} | {student.parameters:,} | {family.num_layers(c)} | {c.hidden_size} | "
         f"{c.num_attention_heads} | {c.vocab_size} |",
         "",
         "## Training",
