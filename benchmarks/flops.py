@@ -176,7 +176,7 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
     teacher = None
     if cfg.teacher is not None:
         if cfg.teacher.config is not None:
-            teacher = model_config(cfg.teacher.config, "teacher.config")
+            teacher = model_config(cfg.teacher.config, "teacher.config", cfg.teacher.family)
         else:
             teacher = AutoConfig.from_pretrained(cfg.teacher.path)
     shapes = []
@@ -186,7 +186,7 @@ def shapes_from_recipe(cfg: RunConfig) -> tuple[BertShape | None, list[StudentSh
             config = copy.deepcopy(teacher)
             config.num_hidden_layers = len(init.from_teacher_layers)
         elif init.config is not None:
-            config = model_config(init.config, f"students.{spec.name}.init.config")
+            config = model_config(init.config, f"students.{spec.name}.init.config", init.family)
         else:
             config = AutoConfig.from_pretrained(init.pretrained)
         t_layers = teacher.num_hidden_layers if teacher is not None else None

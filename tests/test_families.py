@@ -334,3 +334,50 @@ def test_a_teacher_with_another_tokenizer_is_refused_naming_both(tokenizer_dir, 
         UserError, match=rf"teacher\.path={other}: its tokenizer .* data\.tokenizer="
     ):
         check_teacher_tokenizer(str(other), run)
+
+
+# ---------------------------------------------------------------- the recipe keys
+
+
+def _recipe(teacher: dict, init: dict) -> dict:
+    return {
+        "run": {"name": "t"},
+        "data": {"train_shards": "shards"},
+        "teacher": teacher,
+        "train": {"max_steps": 10},
+        "students": [
+            {
+                "name": "S",
+                "init": init,
+                "objective": {"kind": "distilbiobert"},
+                "optimizer": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 2},
+            }
+        ],
+    }
+
+
+MB = {"config": _values("modernbert"), "family": "modernbert"}
+
+
+@pytest.mark.parametrize(
+    "teacher, init, message",
+    [
+        ({"path": "x", "family": "modernbert"}, {"from_teacher_layers": [0]}, r"teacher\.family"),
+        (MB, {"from_teacher_layers": [0], "family": "bert"}, r"students\.S\.init\.family"),
+        ({"config": _values("bert"), "family": "gpt2"}, {"from_teacher_layers": [0]}, "family"),
+        # a ModernBERT config read as a BERT one: its keys are unknown there
+        ({"config": _values("modernbert")}, {"from_teacher_layers": [0]}, r"teacher\.config\."),
+        (MB, {"config": _values("bert") | {"pad_token_id": 99}, "family": "modernbert"}, "99"),
+    ],
+    ids=["family-with-path", "family-with-layers", "unknown", "default-bert", "ids-outside"],
+)
+def test_family_keys_are_checked_at_load(teacher, init, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(_recipe(teacher, init))
+
+
+def test_a_modernbert_student_of_a_bert_teacher_loads():
+    """The mixed recipe: a BERT teacher, a ModernBERT-architecture student on its vocabulary."""
+    init = {"config": _values("modernbert", layers=2), "family": "modernbert"}
+    cfg = config_from_dict(_recipe({"config": _values("bert")}, init))
+    assert cfg.students[0].init.family == "modernbert" and cfg.teacher.family is None

@@ -90,7 +90,11 @@ def _built_config(recipe: str):
 
     spec = load_config(recipe).students[0]
     if spec.init.config is not None:
-        return model_config(spec.init.config, f"{recipe}: students.{spec.name}.init.config")
+        return model_config(
+            spec.init.config,
+            f"{recipe}: students.{spec.name}.init.config",
+            spec.init.family,
+        )
     return _config(spec.init.pretrained)[0] if spec.init.pretrained is not None else None
 
 
@@ -138,7 +142,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
     teacher_cfg, teacher_note, t_layers = None, "", None
     if cfg.teacher is not None:
         if cfg.teacher.config is not None:
-            teacher_cfg = model_config(cfg.teacher.config, "teacher.config")
+            teacher_cfg = model_config(cfg.teacher.config, "teacher.config", cfg.teacher.family)
         else:
             teacher_cfg, err = _config(cfg.teacher.path)
             teacher_note = f" (config not reachable: {err})" if teacher_cfg is None else ""
@@ -155,7 +159,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
             config = copy.deepcopy(teacher_cfg)
             config.num_hidden_layers = len(init.from_teacher_layers)
         elif init.config is not None:
-            config = model_config(init.config, f"students.{s.name}.init.config")
+            config = model_config(init.config, f"students.{s.name}.init.config", init.family)
         elif init.pretrained is not None:
             config, err = _config(init.pretrained)
             note = f" (config not reachable: {err})" if config is None else ""

@@ -128,7 +128,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     if cfg.teacher is None:
         pass
     elif cfg.teacher.config is not None:
-        teacher_config = model_config(cfg.teacher.config, "teacher.config")
+        teacher_config = model_config(cfg.teacher.config, "teacher.config", cfg.teacher.family)
         checks.append(Check("teacher", None, "teacher.config (random weights)"))
     else:
         teacher_config, problem = _source(cfg.teacher.path, "teacher.path")
@@ -159,7 +159,7 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
             if teacher_config is not None:
                 positions[what] = _positions(teacher_config)
         elif init.config is not None:
-            config = model_config(init.config, f"students.{s.name}.init.config")
+            config = model_config(init.config, f"students.{s.name}.init.config", init.family)
             checks.append(Check(what, None, "init.config (random weights)"))
             positions[what] = _positions(config)
         else:

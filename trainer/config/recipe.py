@@ -52,6 +52,7 @@ import yaml
 
 from trainer.config.typed import build_typed
 from trainer.distill.kinds import KIND_OPTIONS, KINDS, check_layers, fill_layer_maps
+from trainer.models import families
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (trainer/config/recipe.py)
 SHIPPED = ("recipes", "ds_configs")  # a checkout's folders; trainer/recipes, ... in an install
@@ -76,6 +77,7 @@ def shipped_dir(name: str) -> Path:
 
 DEMO_RECIPE = shipped("recipes/demo.yaml")
 
+FAMILY_NAMES = families.FAMILY_NAMES  # teacher.family, init.family: trainer/models/families/
 KIND_NAMES = tuple(KINDS)  # objective.kind: trainer/distill/objectives.py defines each
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -107,7 +109,8 @@ class DataSection:
 @dataclass
 class TeacherSection:
     path: str | None = None  # HF name or directory, loaded as BertForMaskedLM
-    config: dict | None = None  # BertConfig kwargs for a random teacher (tests)
+    config: dict | None = None  # the config of a random teacher (its family's config class)
+    family: Literal[FAMILY_NAMES] | None = None  # teacher.config's model family; null: bert
     allow_new_weights: bool = False  # accept weights `path` lacks (e.g. no MLM head) at random
     build: str | None = None  # a recipe whose one student, exported to `path`, is the teacher
 
@@ -137,7 +140,8 @@ class TrainSection:
 @dataclass
 class InitSection:  # exactly one source
     from_teacher_layers: list[int] | None = None  # teacher config, these layers + embeddings copied
-    config: dict | None = None  # BertConfig kwargs, random init
+    config: dict | None = None  # the config of a random student (its family's config class)
+    family: Literal[FAMILY_NAMES] | None = None  # init.config's model family; null: bert
     pretrained: str | None = None  # HF name or directory (AutoModelForMaskedLM)
 
 
@@ -366,7 +370,10 @@ def _validate(cfg: RunConfig) -> None:
     _require(gb is None or gb >= 1, "train.global_batch", gb, "null or an integer >= 1")
     teacher_layers = None
     if teacher is not None and _one_of("teacher", teacher, ("path", "config")) == "config":
-        teacher_layers = _depth("teacher.config", teacher.config)
+        teacher_layers = _depth("teacher.config", teacher.config, teacher.family)
+    if teacher is not None and teacher.path is not None:
+        expected = "null with teacher.path: a checkpoint's family is its own"
+        _require(teacher.family is None, "teacher.family", teacher.family, expected)
     if teacher is not None and teacher.build is not None:
         ok = teacher.path is not None
         _require(ok, "teacher.build", teacher.build, "teacher.path too: where it is exported")
@@ -396,7 +403,10 @@ def _validate_student(s: StudentSection, key: str, cfg: RunConfig, t_layers: int
         _require(ok, k, layers, "distinct layer indices >= 0")
         s_layers = len(layers)
     elif source == "config":
-        s_layers = _depth(f"{key}.init.config", init.config)
+        s_layers = _depth(f"{key}.init.config", init.config, init.family)
+    if source != "config":
+        expected = "null unless init.config: other students take their source's family"
+        _require(init.family is None, f"{key}.init.family", init.family, expected)
 
     k = f"{key}.objective"
     kind = KINDS[obj.kind]
@@ -461,10 +471,10 @@ _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _LICENSE_RULE = "a Hub license id in lower case (apache-2.0, mit, cc-by-4.0, other, ...)"
 
 
-def _depth(key: str, config: dict) -> int:
+def _depth(key: str, config: dict, family: str | None) -> int:
     from trainer.models.families import model_config  # checks every value, names the key
 
-    return model_config(config, key).num_hidden_layers
+    return model_config(config, key, family or "bert").num_hidden_layers
 
 
 def _one_of(key: str, section: Any, names: tuple[str, ...]) -> str:

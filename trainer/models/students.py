@@ -9,7 +9,7 @@ Initialisation (`students.NAME.init`, exactly one):
   teacher layers (in order) and the teacher's MLM head (transform + bias; the decoder is tied to
   the embeddings) are copied. The paper's code re-initialised the head when it reloaded the
   student; keeping the trained head is one of our deliberate corrections (docs/objectives.md).
-- config: a BERT masked LM with these BertConfig values, initialised at random.
+- config: a masked LM of `init.family` (default BERT) with these config values, at random.
 - pretrained: any HF masked LM by name or directory (continual MLM), with its own tokenizer.
 Random draws (initialisation, fit_dense) are seeded from (seed, "student", name): a student built
 alone or in a cohort starts from the same weights, and an MLM-only twin (`twin_of`, seeded by its
@@ -44,7 +44,7 @@ from trainer.distill.teacher_signals import (
     tap_signals,
 )
 from trainer.models.attention import return_probabilities
-from trainer.models.families import FAMILIES, family_of
+from trainer.models.families import DEFAULT, FAMILIES, family_of
 from trainer.models.hf_models import attn_implementation, load_masked_lm
 from trainer.models.pooler import Pooler, pooler_for
 from trainer.train.rng import derive_seed, seeded
@@ -107,7 +107,7 @@ def build_student(
             base = f"teacher layers {init.from_teacher_layers}"
             pooler_source = teacher_path
         elif init.config is not None:
-            mlm = _from_config(init.config, impl, key)
+            mlm = _from_config(init.config, impl, key, init.family)
         else:
             mlm = _from_pretrained(init.pretrained, impl, key)
             tokenizer = base = pooler_source = init.pretrained
@@ -143,8 +143,8 @@ def _from_teacher_layers(teacher: nn.Module, layers: list[int], impl: str, key: 
     return fam.student_from_layers(teacher, layers, impl)
 
 
-def _from_config(values: dict, impl: str, key: str, family: str = "bert") -> nn.Module:
-    fam = FAMILIES[family]
+def _from_config(values: dict, impl: str, key: str, family: str | None) -> nn.Module:
+    fam = FAMILIES[family or DEFAULT]
     return fam.masked_lm(fam.config(values, f"{key}.init.config", impl))
 
 

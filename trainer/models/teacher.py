@@ -26,7 +26,7 @@ from torch import nn
 from trainer.config.recipe import TeacherSection
 from trainer.distill.teacher_signals import Need, check_need, masked_lm_signals, tap_signals
 from trainer.models.attention import return_probabilities
-from trainer.models.families import FAMILIES
+from trainer.models.families import DEFAULT, FAMILIES
 from trainer.models.hf_models import attn_implementation, load_masked_lm
 from trainer.train.batch import DeviceBatch
 from trainer.train.rng import seeded
@@ -40,7 +40,7 @@ def load_teacher_model(
     """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
     impl = attn_implementation(attention)
     if section.config is not None:
-        fam = FAMILIES["bert"]
+        fam = FAMILIES[section.family or DEFAULT]
         config = fam.config(section.config, "teacher.config", impl)
         with seeded(seed, torch.device("cpu")):
             model = fam.masked_lm(config)

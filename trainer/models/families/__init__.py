@@ -53,9 +53,12 @@ def family_of(model_or_config: Any) -> Family:
     return _BY_MODEL_TYPE.get(getattr(config, "model_type", None), GENERIC)
 
 
+DEFAULT = "bert"  # the family of teacher.config and init.config when the recipe names none
+
+
 def model_config(
-    values: dict, key: str, family: str = "bert", attn_implementation: str | None = None
+    values: dict, key: str, family: str | None = None, attn_implementation: str | None = None
 ) -> Any:
     """The config of a model built at random from recipe values (`teacher.config`,
-    `students.NAME.init.config`), checked by its family; errors name `key`."""
-    return FAMILIES[family].config(values, key, attn_implementation)
+    `students.NAME.init.config`), checked by its family (None: DEFAULT); errors name `key`."""
+    return FAMILIES[family or DEFAULT].config(values, key, attn_implementation)
