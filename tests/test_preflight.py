@@ -176,6 +176,7 @@ def test_each_missing_piece_fails_its_check_with_the_fix(
         BertForMaskedLM(BertConfig(**teacher_config(vocab))).save_pretrained(
             tmp_path / "saved-teacher"
         )
+        capsys.readouterr()  # save_pretrained's progress bar (shown unless a test turned it off)
     names = {
         "tmp": tmp_path,
         "shards": tiny_shards,

@@ -170,8 +170,8 @@ def test_plan_of_the_demo_recipe(monkeypatch):
     }
     counts = {name: _params(_plan_line(plan, f"student {name}:")) for name in students}
     assert counts == expected
-    assert "TinyBioBERT: 157,600 parameters (2 layers, hidden 32, eager attention)" in plan
-    assert "DistilBioBERT: 378,944 parameters (2 layers, hidden 64, SDPA attention)" in plan
+    assert "TinyBioBERT: 157,600 parameters (bert, 2 layers, hidden 32, eager attention)" in plan
+    assert "DistilBioBERT: 378,944 parameters (bert, 2 layers, hidden 64, SDPA attention)" in plan
     # The union of the three objectives' teacher signals, worked out by hand from demo.yaml:
     # COS_last 4; CompactBioBERT hidden 2, 4 and attentions 1, 3; TinyBioBERT hidden 0, 2, 4.
     line = _teacher_line(plan, cfg)

@@ -29,7 +29,7 @@ from trainer.config.ds_json import fit_global_batch, micro_batch_size
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.kinds import fill_layer_maps, uses_attention_maps
 from trainer.distill.objectives import Objective, cohort_teacher_need
-from trainer.models.families import model_config
+from trainer.models.families import architecture, family_of, model_config
 from trainer.models.parameters import count_parameters
 
 GIB = 1024**3
@@ -156,8 +156,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
     for s in cfg.students:
         init, note = s.init, ""
         if init.from_teacher_layers is not None and teacher_cfg is not None:
-            config = copy.deepcopy(teacher_cfg)
-            config.num_hidden_layers = len(init.from_teacher_layers)
+            config = family_of(teacher_cfg).student_config(teacher_cfg, init.from_teacher_layers)
         elif init.config is not None:
             config = model_config(init.config, f"students.{s.name}.init.config", init.family)
         elif init.pretrained is not None:
@@ -170,7 +169,8 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
             lines.append(f"student {s.name}: {section.kind}; parameters unknown{note}")
             continue
         fill_layer_maps(section, _layers(config))
-        objective = Objective.from_section(section, _layers(config), t_layers)
+        wider = teacher_cfg is not None and _hidden(config) != _hidden(teacher_cfg)
+        objective = Objective.from_section(section, _layers(config), t_layers, wider)
         objectives.append(objective)
         params = _params(config)
         states, host = _model_state_bytes(params, ds, world)
@@ -183,7 +183,8 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
         )
         weights = ", ".join(f"{k} {v:g}" for k, v in objective.weights.items())
         lines.append(
-            f"student {s.name}: {params:,} parameters ({_layers(config)} layers, hidden "
+            f"student {s.name}: {params:,} parameters ({architecture(config)}, "
+            f"{_layers(config)} layers, hidden "
             f"{_hidden(config)}, {'eager' if eager else 'SDPA'} attention); {s.objective.kind} "
             f"[{weights}]; needs {objective.student_need().describe()}; budget "
             f"{s.optimizer.max_steps:,} steps, lr {s.optimizer.lr:g}, warmup "
@@ -202,7 +203,8 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
         teacher_bytes += signals * (2 if cfg.train.teacher_ahead else 1)
         ahead = "; signals of two batches alive (train.teacher_ahead)" * cfg.train.teacher_ahead
         lines.append(
-            f"teacher {cfg.teacher.path or 'teacher.config'}: {params:,} parameters, frozen; "
+            f"teacher {cfg.teacher.path or 'teacher.config'}: {params:,} parameters "
+            f"({architecture(teacher_cfg)}), frozen; "
             f"computes {need.describe()}{ahead}"
         )
     elif cfg.teacher is not None:

@@ -118,7 +118,7 @@ def _source(source: str, key: str) -> tuple[object | None, str | None]:
 
 
 def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
-    from trainer.models.families import model_config
+    from trainer.models.families import architecture, model_config
     from trainer.train.inputs import DEMO_DIR
 
     checks: list[Check] = []
@@ -129,7 +129,8 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
         pass
     elif cfg.teacher.config is not None:
         teacher_config = model_config(cfg.teacher.config, "teacher.config", cfg.teacher.family)
-        checks.append(Check("teacher", None, "teacher.config (random weights)"))
+        arch = architecture(teacher_config)
+        checks.append(Check("teacher", None, f"teacher.config: a random {arch}"))
     else:
         teacher_config, problem = _source(cfg.teacher.path, "teacher.path")
         built = cfg.teacher.build is not None and ownership(Path(cfg.teacher.path)) is None
@@ -139,7 +140,8 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
                 Check("teacher", None, f"{cfg.teacher.path}: made first by {cfg.teacher.build}")
             )
         else:
-            checks.append(Check("teacher", problem, cfg.teacher.path))
+            arch = f" ({architecture(teacher_config)})" if teacher_config is not None else ""
+            checks.append(Check("teacher", problem, f"{cfg.teacher.path}{arch}"))
 
     positions = {}
     if teacher_config is not None:
@@ -155,16 +157,18 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
                 )
                 checks.append(Check(what, problem))
                 continue
-            checks.append(Check(what, None, f"teacher layers {init.from_teacher_layers}"))
+            arch = f"{architecture(teacher_config)} " if teacher_config is not None else ""
+            checks.append(Check(what, None, f"{arch}teacher layers {init.from_teacher_layers}"))
             if teacher_config is not None:
                 positions[what] = _positions(teacher_config)
         elif init.config is not None:
             config = model_config(init.config, f"students.{s.name}.init.config", init.family)
-            checks.append(Check(what, None, "init.config (random weights)"))
+            checks.append(Check(what, None, f"init.config: a random {architecture(config)}"))
             positions[what] = _positions(config)
         else:
             config, problem = _source(init.pretrained, f"students.{s.name}.init.pretrained")
-            checks.append(Check(what, problem, init.pretrained))
+            arch = f" ({architecture(config)})" if config is not None else ""
+            checks.append(Check(what, problem, f"{init.pretrained}{arch}"))
             if config is not None:
                 positions[what] = _positions(config)
     checks.append(_positions_check(cfg.data.max_len, positions))

@@ -23,7 +23,7 @@ from huggingface_hub import EvalResult, ModelCardData, RepoCard, metadata_load
 
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.kinds import KINDS
-from trainer.models.families import family_of
+from trainer.models.families import architecture, family_of
 from trainer.models.hub_names import hub_id
 
 UNSET_ID = "PATH/TO/THIS/DIRECTORY"  # in a card not yet written into an export
@@ -121,12 +121,11 @@ def model_card(
         teacher = cfg.teacher.path or "a randomly initialised BERT (teacher.config)"
     teacher_path = cfg.teacher.path if cfg.teacher is not None else None
     base = hub_id(spec.init.pretrained or (teacher_path if spec.init.from_teacher_layers else None))
-    family = family_of(mlm)
-    architecture = family.name if family.name != "generic" else c.model_type
+    arch = architecture(mlm)
     data = card_data(
         spec.name,
         kind,
-        family=architecture,
+        family=arch,
         license=card_license(cfg),
         distilled=teacher is not None,
         base=base,
@@ -145,7 +144,7 @@ def model_card(
         "",
         "| architecture | parameters | layers | hidden | heads | vocabulary |",
         "|---|---|---|---|---|---|",
-        f"| {architecture} | {student.parameters:,} | {family.num_layers(c)} | {c.hidden_size} | "
+        f"| {arch} | {student.parameters:,} | {family_of(mlm).num_layers(c)} | {c.hidden_size} | "
         f"{c.num_attention_heads} | {c.vocab_size} |",
         "",
         "## Training",

@@ -125,15 +125,21 @@ def run_tokenizer(cfg: RunConfig, manifest: Manifest):
     return tok, info
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+
+
 def check_teacher_tokenizer(teacher_path: str, run: TokenizerInfo) -> None:
     """The teacher reads the shards' token ids: where data.tokenizer names the run's tokenizer,
     a teacher that has a tokenizer of its own must have the same vocabulary (fingerprint), or its
     logits are over other tokens and its hidden states of other words. A teacher saved without
     a tokenizer is taken at its word (its vocabulary size is checked when it loads)."""
+    local = Path(teacher_path).expanduser()
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        return  # NOTE: transformers would make up a tokenizer of special tokens from config.json
     try:
         own = tokenizer_info(load_tokenizer(teacher_path), name=teacher_path)
     except UserError:
-        logger.info("teacher.path=%s: no tokenizer of its own to compare", teacher_path)
+        logger.debug("teacher.path=%s: no tokenizer of its own to compare", teacher_path)
         return
     if (own.vocab_hash, own.vocab_size) != (run.vocab_hash, run.vocab_size):
         raise UserError(

@@ -53,6 +53,13 @@ def family_of(model_or_config: Any) -> Family:
     return _BY_MODEL_TYPE.get(getattr(config, "model_type", None), GENERIC)
 
 
+def architecture(model_or_config: Any) -> str:
+    """The family's name, or the model type where no family describes it (plans, cards)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    fam = family_of(config)
+    return fam.name if fam is not GENERIC else str(getattr(config, "model_type", "unknown"))
+
+
 DEFAULT = "bert"  # the family of teacher.config and init.config when the recipe names none
 
 
