@@ -381,3 +381,52 @@ def test_a_modernbert_student_of_a_bert_teacher_loads():
     init = {"config": _values("modernbert", layers=2), "family": "modernbert"}
     cfg = config_from_dict(_recipe({"config": _values("bert")}, init))
     assert cfg.students[0].init.family == "modernbert" and cfg.teacher.family is None
+
+
+# ---------------------------------------------------------------- the family recipes
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("modernbert_distilled", "modernbert"),
+        ("roberta_distilled", "roberta"),
+        ("biobert_to_modernbert", "bert"),
+    ],
+)
+def test_each_family_recipe_passes_the_dry_runs_pre_flight(
+    name, family, tmp_path, tiny_shards, tokenizer_dir, capsys, monkeypatch
+):
+    """Its hub teacher and PubMed shards stood in for by a saved teacher of the family (22
+    layers, tiny) and the tests' shards; every check passes and each model's family is named."""
+    from trainer.config.recipe import ROOT
+    from trainer.main import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    teacher = tmp_path / "teacher"
+    values = _values(family, layers=22, hidden=16)
+    values |= {"vocab_size": 2000} if family == "bert" else {"vocab_size": 50368}
+    if family == "roberta":
+        values |= {"max_position_embeddings": 514}
+    FAMILIES[family].masked_lm(model_config(values, "teacher", family)).save_pretrained(teacher)
+    capsys.readouterr()  # save_pretrained's progress bar
+    argv = [
+        *("--ds_config", str(ROOT / "ds_configs" / "zero2.json")),
+        *("--recipe", str(ROOT / "recipes" / f"{name}.yaml"), "--dry-run"),
+        f"teacher.path={teacher}",
+        f"data.train_shards={tiny_shards}",
+        f"data.eval_shards={tiny_shards}",
+        f"data.tokenizer={tokenizer_dir}",
+        "data.max_len=64",
+        f"run.output_dir={tmp_path / 'runs'}",
+    ]
+    rc = main(argv)
+    out = capsys.readouterr().out
+    plan, checks = out.split("# plan\n", 1)[1].split("# pre-flight\n")
+    assert rc == 0, checks
+    assert all(line.startswith("ok    ") for line in checks.splitlines()), checks
+    assert f"ok    teacher: {teacher} ({family})" in checks
+    students = [line for line in plan.splitlines() if line.startswith("student ")]
+    assert students and all("parameters (" in line for line in students), students
+    built = "modernbert" if name == "biobert_to_modernbert" else family
+    assert all(f"({built}, " in line for line in students), students

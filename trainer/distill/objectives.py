@@ -125,7 +125,10 @@ class Objective:
         att = att if "attention" in used else ()
         hid = hid if "hidden" in used else ()
         pair, heads = None, None
-        if "relations" in used:  # the student's last layer learns the teacher layer's relations
+        # the student's last layer learns the teacher layer's relations (unknown to a plan
+        # whose teacher config cannot be read: no pair then)
+        known = teacher_layers is not None or section.teacher_layer is not None
+        if "relations" in used and known:
             layer = section.teacher_layer
             pair = (student_layers - 1, teacher_layers - 1 if layer is None else layer)
             heads = section.relation_heads
