@@ -25,10 +25,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline.errors import UserError
+
 TASKS = ("ner", "re", "qa")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that is missing or malformed: the message names the file and what was expected."""
 
 
@@ -88,15 +90,15 @@ def select_datasets(tasks: list[str], names: list[str] | None) -> list[DatasetSp
     """The datasets to run: `names` (any order, validated) or every paper dataset of `tasks`."""
     for t in tasks:
         if t not in TASKS:
-            raise ValueError(f"--tasks: unknown task {t!r}; allowed: {', '.join(TASKS)}")
+            raise UserError(f"--tasks: unknown task {t!r}; allowed: {', '.join(TASKS)}")
     if not names:
         return [d for d in PAPER_DATASETS if d.task in tasks]
     chosen = []
     for n in names:
         if n not in BY_NAME:
-            raise ValueError(f"--datasets: unknown dataset {n!r}; allowed: {', '.join(BY_NAME)}")
+            raise UserError(f"--datasets: unknown dataset {n!r}; allowed: {', '.join(BY_NAME)}")
         if BY_NAME[n].task not in tasks:
-            raise ValueError(
+            raise UserError(
                 f"--datasets: {n} is a {BY_NAME[n].task} dataset but --tasks is {','.join(tasks)}"
             )
         chosen.append(BY_NAME[n])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data_pipeline.errors import UserError
 from data_pipeline.masking import IGNORE_INDEX
 from evaluation.config import TaskSettings
 from trainer.models.parameters import param_groups
@@ -50,14 +51,14 @@ def resolve_runtime(device: str, precision: str) -> Runtime:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available")
+        raise UserError(f"--device {device}: no CUDA device is available")
     if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"--precision {precision!r}: expected auto, bf16 or fp32")
+        raise UserError(f"--precision {precision!r}: expected auto, bf16 or fp32")
     bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "bf16" and not bf16_ok:
-        raise ValueError(f"--precision bf16: not supported on {dev} (use fp32)")
+        raise UserError(f"--precision bf16: not supported on {dev} (use fp32)")
     return Runtime(dev, bf16=precision == "bf16" or (precision == "auto" and bf16_ok))
 
 

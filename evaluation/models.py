@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import first_line
 from evaluation.config import SpeedSettings
 from trainer.models.parameters import count_parameters
@@ -63,14 +64,14 @@ def parse_models(items: list[str]) -> list[ModelSpec]:
         path = Path(source)
         local = path.is_dir()
         if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-            raise ValueError(f"--models: {source}: no such model directory")
+            raise UserError(f"--models: {source}: no such model directory")
         if not label:
             label = path.resolve().name if local else source
         specs.append(ModelSpec(label=label, source=str(path) if local else source, local=local))
     seen: dict[str, str] = {}
     for s in specs:
         if s.slug in seen:
-            raise ValueError(
+            raise UserError(
                 f"--models: {seen[s.slug]} and {s.source} would share the row {s.label!r}; "
                 "name them with LABEL=DIR_OR_NAME"
             )
@@ -102,9 +103,9 @@ def load_tokenizer(spec: ModelSpec):
         with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(spec.source)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{spec}: cannot load its tokenizer: {first_line(e)}") from None
+        raise UserError(f"{spec}: cannot load its tokenizer: {first_line(e)}") from None
     if not tok.is_fast:
-        raise ValueError(f"{spec}: needs a fast tokenizer (word ids and offsets)")
+        raise UserError(f"{spec}: needs a fast tokenizer (word ids and offsets)")
     return tok
 
 
@@ -115,7 +116,7 @@ def check_model(spec: ModelSpec) -> None:
     try:
         AutoConfig.from_pretrained(spec.source)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{spec}: cannot load its config: {first_line(e)}") from None
+        raise UserError(f"{spec}: cannot load its config: {first_line(e)}") from None
 
 
 def fingerprint(spec: ModelSpec) -> str:

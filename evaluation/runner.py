@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import atomic_write_json, check_output_dir, claim_output_dir
 from evaluation import cells as cells_mod
 from evaluation.catalog import Split, locate, select_datasets
@@ -66,7 +67,7 @@ def plan_cells(models: list[ModelSpec], splits: list[Split], req: RunRequest) ->
 def run(req: RunRequest, settings: EvalSettings) -> dict[str, Any]:
     """Run the evaluation; returns the counts of cells done, skipped and (dry run) pending."""
     if req.seeds < 1:
-        raise ValueError(f"--seeds {req.seeds}: expected >= 1")
+        raise UserError(f"--seeds {req.seeds}: expected >= 1")
     runtime = resolve_runtime(req.device, req.precision)
     specs = parse_models(req.models)
     datasets = select_datasets(req.tasks, req.datasets)
@@ -108,7 +109,7 @@ def run(req: RunRequest, settings: EvalSettings) -> dict[str, Any]:
         return {"cells": len(plan), "pending": len(pending), "stale": len(stale)}
     if stale and not req.rerun_stale:
         cell, why = stale[0]
-        raise ValueError(
+        raise UserError(
             f"{cell.path(req.output)}: finished with other inputs ({why}); {len(stale)} such "
             "cell(s). Use another --output, or --rerun-stale to recompute them"
         )

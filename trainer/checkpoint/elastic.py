@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import read_json
 from data_pipeline.slots import merge_states
 from trainer.checkpoint.store import newest_complete_marker, rank_file
@@ -57,7 +58,7 @@ def keep_global_batch(
     directory, marker = found
     saved_ds = directory / "ds_config.json"
     if not saved_ds.is_file():
-        raise ValueError(
+        raise UserError(
             f"{directory}: saved by {marker['world_size']} ranks, this run has {world_size}, and "
             "the checkpoint does not say its batch (no ds_config.json): resume on "
             f"{marker['world_size']} ranks"
@@ -81,8 +82,8 @@ def keep_global_batch(
     mine = {k: v for k, v in ds.items() if k != "train_batch_size"}  # the checkpoint's instead
     try:
         out, line = fit_global_batch(mine, world_size, saved_global)
-    except ValueError as e:
-        raise ValueError(
+    except UserError as e:
+        raise UserError(
             f"{what}, {e}, or train.keep_global_batch=false to go on with another global batch"
         ) from None
     micro, accumulation = _batch(ds, world_size)
@@ -156,7 +157,7 @@ def _load_universal(engine, load_dir: Path, tag: str) -> None:
     finally:
         engine._config.load_universal_checkpoint = False
     if path is None:
-        raise ValueError(f"{load_dir / tag}: the universal checkpoint did not load")
+        raise UserError(f"{load_dir / tag}: the universal checkpoint did not load")
     if engine.zero_optimization_stage() == 3:
         _repair_zero3(engine, load_dir / tag)
 

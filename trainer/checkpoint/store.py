@@ -143,7 +143,7 @@ class Checkpointer:
             if not out_of_space(e, self.root):
                 raise
             shutil.rmtree(directory, ignore_errors=True)  # partial (no marker): frees its space
-            raise ValueError(self._full_message(directory)) from None
+            raise UserError(self._full_message(directory)) from None
         logger.info("checkpoint: step %d saved to %s", step, directory)
         return directory
 
@@ -219,10 +219,10 @@ class Checkpointer:
         """Restore every student's engine from `directory`; returns this rank's saved state."""
         marker = read_json(directory / MARKER)
         if marker.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: checkpoint format {marker.get('format')} unsupported")
+            raise UserError(f"{directory}: checkpoint format {marker.get('format')} unsupported")
         missing = [s.name for s in students if s.name not in marker["students"]]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{directory}: holds no state for student(s) {missing}; it has "
                 f"{sorted(marker['students'])}. Start a new run (run.name) for other students"
             )
@@ -235,5 +235,5 @@ class Checkpointer:
                 str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True
             )
             if path is None or client.get("student") != s.name:
-                raise ValueError(f"{directory / s.name}: not a checkpoint of student {s.name}")
+                raise UserError(f"{directory / s.name}: not a checkpoint of student {s.name}")
         return torch.load(rank_file(directory, self.rt.rank), weights_only=False)

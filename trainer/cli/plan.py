@@ -115,7 +115,7 @@ def _build_line(cfg: RunConfig, ds: dict, world: int) -> str:
             reason = f"cannot be checked before {shards} is built (the run builds the demo's)"
         else:
             reason = stale_reason(Path(cfg.teacher.path), fingerprint(cfg, build, ds, world))
-    except (OSError, ValueError, UserError) as e:
+    except (OSError, UserError) as e:
         reason = f"cannot be checked yet ({first_line(e)})"
     if reason is None:
         return f"teacher stage: {cfg.teacher.path} is built and current ({cfg.teacher.build})"
@@ -129,7 +129,7 @@ def render_plan(cfg: RunConfig, ds: dict) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         ds, batch_line = fit_global_batch(ds, world, cfg.train.global_batch)
-    except ValueError as e:  # the pre-flight's batch check says it again, as a failure
+    except UserError as e:  # the pre-flight's batch check says it again, as a failure
         batch_line = f"global batch: {e}"
     micro = micro_batch_size(ds, world)
     seq = cfg.data.max_len

@@ -263,6 +263,6 @@ def _batch_check(ds: dict, world: int, global_batch: int | None) -> Check:
 
     try:
         _, line = fit_global_batch(ds, world, global_batch)
-    except ValueError as e:
+    except UserError as e:
         return Check("batch", str(e))
     return Check("batch", None, line)

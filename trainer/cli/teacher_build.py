@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import (
     atomic_write_json,
     fsync_dir,
@@ -50,10 +51,15 @@ TEACHER_MARK = "TEACHER.json"  # in a run directory: the teacher fingerprint it 
 def build_config(cfg: RunConfig) -> RunConfig:
     """The build recipe, its run directory beside the run's; it must have exactly one student."""
     section = cfg.teacher
-    build = load_config(section.build)
+    try:
+        build = load_config(section.build)
+    except (ValueError, FileNotFoundError) as e:  # UserError included
+        # NOTE: the schema (trainer/config) raises ValueError for a bad recipe until it raises
+        # UserError itself
+        raise UserError(f"teacher.build={section.build!r}: {e}") from None
     if len(build.students) != 1:
         names = [s.name for s in build.students]
-        raise ValueError(
+        raise UserError(
             f"teacher.build={section.build!r}: expected a recipe with one student (the "
             f"teacher to export), found {names}"
         )
@@ -164,7 +170,7 @@ def _install(export: Path, path: Path, stamp: dict) -> None:
     renamed into place. The teacher it replaces is one of the build's own (`ownership`)."""
     problem = ownership(path)
     if problem is not None:  # NOTE: checked at start-up too; the build ran in between
-        raise ValueError(f"teacher: {path} {problem}: not replaced")
+        raise UserError(f"teacher: {path} {problem}: not replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

@@ -245,7 +245,7 @@ def micro_batch_size(ds: dict, world_size: int) -> int:
         return int(ds["train_micro_batch_size_per_gpu"])
     if "train_batch_size" in ds:
         return int(ds["train_batch_size"]) // (accumulation * world_size)
-    raise ValueError("DeepSpeed config: set train_micro_batch_size_per_gpu (or train_batch_size)")
+    raise UserError("DeepSpeed config: set train_micro_batch_size_per_gpu (or train_batch_size)")
 
 
 def fit_global_batch(ds: dict, world_size: int, global_batch: int | None) -> tuple[dict, str]:
@@ -260,7 +260,7 @@ def fit_global_batch(ds: dict, world_size: int, global_batch: int | None) -> tup
     (said too). A global batch the ranks cannot share evenly is refused with the numbers."""
     given = ds.get("train_batch_size")
     if global_batch is not None and given is not None and int(given) != global_batch:
-        raise ValueError(
+        raise UserError(
             f"train.global_batch={global_batch} but the DeepSpeed JSON's train_batch_size is "
             f"{given}: drop one of them (or make them equal)"
         )
@@ -276,7 +276,7 @@ def fit_global_batch(ds: dict, world_size: int, global_batch: int | None) -> tup
     target = int(global_batch if global_batch is not None else given)
     if target < 1 or target % world_size:
         lower = max(world_size, target // world_size * world_size)
-        raise ValueError(
+        raise UserError(
             f"global batch {target} cannot be shared by {world_size} ranks: set "
             f"train.global_batch to a multiple of {world_size} (e.g. {lower} or "
             f"{lower + world_size}), or run on a number of ranks that divides {target}"

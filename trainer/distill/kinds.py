@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from data_pipeline.errors import UserError
+
 if TYPE_CHECKING:
     from trainer.config.recipe import ObjectiveSection, StudentSection
     from trainer.distill.objectives import Objective
@@ -181,7 +183,7 @@ def check_layers(
         bad = [i for i in indices if depth is not None and i >= depth + extra]
         if bad:
             limit = (depth or 0) + extra
-            raise ValueError(f"{key}.{name}={bad[:1]!r}: expected {who} indices < {limit}")
+            raise UserError(f"{key}.{name}={bad[:1]!r}: expected {who} indices < {limit}")
 
 
 def uses_attention_maps(section: ObjectiveSection) -> bool:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from trainer.models.attention import IMPLEMENTATION, returns_probabilities
 from trainer.models.families import FAMILIES, family_of
 
@@ -110,14 +111,14 @@ def check_need(model: nn.Module, need: Need, who: str) -> None:
     bad_hidden = [i for i in need.hidden if not 0 <= i <= layers]
     bad_attn = [i for i in need.attentions | need.qkv if not 0 <= i < layers]
     if bad_hidden or bad_attn:
-        raise ValueError(
+        raise UserError(
             f"{who}: has {layers} layers, so hidden_states 0..{layers} and attentions "
             f"0..{layers - 1}; asked for hidden_states {sorted(bad_hidden)} and attentions "
             f"(or q/k/v) {sorted(bad_attn)}"
         )
     layer_wise = need.attentions or need.qkv or (need.hidden - {layers})
     if layer_wise and not supports_layer_signals(model):
-        raise ValueError(
+        raise UserError(
             f"{who}: a {type(model).__name__}; hidden states and attention maps of single "
             f"layers are supported for the families {', '.join(layer_families())} only"
         )
@@ -204,7 +205,7 @@ def masked_lm_signals(
             captured[LOGITS] = head(last.reshape(-1, last.shape[-1]).index_select(0, masked_index))
     if layers in need.hidden:
         if last is None:
-            raise ValueError(
+            raise UserError(
                 f"{type(model).__name__}: no masked-row head is known for this architecture, "
                 "so its last hidden state is not available alongside its logits"
             )

@@ -307,7 +307,7 @@ def export_from_checkpoint(student_dir: Path, out_dir: Path) -> Path:
 
     skeleton = student_dir / SKELETON
     if not (skeleton / "config.json").is_file():
-        raise ValueError(f"{student_dir}: no {SKELETON}/config.json; not a student checkpoint")
+        raise UserError(f"{student_dir}: no {SKELETON}/config.json; not a student checkpoint")
     state = get_fp32_state_dict_from_zero_checkpoint(str(student_dir))
     mlm_state = {
         k.removeprefix(MODULE_PREFIX): v.float()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from trainer.config.ds_json import ds_config_for_student
 from trainer.config.recipe import RunConfig, StudentSection
 from trainer.distill.kinds import KINDS, uses_attention_maps
@@ -98,7 +99,7 @@ def _check_positions(cfg: RunConfig, teacher_model: nn.Module | None, built: lis
     for who, model in models:
         positions = family_of(model).max_positions(model.config)
         if positions < cfg.data.max_len:
-            raise ValueError(
+            raise UserError(
                 f"data.max_len={cfg.data.max_len}: longer than {who}'s {positions} positions; "
                 f"re-shard with `--max-len {positions}` (or less)"
             )
@@ -113,7 +114,7 @@ def _check_kinds(cfg: RunConfig, teacher_model: nn.Module | None, built: list) -
             continue
         problem = check(b.objective, b.module.mlm.config, teacher_model.config)
         if problem is not None:
-            raise ValueError(f"students.{spec.name}.{problem}")
+            raise UserError(f"students.{spec.name}.{problem}")
 
 
 def _engine_phase(name: str, rt: Runtime) -> str:

@@ -4,7 +4,7 @@
     model, new = load_masked_lm("dmis-lab/biobert-base-cased-v1.2", impl, "teacher.path=...")
 
 fp32 on the CPU (students copy exact weights from the teacher before it moves to the device).
-transformers' load report is replaced by one line of ours: a failure is one ValueError naming
+transformers' load report is replaced by one line of ours: a failure is one UserError naming
 what was loaded and where it was asked for, weights the masked LM does not use are one warning
 (an export's pooler, which a masked LM never uses, is left out of it), and the weights the
 checkpoint lacked are returned, for the caller to refuse (a teacher) or warn about (a student).
@@ -17,6 +17,7 @@ import logging
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import first_line
 from trainer.models.attention import IMPLEMENTATION
 
@@ -32,7 +33,7 @@ def attn_implementation(attention_maps: bool) -> str | None:
 
 def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, list[str]]:
     """An HF masked LM by hub name or directory, fp32 on the CPU, and the names of the weights
-    the checkpoint lacked (initialised at random); a load failure is one ValueError naming it."""
+    the checkpoint lacked (initialised at random); a load failure is one UserError naming it."""
     from transformers import AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
@@ -45,7 +46,7 @@ def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, 
             name, output_loading_info=True, attn_implementation=impl, dtype=torch.float32
         )
     except (OSError, ValueError) as e:
-        raise ValueError(
+        raise UserError(
             f"{where}: cannot load it as a masked LM (expected a local directory or a Hugging "
             f"Face hub name): {first_line(e)}"
         ) from None

@@ -178,14 +178,14 @@ def _check_vocab(
 ) -> None:
     rows = mlm.get_output_embeddings().weight.shape[0]
     if rows < vocab_size:
-        raise ValueError(
+        raise UserError(
             f"{key}: its vocabulary has {rows} entries but the shards' tokenizer has "
             f"{vocab_size}; shards must be made with the student's tokenizer"
         )
     if objective.student_need().logits and objective.teacher_need().logits:
         t_rows = teacher.get_output_embeddings().weight.shape[0]
         if rows != t_rows:
-            raise ValueError(
+            raise UserError(
                 f"{key}: KD compares its {rows} logits with the teacher's {t_rows}; the "
                 "vocabularies must be the same"
             )

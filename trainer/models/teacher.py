@@ -23,6 +23,7 @@ import logging
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from trainer.config.recipe import TeacherSection
 from trainer.distill.teacher_signals import Need, check_need, masked_lm_signals, tap_signals
 from trainer.models.attention import return_probabilities
@@ -49,7 +50,7 @@ def load_teacher_model(
         where = f"teacher.path={section.path!r}"
         model, new = load_masked_lm(section.path, impl, where)
         if new and not section.allow_new_weights:
-            raise ValueError(
+            raise UserError(
                 f"{where}: loading left {len(new)} weights newly "
                 f"initialised ({', '.join(new[:6])}{', ...' if len(new) > 6 else ''}); a "
                 "teacher without its trained MLM head gives meaningless soft targets. Use a "
@@ -60,7 +61,7 @@ def load_teacher_model(
             logger.warning("teacher: %d weights newly initialised (allowed): %s", len(new), new)
     model_vocab = model.get_output_embeddings().weight.shape[0]
     if model_vocab < vocab_size:
-        raise ValueError(
+        raise UserError(
             f"{where}: the model's vocabulary has {model_vocab} entries but the shards' tokenizer "
             f"has {vocab_size}; re-shard with the teacher's tokenizer"
         )

@@ -37,7 +37,7 @@ _WAY_OUT = "set run.name or run.output_dir to another directory, or move what is
 _held: dict[Path, int] = {}  # run directory (resolved) -> the open lock file descriptor
 
 
-class RunDirInUse(ValueError):
+class RunDirInUse(UserError):
     """Another live process holds the run directory."""
 
 

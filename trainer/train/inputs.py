@@ -84,12 +84,12 @@ def load_entities(path: str, tok, vocab_size: int) -> tuple[torch.Tensor, float 
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{where}: cannot read it as JSON ({first_line(e)})") from None
+        raise UserError(f"{where}: cannot read it as JSON ({first_line(e)})") from None
     words = raw.get("entities") if isinstance(raw, dict) else None
     if isinstance(words, dict):
         words = [w for group in words.values() for w in group]
     if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
-        raise ValueError(
+        raise UserError(
             f'{where}: expected an object with "entities": a non-empty list of words, or '
             "lists of words by type"
         )
@@ -157,7 +157,7 @@ def build_inputs(cfg: RunConfig, rt: Runtime, micro_batch: int, accumulation: in
     d, t = cfg.data, cfg.train
     manifest = manifest_of(cfg)
     if manifest.max_len != d.max_len:
-        raise ValueError(
+        raise UserError(
             f"data.max_len={d.max_len}: the shards were made with max_len {manifest.max_len}; "
             f"set data.max_len={manifest.max_len} or re-shard"
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_pipeline.errors import UserError
 from trainer.models.families.base import Family
 from trainer.models.families.bert import BERT, DISTILBERT, MOBILEBERT
 from trainer.models.families.modernbert import MODERNBERT
@@ -33,7 +34,7 @@ class Generic(Family):
         for name in ("num_hidden_layers", "n_layers"):
             if isinstance(getattr(config, name, None), int):
                 return getattr(config, name)
-        raise ValueError(f"{type(config).__name__}: cannot tell how many layers it has")
+        raise UserError(f"{type(config).__name__}: cannot tell how many layers it has")
 
     def head(self, model):
         return None  # trainer.distill.teacher_signals runs the full forward
