@@ -8,7 +8,8 @@
 
 Exit codes: 0 done, 2 bad input (one line names the file, key or value, or an --output that holds
 files and no results.json or cells/ of this command), 3 a non-finite training loss (the line names
-the cell), 130 interrupted. Finished cells are kept in every case.
+the cell), 130 interrupted; any other exception is a bug and exits 1 with its traceback.
+Finished cells are kept in every case.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluation.catalog import TASKS
+
+if TYPE_CHECKING:
+    from evaluation.config import EvalSettings
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 OVERRIDE = re.compile(r"(ner|re|qa|speed)\.\w+=.*")
@@ -89,17 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from data_pipeline.errors import UserError
-    from evaluation.config import build_settings
     from evaluation.report import write_report
     from evaluation.runner import RunRequest, run
 
     try:
         if args.command == "report":
             if not (args.output / "cells").is_dir():
-                raise ValueError(f"{args.output}: no cells/ folder; not an evaluation output")
+                raise UserError(f"{args.output}: no cells/ folder; not an evaluation output")
             write_report(args.output)
             return 0
-        settings = build_settings(args.overrides)
+        settings = read_settings(args.overrides)
         request = RunRequest(
             models=args.models,
             data=args.data,
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             log_every_s=args.log_every,
         )
         run(request, settings)
-    except (ValueError, UserError) as e:  # DataError included; a refused --output
+    except UserError as e:  # DataError included; a refused --output. Anything else is a bug.
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FloatingPointError as e:
@@ -127,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted (finished cells are kept; rerun to resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def read_settings(overrides: list[str]) -> EvalSettings:
+    """The fine-tuning settings with the `section.key=value` overrides; bad ones raise UserError."""
+    from data_pipeline.errors import UserError
+    from evaluation.config import build_settings
+
+    try:
+        return build_settings(overrides)
+    except ValueError as e:
+        # NOTE: evaluation/config.py (the schema) raises ValueError for a bad setting until it
+        # raises UserError itself; only its call is wrapped, nothing else
+        raise UserError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ the students are distilled from it, each beside its MLM-only twin.
 `deepspeed --num_gpus 2 trainer/main.py ...` runs two ranks (on CPU too); plain
 `python trainer/main.py ...` runs one. --dry-run prints the plan and a pre-flight (teacher,
 students, tokenizer, shards, batch: one line each, ok or what to fix; trainer/cli/preflight.py).
-Exit codes: 0 done, 2 bad input (one line says what), 3 stopped on a non-finite loss, 75
-preempted after a complete checkpoint (requeue to resume) or by SIGTERM/SIGUSR1 before training
-started, 130 Ctrl-C before training started.
+Exit codes: 0 done, 2 bad input (one line says what: a UserError), 3 stopped on a non-finite
+loss, 75 preempted after a complete checkpoint (requeue to resume) or by SIGTERM/SIGUSR1 before
+training started, 130 Ctrl-C before training started; any other exception is a bug and exits 1
+with its traceback.
 Overrides starting with `ds.` set keys of the DeepSpeed JSON (ds.train_micro_batch_size_per_gpu=2,
 ds.zero_optimization.stage=3); the JSON a run used is in runs/<name>/ds_config.json.
 """
@@ -33,7 +34,12 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from data_pipeline.errors import UserError  # noqa: E402
 from trainer.cli import preflight  # noqa: E402
 from trainer.config.ds_json import DS_OVERRIDE_PREFIX, apply_ds_overrides, load_ds_config  # noqa: E402
-from trainer.config.recipe import load_config, render_keys, select_students  # noqa: E402
+from trainer.config.recipe import (  # noqa: E402
+    RunConfig,
+    load_config,
+    render_keys,
+    select_students,
+)
 from trainer.runtime.logs import quiet_console, setup_logging  # noqa: E402
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
@@ -68,17 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging()  # NOTE: first, so that DeepSpeed's start-up lines are filtered and kept
     try:
-        ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
-        recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]
-        cfg = load_config(args.recipe, recipe_overrides)
-        if args.students:
-            cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
-        ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
+        cfg, ds = read_config(args)
         # NOTE: before any hub lookup: offline, every one then fails at once, without retries
         network = preflight.go_offline_if_unreachable(cfg)
         if args.dry_run:
             return dry_run(cfg, ds, network)
-    except (ValueError, FileNotFoundError, UserError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     if network is not None and "offline" in network.detail:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     preempt.install()  # NOTE: first: a signal during start-up stops the process at once
     try:
         rt = Runtime.start()
-    except ValueError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         preempt.restore()
         return EXIT_BAD_INPUT
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         trainer = build_trainer(cfg, ds, rt, preempt)
         return trainer.fit()
-    except (ValueError, FileNotFoundError, UserError) as e:
+    except UserError as e:  # NOTE: any other exception is a bug: it keeps its traceback
         print(f"error{_where(rt)}: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except NonFiniteLoss as e:
@@ -119,6 +120,25 @@ def main(argv: list[str] | None = None) -> int:
         rt.close()
         run_lock.release_all()
         preempt.restore()
+
+
+def read_config(args: argparse.Namespace) -> tuple[RunConfig, dict]:
+    """The recipe (with its overrides and --students) and the DeepSpeed JSON (with its ds.
+    overrides); bad input raises UserError."""
+    ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
+    recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]
+    try:
+        cfg = load_config(args.recipe, recipe_overrides)
+        if args.students:
+            cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
+        ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        # NOTE: the schema (trainer/config) raises these for a bad recipe, override or JSON
+        # until it raises UserError itself; only its calls are wrapped, nothing else
+        raise UserError(str(e)) from None
+    return cfg, ds
 
 
 def dry_run(cfg, ds: dict, network) -> int:

@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:
         try:
             exported.append((name, export_from_checkpoint(ckpt / name, out / name)))
-        except (ValueError, UserError) as e:
+        except UserError as e:  # NOTE: any other exception is a bug: it keeps its traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{name}: {exported[-1][1]}", flush=True)

@@ -157,17 +157,24 @@ class Runtime:
         return int(t.item())
 
     def on_main(self, fn: Callable[[], None]) -> None:
-        """`fn()` on rank 0 only (file-system work); if it raises a bad-input error, every rank
-        raises, so that no rank waits in a collective for one that has given up.
+        """`fn()` on rank 0 only (file-system work); if it raises, every rank raises, so that no
+        rank waits in a collective for one that has given up. Rank 0 raises fn's own exception;
+        the others a UserError when that was one (bad input), else a RuntimeError (a bug: rank
+        0's traceback says where).
         NOTE: collective, every rank must call it."""
         error: Exception | None = None
         if self.is_main:
             try:
                 fn()
-            except (ValueError, OSError, UserError) as e:
+            except Exception as e:  # noqa: BLE001 - said to every rank, then raised as it was
                 error = e
-        if self.any(error is not None):
-            raise error if error is not None else ValueError("stopped: rank 0 says why")
+        outcome = self.from_main(_OK if error is None else _outcome(error))
+        if error is not None:
+            raise error
+        if outcome == _BAD_INPUT:
+            raise UserError("stopped: rank 0 says why")
+        if outcome == _FAILED:
+            raise RuntimeError("stopped: rank 0 failed (its traceback says why)")
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of `t` (on this rank's device) over ranks. NOTE: collective."""
@@ -179,6 +186,13 @@ class Runtime:
         if dist.is_initialized():
             dist.destroy_process_group()
             _forget_deepspeed_groups()
+
+
+_OK, _BAD_INPUT, _FAILED = 0, 1, 2  # what on_main's fn did on rank 0
+
+
+def _outcome(error: Exception) -> int:
+    return _BAD_INPUT if isinstance(error, UserError) else _FAILED
 
 
 def _forget_deepspeed_groups() -> None:
@@ -213,7 +227,7 @@ def _check_master_port() -> None:
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise
-            raise ValueError(
+            raise UserError(
                 f"MASTER_PORT {port} is in use (another job on this machine?): start with "
                 f"another, e.g. `deepspeed --master_port {free_port()} trainer/main.py ...` "
                 "(MASTER_PORT=... under srun)"
