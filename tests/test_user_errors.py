@@ -43,9 +43,9 @@ def one_error_line(err: str, prefix: str = "error: ") -> str:
 
 
 def _bert_config(values: dict):
-    from trainer.models.bert_config import bert_config
+    from trainer.models.families import model_config
 
-    return bert_config(values, "students.S.init.config")
+    return model_config(values, "students.S.init.config", "bert")
 
 
 def _entities(tmp_path: Path, text: str | None):
