@@ -20,9 +20,11 @@ own time:
                             trainers: compiling each would cost more than the timed steps)
     train-ahead      40 s   the train run with train.teacher_ahead (the side CUDA stream)
     memory           60 s   benchmarks/bench_memory.py: ZeRO-1/2/3 at micro-batch 24, not compiled
+    train-modernbert 60 s   recipes/biobert_to_modernbert.yaml (ModernBERT students of a BERT
+                            teacher, on its vocabulary) for 40 steps, as the train part
     train-compile   100 s   the train run with train.compile (torch.compile, engine.compile):
-                            last, as the part most likely to run long
-                    540 s   in all
+                            last, as the part most likely to run long (the deadline may skip it)
+                    600 s   in all
 
 The train parts are the user's command (`python trainer/main.py --ds_config ds_configs/zero2.json
 --recipe recipes/paper_distilled.yaml ...`, a world of one) on generated shards and a random
@@ -68,6 +70,8 @@ from data_pipeline.errors import UserError  # noqa: E402
 from data_pipeline.io_utils import claim_output_dir  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "paper_distilled.yaml"
+# ModernBERT-architecture students of a BERT teacher, on its vocabulary: the model family's GPU path
+MIXED = ROOT / "recipes" / "biobert_to_modernbert.yaml"
 DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
 DEADLINE_S = 570  # the whole check, on a GPU: inside one 10-minute device call
 LIMIT_FACTOR = 1.5
@@ -81,6 +85,7 @@ class Part:
     planned_s: int
     steps: int = 40  # train parts
     train: dict | None = None  # train parts: the recipe's train.* overrides
+    recipe: Path = RECIPE  # train parts
 
 
 PARTS = (
@@ -90,6 +95,12 @@ PARTS = (
     Part("cohort", 80),
     Part("train-ahead", 40, train={"compile": False, "teacher_ahead": True}),
     Part("memory", 60),
+    Part(
+        "train-modernbert",
+        60,
+        train={"compile": False, "teacher_ahead": False, "mlm_twins": False},
+        recipe=MIXED,
+    ),
     Part("train-compile", 100, train={"compile": True, "teacher_ahead": False}),
 )
 DRY_STEPS, LOG_EVERY, DRY_LOG_EVERY, WARMUP = 6, 5, 2, 5
@@ -283,24 +294,50 @@ def train_command(part: Part, work: Path, dry: bool) -> list[str]:
         overrides = synthetic_overrides("tiny" if dry else "paper", data, docs, zipf=ZIPF)
         overrides.append("data.num_workers=2")
         cached.write_text(json.dumps(overrides))
-    names = [s.name for s in load_config(RECIPE, overrides).students]
-    overrides = [
-        *overrides,
+    if dry:  # the recipe's own students at tiny sizes where it names their shapes
+        overrides = tiny_students(part.recipe, overrides)
+    overrides += [f"train.{k}={str(v).lower()}" for k, v in part.train.items()]
+    names = [s.name for s in load_config(part.recipe, overrides).students]  # twins included
+    overrides += [
         f"run.output_dir={work / 'runs'}",
         f"run.name={part.name}",
         f"train.max_steps={steps}",
         f"train.log_every={DRY_LOG_EVERY if dry else LOG_EVERY}",
         "train.eval_every=100000",
         "train.save_every=100000",  # the run's end saves one (and exports): that path runs too
-        *(f"train.{k}={str(v).lower()}" for k, v in part.train.items()),
     ]
     for name in names:
         overrides.append(f"students.{name}.optimizer.warmup_steps={min(WARMUP, steps - 1)}")
         overrides.append(f"students.{name}.optimizer.max_steps={steps}")
     return [
         sys.executable, "trainer/main.py", "--ds_config", str(DS_CONFIG),
-        "--recipe", str(RECIPE), *overrides,
+        "--recipe", str(part.recipe), *overrides,
     ]  # fmt: skip
+
+
+def tiny_students(recipe: Path, overrides: list[str]) -> list[str]:
+    """--dry: `overrides` for `recipe`, its ModernBERT students (random, init.config) at the tiny
+    teacher's sizes and vocabulary, their relation heads dividing its width (synthetic_overrides
+    shrinks paper_distilled's TinyBioBERT; that override is dropped for a recipe without it)."""
+    import yaml
+
+    from benchmarks.bench_cohort import TINY_TEACHER, _flow
+    from trainer.config.recipe import load_config
+
+    names = {s["name"] for s in yaml.safe_load(recipe.read_text(encoding="utf-8"))["students"]}
+    out = [o for o in overrides if not o.startswith("students.") or o.split(".")[1] in names]
+    for s in load_config(recipe, out).students:
+        if s.init.family != "modernbert" or s.twin_of is not None:
+            continue
+        tiny = {**TINY_TEACHER, **{k: s.init.config[k] for k in SPECIAL_IDS if k in s.init.config}}
+        tiny |= {"num_hidden_layers": 2, "intermediate_size": 48, "local_attention": 16}
+        out.append(f"students.{s.name}.init.config={_flow(tiny)}")
+        if s.objective.kind == "minilmv2":
+            out.append(f"students.{s.name}.objective.relation_heads=2")
+    return out
+
+
+SPECIAL_IDS = ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id")
 
 
 def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool) -> dict:
@@ -331,7 +368,7 @@ def train_verdict(run_dir: Path, rc: int, seconds: float, part: Part, dry: bool)
         "benchmark": "gpu_check", "metric": "train_run", "value": not problems, "unit": None,
         "settings": {
             "part": part.name, **(part.train or {}), "steps": DRY_STEPS if dry else part.steps,
-            "sizes": "tiny" if dry else "paper", "recipe": str(RECIPE.relative_to(ROOT)),
+            "sizes": "tiny" if dry else "paper", "recipe": str(part.recipe.relative_to(ROOT)),
             "ds_config": str(DS_CONFIG.relative_to(ROOT)), "seconds": round(seconds, 1),
             "problems": problems,
             "loss_first_last": {n: [round(v[0][1], 4), round(v[-1][1], 4)]
