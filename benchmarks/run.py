@@ -31,6 +31,7 @@ BENCHMARKS = {
     "memory": "benchmarks.bench_memory",
     "checkpoint": "benchmarks.bench_checkpoint",
     "quality": "benchmarks.bench_quality",
+    "families": "benchmarks.bench_families",
 }
 
 
