@@ -26,6 +26,8 @@ from trainer.config.recipe import (
     config_from_dict,
     dump_config,
     load_config,
+    recipe_keys,
+    render_keys,
     select_students,
     to_dict,
 )
@@ -56,6 +58,11 @@ def minimal(**student) -> dict:
 
 
 def error(match: str):
+    """A recipe error: one UserError line matching `match`."""
+    return pytest.raises(UserError, match=match)
+
+
+def ds_error(match: str):
     return pytest.raises(ValueError, match=match)
 
 
@@ -433,6 +440,81 @@ def test_missing_required_key():
         config_from_dict(raw)
 
 
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("train.max_steps=1e5", 100_000),  # an integral float is an int where an int is wanted
+        ("train.max_steps=7.0", 7),
+        ("students.DistilBioBERT.optimizer.lr=1", 1.0),  # an int is a float
+        ("data.whole_word=false", False),
+    ],
+)
+def test_numbers_convert_only_where_nothing_is_lost(override, value):
+    cfg = load_config(DISTILLED, [override])
+    key = override.partition("=")[0].replace("students.DistilBioBERT", "students.0").split(".")
+    node = cfg
+    for part in key:
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=true", "train.max_steps=True: expected an integer >= 1"),
+        ("train.seed='3'", "train.seed='3': expected an integer >= 0"),
+        ("data.whole_word=1", "data.whole_word=1: expected true or false"),
+        ("data.whole_word='true'", "data.whole_word='true': expected true or false"),
+        ("students.DistilBioBERT.optimizer.eps=false", "optimizer.eps=False: expected a number"),
+        ("students.DistilBioBERT.optimizer.lr=.inf", "optimizer.lr=inf: expected a number > 0"),
+        ("run.output_dir=3", "run.output_dir=3: expected a string"),
+        ("data.slots=0", "data.slots=0: expected an integer >= 1 or null"),
+        ("students.DistilBioBERT.optimizer.betas=[0.9, 1]", "optimizer.betas\\[1\\]=1.0: expected"),
+        ("teacher.config=[1]", "teacher.config=\\[1\\]: expected a mapping or null"),
+        ("students=[3]", "students\\[0\\]=3: expected a mapping with keys name, init"),
+    ],
+)
+def test_bools_are_no_numbers_and_strings_no_numbers(override, message):
+    with error(message):
+        load_config(DISTILLED, [override])
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (  # several problems at once: the first unknown key is the one line
+            {**minimal(), "train": {"max_steps": "x", "seed": -1, "log_evry": 2}},
+            "^unknown key 'train.log_evry'; allowed in 'train': max_steps, seed,",
+        ),
+        (
+            {**minimal(), "train": {"max_steps": "x", "seed": -1}},
+            "^train.max_steps='x': expected an integer >= 1$",
+        ),
+        ({**minimal(), "train": {}}, "^'train.max_steps' is required$"),
+        ([], "^recipe=\\[\\]: expected a mapping with keys run, data, teacher, train, students$"),
+    ],
+)
+def test_schema_errors_are_one_line(raw, message):
+    """pydantic reports every problem over several lines; the user gets the first, on one."""
+    with error(message) as e:
+        config_from_dict(raw)
+    assert "\n" not in str(e.value) and "pydantic" not in str(e.value)
+
+
+def test_every_key_has_a_description():
+    """--print-keys reads each key's description from its Field; none may be left out."""
+    rows = recipe_keys()
+    assert len(rows) > 40
+    assert [key for key, _, _, note in rows if not note.strip()] == []
+    text = render_keys()
+    assert "data.slots" in text and "train.keep_global_batch" in text
+    for key, kind, default, note in rows:
+        assert f"{kind}  = {default}  # {note}" in text, key
+    row = {key: (kind, default) for key, kind, default, _ in rows}
+    assert row["data.mask_prob"] == ("float in (0, 1)", "0.15")
+    assert row["train.max_steps"] == ("int >= 1", "required")
+
+
 def test_objective_defaults_and_layer_maps():
     raw = minimal(
         init={"from_teacher_layers": [1, 3]},
@@ -536,7 +618,7 @@ def test_ds_config_for_student_fills_optimizer_and_schedule():
     assert ds["bf16"]["enabled"] is True  # a deep copy
     torch_adam = ds_config_for_student(ds, tiny, torch_adam=True)
     assert torch_adam["optimizer"]["params"]["torch_adam"] is True
-    with error("remove these blocks"):
+    with ds_error("remove these blocks"):
         ds_config_for_student(out, tiny)
 
 
@@ -544,13 +626,13 @@ def test_load_ds_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file.*ds_configs/zero2.json"):
         load_ds_config(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{bf16: on}")
-    with error("not valid JSON"):
+    with ds_error("not valid JSON"):
         load_ds_config(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[]")
-    with error("expected a JSON object"):
+    with ds_error("expected a JSON object"):
         load_ds_config(tmp_path / "list.json")
     (tmp_path / "owned.json").write_text(json.dumps({"optimizer": {"type": "Adam"}}))
-    with error("has optimizer; .*recipe"):
+    with ds_error("has optimizer; .*recipe"):
         load_ds_config(tmp_path / "owned.json")
 
 
@@ -645,7 +727,7 @@ def test_ds_overrides_know_the_nested_zero_keys():
 
 def test_fp16_override_is_refused():
     ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
-    with error("override 'ds.fp16.enabled=true': fp16 is not supported"):
+    with ds_error("override 'ds.fp16.enabled=true': fp16 is not supported"):
         apply_ds_overrides(ds, ["ds.fp16.enabled=true"])
 
 

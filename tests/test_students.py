@@ -11,7 +11,6 @@ can match by chance (a fresh BERT has all-ones LayerNorms and a zero MLM bias).
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -189,7 +188,7 @@ def test_config_init_is_seeded_by_seed_and_name():
     again = _build("TinyBioBERT", teacher).module
     assert _equal_state(first, again)
     other_name = build_student(
-        dataclasses.replace(_spec("TinyBioBERT"), name="TinyBioBERT2"),
+        _spec("TinyBioBERT").model_copy(update={"name": "TinyBioBERT2"}),
         teacher_model=teacher,
         vocab_size=VOCAB,
         seed=SEED,

@@ -20,7 +20,6 @@ build is not used; the console says so. A hub name is never built into either.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -63,8 +62,8 @@ def build_config(cfg: RunConfig) -> RunConfig:
             f"teacher.build={section.build!r}: expected a recipe with one student (the "
             f"teacher to export), found {names}"
         )
-    run = dataclasses.replace(build.run, output_dir=cfg.run.output_dir)
-    return dataclasses.replace(build, run=run)
+    run = build.run.model_copy(update={"output_dir": cfg.run.output_dir})
+    return build.model_copy(update={"run": run})
 
 
 def fingerprint(cfg: RunConfig, build: RunConfig, ds: dict, world_size: int) -> dict:

@@ -1,2 +1,2 @@
-"""Configuration: the recipe's schema, loading and overrides (recipe), the DeepSpeed JSON (ds_json),
-the typed-section builder (typed)."""
+"""Configuration: the recipe's schema and loading (recipe), `key.sub=value` overrides
+(overrides), the DeepSpeed JSON (ds_json)."""

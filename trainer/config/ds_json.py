@@ -30,7 +30,8 @@ import os
 from pathlib import Path
 
 from data_pipeline.errors import UserError
-from trainer.config.recipe import StudentSection, parse_override, shipped, shipped_dir
+from trainer.config.overrides import parse_override
+from trainer.config.recipe import StudentSection, shipped, shipped_dir
 
 DS_CONFIG_DIR = shipped_dir("ds_configs")
 
