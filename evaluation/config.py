@@ -13,127 +13,79 @@ Defaults and where they come from:
   which the paper's code ran with); QA answers at most 30 tokens, 20-best spans per snippet and
   questions cut to 64 tokens (BERT's run_squad defaults, as BioBERT used them).
 A model whose position table is shorter than max_length gets its own limit (recorded per cell).
+
+Overrides are parsed as the recipe's are (trainer/config/overrides.py: the value is YAML, `3e-5`
+a number); each key's type, limits and meaning are its Field below (data_pipeline/schema.py), and
+a bad key or value is a UserError of one line naming it (`ner.epochs='five': expected an integer
+>= 1`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-SCHEDULES = ("cosine", "linear", "constant")
+from pydantic import BaseModel, Field, model_validator
 
-
-@dataclass
-class TaskSettings:
-    lr: float
-    batch_size: int
-    epochs: int
-    max_length: int
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.0
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    eval_batch_size: int = 64
+from data_pipeline.schema import Float, Int, Invalid, Schema, validate
+from trainer.config.overrides import apply_overrides
 
 
-@dataclass
+class TaskSettings(Schema):
+    lr: Float = Field(gt=0, description="AdamW peak learning rate")
+    batch_size: Int = Field(ge=1, description="training examples per step")
+    epochs: Int = Field(ge=1, description="passes over the training split")
+    max_length: Int = Field(ge=16, description="tokens per input (cut to the model's positions)")
+    weight_decay: Float = Field(0.01, ge=0, lt=1, description="AdamW weight decay")
+    warmup_ratio: Float = Field(0.0, ge=0, lt=1, description="fraction of the steps warming up")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay")
+    grad_clip: Float = Field(1.0, gt=0, description="gradient norm clipped to this")
+    eval_batch_size: Int = Field(64, ge=1, description="examples per evaluation batch")
+
+
 class QaSettings(TaskSettings):
-    stride: int = 128
-    max_query_length: int = 64
-    max_answer_length: int = 30
-    n_best: int = 20
+    stride: Int = Field(128, gt=0, description="tokens of overlap between a context's windows")
+    max_query_length: Int = Field(64, ge=1, description="question tokens kept")
+    max_answer_length: Int = Field(30, ge=1, description="tokens of the longest answer predicted")
+    n_best: Int = Field(20, ge=1, description="candidate spans per window")
+
+    @model_validator(mode="after")
+    def _stride_below_max_length(self) -> QaSettings:
+        if self.stride >= self.max_length:
+            raise Invalid(
+                f"an integer in (0, qa.max_length={self.max_length})", "stride", self.stride
+            )
+        return self
 
 
-@dataclass
-class SpeedSettings:
+class SpeedSettings(Schema):
     """Inference speed probe: forward passes of the bare encoder on one fixed batch."""
 
-    batch_size: int = 32
-    seq_len: int = 128
-    warmup: int = 2
-    iters: int = 10
+    batch_size: Int = Field(32, ge=1, description="sequences per forward pass")
+    seq_len: Int = Field(128, ge=1, description="tokens per sequence")
+    warmup: Int = Field(2, ge=0, description="untimed passes first")
+    iters: Int = Field(10, ge=1, description="timed passes")
 
 
-@dataclass
-class EvalSettings:
-    ner: TaskSettings = field(
+class EvalSettings(Schema):
+    ner: TaskSettings = Field(
         default_factory=lambda: TaskSettings(lr=5e-5, batch_size=16, epochs=5, max_length=512)
     )
-    re: TaskSettings = field(
+    re: TaskSettings = Field(
         default_factory=lambda: TaskSettings(lr=5e-5, batch_size=32, epochs=3, max_length=128)
     )
-    qa: QaSettings = field(
+    qa: QaSettings = Field(
         default_factory=lambda: QaSettings(lr=3e-5, batch_size=16, epochs=5, max_length=384)
     )
-    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    speed: SpeedSettings = Field(default_factory=SpeedSettings)
 
 
 def build_settings(overrides: Sequence[str] = ()) -> EvalSettings:
-    """Defaults with `section.key=value` overrides applied, validated."""
-    settings = EvalSettings()
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section_name, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"override {item!r}: expected section.key=value, e.g. ner.lr=3e-5")
-        sections = {f.name for f in dataclasses.fields(settings)}
-        if section_name not in sections:
-            raise ValueError(
-                f"override {item!r}: unknown section {section_name!r}; "
-                f"allowed: {', '.join(sorted(sections))}"
-            )
-        section = getattr(settings, section_name)
-        types = {f.name: f.type for f in dataclasses.fields(section)}
-        if name not in types:
-            raise ValueError(
-                f"override {item!r}: unknown key {key!r}; allowed: "
-                + ", ".join(f"{section_name}.{n}" for n in types)
-            )
-        setattr(section, name, _coerce(value, types[name], key))
-    validate(settings)
-    return settings
+    """The defaults with `section.key=value` overrides applied (values read as YAML, as recipe
+    overrides are), validated; bad input is a UserError naming the key."""
+    raw = apply_overrides(EvalSettings().model_dump(), overrides)
+    return validate(EvalSettings, raw, root="evaluation settings")
 
 
-def _coerce(value: str, tp: Any, key: str) -> Any:
-    try:
-        if tp in (int, "int"):
-            return int(value)
-        if tp in (float, "float"):
-            return float(value)
-    except ValueError:
-        kind = tp if isinstance(tp, str) else tp.__name__
-        raise ValueError(f"{key}={value!r}: expected {kind}") from None
-    return value
-
-
-def validate(settings: EvalSettings) -> None:
-    for section in ("ner", "re", "qa"):
-        s: TaskSettings = getattr(settings, section)
-        _require(math.isfinite(s.lr) and s.lr > 0, f"{section}.lr", s.lr, "a positive number")
-        for name in ("batch_size", "epochs", "eval_batch_size"):
-            _require(getattr(s, name) >= 1, f"{section}.{name}", getattr(s, name), ">= 1")
-        _require(s.max_length >= 16, f"{section}.max_length", s.max_length, ">= 16")
-        _require(0 <= s.weight_decay < 1, f"{section}.weight_decay", s.weight_decay, "in [0, 1)")
-        _require(0 <= s.warmup_ratio < 1, f"{section}.warmup_ratio", s.warmup_ratio, "in [0, 1)")
-        _require(s.grad_clip > 0, f"{section}.grad_clip", s.grad_clip, "> 0")
-        _require(s.schedule in SCHEDULES, f"{section}.schedule", s.schedule, " | ".join(SCHEDULES))
-    qa = settings.qa
-    _require(0 < qa.stride < qa.max_length, "qa.stride", qa.stride, "in (0, qa.max_length)")
-    for name in ("max_query_length", "max_answer_length", "n_best"):
-        _require(getattr(qa, name) >= 1, f"qa.{name}", getattr(qa, name), ">= 1")
-    sp = settings.speed
-    for name in ("batch_size", "seq_len", "iters"):
-        _require(getattr(sp, name) >= 1, f"speed.{name}", getattr(sp, name), ">= 1")
-    _require(sp.warmup >= 0, "speed.warmup", sp.warmup, ">= 0")
-
-
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}={value!r}: expected {expected}")
-
-
-def as_dict(section: Any) -> dict[str, Any]:
-    return dataclasses.asdict(section)
+def as_dict(section: BaseModel) -> dict[str, Any]:
+    return section.model_dump()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline.errors import UserError
 from evaluation import ner, qa, relation
 from evaluation.__main__ import main
 from evaluation.catalog import BY_NAME, DataError, locate, select_datasets
-from evaluation.config import build_settings
+from evaluation.config import EvalSettings, build_settings
 
 DISEASES = ["breast cancer", "diabetes", "asthma", "sepsis", "lung cancer", "malaria"]
 VERBS = ["unrelated", "causes", "inhibits", "binds", "activates", "degrades"]
@@ -318,14 +319,50 @@ def test_overrides_set_typed_values_and_reject_unknown_keys():
     s = build_settings(["ner.lr=3e-5", "qa.max_length=256", "qa.stride=64", "re.schedule=linear"])
     assert (s.ner.lr, s.qa.max_length, s.qa.stride, s.re.schedule) == (3e-5, 256, 64, "linear")
     assert (s.re.lr, s.re.batch_size, s.re.epochs, s.re.max_length) == (5e-5, 32, 3, 128)
-    with pytest.raises(ValueError, match="unknown key 'ner.learning_rate'.*ner.lr"):
+    with pytest.raises(
+        ValueError, match="unknown key 'ner.learning_rate'; allowed in 'ner': lr, batch_size"
+    ):
         build_settings(["ner.learning_rate=1"])
-    with pytest.raises(ValueError, match="ner.epochs='five': expected int"):
+    with pytest.raises(ValueError, match="ner.epochs='five': expected an integer >= 1"):
         build_settings(["ner.epochs=five"])
     with pytest.raises(ValueError, match="qa.stride=400"):
         build_settings(["qa.stride=400"])
     with pytest.raises(ValueError, match="re.schedule='step'"):
         build_settings(["re.schedule=step"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nre.lr=1", "^unknown key 'nre'; allowed in the evaluation settings: ner, re, qa, speed$"),
+        ("ner.lr=0", "^ner.lr=0.0: expected a number > 0$"),
+        ("ner.lr=true", "^ner.lr=True: expected a number > 0$"),
+        ("re.batch_size=2.5", "^re.batch_size=2.5: expected an integer >= 1$"),
+        ("qa.max_length=8", "^qa.max_length=8: expected an integer >= 16$"),
+        ("qa.stride=384", "^qa.stride=384: expected an integer in \\(0, qa.max_length=384\\)$"),
+        ("re.weight_decay=1", "^re.weight_decay=1.0: expected a number in \\[0, 1\\)$"),
+        ("speed.warmup=-1", "^speed.warmup=-1: expected an integer >= 0$"),
+        ("ner=3", "^ner=3: expected a mapping with keys lr, batch_size, epochs"),
+        ("ner.lr", "^override 'ner.lr': expected key.sub=value$"),
+    ],
+)
+def test_bad_settings_are_one_line_naming_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        build_settings([override])
+
+
+def test_settings_overrides_read_yaml_numbers_as_the_recipe_does():
+    s = build_settings(["ner.epochs=1e1", "speed.iters=20", "re.warmup_ratio=0"])
+    assert (s.ner.epochs, s.speed.iters, s.re.warmup_ratio) == (10, 20, 0.0)
+    assert type(s.ner.epochs) is int and type(s.re.warmup_ratio) is float
+    assert build_settings([]) == EvalSettings()
+
+
+def test_every_setting_has_a_description():
+    s = EvalSettings()
+    for section in ("ner", "re", "qa", "speed"):
+        fields = type(getattr(s, section)).model_fields
+        assert [k for k, f in fields.items() if not f.description] == [], section
 
 
 def test_dataset_selection_follows_tasks_and_the_paper_order():
