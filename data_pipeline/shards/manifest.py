@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import atomic_write_json, first_line, read_json
+from data_pipeline.schema import Float, Int, Str, validate
 
 FORMAT = "biodistill-shards"
 FORMAT_VERSION = 1
@@ -43,40 +47,47 @@ LENGTH_BINS = 16
 SPLITS = ("train", "eval")
 MODES = ("truncate", "pack")
 
+# NOTE: keys the schema does not know are ignored, not refused: the written file also holds what
+# is derived (dtype, a split's samples and tokens), and a key added later as optional (as bytes
+# and sha256 were, within format_version 1) must not make an older reader refuse the file.
+_FILE = ConfigDict(extra="ignore")
+
 
 def length_bin(n_tokens: int, max_len: int) -> int:
     return min(LENGTH_BINS - 1, max(0, (n_tokens - 1) * LENGTH_BINS // max_len))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_FILE)
 class TokenizerInfo:
-    name: str
-    vocab_size: int
-    vocab_hash: str
-    cls_id: int
-    sep_id: int
-    pad_id: int
-    mask_id: int
-    special_ids: tuple[int, ...]
+    name: Str = Field(description="the tokenizer's hub name or directory, as given")
+    vocab_size: Int = Field(ge=1, description="entries of its vocabulary")
+    vocab_hash: Str = Field(description="SHA-256 of its (token, id) pairs in id order")
+    cls_id: Int = Field(ge=0, description="[CLS] id")
+    sep_id: Int = Field(ge=0, description="[SEP] id")
+    pad_id: Int = Field(ge=0, description="[PAD] id")
+    mask_id: Int = Field(ge=0, description="[MASK] id")
+    special_ids: tuple[Int, ...] = Field(description="every special token's id, sorted")
 
     @property
     def dtype(self) -> str:
         return "uint16" if self.vocab_size <= 1 << 16 else "int32"
 
 
-@dataclass
+@dataclass(config=_FILE)
 class ShardInfo:
-    name: str
-    samples: int
-    tokens: int
-    length_hist: list[int] = field(default_factory=lambda: [0] * LENGTH_BINS)
-    bytes: int | None = None  # size of the tar file; None in manifests older than checksums
-    sha256: str | None = None  # of the tar file; None: the shard is read unverified
+    name: Str = Field(description="the tar file's name in the shard directory")
+    samples: Int = Field(ge=0, description="sequences in it")
+    tokens: Int = Field(ge=0, description="real tokens in it ([CLS]/[SEP] in, no padding)")
+    length_hist: list[Int] = Field(
+        default_factory=lambda: [0] * LENGTH_BINS, description="sequences per length bin"
+    )
+    bytes: Int | None = Field(None, ge=0, description="the tar's size; None: an older manifest")
+    sha256: Str | None = Field(None, description="the tar's SHA-256; None: read unverified")
 
 
-@dataclass
+@dataclass(config=_FILE)
 class SplitInfo:
-    shards: list[ShardInfo] = field(default_factory=list)
+    shards: list[ShardInfo] = Field(default_factory=list, description="its shards, in order")
 
     @property
     def samples(self) -> int:
@@ -87,14 +98,14 @@ class SplitInfo:
         return sum(s.tokens for s in self.shards)
 
 
-@dataclass
+@dataclass(config=_FILE)
 class Manifest:
-    tokenizer: TokenizerInfo
-    max_len: int
-    mode: str
-    eval_fraction: float
-    splits: dict[str, SplitInfo]
-    inputs: list[dict[str, Any]]
+    tokenizer: TokenizerInfo = Field(description="the tokenizer the shards were made with")
+    max_len: Int = Field(ge=2, description="tokens per sequence at most")
+    mode: Literal[MODES] = Field(description="one document a sequence, or packed")
+    eval_fraction: Float = Field(ge=0, le=1, description="the records' share held out for eval")
+    splits: dict[Literal[SPLITS], SplitInfo] = Field(description="shards per split")
+    inputs: list[dict[Str, Any]] = Field(description="the input files: path, bytes, sha256")
 
     @property
     def dtype(self) -> str:
@@ -128,64 +139,17 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
-        def get(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-            if key not in obj:
-                raise UserError(f"{source}: missing key '{where}{key}'")
-            value = obj[key]
-            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise UserError(
-                    f"{source}: key '{where}{key}' has {value!r}, expected {_kind_name(kind)}"
-                )
-            return value
-
-        if d.get("format") != FORMAT:
-            raise UserError(
-                f"{source}: not a biodistill shard manifest (format={d.get('format')!r})"
-            )
+    def from_dict(cls, d: Any, source: str = "manifest") -> Manifest:
+        """The manifest a JSON object describes, or UserError naming `source` and the key."""
+        found = d.get("format") if isinstance(d, dict) else None
+        if found != FORMAT:
+            raise UserError(f"{source}: not a biodistill shard manifest (format={found!r})")
         if d.get("format_version") != FORMAT_VERSION:
             raise UserError(
                 f"{source}: format_version {d.get('format_version')!r} is not supported "
                 f"(this version reads {FORMAT_VERSION})"
             )
-        t = get(d, "tokenizer", dict, "")
-        tokenizer = TokenizerInfo(
-            name=get(t, "name", str, "tokenizer."),
-            vocab_size=get(t, "vocab_size", int, "tokenizer."),
-            vocab_hash=get(t, "vocab_hash", str, "tokenizer."),
-            cls_id=get(t, "cls_id", int, "tokenizer."),
-            sep_id=get(t, "sep_id", int, "tokenizer."),
-            pad_id=get(t, "pad_id", int, "tokenizer."),
-            mask_id=get(t, "mask_id", int, "tokenizer."),
-            special_ids=tuple(get(t, "special_ids", list, "tokenizer.")),
-        )
-        mode = get(d, "mode", str, "")
-        if mode not in MODES:
-            raise UserError(f"{source}: key 'mode' has {mode!r}, expected one of {MODES}")
-        splits = {}
-        for name, s in get(d, "splits", dict, "").items():
-            if name not in SPLITS:
-                raise UserError(f"{source}: unknown split '{name}', expected one of {SPLITS}")
-            shards = [
-                ShardInfo(
-                    name=get(x, "name", str, f"splits.{name}.shards[]."),
-                    samples=get(x, "samples", int, f"splits.{name}.shards[]."),
-                    tokens=get(x, "tokens", int, f"splits.{name}.shards[]."),
-                    length_hist=list(get(x, "length_hist", list, f"splits.{name}.shards[].")),
-                    bytes=_optional(x, "bytes", int, get, f"splits.{name}.shards[]."),
-                    sha256=_optional(x, "sha256", str, get, f"splits.{name}.shards[]."),
-                )
-                for x in get(s, "shards", list, f"splits.{name}.")
-            ]
-            splits[name] = SplitInfo(shards=shards)
-        return cls(
-            tokenizer=tokenizer,
-            max_len=get(d, "max_len", int, ""),
-            mode=mode,
-            eval_fraction=float(get(d, "eval_fraction", (int, float), "")),
-            splits=splits,
-            inputs=get(d, "inputs", list, ""),
-        )
+        return validate(cls, d, root="manifest", source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -212,23 +176,6 @@ class Manifest:
                 f"but this run uses '{info.name}' (vocab {info.vocab_size}, "
                 f"hash {info.vocab_hash[:12]}); re-shard with the run's tokenizer"
             )
-
-
-def _optional(obj: dict, key: str, kind: type, get, where: str) -> Any:
-    """`obj[key]` checked like a required key when present and not null, else None."""
-    return None if obj.get(key) is None else get(obj, key, kind, where)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def load_tokenizer(name_or_dir: str):
