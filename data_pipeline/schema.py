@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import annotated_types as at
 from pydantic import (
@@ -103,6 +103,8 @@ def explain(model: type, data: Any, error: ValidationError, root: str) -> str:
     if kind == "missing":  # a fixed-length list one item short: the list is wrong
         return _expected(_locate(model, loc[:-1], data), root)
     node = _locate(model, loc, data)
+    if node.value is _ABSENT:  # not a plain value there (a model instance): pydantic's input
+        node = node._replace(value=first["input"])
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, Invalid):
         key = _join(node.key, cause.key) if cause.key else node.key
@@ -116,9 +118,10 @@ def explain(model: type, data: Any, error: ValidationError, root: str) -> str:
 # ---------------------------------------------------------------- where an error is
 
 
-class _Node:
-    def __init__(self, key: str, tp: Any, value: Any) -> None:
-        self.key, self.tp, self.value = key, tp, value
+class _Node(NamedTuple):
+    key: str  # dotted, "" for the whole input
+    tp: Any  # its annotation, limits included
+    value: Any  # what the input holds there (_ABSENT: nothing)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -18,11 +18,11 @@ import yaml
 from data_pipeline.demo.build import DEMO_MAX_LEN, DEMO_VOCAB
 from data_pipeline.errors import UserError
 from trainer.config.ds_json import apply_ds_overrides, ds_config_for_student, load_ds_config
+from trainer.config.overrides import apply_overrides
 from trainer.config.recipe import (
     DEMO_RECIPE,
     ROOT,
     RunConfig,
-    apply_overrides,
     config_from_dict,
     dump_config,
     load_config,
