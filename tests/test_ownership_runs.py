@@ -128,6 +128,11 @@ def test_what_the_teacher_build_owns(tmp_path):
     assert ownership(teacher) == f"holds notes.txt besides the teacher its {BUILT} lists"
     (teacher / BUILT).write_text(json.dumps({"recipe": "r.yaml"}))  # before the file list
     assert ownership(teacher) is None
+    (teacher / BUILT).write_text(json.dumps({"files": "notes.txt model.safetensors"}))  # no list
+    assert (
+        ownership(teacher)
+        == f"holds {BUILT}, model.safetensors, notes.txt and an unreadable {BUILT}"
+    )
     file = tmp_path / "file"
     file.write_text("x")
     assert ownership(file) == "is a file"

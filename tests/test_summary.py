@@ -97,6 +97,8 @@ def test_a_built_teacher_is_reused_only_for_the_same_recipe_shards_and_global_ba
     assert stale_reason(path, expected) == f"holds no {BUILT}"
     (path / BUILT).write_text("{not json")
     assert stale_reason(path, expected) == f"is stale: its {BUILT} is unreadable"
+    (path / BUILT).write_text(json.dumps({**expected, "global_batch": "48"}))  # not a number
+    assert stale_reason(path, expected) == f"is stale: its {BUILT} is unreadable"
     (path / BUILT).write_text(json.dumps(expected))
     assert stale_reason(path, expected) is None
     assert (

@@ -6,18 +6,36 @@ that the dry-run's plan and pre-flight say the same as the build.
     stale_reason(path, expected)    # None: the teacher there is current; else why not
 
 A directory is the build's when absent, empty, or holding BUILT.json and nothing besides the
-files BUILT.json lists; any other is the user's (loaded as the teacher, never written).
+files BUILT.json lists; any other is the user's (loaded as the teacher, never written). A
+BUILT.json is read through `BuiltRecord`: one that is not JSON, or whose keys have the wrong types,
+is unreadable (the directory is then the user's, and no teacher is current there).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ConfigDict, Field
+
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import listing, read_json
+from data_pipeline.schema import Int, Schema, Str, validate
 from trainer.models.hub_names import is_hub_name
 
 BUILT = "BUILT.json"
+
+
+class BuiltRecord(Schema):
+    """BUILT.json as trainer/cli/teacher_build.py writes it; every key optional, as earlier builds
+    wrote fewer, and keys it does not know (run_dir, later ones) kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    recipe: Str | None = Field(None, description="the build recipe, as teacher.build names it")
+    recipe_sha256: Str | None = Field(None, description="the resolved build recipe's digest")
+    shards_manifest_sha256: Str | None = Field(None, description="the shards' manifest's digest")
+    global_batch: Int | None = Field(None, description="trained at; None: before it was fixed")
+    files: list[Str] | None = Field(None, description="installed; None: vouches for the whole dir")
 
 
 def ownership(path: Path) -> str | None:
@@ -30,11 +48,11 @@ def ownership(path: Path) -> str | None:
     found = sorted(p.name for p in path.iterdir())
     if not found:
         return None
-    stamp = read_or_none(path / BUILT)
+    stamp = read_built(path / BUILT)
     if stamp is None:
         what = "an unreadable" if (path / BUILT).exists() else "no"
         return f"holds {listing(found)} and {what} {BUILT}"
-    listed = stamp.get("files")
+    listed = stamp.files
     if listed is not None:  # NOTE: a BUILT.json of before the file list vouches for the whole dir
         others = [name for name in found if name not in {*listed, BUILT}]
         if others:
@@ -47,24 +65,34 @@ def stale_reason(path: Path, expected: dict) -> str | None:
     stamp = path / BUILT
     if not stamp.is_file():
         return "is missing" if not path.exists() else f"holds no {BUILT}"
-    found = read_or_none(stamp)
+    found = read_built(stamp)
     if found is None:
         return f"is stale: its {BUILT} is unreadable"
-    if found.get("shards_manifest_sha256") != expected["shards_manifest_sha256"]:
+    if found.shards_manifest_sha256 != expected["shards_manifest_sha256"]:
         return "is stale: the shards changed since it was built"
-    if "global_batch" not in found:
+    if found.global_batch is None:
         return (
             "is stale: built before the global batch was the recipe's on any number of ranks "
             f"(this start trains it at {expected['global_batch']})"
         )
-    if found["global_batch"] != expected["global_batch"]:
+    if found.global_batch != expected["global_batch"]:
         return (
-            f"is stale: built at global batch {found['global_batch']}, this start trains it at "
+            f"is stale: built at global batch {found.global_batch}, this start trains it at "
             f"{expected['global_batch']}"
         )
-    if found.get("recipe_sha256") != expected["recipe_sha256"]:
+    if found.recipe_sha256 != expected["recipe_sha256"]:
         return f"is stale: {expected['recipe']} changed since it was built"
     return None
+
+
+def read_built(path: Path) -> BuiltRecord | None:
+    """The BUILT.json at `path`; None when it is missing or unreadable (not JSON, not an object,
+    a key of the wrong type)."""
+    raw = read_or_none(path)
+    try:
+        return None if raw is None else validate(BuiltRecord, raw, root=BUILT)
+    except UserError:
+        return None
 
 
 def read_or_none(path: Path) -> dict | None:
