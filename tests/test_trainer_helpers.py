@@ -20,7 +20,13 @@ import yaml
 from trainer_setup import one_student_config
 from transformers import BertConfig, BertForMaskedLM
 
-from trainer.checkpoint.store import MARKER, complete_checkpoints, latest_complete, step_dir
+from trainer.checkpoint.store import (
+    MARKER,
+    complete_checkpoints,
+    latest_complete,
+    step_dir,
+    verify,
+)
 from trainer.cli.plan import render_plan
 from trainer.config.ds_json import load_ds_config
 from trainer.config.recipe import ROOT, load_config, select_students
@@ -120,6 +126,41 @@ def test_latest_complete_ignores_unfinished_saves(tmp_path):
     assert latest_complete(root) == step_dir(root, 100)
     (step_dir(root, 120) / MARKER).write_text("{}")
     assert latest_complete(root) == step_dir(root, 120)
+
+
+@pytest.mark.parametrize(
+    "files, problem",
+    [
+        ({}, None),  # a marker from before checksums
+        (
+            {
+                "S/w.pt": {
+                    "size": 3,
+                    "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                }
+            },
+            None,
+        ),
+        ({"S/w.pt": {"size": 4, "sha256": "x"}}, "S/w.pt has 3 bytes where COMPLETE.json says 4"),
+        (
+            {"S/w.pt": {"size": "3", "sha256": "x"}},
+            "files.S/w.pt.size='3': expected an integer >= 0",
+        ),
+        ({"S/w.pt": {"size": 3}}, "'files.S/w.pt.sha256' is required"),
+        (["S/w.pt"], "files=\\['S/w.pt'\\]: expected a mapping"),
+    ],
+)
+def test_verify_names_a_marker_that_does_not_read_as_one(tmp_path, files, problem):
+    """A marker with a key of the wrong shape fails verification (the resume then takes an older
+    checkpoint) instead of stopping the start-up with a TypeError."""
+    directory = _step(tmp_path, 1, complete=False)
+    (directory / "S" / "w.pt").write_bytes(b"abc")
+    (directory / MARKER).write_text(json.dumps({"format": 1, "step": 1, "files": files}))
+    found = verify(directory)
+    if problem is None:
+        assert found is None
+    else:
+        assert re.search(problem, found), found
 
 
 # ---------------------------------------------------------------- dry-run plan

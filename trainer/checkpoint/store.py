@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from pydantic import ConfigDict, Field
 
 from data_pipeline.io_utils import (
     UserError,
@@ -43,6 +44,7 @@ from data_pipeline.io_utils import (
     read_json,
     sha256_file,
 )
+from data_pipeline.schema import Int, Schema, Str, validate
 from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,32 @@ def newest_complete_marker(root: Path) -> tuple[Path, dict] | None:
     return None if newest is None else (newest, read_json(newest / MARKER))
 
 
+class FileRecord(Schema):
+    size: Int = Field(ge=0, description="bytes")
+    sha256: Str = Field(description="SHA-256 of the file")
+
+
+class Marker(Schema):
+    """COMPLETE.json as read (`Checkpointer._write` writes it). The run's summary beside these
+    keys is kept as it is; markers from before checksums have no `files`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Int | None = Field(None, description="the checkpoint format (FORMAT_VERSION)")
+    step: Int | None = Field(None, ge=0, description="the run's step it was saved at")
+    world_size: Int | None = Field(None, ge=1, description="ranks that saved it")
+    students: dict[Str, Int] = Field(default_factory=dict, description="student: its steps")
+    files: dict[Str, FileRecord] = Field(
+        default_factory=dict, description="every other file of the checkpoint: size, SHA-256"
+    )
+
+
+def read_marker(directory: Path) -> Marker:
+    """The COMPLETE.json of `directory`, checked; UserError naming the file and the key."""
+    path = directory / MARKER
+    return validate(Marker, read_json(path), root=MARKER, source=str(path))
+
+
 def rank_file(directory: Path, rank: int) -> Path:
     return directory / f"rank-{rank:05d}.pt"
 
@@ -98,7 +126,7 @@ def verify(directory: Path) -> str | None:
     """None when every file COMPLETE.json lists is there with its size and SHA-256; otherwise
     the first problem, for a message. A marker from before checksums (no "files") passes."""
     try:
-        files = read_json(directory / MARKER).get("files", {})
+        files = read_marker(directory).files
     except UserError as e:
         return str(e)
     for rel, want in files.items():
@@ -106,9 +134,9 @@ def verify(directory: Path) -> str | None:
         if not path.is_file():
             return f"{rel} is missing"
         size = path.stat().st_size
-        if size != want["size"]:
-            return f"{rel} has {size:,} bytes where {MARKER} says {want['size']:,}"
-        if sha256_file(path) != want["sha256"]:
+        if size != want.size:
+            return f"{rel} has {size:,} bytes where {MARKER} says {want.size:,}"
+        if sha256_file(path) != want.sha256:
             return f"{rel}: its SHA-256 differs from the one in {MARKER} (corrupted)"
     return None
 
@@ -217,19 +245,20 @@ class Checkpointer:
 
     def load(self, directory: Path, students: list) -> dict:
         """Restore every student's engine from `directory`; returns this rank's saved state."""
-        marker = read_json(directory / MARKER)
-        if marker.get("format") != FORMAT_VERSION:
-            raise UserError(f"{directory}: checkpoint format {marker.get('format')} unsupported")
-        missing = [s.name for s in students if s.name not in marker["students"]]
+        marker = read_marker(directory)
+        if marker.format != FORMAT_VERSION:
+            raise UserError(f"{directory}: checkpoint format {marker.format} unsupported")
+        missing = [s.name for s in students if s.name not in marker.students]
         if missing:
             raise UserError(
                 f"{directory}: holds no state for student(s) {missing}; it has "
-                f"{sorted(marker['students'])}. Start a new run (run.name) for other students"
+                f"{sorted(marker.students)}. Start a new run (run.name) for other students"
             )
-        if marker["world_size"] != self.rt.world_size:
+        if marker.world_size != self.rt.world_size:
             from trainer.checkpoint.elastic import load_elsewhere  # NOTE: it imports this module
 
-            return load_elsewhere(directory, marker, students, self.rt, self.root.parent)
+            saved = marker.model_dump()
+            return load_elsewhere(directory, saved, students, self.rt, self.root.parent)
         for s in students:
             path, client = s.engine.load_checkpoint(
                 str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True
