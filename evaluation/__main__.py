@@ -135,15 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def read_settings(overrides: list[str]) -> EvalSettings:
     """The fine-tuning settings with the `section.key=value` overrides; bad ones raise UserError."""
-    from data_pipeline.errors import UserError
     from evaluation.config import build_settings
 
-    try:
-        return build_settings(overrides)
-    except ValueError as e:
-        # NOTE: evaluation/config.py (the schema) raises ValueError for a bad setting until it
-        # raises UserError itself; only its call is wrapped, nothing else
-        raise UserError(str(e)) from None
+    return build_settings(overrides)
 
 
 if __name__ == "__main__":

@@ -623,7 +623,7 @@ def test_ds_config_for_student_fills_optimizer_and_schedule():
 
 
 def test_load_ds_config_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file.*ds_configs/zero2.json"):
+    with pytest.raises(UserError, match="no such file.*ds_configs/zero2.json"):
         load_ds_config(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{bf16: on}")
     with ds_error("not valid JSON"):
@@ -732,7 +732,7 @@ def test_fp16_override_is_refused():
 
 
 def test_missing_or_invalid_recipe(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no such file"):
         load_config(tmp_path / "nope.yaml", [])
     (tmp_path / "bad.yaml").write_text("run: [unclosed\n")
     with error("not valid YAML"):

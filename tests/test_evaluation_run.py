@@ -229,6 +229,7 @@ def test_progress_lines_give_rate_and_cell_and_run_eta(caplog, monkeypatch):
     p.start_cell("M | GAD/fold1 | seed 42", units=100)
     now[0] = 14.0
     with caplog.at_level("INFO", logger="evaluation"):
+        caplog.clear()  # the cell's first line, caught or not as an earlier test left the level
         p.step(5, 10, lambda: 0.5)  # 0.5 steps/s in the cell; 50 of 200 units in 14 s
         now[0] = 16.0
 

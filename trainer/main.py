@@ -127,17 +127,10 @@ def read_config(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     overrides); bad input raises UserError."""
     ds_overrides = [o for o in args.overrides if o.startswith(DS_OVERRIDE_PREFIX)]
     recipe_overrides = [o for o in args.overrides if not o.startswith(DS_OVERRIDE_PREFIX)]
-    try:
-        cfg = load_config(args.recipe, recipe_overrides)
-        if args.students:
-            cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
-        ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
-    except UserError:
-        raise
-    except (ValueError, FileNotFoundError) as e:
-        # NOTE: the schema (trainer/config) raises these for a bad recipe, override or JSON
-        # until it raises UserError itself; only its calls are wrapped, nothing else
-        raise UserError(str(e)) from None
+    cfg = load_config(args.recipe, recipe_overrides)
+    if args.students:
+        cfg = select_students(cfg, [n.strip() for n in args.students.split(",") if n.strip()])
+    ds = apply_ds_overrides(load_ds_config(args.ds_config), ds_overrides)
     return cfg, ds
 
 

@@ -52,9 +52,7 @@ def build_config(cfg: RunConfig) -> RunConfig:
     section = cfg.teacher
     try:
         build = load_config(section.build)
-    except (ValueError, FileNotFoundError) as e:  # UserError included
-        # NOTE: the schema (trainer/config) raises ValueError for a bad recipe until it raises
-        # UserError itself
+    except UserError as e:
         raise UserError(f"teacher.build={section.build!r}: {e}") from None
     if len(build.students) != 1:
         names = [s.name for s in build.students]

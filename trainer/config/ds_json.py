@@ -46,13 +46,13 @@ def load_ds_config(path: str | Path) -> dict:
     p = shipped(path)
     if not p.is_file():
         names = ", ".join(sorted(f"ds_configs/{f.name}" for f in DS_CONFIG_DIR.glob("*.json")))
-        raise FileNotFoundError(f"DeepSpeed config {p}: no such file (shipped: {names})")
+        raise UserError(f"DeepSpeed config {p}: no such file (shipped: {names})")
     try:
         ds = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"DeepSpeed config {p}: not valid JSON ({e})") from None
+        raise UserError(f"DeepSpeed config {p}: not valid JSON ({e})") from None
     if not isinstance(ds, dict):
-        raise ValueError(f"DeepSpeed config {p}: expected a JSON object")
+        raise UserError(f"DeepSpeed config {p}: expected a JSON object")
     _check_not_owned(ds, str(p))
     _check_keys(ds, f"DeepSpeed config {p}")
     _check_zero(ds, f"DeepSpeed config {p}")
@@ -99,7 +99,7 @@ def _check_keys(ds: dict, where: str) -> None:
     known = _known_keys((), {})
     for key in ds:
         if key not in known:
-            raise ValueError(f"{where}: {key!r} is not a DeepSpeed key{_did_you_mean(key, known)}")
+            raise UserError(f"{where}: {key!r} is not a DeepSpeed key{_did_you_mean(key, known)}")
 
 
 def _check_zero(ds: dict, where: str) -> None:
@@ -154,7 +154,7 @@ _NO_FP16 = (
 
 def _check_precision(ds: dict, where: str) -> None:
     if ds.get("fp16", {}).get("enabled"):
-        raise ValueError(f"{where}: {_NO_FP16}")
+        raise UserError(f"{where}: {_NO_FP16}")
 
 
 def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
@@ -165,9 +165,9 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
     for item in overrides:
         parts, value = parse_override(item, DS_OVERRIDE_PREFIX)
         if parts[0] == "fp16":
-            raise ValueError(f"override {item!r}: {_NO_FP16}")
+            raise UserError(f"override {item!r}: {_NO_FP16}")
         if parts[0] in RECIPE_OWNED:
-            raise ValueError(
+            raise UserError(
                 f"override {item!r}: the recipe owns each student's {parts[0]} "
                 f"(students.NAME.optimizer), not the DeepSpeed JSON"
             )
@@ -178,7 +178,7 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
             if part not in known:
                 hint = _did_you_mean(part, known)
                 section = ".".join(where) or "the top level"
-                raise ValueError(
+                raise UserError(
                     f"override {item!r}: {part!r} is not a DeepSpeed key at {section}{hint}"
                 )
             if depth == len(parts) - 1:
@@ -186,7 +186,7 @@ def apply_ds_overrides(ds: dict, overrides: list[str]) -> dict:
             else:
                 child = node.setdefault(part, {})
                 if not isinstance(child, dict):
-                    raise ValueError(
+                    raise UserError(
                         f"override {item!r}: {'.'.join(parts[: depth + 1])} is "
                         f"{child!r}, not a section"
                     )
@@ -306,7 +306,7 @@ def _product(world_size: int, micro: int, accumulation: int) -> str:
 def _check_not_owned(ds: dict, where: str) -> None:
     owned = [k for k in RECIPE_OWNED if k in ds]
     if owned:
-        raise ValueError(
+        raise UserError(
             f"{where}: has {', '.join(owned)}; each student's optimizer and LR schedule come from "
             "the recipe (students.NAME.optimizer), so remove these blocks"
         )

@@ -303,7 +303,7 @@ def load_config(recipe_path: str | Path | None, overrides: Sequence[str] = ()) -
     """Read a recipe (None: recipes/demo.yaml), apply `key.sub=value` overrides, validate."""
     path = shipped(recipe_path) if recipe_path is not None else DEMO_RECIPE
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path}: no such file")
+        raise UserError(f"recipe {path}: no such file")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=YamlLoader)
     except yaml.YAMLError as e:
