@@ -256,6 +256,47 @@ def crash_at_shard(monkeypatch, n: int) -> list[str]:
     return written
 
 
+@pytest.mark.parametrize("cut", [0, 1, 3, 5])
+def test_writer_and_packer_restored_from_state_go_on_as_the_originals(tmp_path, cut):
+    """The journal saves and restores the writer and the packer only through state()/restore():
+    a pair restored from the state after `cut` documents writes what the original pair writes."""
+    rng = np.random.default_rng(cut)
+    stream = [
+        (rng.integers(5, 99, rng.integers(1, 12)).astype(np.int32), ["pmid", i]) for i in range(8)
+    ]
+
+    def feed(packer, writer, docs) -> None:
+        for ids, key in docs:
+            for content, keys in packer.add(ids, key):
+                writer.add(content.astype(np.uint16), {"pmids": [k[1] for k in keys]})
+            while len(writer.pending) >= 2:
+                writer.write_shard()
+
+    def pair(directory: Path):
+        directory.mkdir()
+        return shards.Packer(6, 102), shards.SplitWriter(directory, "train", 2, 8, "uint16")
+
+    packer, writer = pair(tmp_path / "a")
+    feed(packer, writer, stream[:cut])
+    p_state, w_state = packer.state(), writer.state()
+    feed(packer, writer, stream[cut:])
+    again_packer, again_writer = pair(tmp_path / "b")
+    again_packer.restore(p_state)
+    again_writer.restore(w_state)
+    for name in [s.name for s in w_state["shards"]]:  # the shards written before the state
+        (tmp_path / "b" / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    feed(again_packer, again_writer, stream[cut:])
+    assert again_writer.state()["shards"] == writer.state()["shards"]
+    assert all_bytes(tmp_path / "b") == all_bytes(tmp_path / "a")
+    for (ids, meta), (ids2, meta2) in zip(writer.pending, again_writer.pending, strict=True):
+        assert np.array_equal(ids, ids2) and meta == meta2
+    assert [len(x) for x in (writer.pending, again_writer.pending)] == [len(writer.pending)] * 2
+    last, again_last = packer.flush(), again_packer.flush()
+    assert (last is None) == (again_last is None)
+    if last is not None:
+        assert np.array_equal(last[0], again_last[0]) and last[1] == again_last[1]
+
+
 @pytest.mark.parametrize("mode", ["truncate", "pack"])
 def test_resume_after_crash_is_byte_identical(tmp_path, monkeypatch, jsonl, tokenizer_dir, mode):
     kw = dict(max_len=32, mode=mode, eval_fraction=0.1, samples_per_shard=120)

@@ -7,7 +7,8 @@ Layout (DIR/.shard-state/, its files removed once manifest.json is written):
                         written before the state.json that names it
 
 The fingerprint covers the inputs (size + sha256), the tokenizer and every setting that changes the
-output, so a journal is only ever resumed by the run that wrote it.
+output, so a journal is only ever resumed by the run that wrote it. The writers and packers are
+saved and restored through their own `state()` / `restore(state)` (data_pipeline/shards/writer.py).
 """
 
 from __future__ import annotations
@@ -65,16 +66,14 @@ class Journal:
     ) -> None:
         arrays: dict[str, np.ndarray] = {}
         meta: dict[str, dict] = {}
+        shards: dict[str, list[dict]] = {}
         for split, w in writers.items():
-            lens = np.array([len(ids) for ids, _ in w.pending], np.int64)
-            arrays[f"{split}_ids"] = (
-                np.concatenate([ids for ids, _ in w.pending]) if w.pending else np.zeros(0, w.dtype)
-            )
-            arrays[f"{split}_lens"] = lens
-            p = packers.get(split)
-            carry = np.concatenate(p.parts) if p and p.n else np.zeros(0, np.int32)
-            arrays[f"{split}_carry"] = carry
-            meta[split] = {"metas": [m for _, m in w.pending], "carry_keys": p.keys if p else []}
+            ws = w.state()
+            p = packers[split].state() if split in packers else None
+            arrays[f"{split}_ids"], arrays[f"{split}_lens"] = ws["ids"], ws["lens"]
+            arrays[f"{split}_carry"] = p["carry"] if p else np.zeros(0, np.int32)
+            meta[split] = {"metas": ws["metas"], "carry_keys": p["keys"] if p else []}
+            shards[split] = [asdict(i) for i in ws["shards"]]
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         self.seq += 1
         name = f"pending-{self.seq:06d}.npz"
@@ -86,7 +85,7 @@ class Journal:
             "seq": self.seq,
             "records_consumed": consumed,
             "pending_file": name,
-            "splits": {s: [asdict(i) for i in w.shards] for s, w in writers.items()},
+            "splits": shards,
         }
         with atomic_path(self.dir / "state.json") as tmp:
             tmp.write_text(json.dumps(state, sort_keys=True))
@@ -112,15 +111,17 @@ class Journal:
         with np.load(self.dir / state["pending_file"], allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
             for split, w in writers.items():
-                w.shards = [ShardInfo(**i) for i in state["splits"][split]]
-                metas = meta[split]["metas"]
-                cut = np.cumsum(z[f"{split}_lens"])[:-1]
-                samples = np.split(z[f"{split}_ids"], cut) if metas else []
-                w.pending = list(zip(samples, metas, strict=True))
-                carry = z[f"{split}_carry"]
-                if split in packers and len(carry):
-                    p = packers[split]
-                    p.parts, p.n, p.keys = [carry], len(carry), meta[split]["carry_keys"]
+                w.restore(
+                    {
+                        "shards": [ShardInfo(**i) for i in state["splits"][split]],
+                        "ids": z[f"{split}_ids"],
+                        "lens": z[f"{split}_lens"],
+                        "metas": meta[split]["metas"],
+                    }
+                )
+                if split in packers:
+                    carry = z[f"{split}_carry"]
+                    packers[split].restore({"carry": carry, "keys": meta[split]["carry_keys"]})
         return state["records_consumed"]
 
 
@@ -180,7 +181,7 @@ def complete_run(
 def _unjournaled(writers: dict[str, SplitWriter]) -> set[str]:
     """The shard files a crash can leave after the journal's last save: each shard is written,
     then journalled, so at most the next shard of each split."""
-    return {f"{split}-{len(w.shards):06d}.tar" for split, w in writers.items()}
+    return {f"{split}-{len(w.state()['shards']):06d}.tar" for split, w in writers.items()}
 
 
 def _clean_output(out: Path, writers: dict[str, SplitWriter]) -> None:
@@ -212,7 +213,7 @@ def resume(
             "new --output or remove them"
         )
     consumed = journal.restore(state, writers, packers) if state else 0
-    journaled = {i.name for w in writers.values() for i in w.shards}
+    journaled = {i.name for w in writers.values() for i in w.state()["shards"]}
     if gone := sorted(n for n in journaled if not (out / n).is_file()):
         raise UserError(
             f"{out}: shards named by the resume journal are gone ({', '.join(gone[:3])}); "

@@ -106,6 +106,18 @@ class Packer:
         self.parts, self.keys, self.n = [], [], 0
         return done
 
+    def state(self) -> dict:
+        """What `restore` needs to go on cutting where this packer is: {"carry": the tokens of
+        the sequence begun (int32 when empty), "keys": the keys of the documents in it}."""
+        carry = np.concatenate(self.parts) if self.n else np.zeros(0, np.int32)
+        return {"carry": carry, "keys": list(self.keys)}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()`, as the packer that gave it would."""
+        carry = state["carry"]
+        self.parts, self.n = ([carry] if len(carry) else []), len(carry)
+        self.keys = list(state["keys"]) if len(carry) else []
+
 
 def _meta(keys: list[list], n_tokens: int, pack: bool) -> dict:
     if not pack:
@@ -165,6 +177,26 @@ class SplitWriter:
 
     def add(self, ids: np.ndarray, meta: dict) -> None:
         self.pending.append((ids, meta))
+
+    def state(self) -> dict:
+        """What `restore` needs to go on where this writer is: {"shards": the finished shards
+        (ShardInfo), "ids": the pending samples' ids end to end (the writer's dtype), "lens":
+        their lengths (int64), "metas": their metadata}."""
+        pending = self.pending
+        ids = np.concatenate([i for i, _ in pending]) if pending else np.zeros(0, self.dtype)
+        return {
+            "shards": list(self.shards),
+            "ids": ids,
+            "lens": np.array([len(i) for i, _ in pending], np.int64),
+            "metas": [m for _, m in pending],
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()`, as the writer that gave it would."""
+        self.shards = list(state["shards"])
+        metas = state["metas"]
+        samples = np.split(state["ids"], np.cumsum(state["lens"])[:-1]) if metas else []
+        self.pending = list(zip(samples, metas, strict=True))
 
     @property
     def samples(self) -> int:
