@@ -45,7 +45,7 @@ REPEATS = 3
 def measure(quick: bool, root: Path) -> dict:
     import deepspeed
 
-    from trainer.checkpoint.store import file_records, verify
+    from trainer.checkpoint.store import file_records, read_plan, verify
     from trainer.config.ds_json import load_ds_config, micro_batch_size
     from trainer.runtime.distributed import Runtime
     from trainer.train.builder import build_trainer
@@ -80,7 +80,8 @@ def measure(quick: bool, root: Path) -> dict:
             assert verify(directory) is None, directory
             times["verify"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            trainer.checkpointer.load(directory, trainer.students)
+            plan = read_plan(directory, rt.world_size, [s.name for s in trainer.students])
+            trainer.checkpointer.load(plan, trainer.students)
             times["load"].append(time.perf_counter() - start)
         trainer.inputs.loader.close()
     finally:

@@ -20,16 +20,13 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import atomic_path
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, TokenizerInfo
-
-if TYPE_CHECKING:  # shards imports this module
-    from data_pipeline.shards.writer import Packer, SplitWriter
 
 STATE_DIR = ".shard-state"
 STATE_VERSION = 1
@@ -39,6 +36,15 @@ _TMP_NAME = re.compile(r"^\.(train|eval)-\d{6}\.tar\..*\.tmp$")  # atomic_path l
 _JOURNAL_NAME = re.compile(
     r"^(state\.json|pending-\d{6}\.npz)$|^\.(state\.json|pending-\d{6}\.npz)\..*\.tmp$"
 )
+
+
+class Stateful(Protocol):
+    """A split's shard writer or packer (data_pipeline/shards/writer.py, which imports this
+    module): the journal reads and sets them through these two methods only."""
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
 
 
 class Journal:
@@ -62,7 +68,7 @@ class Journal:
         return state
 
     def save(
-        self, consumed: int, writers: dict[str, SplitWriter], packers: dict[str, Packer]
+        self, consumed: int, writers: dict[str, Stateful], packers: dict[str, Stateful]
     ) -> None:
         arrays: dict[str, np.ndarray] = {}
         meta: dict[str, dict] = {}
@@ -105,7 +111,7 @@ class Journal:
             self.dir.rmdir()
 
     def restore(
-        self, state: dict, writers: dict[str, SplitWriter], packers: dict[str, Packer]
+        self, state: dict, writers: dict[str, Stateful], packers: dict[str, Stateful]
     ) -> int:
         self.seq = state["seq"]
         with np.load(self.dir / state["pending_file"], allow_pickle=False) as z:
@@ -178,13 +184,13 @@ def complete_run(
     return existing
 
 
-def _unjournaled(writers: dict[str, SplitWriter]) -> set[str]:
+def _unjournaled(writers: dict[str, Stateful]) -> set[str]:
     """The shard files a crash can leave after the journal's last save: each shard is written,
     then journalled, so at most the next shard of each split."""
     return {f"{split}-{len(w.state()['shards']):06d}.tar" for split, w in writers.items()}
 
 
-def _clean_output(out: Path, writers: dict[str, SplitWriter]) -> None:
+def _clean_output(out: Path, writers: dict[str, Stateful]) -> None:
     """Drop what a crashed run left past its journal: the next shard of a split, temp files.
     NOTE: no other file is touched, a user's shard-like file included."""
     crashed = _unjournaled(writers)
@@ -194,7 +200,7 @@ def _clean_output(out: Path, writers: dict[str, SplitWriter]) -> None:
 
 
 def resume(
-    out: Path, journal: Journal, writers: dict[str, SplitWriter], packers: dict[str, Packer]
+    out: Path, journal: Journal, writers: dict[str, Stateful], packers: dict[str, Stateful]
 ) -> int:
     """Restore the writers from the journal (if any) and return the records already consumed."""
     state = journal.load()

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if found is not None:
         directory, marker = found
-        print(f"step={marker['step']} world_size={marker['world_size']} path={directory}")
+        print(f"step={marker.step} world_size={marker.world_size} path={directory}")
     return 0
 
 

@@ -1,14 +1,19 @@
 """Resume a checkpoint saved by N ranks on M != N ranks (elastic resume).
 
-    ds, line = keep_global_batch(ds, checkpoints_root, world_size, keep=True)   # before engines
-    state = load_elsewhere(directory, marker, students, rt, run_dir)   # Checkpointer.load
+    plan = checkpointer.plan_resume(names)          # builder: COMPLETE.json, read once
+    ds, line = keep_global_batch(ds, plan, world_size, keep=True)   # before the engines
+    state = restore(plan, checkpointer, students)    # Trainer.resume: as saved, or converted
 
-- Global batch: the checkpoint's ds_config.json says how it was trained (N x micro x accumulation).
-  With train.keep_global_batch (default) M ranks go on with the same global batch: the
-  accumulation makes it up, and where none does, a smaller micro-batch per rank (the largest
-  divisor of a rank's share that the JSON's micro-batch allows); refused only where M does not
-  divide it. Without it this start's own global batch is taken, with a warning. The LR schedule
-  counts optimizer steps either way.
+The plan (trainer/checkpoint/store.py `ResumePlan`) says which checkpoint, the ranks that saved
+it, its global batch and whether it is elastic; this module reads it and nothing else of the
+checkpoint's record.
+
+- Global batch: the plan says how the checkpoint was trained (N x micro x accumulation, from
+  the ds_config.json saved in it). With train.keep_global_batch (default) M ranks go on with the
+  same global batch: the accumulation makes it up, and where none does, a smaller micro-batch
+  per rank (the largest divisor of a rank's share that the JSON's micro-batch allows); refused
+  only where M does not divide it. Without it this start's own global batch is taken, with a
+  warning. The LR schedule counts optimizer steps either way.
 - Students' engines: each student's DeepSpeed checkpoint is converted to a universal checkpoint
   (DeepSpeed's `ds_to_universal`, with `inject_missing_state`: a model without Megatron-style
   tensor parallelism carries no universal-checkpoint info) by rank 0, into
@@ -34,9 +39,8 @@ from pathlib import Path
 import torch
 
 from data_pipeline.errors import UserError
-from data_pipeline.io_utils import read_json
 from data_pipeline.slots import merge_states
-from trainer.checkpoint.store import newest_complete_marker, rank_file
+from trainer.checkpoint.store import Checkpointer, ResumePlan, rank_file
 from trainer.config.ds_json import fit_global_batch, micro_batch_size
 from trainer.runtime.distributed import Runtime
 
@@ -46,29 +50,29 @@ UNIVERSAL = "universal"  # run_dir/universal/step-N/<student>/global_stepK: the 
 
 
 def keep_global_batch(
-    ds: dict, root: Path, world_size: int, *, keep: bool, global_batch: int | None = None
+    ds: dict,
+    plan: ResumePlan | None,
+    world_size: int,
+    *,
+    keep: bool,
+    global_batch: int | None = None,
 ) -> tuple[dict, str]:
     """`ds` fitted to the global batch this start trains (ds_config.fit_global_batch), and the
-    line that says it: `global_batch` (the recipe's), except when the newest checkpoint under
-    `root` was saved on another number of ranks and `keep`: then the checkpoint's, made up by
+    line that says it: `global_batch` (the recipe's), except when the checkpoint `plan` resumes
+    from was saved on another number of ranks and `keep`: then the checkpoint's, made up by
     the accumulation or, where none does, a smaller micro-batch."""
-    found = newest_complete_marker(root)
-    if found is None or found[1]["world_size"] == world_size:
+    if plan is None or not plan.elastic:
         return fit_global_batch(ds, world_size, global_batch)
-    directory, marker = found
-    saved_ds = directory / "ds_config.json"
-    if not saved_ds.is_file():
+    directory, saved_global = plan.directory, plan.global_batch
+    if saved_global is None:
         raise UserError(
-            f"{directory}: saved by {marker['world_size']} ranks, this run has {world_size}, and "
+            f"{directory}: saved by {plan.world_size} ranks, this run has {world_size}, and "
             "the checkpoint does not say its batch (no ds_config.json): resume on "
-            f"{marker['world_size']} ranks"
+            f"{plan.world_size} ranks"
         )
-    old = read_json(saved_ds)
-    old_micro, old_accumulation = _batch(old, marker["world_size"])
-    saved_global = marker["world_size"] * old_micro * old_accumulation
     what = (
-        f"{directory.name} was trained on {marker['world_size']} ranks x micro-batch {old_micro} "
-        f"x accumulation {old_accumulation} = global batch {saved_global}"
+        f"{directory.name} was trained on {plan.world_size} ranks x micro-batch "
+        f"{plan.micro_batch} x accumulation {plan.accumulation} = global batch {saved_global}"
     )
     if not keep:
         out, line = fit_global_batch(ds, world_size, global_batch)
@@ -86,7 +90,8 @@ def keep_global_batch(
         raise UserError(
             f"{what}, {e}, or train.keep_global_batch=false to go on with another global batch"
         ) from None
-    micro, accumulation = _batch(ds, world_size)
+    micro = micro_batch_size(ds, world_size)
+    accumulation = int(ds.get("gradient_accumulation_steps", 1))
     if out["gradient_accumulation_steps"] != accumulation:
         logger.warning(
             "%s: gradient_accumulation_steps %d -> %d keeps the global batch",
@@ -100,17 +105,20 @@ def keep_global_batch(
     return out, line
 
 
-def _batch(ds: dict, world_size: int) -> tuple[int, int]:
-    return micro_batch_size(ds, world_size), int(ds.get("gradient_accumulation_steps", 1))
+def restore(plan: ResumePlan, checkpointer: Checkpointer, students: list) -> dict:
+    """Restore every student's engine from the plan's checkpoint and return the rank state this
+    rank goes on with: as saved (`Checkpointer.load`) when saved on as many ranks, else
+    converted (`load_elsewhere`). NOTE: collective."""
+    if not plan.elastic:
+        return checkpointer.load(plan, students)
+    return load_elsewhere(plan, students, checkpointer.rt, checkpointer.root.parent)
 
 
-def load_elsewhere(
-    directory: Path, marker: dict, students: list, rt: Runtime, run_dir: Path
-) -> dict:
-    """Restore every student's engine from a checkpoint saved on another number of ranks (its
-    `marker` says how many), and return the rank state this rank goes on with.
+def load_elsewhere(plan: ResumePlan, students: list, rt: Runtime, run_dir: Path) -> dict:
+    """Restore every student's engine from a checkpoint saved on another number of ranks (the
+    plan says how many), and return the rank state this rank goes on with.
     NOTE: collective."""
-    saved_world = marker["world_size"]
+    directory, saved_world = plan.directory, plan.world_size
     logger.warning(
         "%s: saved by %d ranks, resuming on %d: converting each student's state to a universal "
         "checkpoint (DeepSpeed ds_to_universal)", directory, saved_world, rt.world_size,
@@ -120,12 +128,12 @@ def load_elsewhere(
     def convert() -> None:
         shutil.rmtree(target, ignore_errors=True)  # a conversion that did not finish
         for s in students:
-            tag = f"global_step{marker['students'][s.name]}"
+            tag = f"global_step{plan.students[s.name]}"
             to_universal(directory / s.name / tag, target / s.name / tag)
 
     rt.on_main(convert)
     for s in students:
-        tag = f"global_step{marker['students'][s.name]}"
+        tag = f"global_step{plan.students[s.name]}"
         _load_universal(s.engine, target / s.name, tag)
     rt.barrier()
     if rt.is_main:

@@ -13,6 +13,11 @@ Layout, one directory per save:
                                were fsynced: step, world size, students and their steps, and
                                every other file of the checkpoint with its size and SHA-256
 
+- Start-up reads the checkpoint it resumes from once, into a `ResumePlan`
+  (`Checkpointer.plan_resume`, before the engines exist): which checkpoint, the ranks that saved
+  it, its global batch (from the ds_config.json saved in it) and whether it is elastic (saved on
+  another number of ranks). The batch fitting and the load read the plan
+  (trainer/checkpoint/elastic.py); `Checkpointer.load` loads a checkpoint saved on as many ranks.
 - Every rank calls `save` (DeepSpeed's save is collective). A directory without COMPLETE.json is
   a save that did not finish: it is never loaded, and the next save removes it.
 - Start-up resumes from the newest complete checkpoint whose files all match their sizes and
@@ -29,13 +34,14 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import ConfigDict, Field
 
+from data_pipeline.errors import UserError
 from data_pipeline.io_utils import (
-    UserError,
     atomic_path,
     atomic_write_json,
     fsync_tree,
@@ -45,11 +51,13 @@ from data_pipeline.io_utils import (
     sha256_file,
 )
 from data_pipeline.schema import Int, Schema, Str, validate
+from trainer.config.ds_json import micro_batch_size
 from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
+DS_RECORD = "ds_config.json"  # the run's DeepSpeed JSON, saved in every checkpoint
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")  # {step:08d}: 8 digits, more past 10^8
 
@@ -75,11 +83,11 @@ def latest_complete(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def newest_complete_marker(root: Path) -> tuple[Path, dict] | None:
+def newest_complete_marker(root: Path) -> tuple[Path, Marker] | None:
     """The newest complete checkpoint under `root` and its marker (not verified: for a look at
     how it was made before the engines exist; the resume verifies what it loads)."""
     newest = latest_complete(root)
-    return None if newest is None else (newest, read_json(newest / MARKER))
+    return None if newest is None else (newest, read_marker(newest))
 
 
 class FileRecord(Schema):
@@ -106,6 +114,58 @@ def read_marker(directory: Path) -> Marker:
     """The COMPLETE.json of `directory`, checked; UserError naming the file and the key."""
     path = directory / MARKER
     return validate(Marker, read_json(path), root=MARKER, source=str(path))
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """The checkpoint a start resumes from, as its COMPLETE.json (read once) says it was saved.
+
+    plan = checkpointer.plan_resume(["DistilBioBERT"])   # None: nothing to resume
+    plan.directory, plan.world_size, plan.global_batch, plan.elastic
+    """
+
+    directory: Path
+    step: int
+    world_size: int  # the ranks that saved it
+    students: dict[str, int]  # each student's optimizer steps (its engine's tag global_step<N>)
+    micro_batch: int | None  # per rank, from its ds_config.json (None: it has none)
+    accumulation: int | None
+    elastic: bool  # saved on another number of ranks than this start has
+
+    @property
+    def global_batch(self) -> int | None:
+        if self.micro_batch is None or self.accumulation is None:
+            return None
+        return self.world_size * self.micro_batch * self.accumulation
+
+
+def read_plan(directory: Path, world_size: int, students: list[str]) -> ResumePlan:
+    """The plan to resume `students` on `world_size` ranks from the complete checkpoint
+    `directory` (not verified here: `Checkpointer.plan_resume` verifies first)."""
+    marker = read_marker(directory)
+    if marker.format != FORMAT_VERSION:
+        raise UserError(f"{directory}: checkpoint format {marker.format} unsupported")
+    missing = [name for name in students if name not in marker.students]
+    if missing:
+        raise UserError(
+            f"{directory}: holds no state for student(s) {missing}; it has "
+            f"{sorted(marker.students)}. Start a new run (run.name) for other students"
+        )
+    saved_world = marker.world_size
+    micro = accumulation = None
+    if (directory / DS_RECORD).is_file():
+        ds = read_json(directory / DS_RECORD)
+        micro = micro_batch_size(ds, saved_world)
+        accumulation = int(ds.get("gradient_accumulation_steps", 1))
+    return ResumePlan(
+        directory=directory,
+        step=marker.step,
+        world_size=saved_world,
+        students=dict(marker.students),
+        micro_batch=micro,
+        accumulation=accumulation,
+        elastic=saved_world != world_size,
+    )
 
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -243,22 +303,22 @@ class Checkpointer:
         chosen = self.rt.from_main(chosen)
         return done[chosen] if chosen >= 0 else None
 
-    def load(self, directory: Path, students: list) -> dict:
-        """Restore every student's engine from `directory`; returns this rank's saved state."""
-        marker = read_marker(directory)
-        if marker.format != FORMAT_VERSION:
-            raise UserError(f"{directory}: checkpoint format {marker.format} unsupported")
-        missing = [s.name for s in students if s.name not in marker.students]
-        if missing:
-            raise UserError(
-                f"{directory}: holds no state for student(s) {missing}; it has "
-                f"{sorted(marker.students)}. Start a new run (run.name) for other students"
-            )
-        if marker.world_size != self.rt.world_size:
-            from trainer.checkpoint.elastic import load_elsewhere  # NOTE: it imports this module
+    def plan_resume(self, students: list[str]) -> ResumePlan | None:
+        """The plan to resume `students` from the newest checkpoint that verifies; None when
+        there is none. NOTE: collective (`newest_verified`)."""
+        directory = self.newest_verified()
+        return None if directory is None else read_plan(directory, self.rt.world_size, students)
 
-            saved = marker.model_dump()
-            return load_elsewhere(directory, saved, students, self.rt, self.root.parent)
+    def load(self, plan: ResumePlan, students: list) -> dict:
+        """Restore every student's engine from the plan's checkpoint, saved on as many ranks as
+        this run has; returns this rank's saved state. (One saved on another number of ranks is
+        loaded by trainer/checkpoint/elastic.py.)"""
+        directory = plan.directory
+        if plan.world_size != self.rt.world_size:
+            raise RuntimeError(
+                f"{directory}: saved by {plan.world_size} ranks, loading on {self.rt.world_size}: "
+                "an elastic resume (trainer/checkpoint/elastic.py restore)"
+            )
         for s in students:
             path, client = s.engine.load_checkpoint(
                 str(directory / s.name), load_optimizer_states=True, load_lr_scheduler_states=True

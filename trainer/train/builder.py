@@ -97,12 +97,14 @@ def build_trainer(
     cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
 ) -> Trainer:
     ds = for_device(ds, rt.device)
+    checkpointer = Checkpointer(cfg.run_dir / "checkpoints", rt, cfg.train.keep)
+    # NOTE: the resume marker is read here, once; the batch fitting and the resume read the plan
+    plan = checkpointer.plan_resume([s.name for s in cfg.students])
     # NOTE: before the engines, which fix the micro-batch and the accumulation
     t = cfg.train
     ds, line = keep_global_batch(
-        ds, cfg.run_dir / "checkpoints", rt.world_size, keep=t.keep_global_batch,
-        global_batch=t.global_batch,
-    )  # fmt: skip
+        ds, plan, rt.world_size, keep=t.keep_global_batch, global_batch=t.global_batch
+    )
     logger.info("%s", line)
     run_dir = prepare_run_dir(cfg, ds, rt)
     ensure_demo(cfg, rt)
@@ -121,7 +123,7 @@ def build_trainer(
         teacher,
         students,
         inputs,
-        Checkpointer(run_dir / "checkpoints", rt, cfg.train.keep),
+        checkpointer,
         MetricsWriter(
             run_dir / "tensorboard",
             enabled=rt.is_main,
@@ -130,5 +132,5 @@ def build_trainer(
         run_dir,
         preempt,
     )
-    trainer.resume()
+    trainer.resume(plan)
     return trainer

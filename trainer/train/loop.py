@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.checkpoint.store import Checkpointer
+from trainer.checkpoint.elastic import restore
+from trainer.checkpoint.store import Checkpointer, ResumePlan
 from trainer.config.recipe import RunConfig, to_yaml
 from trainer.distill.objectives import NORMALIZERS
 from trainer.export.hf_export import LiveExports
@@ -121,12 +122,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume and save
 
-    def resume(self) -> bool:
-        """Continue from the newest complete checkpoint that verifies, if any. NOTE: collective."""
-        latest = self.checkpointer.newest_verified()
-        if latest is None:
+    def resume(self, plan: ResumePlan | None) -> bool:
+        """Continue from the checkpoint `plan` names (Checkpointer.plan_resume: the newest that
+        verifies), if any. NOTE: collective."""
+        if plan is None:
             return False
-        state = self.checkpointer.load(latest, self.students)
+        state = restore(plan, self.checkpointer, self.students)
         self.step, self.tokens, self.samples = state["step"], state["tokens"], state["samples"]
         self.exports.done = set(state["exported"])
         self.last_eval = state.get("last_eval", {})
@@ -136,7 +137,7 @@ class Trainer:
             s.rng.load_state_dict(state["students"][s.name]["rng"])
             self._skipped[s.name] = s.engine.skipped_steps
         self.log.restart(self.step, self.tokens, self.samples)
-        logger.info("resumed from %s at step %d", latest, self.step)
+        logger.info("resumed from %s at step %d", plan.directory, self.step)
         return True
 
     def save(self) -> Path:
