@@ -796,6 +796,71 @@ def test_continual_student_with_another_vocabulary_is_refused(env, distilbert_di
     assert "students.BioDistilBERT" in result["stderr"] and "re-shard" in result["stderr"]
 
 
+def recipe_text_in_tensorboard(run_dir: Path) -> list[str]:
+    """The recipe texts the run logged to TensorBoard's Text tab, one per start."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = [
+        make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("recipe/text_summary")
+    ]
+    return [t.removeprefix("```yaml\n").removesuffix("```") for t in texts]
+
+
+def test_resolved_recipe_is_the_config_the_run_used_layer_maps_filled_by_the_trainer(env):
+    """A pretrained student's depth is known only once it is loaded, so the trainer fills its
+    layer maps then; recipe.resolved.yaml and the recipe in TensorBoard are written after that,
+    hold the maps the run trained with, and a resumed start finds its recipe unchanged."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from trainer.config.recipe import config_from_dict, load_config, to_yaml
+
+    pretrained = env["root"] / "bert-2-layers"
+    config = BertConfig(
+        vocab_size=env["vocab"], hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(pretrained)
+    AutoTokenizer.from_pretrained(env["tokenizer"]).save_pretrained(pretrained)
+    data = recipe(env["shards"], env["runs"], env["vocab"], name="filled-maps", steps=4)
+    data["data"]["tokenizer"] = str(env["tokenizer"])
+    data["train"].update(save_every=2)
+    data["students"] = [
+        {
+            "name": "Compact",
+            "init": {"pretrained": str(pretrained)},
+            "objective": {"kind": "compactbiobert"},  # layer maps left to the trainer
+            "optimizer": {"lr": 1.0e-3, "weight_decay": 0.0, "warmup_steps": 2},
+        }
+    ]
+    recipe_path = write_recipe(env["root"] / "filled-maps.yaml", data)
+    assert load_config(recipe_path).students[0].objective.attention_map is None
+
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    run_dir = env["runs"] / "filled-maps"
+    on_disk = (run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")
+    objective = yaml.safe_load(on_disk)["students"][0]["objective"]
+    # compactbiobert's rule for 2 student layers: attention i -> 2i+1, hidden i -> 2i
+    assert objective["attention_map"] == [[0, 1], [1, 3]]
+    assert objective["hidden_map"] == [[1, 2], [2, 4]]
+    assert recipe_text_in_tensorboard(run_dir) == [on_disk]
+    assert to_yaml(config_from_dict(yaml.safe_load(on_disk))) == on_disk  # loads back the same
+
+    # A second start with a longer budget resumes from step 4: the recipe differs only there
+    longer = ["train.max_steps=6", "students.Compact.optimizer.max_steps=6"]
+    (result,) = run_distributed(train, 1, argv(env["fp32"], recipe_path, *longer))
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    assert "at step 4" in result["stderr"]
+    again = (run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")
+    previous = (run_dir / "recipe.previous.yaml").read_text(encoding="utf-8")
+    assert previous == on_disk
+    assert again == on_disk.replace("max_steps: 4", "max_steps: 6")
+    assert recipe_text_in_tensorboard(run_dir) == [on_disk, again]
+
+
 def test_two_runs_in_one_process(env):
     """A process that runs twice (the benchmarks, a notebook) gets a working DeepSpeed the second
     time: destroying the process group also forgets the groups DeepSpeed cached."""

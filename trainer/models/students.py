@@ -112,7 +112,8 @@ def build_student(
             mlm = _from_pretrained(init.pretrained, impl, key)
             tokenizer = base = pooler_source = init.pretrained
         teacher_layers = num_layers(teacher_model) if teacher_model is not None else None
-        # depth unknown when the recipe was loaded (a pretrained student): defaults now
+        # NOTE: into the run's config: a pretrained student's depth was unknown when the recipe
+        # was loaded, so its default maps are filled now, before the builder writes the config
         fill_layer_maps(section, num_layers(mlm))
         check_layers(spec, teacher_layers, num_layers(mlm))
         widths_differ = teacher_model is not None and _width(mlm) != _width(teacher_model)

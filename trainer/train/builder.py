@@ -1,8 +1,10 @@
 """Assemble a run from its config: run directory, inputs, cohort, checkpoints, metrics, resume.
 
 The run directory (`run.output_dir/run.name`) keeps what is needed to know what ran:
-recipe.resolved.yaml (every default filled in), ds_config.json (the DeepSpeed JSON as given) and
-git.txt (commit and uncommitted diff of the code), next to tensorboard/, checkpoints/ and export/.
+recipe.resolved.yaml (every default filled in, a pretrained student's layer maps included: it is
+written once the models are built, and nothing changes the config after), ds_config.json (the
+DeepSpeed JSON as this start trains it) and git.txt (commit and uncommitted diff of the code),
+next to tensorboard/, checkpoints/ and export/.
 """
 
 from __future__ import annotations
@@ -31,23 +33,27 @@ from trainer.train.metrics import MetricsWriter
 logger = logging.getLogger(__name__)
 
 
-def prepare_run_dir(cfg: RunConfig, ds: dict, rt: Runtime) -> Path:
+def hold_run_dir(cfg: RunConfig, rt: Runtime) -> Path:
+    """Take the run directory (its lock, on rank 0) and send this rank's log there."""
     run_dir = cfg.run_dir
 
-    def write() -> None:
+    def hold() -> None:
         check_writable_dir(run_dir)
         run_lock.hold(run_dir)  # NOTE: before anything in it is touched
-        text = to_yaml(cfg)
-        _keep_previous(run_dir, "recipe.resolved.yaml", text, "recipe.previous.yaml")
-        ds_text = json.dumps(ds, indent=2)
-        _keep_previous(run_dir, "ds_config.json", ds_text, "ds_config.previous.json")
-        atomic_write_bytes(run_dir / "recipe.resolved.yaml", text.encode())
-        atomic_write_bytes(run_dir / "ds_config.json", ds_text.encode())
-        atomic_write_bytes(run_dir / "git.txt", _git_state().encode())
 
-    rt.on_main(write)
+    rt.on_main(hold)
     attach_run_log(run_dir, rt.rank)
     return run_dir
+
+
+def write_record(run_dir: Path, name: str, text: str, previous: str, rt: Runtime) -> None:
+    """Write run_dir/name (rank 0), keeping a different one of an earlier start as `previous`."""
+
+    def write() -> None:
+        _keep_previous(run_dir, name, text, previous)
+        atomic_write_bytes(run_dir / name, text.encode())
+
+    rt.on_main(write)
 
 
 def _keep_previous(run_dir: Path, name: str, text: str, previous: str) -> None:
@@ -97,7 +103,8 @@ def build_trainer(
     cfg: RunConfig, ds: dict, rt: Runtime, preempt: PreemptionFlag | None = None
 ) -> Trainer:
     ds = for_device(ds, rt.device)
-    checkpointer = Checkpointer(cfg.run_dir / "checkpoints", rt, cfg.train.keep)
+    run_dir = hold_run_dir(cfg, rt)
+    checkpointer = Checkpointer(run_dir / "checkpoints", rt, cfg.train.keep)
     # NOTE: the resume marker is read here, once; the batch fitting and the resume read the plan
     plan = checkpointer.plan_resume([s.name for s in cfg.students])
     # NOTE: before the engines, which fix the micro-batch and the accumulation
@@ -106,11 +113,16 @@ def build_trainer(
         ds, plan, rt.world_size, keep=t.keep_global_batch, global_batch=t.global_batch
     )
     logger.info("%s", line)
-    run_dir = prepare_run_dir(cfg, ds, rt)
+    write_record(run_dir, "ds_config.json", json.dumps(ds, indent=2), "ds_config.previous.json", rt)
+    rt.on_main(lambda: atomic_write_bytes(run_dir / "git.txt", _git_state().encode()))
     ensure_demo(cfg, rt)
     micro = micro_batch_size(ds, rt.world_size)
     inputs = build_inputs(cfg, rt, micro, int(ds.get("gradient_accumulation_steps", 1)))
     teacher, students = build_cohort(cfg, ds, rt, vocab_size=inputs.info.vocab_size)
+    # NOTE: only now is the config complete: a pretrained student's depth, and so its default
+    # layer maps, is known once it is loaded (trainer/models/students.py fills them in). Nothing
+    # changes the config from here; the loop logs the same text to TensorBoard.
+    write_record(run_dir, "recipe.resolved.yaml", to_yaml(cfg), "recipe.previous.yaml", rt)
     bf16 = ds.get("bf16", {})
     if bf16.get("enabled") and bf16.get("check_grad_overflow") is False:
         logger.warning(
