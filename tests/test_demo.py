@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from data_pipeline.demo.build import DEMO_MAX_LEN, NER_DIR, build_demo
 from data_pipeline.demo.ner import DATASETS, SIZES
+from data_pipeline.errors import UserError
 from data_pipeline.shards.manifest import Manifest, load_tokenizer, tokenizer_info
 
 
@@ -75,3 +79,44 @@ def test_a_build_that_stopped_before_its_last_step_completes_the_ner_datasets(tm
     build_demo(out, articles=200, files=2, workers=1, log=messages.append)
     assert any("NER datasets" in m for m in messages)
     assert test.read_bytes() == whole and (out / "knowledge.json").is_file()
+
+
+class _OneRank:
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "built_in"),
+    [
+        ("recipes/demo.yaml", [], "data/demo"),
+        ("recipes/demo_teacher.yaml", [], "data/demo"),
+        # the demo's path alone builds nothing: only the key does
+        ("recipes/demo.yaml", ["data.build_demo=false"], None),
+        ("recipes/demo.yaml", ["data.train_shards=elsewhere/shards"], "elsewhere"),
+    ],
+)
+def test_the_demo_is_built_where_a_recipe_says_so(monkeypatch, recipe, overrides, built_in):
+    """`data.build_demo: true` (the demo recipes) makes data.train_shards, DIR/shards, the demo's:
+    built in DIR on first use. Without it no recipe builds anything, whatever its paths."""
+    from data_pipeline.demo import build as demo
+    from trainer.config.recipe import ROOT, load_config
+    from trainer.train.inputs import ensure_demo
+
+    built: list[Path] = []
+    monkeypatch.setattr(demo, "build_demo", lambda root, log: built.append(Path(root)))
+    ensure_demo(load_config(ROOT / recipe, overrides), _OneRank())
+    assert built == ([Path(built_in)] if built_in else [])
+
+
+def test_building_the_demo_into_a_path_that_is_not_a_shard_directory_is_refused(monkeypatch):
+    from data_pipeline.demo import build as demo
+    from trainer.config.recipe import ROOT, load_config
+    from trainer.train.inputs import ensure_demo
+
+    monkeypatch.setattr(demo, "build_demo", lambda root, log: pytest.fail("built"))
+    cfg = load_config(ROOT / "recipes/demo.yaml", ["data.train_shards=data/mine"])
+    with pytest.raises(UserError, match=r"data.train_shards='data/mine': .* expected DIR/shards"):
+        ensure_demo(cfg, _OneRank())

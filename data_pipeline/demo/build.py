@@ -43,6 +43,7 @@ from data_pipeline.demo import knowledge, synth
 from data_pipeline.demo import ner as demo_ner
 from data_pipeline.demo.knowledge import KnowledgeBase, split_ceiling, write_mentions
 from data_pipeline.demo.synth import frequent_words_wordpiece, generate_corpus
+from data_pipeline.errors import UserError
 from data_pipeline.extract import run_extract
 from data_pipeline.io_utils import atomic_write_json, claim_output_dir, share_tree
 from data_pipeline.records import iter_records, resolve_inputs
@@ -74,6 +75,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files", type=int, default=8, help="baseline files (plus one update file)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=2023)
+
+
+def demo_root(shards: str | list[str], key: str = "shards") -> Path:
+    """DIR, where a demo whose shards are DIR/shards is built; `shards` (named by `key` in the
+    message) must be such a directory."""
+    if isinstance(shards, str) and Path(shards).name == "shards":
+        return Path(shards).parent
+    raise UserError(
+        f"{key}={shards!r}: not a demo's shard directory; expected DIR/shards (the demo corpus "
+        "is built in DIR)"
+    )
 
 
 def generator_digest() -> str:

@@ -119,10 +119,9 @@ def _source(source: str, key: str) -> tuple[object | None, str | None]:
 
 def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     from trainer.models.families import architecture, model_config
-    from trainer.train.inputs import DEMO_DIR
 
     checks: list[Check] = []
-    demo_pending = _demo_pending(cfg, DEMO_DIR)
+    demo_pending = _demo_pending(cfg)
     teacher_config = None
     built_first = False
     if cfg.teacher is None:
@@ -174,7 +173,13 @@ def run_checks(cfg: RunConfig, ds: dict, world: int) -> list[Check]:
     checks.append(_positions_check(cfg.data.max_len, positions))
 
     if demo_pending:
-        checks.append(Check("shards", None, f"{DEMO_DIR}: the demo corpus, built on first use"))
+        from data_pipeline.demo.build import demo_root
+
+        try:
+            root, problem = demo_root(cfg.data.train_shards, "data.train_shards"), None
+        except UserError as e:
+            root, problem = cfg.data.train_shards, str(e)
+        checks.append(Check("shards", problem, f"{root}: the demo corpus, built on first use"))
     else:
         checks += _data_checks(cfg, built_first)
     checks.append(_batch_check(ds, world, cfg.train.global_batch))
@@ -201,12 +206,10 @@ def _positions_check(max_len: int, positions: dict[str, int]) -> Check:
     )
 
 
-def _demo_pending(cfg: RunConfig, demo_dir: Path) -> bool:
+def _demo_pending(cfg: RunConfig) -> bool:
+    """Whether the run builds the demo's shards (data.build_demo) and they are not there yet."""
     shards = Path(str(cfg.data.train_shards))
-    return (
-        shards.resolve() == (demo_dir / "shards").resolve()
-        and not (shards / "manifest.json").is_file()
-    )
+    return cfg.data.build_demo and not (shards / "manifest.json").is_file()
 
 
 def _data_checks(cfg: RunConfig, teacher_built_first: bool) -> list[Check]:

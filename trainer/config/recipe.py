@@ -157,6 +157,9 @@ class DataSection(Schema):
     entities: Str | None = Field(
         None, description="entity words (JSON, see trainer/train/inputs.py): eval entity_acc"
     )
+    build_demo: Bool = Field(
+        False, description="the shards are the demo's (DIR/shards): built in DIR when missing"
+    )
 
 
 class TeacherSection(Schema):  # exactly one of path, config

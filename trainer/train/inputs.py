@@ -7,8 +7,8 @@
 - The run's tokenizer (written next to every export, and the source of whole-word masking's
   continuation table) is `data.tokenizer` if set, else the teacher's (`teacher.path`), else the
   one the manifest names; it must be the one the shards were made with.
-- The embedded demo (recipes/demo.yaml) is built on first use, by rank 0, through the pipeline's
-  own extract and shard commands; the other ranks wait for it.
+- The embedded demo's shards (`data.build_demo: true`, as in recipes/demo.yaml) are built on first
+  use, by rank 0, through the pipeline's own extract and shard commands; the other ranks wait.
 - `data.entities` names a JSON file of entity words: {"entities": {"gene": ["ZOR4", ...], ...}}
   (or a plain list), optionally with {"ceiling": {"entity_acc": 0.94}}, the best accuracy any
   model can reach at those positions. Held-out evaluation then also reports the accuracy at the
@@ -39,21 +39,20 @@ from trainer.runtime.distributed import Runtime
 
 logger = logging.getLogger(__name__)
 
-DEMO_DIR = Path("data/demo")
-
 
 def ensure_demo(cfg: RunConfig, rt: Runtime) -> None:
-    """Build or complete the demo corpus when the recipe reads the demo shards: missing, it is
-    built (about 20 s); built with other settings or by another generator, it is rebuilt."""
-    shards = Path(str(cfg.data.train_shards))
-    if shards.resolve() != (DEMO_DIR / "shards").resolve():
+    """`data.build_demo`: build or complete the demo corpus whose shards `data.train_shards`
+    names (DIR/shards: the demo is built in DIR); missing, it is built (about 20 s); built with
+    other settings or by another generator, it is rebuilt."""
+    if not cfg.data.build_demo:
         return
-    if rt.is_main:
-        from data_pipeline.demo.build import build_demo
+    from data_pipeline.demo.build import build_demo, demo_root
 
-        if not (shards / "manifest.json").exists():
-            logger.info("demo corpus missing: building %s (once, about 20 s)", DEMO_DIR)
-        build_demo(DEMO_DIR, log=logger.info)
+    root = demo_root(cfg.data.train_shards, "data.train_shards")
+    if rt.is_main:
+        if not (root / "shards" / "manifest.json").exists():
+            logger.info("demo corpus missing: building %s (once, about 20 s)", root)
+        build_demo(root, log=logger.info)
     rt.barrier()
 
 
