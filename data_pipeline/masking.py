@@ -4,9 +4,10 @@
 neither special nor padding is selected with probability `mask_prob`; of the selected, 80% become
 [MASK], 10% a token drawn uniformly from [0, vocab_size) and 10% stay as they are. Labels hold the
 original id at selected positions and -100 elsewhere. With `is_continuation` (a bool table over the
-vocabulary marking WordPiece "##" pieces) it does whole-word masking: a word (a token plus the
-continuation tokens after it) is selected with probability `mask_prob` and then all of its tokens
-are, each getting its own 80/10/10 draw.
+vocabulary, `continuation_table`: WordPiece "##" pieces, or byte-level BPE tokens without a leading
+"Ġ") it does whole-word masking: a word (a token plus the continuation tokens after it) is
+selected with probability `mask_prob` and then all of its tokens are, each getting its own
+80/10/10 draw.
 
 Random draws are counter-based (`uniforms`): the draw at position t of a row is a hash of that
 row's seed and t alone. The loaders seed each row from its sample's identity (loader_config.
@@ -18,14 +19,18 @@ what one torch.Generator per batch did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from data_pipeline.errors import UserError
+
 IGNORE_INDEX = -100  # the label value torch's cross_entropy ignores by default
 MASK_FRACTION = 0.8  # of the selected tokens: share replaced by [MASK]
 RANDOM_FRACTION = 0.1  # share replaced by a random token; the rest stay unchanged
+BYTE_LEVEL_SPACE = "\u0120"  # "Ġ": how byte-level BPE vocabularies spell a space (byte 0x20)
 
 
 def special_table(vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:
@@ -40,13 +45,47 @@ def special_table(vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:
 
 
 def continuation_table(tokenizer) -> torch.Tensor:
-    """The `is_continuation` table for whole-word masking from an HF WordPiece tokenizer."""
+    """The `is_continuation` table for whole-word masking from an HF fast tokenizer.
+
+        table = continuation_table(AutoTokenizer.from_pretrained(name))
+
+    The family is read from the tokenizer's model, never guessed from token spellings: WordPiece
+    marks the tokens with its continuing-subword prefix ("##"); byte-level BPE (RoBERTa,
+    ModernBERT) marks every token that does not start with "Ġ" (a space, byte-level), so a word is
+    a token with its leading space plus the tokens after it without one (the first word of a
+    text has none: a token right after a special token starts a word, see `mask_tokens`). The
+    tokenizer's special tokens (its cls/bos, sep/eos, pad, mask, unk attributes) are never
+    continuations. Other tokenizers are refused with a UserError; an object with a vocabulary and
+    no Rust backend is read as WordPiece.
+    """
     vocab = tokenizer.get_vocab()
     table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    is_continuation = _continuation_rule(tokenizer)
     for token, idx in vocab.items():
-        if token.startswith("##"):
+        if is_continuation(token):
             table[idx] = True
+    specials = getattr(tokenizer, "all_special_ids", ())
+    table[[i for i in specials if i is not None and i < len(table)]] = False
     return table
+
+
+def _continuation_rule(tokenizer) -> Callable[[str], bool]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a vocabulary alone: WordPiece's convention
+        return lambda token: token.startswith("##")
+    spec = json.loads(backend.to_str())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if model.get("type") == "WordPiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
+        return lambda token: token.startswith(prefix)
+    if model.get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in pres):
+        return lambda token: not token.startswith(BYTE_LEVEL_SPACE)
+    raise UserError(
+        f"tokenizer '{getattr(tokenizer, 'name_or_path', '?')}': whole-word masking "
+        f"(data.whole_word) needs a WordPiece or a byte-level BPE tokenizer, this one has a "
+        f"{model.get('type')!r} model behind {[p.get('type') for p in pres]}"
+    )
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment, 2^64 / golden ratio
@@ -140,7 +179,8 @@ def _whole_word_selection(
     cont = is_continuation.to(torch.bool)[ids] & ~special
     prev_special = torch.zeros_like(special)
     prev_special[:, 1:] = special[:, :-1]
-    # A "##" piece right after [CLS] or padding has no head word to join: it starts its own word.
+    # A continuation right after [CLS] or padding has no head word to join: it starts its own word
+    # (byte-level BPE: the first word of a text, which has no leading space).
     starts = ~cont | prev_special
     start_selected = starts & ~special & (u < mask_prob)
     positions = torch.arange(ids.shape[1]).expand_as(ids)

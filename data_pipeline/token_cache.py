@@ -64,8 +64,10 @@ from data_pipeline.token_ids import (
     CHUNK,
     ChunkTokenizer,
     TextIds,
+    TokenizeStats,
     backend_tokenizer,
     kept_ids,
+    path_name,
     ragged_offsets,
     tokenized_chunks,
 )
@@ -202,7 +204,8 @@ def run_tokenize(
 
     finish_files()  # parts without records
     texts = _part_texts(todo, text_field)
-    for chunk, (flat, offsets) in tokenized_chunks(texts, tok, workers, keep):
+    stats = TokenizeStats(path_name(tok), workers)
+    for chunk, (flat, offsets) in tokenized_chunks(texts, tok, workers, keep, stats):
         for i, rec in enumerate(chunk):
             hashes.append(text_hash(rec.text))
             ids.append(flat[offsets[i] : offsets[i + 1]])
@@ -213,7 +216,7 @@ def run_tokenize(
         print(
             f"tokenize: {len(todo)} of {len(files)} inputs tokenized into {out} ({reused} reused, "
             f"{len(missing)} without a part), {n_records:,} records, {n_tokens:,} tokens "
-            f"in {seconds:.1f} s",
+            f"in {seconds:.1f} s" + (f" | {stats.line()}" if stats.texts else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -251,11 +254,15 @@ class TokenCache:
         keys = [raw[k : k + _HASH_BYTES] for k in range(0, len(raw), _HASH_BYTES)]
         return dict(zip(keys, zip(offsets[:-1], offsets[1:], strict=True), strict=True)), ids
 
-    def tokenized_chunks(self, reader: RecordReader, skip: int, workers: int):
+    def tokenized_chunks(
+        self, reader: RecordReader, skip: int, workers: int, stats: TokenizeStats | None = None
+    ):
         """Like token_ids.tokenized_chunks over the reader's records after the first `skip`: yields
-        (chunk of records, (flat int32 ids, offsets)) in input order, ids from the cache."""
+        (chunk of records, (flat int32 ids, offsets)) in input order, ids from the cache; what is
+        tokenized here adds up in `stats`."""
         records = itertools.islice(iter(reader), skip, None)
-        with ChunkTokenizer(self.tok, workers, self.keep) as tokenize:  # one pool for every file
+        # One pool for every file.
+        with ChunkTokenizer(self.tok, workers, self.keep, stats) as tokenize:
             # NOTE: the key is read right after the reader yields a record: that record's file.
             for source, group in itertools.groupby(records, key=lambda _: reader.source):
                 index, cached = self._entry(source)

@@ -5,13 +5,16 @@ order, in-process or in a pool of worker processes. Each process holds one `Text
 one of two paths, both giving exactly the ids of `tok.encode(text).ids[:keep]`:
 
 - the piece cache (`PieceCache`), for tokenizers whose ids of a text are the ids of its
-  space-separated pieces laid end to end (`splits_on_spaces`: the BERT family, i.e. every model
-  of docs/objectives.md). Text is split on " " in Python and each distinct piece is tokenized once
-  by the Rust tokenizer and then looked up: words repeat (Zipf), so most pieces cost a dict lookup,
-  and in truncate mode nothing after the kept ids is looked at;
-- the prefix path, for other tokenizers (byte-level BPE, ...): only a prefix of each text is
-  tokenized, its length learnt from the corpus (`PrefixBudget`), and the whole text again when the
-  prefix came out short (`tokenize_texts`).
+  space-separated pieces laid end to end. Text is split on " " in Python and each distinct piece
+  is tokenized once by the Rust tokenizer and then looked up: words repeat (Zipf), so most pieces
+  cost a dict lookup, and in truncate mode nothing after the kept ids is looked at. Two rules
+  (`piece_rule`): WordPiece drops the spaces (`splits_on_spaces`: the BERT family, i.e. every
+  model of docs/objectives.md); byte-level BPE keeps each space in the token after it ("Ġword"),
+  so a piece is tokenized with its leading space (`pieces_keep_their_space`: RoBERTa, ModernBERT,
+  GPT-2), and a text where a space touches other whitespace or an end is tokenized whole;
+- the prefix path, for other tokenizers (Metaspace, a custom Split regex, ...): only a prefix of
+  each text is tokenized, its length learnt from the corpus (`PrefixBudget`), and the whole text
+  again when the prefix came out short (`tokenize_texts`).
 
 NOTE: the piece cache rests on a property of the tokenizer pipeline, so every batch also checks
 a sample of its texts against the full Rust call and stops with an error on any difference
@@ -25,8 +28,10 @@ import json
 import multiprocessing
 import os
 import re
+import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,6 +54,14 @@ PIECE_CACHE_SIZE = 500_000
 # split on whitespace and drop it: with these, tokenizing a text piece by piece changes nothing.
 _LOCAL_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
 _SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+# Byte-level BPE: normalizers that neither make, move nor remove whitespace and act on what lies
+# between two spaces alone (a space is a Unicode starter: NFC/NFD stop at it).
+_BYTE_LEVEL_NORMALIZERS = {"NFC", "NFD", "Lowercase"}
+# A text whose spaces do not each stand alone between two non-whitespace characters: GPT-2's
+# pre-tokenizer regex groups a whitespace run as a whole (`\s+(?!\S)`), so across such a run the
+# pieces' pre-tokens differ from the text's. Python's \s covers at least Unicode White_Space.
+_ODD_SPACING = re.compile(r"\A | \Z|\s | \s")
+_LEADING_SPACE_PIECE = re.compile(r" ?[^ ]+")  # "a b c" -> "a", " b", " c"
 ENV_SWITCH = "BIODISTILL_TOKENIZE"  # "plain": never use the piece cache
 
 
@@ -80,30 +93,88 @@ def splits_on_spaces(tok) -> bool:
     )
 
 
-class PieceCache:
-    """Ids of texts from cached ids of their space-separated pieces (see splits_on_spaces)."""
+def pieces_keep_their_space(tok) -> bool:
+    """Whether `tok` is a byte-level BPE whose ids of a text are the ids of its pieces laid end
+    to end, the first piece as it is and every later one with the space before it (" word" ->
+    "Ġword"), for every text whose spaces each stand alone between two non-whitespace characters.
 
-    def __init__(self, tok, capacity: int = PIECE_CACHE_SIZE):
-        self.tok, self.capacity = tok, capacity
+    Why that holds: GPT-2's pre-tokenizer regex (ByteLevel with use_regex) never puts a
+    non-whitespace character and a space after it in one pre-token, and starts the next one at
+    that space; BPE (without dropout) merges within a pre-token only. add_prefix_space acts on
+    the first piece alone, as on the text. The normalizers allowed leave whitespace alone and stop
+    at a space. An added token is found inside one piece (no whitespace in it); one that eats the
+    space before it (lstrip) eats the piece's own leading space, as in the text, but one that eats
+    the space after it (rstrip) would take the next piece's, so such a tokenizer is refused.
+    """
+    spec = json.loads(tok.to_str())
+    norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    norms = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm] * bool(norm)
+    pres = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    model = spec.get("model") or {}
+    added = spec.get("added_tokens") or []
+    return (
+        model.get("type") == "BPE"
+        and not model.get("dropout")
+        and all(n.get("type") in _BYTE_LEVEL_NORMALIZERS for n in norms)
+        and len(pres) == 1
+        and pres[0].get("type") == "ByteLevel"
+        and pres[0].get("use_regex", True)
+        and not any(
+            a.get("rstrip") or any(c.isspace() for c in a.get("content", "")) for a in added
+        )
+    )
+
+
+def piece_rule(tok) -> str | None:
+    """Which piece cache rule `tok` is proven for: "words" (WordPiece: pieces without their
+    spaces), "byte-level" (byte-level BPE: pieces with their leading space), or None."""
+    if splits_on_spaces(tok):
+        return "words"
+    if pieces_keep_their_space(tok):
+        return "byte-level"
+    return None
+
+
+class PieceCache:
+    """Ids of texts from cached ids of their space-separated pieces (see `piece_rule`).
+
+    With `byte_level`, the pieces after the first keep the space before them (that is their cache
+    key too), and texts with odd spacing (_ODD_SPACING) are tokenized whole (`self.whole` counts
+    them).
+    """
+
+    def __init__(self, tok, capacity: int = PIECE_CACHE_SIZE, byte_level: bool = False):
+        self.tok, self.capacity, self.byte_level = tok, capacity, byte_level
         self.ids: dict[str, list[int]] = {}
-        self.lookups = self.misses = 0
+        self.lookups = self.misses = self.whole = 0
 
     def __call__(self, texts: list[str], keep: int | None) -> list[list[int]]:
         if len(self.ids) > self.capacity:
             self.ids.clear()  # start afresh rather than track ages: frequent pieces return at once
         cache = self.ids
-        pieces = [t.split(" ") for t in texts]
+        if self.byte_level:
+            pieces = [
+                None if _ODD_SPACING.search(t) else _LEADING_SPACE_PIECE.findall(t) for t in texts
+            ]
+            odd = [t for t, p in zip(texts, pieces, strict=True) if p is None]
+            self.whole += len(odd)
+            whole = self._whole(odd, keep)
+        else:
+            pieces, whole = [t.split(" ") for t in texts], iter(())
         # Every piece yields at least one id unless normalization empties it, so with `keep` the
         # first `keep` pieces of a text are all it can need (the rare rest: _slow).
-        head = pieces if keep is None else [p[:keep] for p in pieces]
-        new = list(set(itertools.chain.from_iterable(head)).difference(cache))
+        head = [p if keep is None or p is None else p[:keep] for p in pieces]
+        new = list(set(itertools.chain.from_iterable(h for h in head if h)).difference(cache))
         if new:
             encoded = self.tok.encode_batch_fast(new, add_special_tokens=False)
             cache.update(zip(new, (e.ids for e in encoded), strict=True))
         self.misses += len(new)
-        self.lookups += sum(map(len, head))
+        self.lookups += sum(len(h) for h in head if h)
         out = []
         for ps, hs in zip(pieces, head, strict=True):
+            if ps is None:
+                out.append(next(whole))
+                continue
             ids = list(itertools.chain.from_iterable(map(cache.__getitem__, hs)))
             if keep is not None:
                 if len(ids) < keep < len(ps):
@@ -111,6 +182,13 @@ class PieceCache:
                 del ids[keep:]
             out.append(ids)
         return out
+
+    def _whole(self, texts: list[str], keep: int | None) -> Iterator[list[int]]:
+        """The full call's ids of `texts` (cut to `keep`), in order."""
+        if not texts:
+            return iter(())
+        encoded = self.tok.encode_batch_fast(texts, add_special_tokens=False)
+        return iter([e.ids if keep is None else e.ids[:keep] for e in encoded])
 
     def _slow(self, pieces: list[str], keep: int) -> list[int]:
         """Ids of a text whose first `keep` pieces gave fewer than `keep` ids, piece by piece."""
@@ -240,22 +318,89 @@ def plain_switch() -> bool:
     return switch == "plain"
 
 
+@dataclass
+class TokenizeStats:
+    """What one tokenizer path did, summed over the processes that ran it; `line()` reports it."""
+
+    path: str  # which path, in words (`path_name`)
+    workers: int = 1
+    texts: int = 0
+    tokens: int = 0
+    seconds: float = 0.0  # inside the tokenizer path, summed over processes
+    whole: int = 0  # byte-level piece cache: texts with odd spacing tokenized whole
+
+    def add(self, texts: int, tokens: int, seconds: float, whole: int) -> None:
+        self.texts, self.tokens = self.texts + texts, self.tokens + tokens
+        self.seconds, self.whole = self.seconds + seconds, self.whole + whole
+
+    def line(self) -> str:
+        """'tokenizer: PATH: N tokens/s a worker (...)', or "" when nothing was tokenized."""
+        if not self.texts:
+            return ""
+        rate = self.tokens / max(self.seconds, 1e-9)
+        line = (
+            f"tokenizer: {self.path}: {rate:,.0f} tokens/s a worker ({self.tokens:,} tokens of "
+            f"{self.texts:,} texts in {self.seconds:.1f} s, {self.workers} worker(s)"
+        )
+        if self.whole:
+            line += f"; {self.whole:,} texts with odd spacing tokenized whole"
+        return line + ")"
+
+
+def path_name(tok) -> str:
+    """The path TextIds takes for `tok`, in words (for the log line)."""
+    if plain_switch():
+        return f"full tokenizer call ({ENV_SWITCH}=plain)"
+    rule = piece_rule(tok)
+    if rule == "words":
+        return "piece cache, WordPiece rule (pieces without their spaces)"
+    if rule == "byte-level":
+        return "piece cache, byte-level BPE rule (pieces with their leading space)"
+    return "full tokenizer call (no piece cache rule is proven for this tokenizer)"
+
+
 class TextIds:
     """Token ids of texts for one process: the piece cache where the tokenizer allows it, else
-    the prefix path. Call it with a list of texts; it returns (flat int32 ids, offsets)."""
+    the prefix path. Call it with a list of texts; it returns (flat int32 ids, offsets). What each
+    call did is `last` (texts, tokens, seconds, texts tokenized whole), added to `stats`."""
 
-    def __init__(self, tok, keep: int | None):
+    def __init__(self, tok, keep: int | None, stats: TokenizeStats | None = None):
         self.tok, self.keep = tok, keep
-        self.pieces = PieceCache(tok) if not plain_switch() and splits_on_spaces(tok) else None
+        rule = None if plain_switch() else piece_rule(tok)
+        self.pieces = PieceCache(tok, byte_level=rule == "byte-level") if rule else None
         self.budget = PrefixBudget(keep) if keep is not None and self.pieces is None else None
+        self.stats = stats if stats is not None else TokenizeStats(path_name(tok))
+        self.last: tuple[int, int, float, int] = (0, 0, 0.0, 0)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        start, whole = time.perf_counter(), self.pieces.whole if self.pieces else 0
         if self.pieces is None:
-            return tokenize_texts(self.tok, texts, self.keep, self.budget)
-        ids = self.pieces(texts, self.keep)
-        if texts:
-            check_sample(self.tok, texts, ids, self.keep)
-        return flat_ids(ids)
+            flat, offsets = tokenize_texts(self.tok, texts, self.keep, self.budget)
+        else:
+            ids = self.pieces(texts, self.keep)
+            if texts:
+                check_sample(self.tok, texts, ids, self.keep)
+            flat, offsets = flat_ids(ids)
+        whole = (self.pieces.whole if self.pieces else 0) - whole
+        self.last = (len(texts), int(offsets[-1]), time.perf_counter() - start, whole)
+        self.stats.add(*self.last)
+        return flat, offsets
+
+
+def pair_separator(tok, sep_id: int) -> list[int]:
+    """The ids the tokenizer's pair template puts between two texts: [SEP] for BERT, </s> </s>
+    for RoBERTa; [sep_id] when it puts none (no post-processor). Pack mode joins documents so."""
+    if tok.post_processor is None:
+        return [sep_id]
+    a, b = (tok.encode(t, add_special_tokens=False) for t in ("a", "b"))
+    if not a.ids or not b.ids:  # a vocabulary without "a" or "b": no way to read the template
+        return [sep_id]
+    pair = tok.post_process(a, b, add_special_tokens=True)
+    # The texts' own ids are the positions not marked special (some processors set no sequence
+    # ids): the first len(a) of them are a's, the next are b's.
+    texts = [i for i, special in enumerate(pair.special_tokens_mask) if not special]
+    end_a, start_b = texts[len(a.ids) - 1] + 1, texts[len(a.ids)]
+    return pair.ids[end_a:start_b] or [sep_id]
 
 
 def backend_tokenizer(hf_tok):
@@ -280,17 +425,22 @@ def _init_worker(tok_json: str, keep: int | None) -> None:
 
 
 def _tokenize_task(texts: list[str]):
-    return _worker["ids"](texts)
+    result = _worker["ids"](texts)
+    return result, _worker["ids"].last
 
 
 class ChunkTokenizer:
     """Chunks of CHUNK records with their ids, in input order: in this process (workers == 1) or
     by a pool of worker processes that lives as long as the `with` block, however many record
-    streams go through `chunks`."""
+    streams go through `chunks`. What the tokenizer path did adds up in `stats` (the caller's, if
+    given)."""
 
-    def __init__(self, tok, workers: int, keep: int | None) -> None:
+    def __init__(
+        self, tok, workers: int, keep: int | None, stats: TokenizeStats | None = None
+    ) -> None:
         plain_switch()  # NOTE: here, not only in the workers: an initializer's error respawns them
         self.tok, self.workers, self.keep = tok, workers, keep
+        self.stats = stats if stats is not None else TokenizeStats(path_name(tok), workers)
         self._pool = None
         self._local: TextIds | None = None
         if workers == 1:
@@ -312,7 +462,7 @@ class ChunkTokenizer:
     def local(self) -> TextIds:
         """This process's TextIds (for a few texts, where a round trip to a worker costs more)."""
         if self._local is None:
-            self._local = TextIds(self.tok, self.keep)
+            self._local = TextIds(self.tok, self.keep, self.stats)
         return self._local
 
     def chunks(self, records: Iterator[Record]):
@@ -329,14 +479,24 @@ class ChunkTokenizer:
             task = self._pool.apply_async(_tokenize_task, ([r.text for r in chunk],))
             window.append((chunk, task))
             if len(window) >= 3 * self.workers:
-                chunk0, result = window.popleft()
-                yield chunk0, result.get()
+                yield self._collect(*window.popleft())
         while window:
-            chunk0, result = window.popleft()
-            yield chunk0, result.get()
+            yield self._collect(*window.popleft())
+
+    def _collect(self, chunk: list[Record], task) -> tuple[list[Record], tuple]:
+        result, last = task.get()
+        self.stats.add(*last)
+        return chunk, result
 
 
-def tokenized_chunks(records: Iterator[Record], tok, workers: int, keep: int | None):
-    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids."""
-    with ChunkTokenizer(tok, workers, keep) as tokenize:
+def tokenized_chunks(
+    records: Iterator[Record],
+    tok,
+    workers: int,
+    keep: int | None,
+    stats: TokenizeStats | None = None,
+):
+    """Yield (chunk of records, (flat ids, offsets)) in input order, each text cut to `keep` ids;
+    what the tokenizer path did adds up in `stats`."""
+    with ChunkTokenizer(tok, workers, keep, stats) as tokenize:
         yield from tokenize.chunks(records)

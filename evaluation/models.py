@@ -18,8 +18,10 @@ speed.iters, in the precision the fine-tuning uses, on the run's device (named i
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
+import json
 import platform
 import re
 import time
@@ -107,6 +109,42 @@ def load_tokenizer(spec: ModelSpec):
     if not tok.is_fast:
         raise UserError(f"{spec}: needs a fast tokenizer (word ids and offsets)")
     return tok
+
+
+def for_split_words(tokenizer):
+    """The tokenizer to call on pre-split words (`is_split_into_words=True`, NER).
+
+        enc = for_split_words(tok)(sentences, is_split_into_words=True)
+
+    A byte-level BPE tokenizer (RoBERTa, ModernBERT) spells a word differently at the start of a
+    text ("gene") and after a space ("Ġgene"), and it is given each word as a text of its own: so
+    it needs add_prefix_space, which RoBERTa's models were loaded with for token classification.
+    Returns a copy with ByteLevel's add_prefix_space set (in the Rust pipeline itself: transformers
+    ignores the loading argument for a generic tokenizer), or `tokenizer` itself when it is not
+    byte-level or already adds the space. WordPiece tokenizers are returned unchanged.
+    """
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    if not byte_level or all(p.get("add_prefix_space") for p in byte_level):
+        return tokenizer
+    for part in byte_level:
+        part["add_prefix_space"] = True
+    post = spec.get("post_processor") or {}
+    for part in post.get("processors", [post]):  # offsets are trimmed by the same rule
+        if "add_prefix_space" in part:
+            part["add_prefix_space"] = True
+    rebuilt = Tokenizer.from_str(json.dumps(spec))
+    words = copy.deepcopy(tokenizer)
+    words.backend_tokenizer.pre_tokenizer = rebuilt.pre_tokenizer
+    if rebuilt.post_processor is not None:
+        words.backend_tokenizer.post_processor = rebuilt.post_processor
+    if hasattr(words, "add_prefix_space"):
+        words.add_prefix_space = True
+    return words
 
 
 def check_model(spec: ModelSpec) -> None:

@@ -6,11 +6,12 @@ File format (NER/<dataset>/{train,devel,test}.tsv, UTF-8): one word per line as 
 a blank line between sentences, `-DOCSTART-` lines ignored. Labels are IOB: BioBERT's files use
 bare `B` / `I` / `O`; typed `B-Disease` / `I-Disease` work the same way.
 
-Features: the words are tokenized as pre-split words; the first sub-token of each word carries
-its label, the other sub-tokens and the special tokens -100 (ignored by the loss). Prediction
-takes the label at each word's first sub-token, so scores are at the word level, as conlleval
-(BioBERT's scorer) computes them; words cut off by max_length are predicted O (they count as
-misses, never silently dropped).
+Features: the words are tokenized as pre-split words (a byte-level BPE tokenizer with its
+add_prefix_space on, so that every word is spelt as inside a sentence: evaluation/models.py
+`for_split_words`); the first sub-token of each word carries its label, the other sub-tokens
+and the special tokens -100 (ignored by the loss). Prediction takes the label at each word's
+first sub-token, so scores are at the word level, as conlleval (BioBERT's scorer) computes them;
+words cut off by max_length are predicted O (they count as misses, never silently dropped).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from evaluation.catalog import FORMAT_HINT, DataError, Split
 from evaluation.finetune import IGNORE_INDEX
 from evaluation.metrics import ner_scores
+from evaluation.models import for_split_words
 
 LABEL = re.compile(r"O|[BI](-\S+)?")
 
@@ -88,7 +90,7 @@ def read(split: Split) -> NerData:
 
 
 def _encode(sentences: Sentences, tokenizer, max_length: int, token_types: bool):
-    return tokenizer(
+    return for_split_words(tokenizer)(
         sentences.words,
         is_split_into_words=True,
         truncation=True,

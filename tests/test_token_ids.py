@@ -116,7 +116,10 @@ def test_only_tokenizers_with_the_property_take_the_piece_cache(cased, corpus):
     spaced.add_tokens(["breast cancer"])
     for tok in (bpe, metaspace, eats_spaces, spaced):
         assert not token_ids.splits_on_spaces(tok)
+    for tok in (metaspace, eats_spaces, spaced):
         assert token_ids.TextIds(tok, 30).pieces is None  # the prefix path
+    # Byte-level BPE has a rule of its own: pieces keep their leading space (tests/test_bpe.py).
+    assert token_ids.TextIds(bpe, 30).pieces.byte_level
     # These really break the property (lstrip is refused on principle: with BERT's pre-tokenizer
     # the spaces it eats would have been dropped anyway).
     text = "the <gene> breast cancer  risk"

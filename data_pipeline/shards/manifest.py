@@ -200,12 +200,15 @@ def tokenizer_info(tok, name: str | None = None) -> TokenizerInfo:
     ordered = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
     vocab_hash = hashlib.sha256(json.dumps(ordered, ensure_ascii=False).encode()).hexdigest()
     ids = {}
-    for role in ("cls", "sep", "pad", "mask"):
+    # A tokenizer without cls/sep tokens of its own opens and closes a sequence with bos/eos.
+    for role, alias in (("cls", "bos"), ("sep", "eos"), ("pad", None), ("mask", None)):
         value = getattr(tok, f"{role}_token_id", None)
+        if value is None and alias is not None:
+            value = getattr(tok, f"{alias}_token_id", None)
         if value is None:
             raise UserError(
-                f"tokenizer '{name or tok.name_or_path}': has no {role} token; a BERT-style "
-                "tokenizer with [CLS], [SEP], [PAD] and [MASK] is required"
+                f"tokenizer '{name or tok.name_or_path}': has no {role} token; a tokenizer with "
+                "cls (or bos), sep (or eos), pad and mask tokens is required"
             )
         ids[role] = int(value)
     return TokenizerInfo(

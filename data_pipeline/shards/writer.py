@@ -60,7 +60,14 @@ from data_pipeline.shards.manifest import (
     tokenizer_info,
 )
 from data_pipeline.token_cache import TokenCache
-from data_pipeline.token_ids import backend_tokenizer, kept_ids, tokenized_chunks
+from data_pipeline.token_ids import (
+    TokenizeStats,
+    backend_tokenizer,
+    kept_ids,
+    pair_separator,
+    path_name,
+    tokenized_chunks,
+)
 
 PROGRESS_EVERY_S = 5.0
 
@@ -69,13 +76,15 @@ PROGRESS_EVERY_S = 5.0
 
 
 class Packer:
-    """Cuts one split's stream doc1 [SEP] doc2 [SEP] ... into contents of `length` tokens.
+    """Cuts one split's stream doc1 SEP doc2 SEP ... into contents of `length` tokens, SEP being
+    what the tokenizer's pair template puts between two texts ([SEP]; </s> </s> for RoBERTa).
 
-    A separator that would open a sequence is dropped ([CLS] already marks the boundary).
+    A separator, or the part of one, that would open a sequence is dropped ([CLS] already marks
+    the boundary).
     """
 
-    def __init__(self, length: int, sep_id: int):
-        self.length, self.sep = length, np.array([sep_id], np.int32)
+    def __init__(self, length: int, separator: list[int]):
+        self.length, self.sep = length, np.array(separator, np.int32)
         self.parts: list[np.ndarray] = []
         self.keys: list[list] = []
         self.n = 0
@@ -83,7 +92,7 @@ class Packer:
     def add(self, ids: np.ndarray, key: list) -> list[tuple[np.ndarray, list[list]]]:
         out: list[tuple[np.ndarray, list[list]]] = []
         if self.n:
-            self._push(self.sep, None, out)
+            self._push(self.sep[: self.length - self.n], None, out)
         pos = 0
         while pos < len(ids):
             take = min(self.length - self.n, len(ids) - pos)
@@ -240,7 +249,9 @@ class _Progress:
         self.t0 = self.last = time.monotonic()
         self.records0, self.tokens0 = start  # a resumed run's rates count only its own work
 
-    def update(self, records: int, samples: int, tokens: int, final: bool = False) -> None:
+    def update(
+        self, records: int, samples: int, tokens: int, final: bool = False, note: str = ""
+    ) -> None:
         now = time.monotonic()
         if not self.enabled or not final and now - self.last < PROGRESS_EVERY_S:
             return
@@ -254,7 +265,7 @@ class _Progress:
         token_rate = si((tokens - self.tokens0) / dt)
         line += f" | {samples:,} samples, {tokens:,} tokens, {token_rate} tokens/s"
         if final:
-            line += f" | done in {duration(dt)}"
+            line += f" | done in {duration(dt)}" + (f" | {note}" if note else "")
         print(line, file=sys.stderr, flush=True)
 
 
@@ -341,7 +352,8 @@ def run_shard(
             return complete_run(out, journal, info, inputs_meta, settings, progress)
         writers = {s: SplitWriter(out, s, samples_per_shard, max_len, info.dtype) for s in SPLITS}
         pack = mode == "pack"
-        packers = {s: Packer(max_len - 2, info.sep_id) for s in SPLITS} if pack else {}
+        separator = pair_separator(tok, info.sep_id)
+        packers = {s: Packer(max_len - 2, separator) for s in SPLITS} if pack else {}
         consumed = resume(out, journal, writers, packers)
 
         reader = RecordReader(input_set, text_field)
@@ -362,13 +374,14 @@ def run_shard(
                 w.write_shard()
                 journal.save(consumed, writers, packers)
 
+        stats = TokenizeStats(path_name(tok), workers)
         if cache is None:
             records = itertools.islice(
                 iter(reader), consumed, None
             )  # NOTE: skipped, never tokenized
-            batches = tokenized_chunks(records, tok, workers, keep)
+            batches = tokenized_chunks(records, tok, workers, keep, stats)
         else:
-            batches = cache.tokenized_chunks(reader, consumed, workers)
+            batches = cache.tokenized_chunks(reader, consumed, workers, stats)
         for chunk, (flat, offsets) in batches:
             for i, record in enumerate(chunk):
                 consumed += 1
@@ -400,7 +413,7 @@ def run_shard(
         )
         manifest.save(out)  # NOTE: last, and only once every shard it lists is in place
         journal.remove()
-        meter.update(consumed, samples, tokens, final=True)
+        meter.update(consumed, samples, tokens, final=True, note=stats.line())
         if cache is not None and progress:
             print(cache.summary(), file=sys.stderr, flush=True)
         return manifest
