@@ -231,12 +231,17 @@ def test_byte_level_piece_cache_gives_the_tokenizer_ids(tokenizers_by_family, fa
     ]
 
 
-def test_every_unicode_whitespace_beside_a_space_goes_to_the_full_call(roberta_dir):
-    tok = token_ids.backend_tokenizer(load_tokenizer(str(roberta_dir)))
-    spaces = [chr(c) for c in range(0x3000 + 1) if chr(c).isspace()] + ["\u205f", "\u3000"]
-    texts = [f"a{c} b" for c in spaces] + [f"a {c}b" for c in spaces] + [f"a {c} b" for c in spaces]
-    cache = token_ids.PieceCache(tok, byte_level=True)
-    assert cache(texts, None) == [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+def test_every_unicode_whitespace_beside_a_space_goes_to_the_full_call():
+    spaces = [chr(c) for c in range(0x3000 + 1) if chr(c).isspace()]
+    # Around a lone space any whitespace is harmless; a run with a space inside is not
+    # ("a\xa0 \xa0b": GPT-2's regex makes "\xa0 " one pre-token across the pieces' boundary).
+    forms = ("a{} b", "a {}b", "a {} b", "a{} {}b", "a{}  b", "a{} ")
+    texts = [f.format(c, c) for f in forms for c in spaces]
+    # Trained on these texts, so that the runs are merged into tokens of their own (with a small
+    # vocabulary, different pre-tokens could still give the same ids).
+    tok = trained_bpe(texts * 20)
+    want = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    assert token_ids.PieceCache(tok, byte_level=True)(texts, None) == want
 
 
 # ---- shards -------------------------------------------------------------------------------------
@@ -424,6 +429,7 @@ def test_whole_word_masking_masks_whole_words(tokenizers_by_family, family):
     picked = labels != IGNORE_INDEX
     share = (masked[picked] == info.mask_id).float().mean().item()
     assert 0.7 < share < 0.9 and info.mask_id == tok.mask_token_id
+    assert not table[tok.all_special_ids].any()  # a special token never continues a word
     # The table itself: a token starts a word exactly where the independent groups change.
     for ids, groups in rows[:50]:
         for i in range(1, len(ids)):
