@@ -61,7 +61,6 @@ _BYTE_LEVEL_NORMALIZERS = {"NFC", "NFD", "Lowercase"}
 # pre-tokenizer regex groups a whitespace run as a whole (`\s+(?!\S)`), so across such a run the
 # pieces' pre-tokens differ from the text's. Python's \s covers at least Unicode White_Space.
 _ODD_SPACING = re.compile(r"\A | \Z|\s | \s")
-_LEADING_SPACE_PIECE = re.compile(r" ?[^ ]+")  # "a b c" -> "a", " b", " c"
 ENV_SWITCH = "BIODISTILL_TOKENIZE"  # "plain": never use the piece cache
 
 
@@ -135,6 +134,18 @@ def piece_rule(tok) -> str | None:
     return None
 
 
+def _byte_level_pieces(text: str, keep: int | None) -> list[str] | None:
+    """The first `keep` (all with None) " "-separated pieces of `text`, each after the first with
+    its leading space, or None when a space among them touches other whitespace or an end."""
+    head = text.split(" ") if keep is None else text.split(" ", keep)[:keep]
+    end = sum(map(len, head)) + len(head) - 1  # the pieces' span: what follows it cannot change
+    # their ids, unless the last one ends in whitespace before the space that follows it.
+    # (max: an empty first piece is a leading space, which the empty span would hide.)
+    if _ODD_SPACING.search(text, 0, max(end, 1)) or end < len(text) and head[-1][-1:].isspace():
+        return None
+    return [head[0], *(" " + p for p in head[1:])]
+
+
 class PieceCache:
     """Ids of texts from cached ids of their space-separated pieces (see `piece_rule`).
 
@@ -153,9 +164,7 @@ class PieceCache:
             self.ids.clear()  # start afresh rather than track ages: frequent pieces return at once
         cache = self.ids
         if self.byte_level:
-            pieces = [
-                None if _ODD_SPACING.search(t) else _LEADING_SPACE_PIECE.findall(t) for t in texts
-            ]
+            pieces = [_byte_level_pieces(t, keep) for t in texts]
             odd = [t for t, p in zip(texts, pieces, strict=True) if p is None]
             self.whole += len(odd)
             whole = self._whole(odd, keep)

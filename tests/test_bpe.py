@@ -13,6 +13,7 @@ character offsets, NER label positions from each word tokenized alone.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import random
 from pathlib import Path
@@ -242,6 +243,18 @@ def test_every_unicode_whitespace_beside_a_space_goes_to_the_full_call():
     tok = trained_bpe(texts * 20)
     want = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     assert token_ids.PieceCache(tok, byte_level=True)(texts, None) == want
+
+
+def test_every_short_text_of_letters_and_whitespace_at_every_cut():
+    """All 19,531 texts of up to 6 characters from "a", "b", " ", "\n", "\xa0", at every `keep`:
+    spaces at the ends, in runs, beside other whitespace, at and just past the kept pieces."""
+    alphabet = ["a", "b", " ", "\n", "\xa0"]
+    texts = ["".join(p) for n in range(7) for p in itertools.product(alphabet, repeat=n)]
+    tok = trained_bpe(texts * 3)
+    full = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    for keep in (None, 1, 2, 3, 4):
+        cache = token_ids.PieceCache(tok, byte_level=True)
+        assert cache(texts, keep) == [ids[:keep] for ids in full], keep
 
 
 # ---- shards -------------------------------------------------------------------------------------
