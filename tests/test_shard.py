@@ -274,7 +274,7 @@ def test_writer_and_packer_restored_from_state_go_on_as_the_originals(tmp_path, 
 
     def pair(directory: Path):
         directory.mkdir()
-        return shards.Packer(6, 102), shards.SplitWriter(directory, "train", 2, 8, "uint16")
+        return shards.Packer(6, [102]), shards.SplitWriter(directory, "train", 2, 8, "uint16")
 
     packer, writer = pair(tmp_path / "a")
     feed(packer, writer, stream[:cut])
