@@ -21,9 +21,15 @@ $(VENV)/.installed: pyproject.toml
 # The main job on the embedded demo: recipes/demo.yaml, a teacher and three students on
 # DEMO_RANKS ranks (CPU ranks here, GPUs where there are some). The demo corpus is built on
 # first use by the pipeline's own commands; runs/demo/ holds the result.
+# DEMO_FAMILY=modernbert: every model a ModernBERT (recipes/demo_modernbert.yaml -> runs/demo-modernbert).
 DEMO_RANKS ?= 2
+DEMO_FAMILY ?= bert
+DEMO_RECIPE := $(if $(filter bert,$(DEMO_FAMILY)),recipes/demo.yaml,recipes/demo_$(DEMO_FAMILY).yaml)
+DEMO_RUN := $(if $(filter bert,$(DEMO_FAMILY)),runs/demo,runs/demo-$(DEMO_FAMILY))
+DEMO_TEACHER := $(if $(filter bert,$(DEMO_FAMILY)),data/demo/teacher,data/demo/teacher-$(DEMO_FAMILY))
 demo: install
-	$(BIN)/deepspeed --num_gpus $(DEMO_RANKS) trainer/main.py --ds_config ds_configs/zero2.json
+	$(BIN)/deepspeed --num_gpus $(DEMO_RANKS) trainer/main.py --ds_config ds_configs/zero2.json \
+	    --recipe $(DEMO_RECIPE)
 
 # The downstream task in miniature: `python -m evaluation` fine-tunes the demo's teacher, students
 # and twins on the demo's NER datasets (data/demo/datasets: diseases, chemicals and genes under the
@@ -32,10 +38,10 @@ demo: install
 DEMO_EVAL_SEEDS ?= 1
 DEMO_MODELS := DistilBioBERT DistilBioBERT-MLM CompactBioBERT CompactBioBERT-MLM TinyBioBERT TinyBioBERT-MLM
 demo-eval: demo
-	$(BIN)/python -m evaluation run --models teacher=data/demo/teacher \
-	    $(foreach m,$(DEMO_MODELS),$(m)=runs/demo/export/$(m)) --tasks ner \
+	$(BIN)/python -m evaluation run --models teacher=$(DEMO_TEACHER) \
+	    $(foreach m,$(DEMO_MODELS),$(m)=$(DEMO_RUN)/export/$(m)) --tasks ner \
 	    --datasets NCBI-disease,BC5CDR-chem,BC2GM --data data/demo/datasets \
-	    --output runs/demo/eval --seeds $(DEMO_EVAL_SEEDS) --rerun-stale ner.lr=1e-3
+	    --output $(DEMO_RUN)/eval --seeds $(DEMO_EVAL_SEEDS) --rerun-stale ner.lr=1e-3
 
 test: install
 	$(BIN)/python -m pytest -q

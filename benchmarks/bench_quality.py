@@ -1,6 +1,6 @@
 """Learning quality: what the demo's students learn from its teacher, over several seeds.
 
-    python benchmarks/run.py --only quality [--quick]
+    python benchmarks/run.py --only quality [--quick] [--family modernbert]
 
 The demo as `make demo` runs it (recipes/demo.yaml: the teacher pre-trained by
 recipes/demo_teacher.yaml on the demo corpus and cached in data/demo/teacher, then DistilBioBERT,
@@ -18,7 +18,8 @@ mean over seeds, settings = every seed's value, min, max, spread (max - min) and
   entity positions, in the settings).
 
 --quick: 3 seeds (about 10 minutes on 2 CPU cores with the teacher built); full: 5 seeds.
-DEMO_RANKS (default 2) sets the ranks.
+DEMO_RANKS (default 2) sets the ranks. --family modernbert runs recipes/demo_modernbert.yaml (the
+same demo, every model a ModernBERT; its teacher cached in data/demo/teacher-modernbert).
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ SEEDS = (42, 7, 2023, 11, 5)
 STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
 
 
-def run_demo(seed: int, root: Path, ranks: int) -> dict:
+RECIPES = {"bert": "recipes/demo.yaml", "modernbert": "recipes/demo_modernbert.yaml"}
+
+
+def run_demo(seed: int, root: Path, ranks: int, recipe: str) -> dict:
     """One demo run with train.seed=seed; its summary.json."""
     deepspeed = Path(sys.executable).parent / "deepspeed"
     name = f"seed-{seed}"
     cmd = [
         str(deepspeed), "--master_port", str(free_port()), "--num_gpus", str(ranks),
-        "trainer/main.py", "--ds_config", "ds_configs/zero2.json",
+        "trainer/main.py", "--ds_config", "ds_configs/zero2.json", "--recipe", recipe,
         f"train.seed={seed}", f"run.output_dir={root}", f"run.name={name}",
     ]  # fmt: skip
     out = root / f"{name}.log"
@@ -69,9 +73,9 @@ def spread(values: list[float], seeds: list[int]) -> dict:
     }
 
 
-def figures(summaries: list[dict], seeds: list[int]) -> Iterator[dict]:
+def figures(summaries: list[dict], seeds: list[int], recipe: str) -> Iterator[dict]:
     models = [s["models"] for s in summaries]
-    common = {"recipe": "recipes/demo.yaml", "seeds": seeds}
+    common = {"recipe": recipe, "seeds": seeds}
     values = [m["teacher"]["entity_acc_to_ceiling"] for m in models]
     ceilings = sorted({s["ceiling_entity_acc"] for s in summaries})
     yield {
@@ -103,9 +107,11 @@ def figures(summaries: list[dict], seeds: list[int]) -> Iterator[dict]:
         }
 
 
-def run(quick: bool) -> Iterator[dict]:
+def run(quick: bool, family: str = "bert") -> Iterator[dict]:
+    if family not in RECIPES:
+        raise ValueError(f"quality: no demo of family {family!r}; known: {sorted(RECIPES)}")
     seeds = list(SEEDS[: 3 if quick else 5])
     ranks = int(os.environ.get("DEMO_RANKS", "2"))
     with tempfile.TemporaryDirectory(prefix="biodistill-quality-") as tmp:
-        summaries = [run_demo(seed, Path(tmp), ranks) for seed in seeds]
-    yield from figures(summaries, seeds)
+        summaries = [run_demo(seed, Path(tmp), ranks, RECIPES[family]) for seed in seeds]
+    yield from figures(summaries, seeds, RECIPES[family])

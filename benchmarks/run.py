@@ -1,6 +1,6 @@
 """Every benchmark of the project, one JSON line per figure on stdout.
 
-    python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out FILE.jsonl]
+    python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--family NAME] [--out FILE.jsonl]
 
 A figure is {"benchmark", "metric", "value", "unit", "device", "settings"}. Progress goes to
 stderr, figures to stdout (and to --out, appended), so `> results.jsonl` keeps only figures.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 cores")
     p.add_argument("--only", default="", help=f"comma-separated subset of {sorted(BENCHMARKS)}")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    p.add_argument(
+        "--family", default=None, help="the model family of the benchmarks that take one (quality)"
+    )
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -78,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.update(started_with)
             figures = 0
             try:
-                for fig in importlib.import_module(BENCHMARKS[name]).run(args.quick):
+                run = importlib.import_module(BENCHMARKS[name]).run
+                takes_family = "family" in inspect.signature(run).parameters
+                kwargs = {"family": args.family} if args.family and takes_family else {}
+                for fig in run(args.quick, **kwargs):
                     line = json.dumps({"benchmark": name, "device": device, **fig}, sort_keys=True)
                     print(line, flush=True)
                     figures += 1
