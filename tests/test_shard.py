@@ -544,3 +544,31 @@ def test_full_disk_stops_with_one_line_and_the_rerun_finishes_byte_identical(
     resumed = shard([jsonl], tokenizer_dir, out, **kw)
     assert resumed.to_dict()["splits"] == clean.to_dict()["splits"]
     assert all_bytes(out) == all_bytes(tmp_path / "clean")
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"records_consumed": "12"}, "records_consumed='12': expected an integer"),
+        ({"version": 2}, "version=2: expected"),
+        ({"splits": {"train": [{"name": "train-000000.tar"}]}}, "splits.train[0].samples"),
+        ({"pending_file": None}, "pending_file=None: expected a string"),
+    ],
+    ids=["consumed", "version", "shard-info", "pending"],
+)
+def test_a_bad_journal_is_named_by_its_key(tmp_path, change, named):
+    """The resume journal's state.json is read through its schema: one line naming the key."""
+    from data_pipeline.shards.journal import STATE_DIR, STATE_VERSION, Journal
+
+    state = {
+        "version": STATE_VERSION,
+        "fingerprint": "f",
+        "seq": 1,
+        "records_consumed": 12,
+        "pending_file": "pending-000001.npz",
+        "splits": {"train": []},
+    }
+    (tmp_path / STATE_DIR).mkdir()
+    (tmp_path / STATE_DIR / "state.json").write_text(json.dumps(state | change))
+    with pytest.raises(UserError, match=re.escape(named) + ".*remove .* to start over"):
+        Journal(tmp_path, "f").load()

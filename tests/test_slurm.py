@@ -277,7 +277,8 @@ def test_preprocess_array_job_equals_extract_and_shard(
         k = len(stems[i::3])
         assert f"0 of {k} inputs tokenized" in text and f"({k} reused" in text, text
     text = (logs / "rerun-1.out").read_text()
-    assert f"[1/1] {stems[1]}.xml.gz" in text and "1 of 1 inputs tokenized" in text, text
+    assert "file 1/1 | " in text and f"{stems[1]}.xml.gz: " in text, text
+    assert "1 of 1 inputs tokenized" in text, text
 
 
 # ---------------------------------------------------------------- training

@@ -20,12 +20,14 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+from pydantic import Field
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import atomic_path
+from data_pipeline.schema import Int, Schema, Str, validate
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, TokenizerInfo
 
 STATE_DIR = ".shard-state"
@@ -47,25 +49,37 @@ class Stateful(Protocol):
     def restore(self, state: dict) -> None: ...
 
 
+class JournalState(Schema):
+    """state.json, as `Journal.save` writes it."""
+
+    version: Literal[STATE_VERSION] = Field(description="the journal format")
+    fingerprint: Str = Field(description="inputs, tokenizer and settings of the run that wrote it")
+    seq: Int = Field(ge=0, description="the journal's save count (names the pending file)")
+    records_consumed: Int = Field(ge=0, description="records already in shards or pending")
+    pending_file: Str = Field(description="the .npz of pending samples and pack carries")
+    splits: dict[Str, list[ShardInfo]] = Field(description="each split's finished shards")
+
+
 class Journal:
     """DIR/.shard-state: enough writer state to continue after the last finished shard."""
 
     def __init__(self, directory: Path, fingerprint: str):
         self.dir, self.fingerprint, self.seq = directory / STATE_DIR, fingerprint, 0
 
-    def load(self) -> dict | None:
+    def load(self) -> JournalState | None:
         path = self.dir / "state.json"
         if not path.exists():
             return None
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"version {state.get('version')!r}")
-        except (OSError, ValueError, AttributeError) as e:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
             raise UserError(
                 f"{path}: unreadable resume journal ({e}); remove {self.dir} to start over"
             ) from None
-        return state
+        try:
+            return validate(JournalState, raw, root="state.json", source=str(path))
+        except UserError as e:
+            raise UserError(f"{e}; remove {self.dir} to start over") from None
 
     def save(
         self, consumed: int, writers: dict[str, Stateful], packers: dict[str, Stateful]
@@ -111,15 +125,15 @@ class Journal:
             self.dir.rmdir()
 
     def restore(
-        self, state: dict, writers: dict[str, Stateful], packers: dict[str, Stateful]
+        self, state: JournalState, writers: dict[str, Stateful], packers: dict[str, Stateful]
     ) -> int:
-        self.seq = state["seq"]
-        with np.load(self.dir / state["pending_file"], allow_pickle=False) as z:
+        self.seq = state.seq
+        with np.load(self.dir / state.pending_file, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
             for split, w in writers.items():
                 w.restore(
                     {
-                        "shards": [ShardInfo(**i) for i in state["splits"][split]],
+                        "shards": list(state.splits[split]),
                         "ids": z[f"{split}_ids"],
                         "lens": z[f"{split}_lens"],
                         "metas": meta[split]["metas"],
@@ -128,7 +142,7 @@ class Journal:
                 if split in packers:
                     carry = z[f"{split}_carry"]
                     packers[split].restore({"carry": carry, "keys": meta[split]["carry_keys"]})
-        return state["records_consumed"]
+        return state.records_consumed
 
 
 def fingerprint(inputs_meta: list[dict], tok_json: str, settings: dict) -> str:
@@ -205,10 +219,10 @@ def resume(
     """Restore the writers from the journal (if any) and return the records already consumed."""
     state = journal.load()
     ours = state is not None  # shard files here are a crashed run's, not someone else's
-    if ours and state["fingerprint"] != journal.fingerprint and not any(state["splits"].values()):
+    if ours and state.fingerprint != journal.fingerprint and not any(state.splits.values()):
         state = None  # a run that stopped before its first shard: nothing worth keeping
         journal.remove()
-    if state is not None and state["fingerprint"] != journal.fingerprint:
+    if state is not None and state.fingerprint != journal.fingerprint:
         raise UserError(
             f"{out}: holds a partial shard run made with different settings; rerun it with its "
             "own arguments to resume it, or choose a new --output or remove that directory"
@@ -245,8 +259,8 @@ def clear_run(out: Path) -> None:
         names |= {s.name for split in manifest.splits.values() for s in split.shards}
     journal = Journal(out, "")
     if (state := journal.load()) is not None:
-        for split, shards in state["splits"].items():
-            names |= {i["name"] for i in shards} | {f"{split}-{len(shards):06d}.tar"}
+        for split, shards in state.splits.items():
+            names |= {i.name for i in shards} | {f"{split}-{len(shards):06d}.tar"}
     for name in sorted(names):
         if _SHARD_NAME.match(name) or _TMP_NAME.match(name):
             (out / name).unlink(missing_ok=True)
