@@ -35,6 +35,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    PrivateAttr,
     Strict,
     TypeAdapter,
     ValidationError,
@@ -55,9 +56,35 @@ Str = Annotated[str, Strict()]
 
 
 class Schema(BaseModel):
-    """A section of a structured input: unknown keys are an error."""
+    """A section of a structured input: unknown keys are an error. `freeze` makes its keys (and
+    its sections') read-only."""
 
     model_config = ConfigDict(extra="forbid")
+    _frozen: bool = PrivateAttr(default=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen and not name.startswith("_"):
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: the configuration is frozen (it was written to "
+                "the run directory as it is); change it before"
+            )
+        super().__setattr__(name, value)
+
+
+def freeze(node: Any) -> Any:
+    """Make `node` (a Schema), its sections and the sections in its lists and dicts read-only;
+    returns it. NOTE: a key's own list or dict value stays a Python list or dict."""
+    if isinstance(node, Schema):
+        for name in type(node).model_fields:
+            freeze(getattr(node, name))
+        node._frozen = True
+    elif isinstance(node, list | tuple):
+        for item in node:
+            freeze(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            freeze(item)
+    return node
 
 
 class Invalid(ValueError):

@@ -815,3 +815,23 @@ def test_print_keys_needs_no_torch():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "train.global_batch" in done.stdout and "students.NAME.objective.kind" in done.stdout
+
+
+def test_a_frozen_config_refuses_every_change():
+    """The builder freezes the config once recipe.resolved.yaml is written: a later change of any
+    key, in any section, is an error rather than a run that differs from its file."""
+    from data_pipeline.schema import freeze
+
+    cfg = freeze(load_config(DEMO_RECIPE))
+    student = cfg.students[0]
+    for node, key, value in (
+        (cfg.train, "max_steps", 3),
+        (student.objective, "attention_map", [[0, 1]]),
+        (student.optimizer, "lr", 1.0),
+        (cfg.data, "max_len", 8),
+    ):
+        with pytest.raises(AttributeError, match=rf"{key}: the configuration is frozen"):
+            setattr(node, key, value)
+    assert load_config(DEMO_RECIPE).train.max_steps != 3  # a new load is not frozen
+    fresh = load_config(DEMO_RECIPE)
+    fresh.train.max_steps = 3

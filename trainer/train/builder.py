@@ -2,7 +2,8 @@
 
 The run directory (`run.output_dir/run.name`) keeps what is needed to know what ran:
 recipe.resolved.yaml (every default filled in, a pretrained student's layer maps included: it is
-written once the models are built, and nothing changes the config after), ds_config.json (the
+written once the models are built, and the config is frozen then: nothing changes it after),
+ds_config.json (the
 DeepSpeed JSON as this start trains it) and git.txt (commit and uncommitted diff of the code),
 next to tensorboard/, checkpoints/ and export/.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from data_pipeline.io_utils import atomic_write_bytes, check_writable_dir
+from data_pipeline.schema import freeze
 from trainer.checkpoint.elastic import keep_global_batch
 from trainer.checkpoint.store import Checkpointer
 from trainer.config.ds_json import for_device, micro_batch_size
@@ -123,6 +125,7 @@ def build_trainer(
     # layer maps, is known once it is loaded (trainer/models/students.py fills them in). Nothing
     # changes the config from here; the loop logs the same text to TensorBoard.
     write_record(run_dir, "recipe.resolved.yaml", to_yaml(cfg), "recipe.previous.yaml", rt)
+    freeze(cfg)  # what the file says is what the run uses
     bf16 = ds.get("bf16", {})
     if bf16.get("enabled") and bf16.get("check_grad_overflow") is False:
         logger.warning(
