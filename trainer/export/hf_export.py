@@ -11,8 +11,9 @@ never touches, is put in: trainer/models/pooler.py):
 - On request, from any complete checkpoint, on any machine and without DeepSpeed engines:
 
       python -m trainer.export runs/demo/checkpoints/step-00000040 [--students A,B] [--output DIR]
+          [--onnx [--int8]]               # then model.onnx (trainer/export/onnx.py)
           [--push-to-hub ORG/NAME]        # then push it (trainer/export/hub.py)
-      python -m trainer.export runs/demo/export/DistilBioBERT --push-to-hub ORG/NAME
+      python -m trainer.export runs/demo/export/DistilBioBERT [--onnx [--int8]] [--push-to-hub R]
 
   Every checkpoint keeps, per student, `hf/` (config, tokenizer, model card, pooler); the weights
   come from DeepSpeed's own zero_to_fp32 reconstruction of the fp32 master weights.
@@ -21,7 +22,10 @@ A directory is written under a temporary name and renamed into place: an export 
 complete, and its EXPORT.json lists every file with its size and SHA-256. An export replaces only
 an export: a directory that is absent, empty, or holds EXPORT.json and nothing besides the files
 it lists (or, written before the record existed, a model card of this trainer). Anything else
-under that name is the user's, and the export is refused, naming it.
+under that name is the user's, and the export is refused, naming it. `verify_export` checks an
+export against its record (--onnx and --push-to-hub of an export refuse one that fails); `seal`
+writes the record and renames a finished directory into place (trainer/export/onnx.py adds its
+files that way).
 """
 
 from __future__ import annotations
@@ -101,27 +105,58 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
             model.save_pretrained(tmp)
             save_tokenizer(tokenizer, tmp, family_of(model).max_positions(model.config))
             (tmp / "README.md").write_text(with_model_id(card, str(out_dir.resolve())), "utf-8")
-            files = {
-                p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file()
-            }
-            atomic_write_json(tmp / EXPORT_RECORD, {"files": files})
-            share_tree(tmp)
-            fsync_tree(tmp)
-            old = None
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                out_dir.rename(old)
-            tmp.rename(out_dir)
-            fsync_dir(out_dir.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)  # an export (not_an_export above)
+            seal(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out_dir
+
+
+def seal(tmp: Path, out_dir: Path, record: dict | None = None) -> None:
+    """Write `tmp`'s EXPORT.json (every file with its size and SHA-256, plus the entries of
+    `record`), then put `tmp` in `out_dir`'s place. NOTE: the caller has checked with
+    `not_an_export` that `out_dir` may be replaced, and removes `tmp` if this raises."""
+    files = {
+        p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file() and p.name != EXPORT_RECORD
+    }
+    atomic_write_json(tmp / EXPORT_RECORD, {**(record or {}), "files": files})
+    share_tree(tmp)
+    fsync_tree(tmp)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # an export (not_an_export said so)
+
+
+def verify_export(directory: Path) -> str | None:
+    """None when `directory` holds EXPORT.json and every file it lists, with its size and
+    SHA-256; otherwise the first problem, for a message."""
+    record = Path(directory) / EXPORT_RECORD
+    if not record.is_file():
+        return f"no {EXPORT_RECORD}; not an export of this trainer (or one written before it)"
+    try:
+        files = read_json(record).get("files")
+    except UserError as e:
+        return str(e)
+    if not isinstance(files, dict) or not files:
+        return f"{EXPORT_RECORD} lists no files"
+    for rel, want in files.items():
+        path = Path(directory) / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            return f"{rel} has {size:,} bytes where {EXPORT_RECORD} says {want.get('bytes')}"
+        if sha256_file(path) != want.get("sha256"):
+            return f"{rel}: its SHA-256 differs from the one in {EXPORT_RECORD} (corrupted)"
+    return None
 
 
 def not_an_export(out_dir: Path) -> str | None:
@@ -345,12 +380,34 @@ def main(argv: list[str] | None = None) -> int:
         "for several students put {student} in it: ORG/{student})",
     )
     p.add_argument("--private", action="store_true", help="create the Hub repository private")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx into each export (checked against PyTorch; needs the onnx "
+        "extra); CHECKPOINT may then be an export, which gets it in place",
+    )
+    p.add_argument(
+        "--int8", action="store_true", help="with --onnx: also model.int8.onnx (dynamic int8)"
+    )
     args = p.parse_args(argv)
+    if args.int8 and not args.onnx:
+        p.error("--int8 needs --onnx")
     ckpt, repo = args.checkpoint, args.push_to_hub
-    if repo is not None and (ckpt / "config.json").is_file():  # an export: push it as it is
+    is_export = (ckpt / "config.json").is_file() or (ckpt / EXPORT_RECORD).is_file()
+    if (repo is not None or args.onnx) and is_export and not (ckpt / MARKER).is_file():
+        # an export: ONNX files added in place, pushed as it is
+        if args.onnx and _onnx([ckpt], args.int8) != 0:
+            return 2
+        if repo is None:
+            return 0
+        problem = verify_export(ckpt) if (ckpt / EXPORT_RECORD).is_file() else None
+        if problem is not None:
+            print(f"error: {ckpt}: fails verification: {problem}", file=sys.stderr)
+            return 2
         return _push([(ckpt.name, ckpt)], repo, args.private)
     if not (ckpt / MARKER).is_file():
-        what = "a complete checkpoint" if repo is None else "an export nor a complete checkpoint"
+        plain = repo is None and not args.onnx
+        what = "a complete checkpoint" if plain else "an export nor a complete checkpoint"
         print(f"error: {ckpt}: no {MARKER}; not {what}", file=sys.stderr)
         return 2
     problem = verify(ckpt)
@@ -385,7 +442,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{name}: {exported[-1][1]}", flush=True)
+    if args.onnx and _onnx([d for _, d in exported], args.int8) != 0:
+        return 2
     return 0 if repo is None else _push(exported, repo, args.private)
+
+
+def _onnx(exports: list[Path], int8: bool) -> int:
+    from trainer.export.onnx import add_onnx
+
+    for directory in exports:
+        try:
+            add_onnx(directory, int8=int8)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{directory.name}: ONNX files in {directory}", flush=True)
+    return 0
 
 
 def _push(exports: list[tuple[str, Path]], repo: str, private: bool) -> int:

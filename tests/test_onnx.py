@@ -1,0 +1,209 @@
+"""ONNX files of an export (`python -m trainer.export EXPORT --onnx --int8`): the fp32 graph gives
+PyTorch's logits, the int8 one loads and its agreement is recorded, EXPORT.json vouches for both
+(a flipped byte is caught), and only an export of this trainer is taken. Tiny masked LMs (2
+layers, hidden 64) of each family the exporter must not care about.
+
+    .venv/bin/python -m pytest -q tests/test_onnx.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from corrupt import flip_byte
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from data_pipeline.demo.synth import train_wordpiece
+from trainer.export.hf_export import EXPORT_RECORD, main, verify_export, write_export
+
+pytest.importorskip("onnxruntime")  # NOTE: the dev extra installs it; CI runs these
+pytest.importorskip("onnxscript")
+from trainer.export import onnx as onnx_export  # noqa: E402 - after the skips
+from trainer.export.onnx import (  # noqa: E402 - after the skips
+    ATOL,
+    CARD_HEADING,
+    INT8_FILE,
+    ONNX_FILE,
+    add_onnx,
+    session,
+    token_batches,
+    torch_logits,
+)
+
+VOCAB = 120
+TINY = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 64,
+}
+CARD = "---\nlicense: other\n---\n\n# S\n\n## Use\n\n```python\nfill = 1\n```\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = ["Aspirin inhibits prostaglandin synthesis in platelets of patients."] * 40
+    train_wordpiece(texts, out, vocab_size=VOCAB)
+    return AutoTokenizer.from_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer) -> tuple[Path, dict, BertForMaskedLM]:
+    """One tiny BERT export with both ONNX files, made once through the command line."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**TINY)).eval()
+    out = write_export(model, tokenizer, CARD, tmp_path_factory.mktemp("runs") / "S")
+    assert main([str(out), "--onnx", "--int8"]) == 0
+    return out, json.loads((out / EXPORT_RECORD).read_text()), model
+
+
+def test_onnx_logits_equal_pytorch_on_batches_it_was_not_checked_on(exported):
+    out, record, model = exported
+    sess = session(out / ONNX_FILE, threads=1)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    shapes = [(1, 1), (3, 17), (5, 62)]  # batch and sequence are dynamic
+    for feed in token_batches(model.config, shapes, seed=9, specials=set(range(5))):
+        got, want = sess.run(["logits"], feed)[0], torch_logits(model, feed)
+        keep = feed["attention_mask"].astype(bool)
+        assert got.shape == (*feed["input_ids"].shape, VOCAB)
+        np.testing.assert_allclose(got[keep], want[keep], rtol=0, atol=ATOL)
+    assert record["onnx"]["max_abs_diff"] <= ATOL
+
+
+def test_int8_file_loads_and_its_agreement_is_recorded(exported, capsys):
+    out, record, model = exported
+    q = session(out / INT8_FILE, threads=1)
+    feed = token_batches(model.config, [(2, 20)], seed=4, specials=set(range(5)))[0]
+    assert q.run(["logits"], feed)[0].shape == (2, 20, VOCAB)
+    entry = record["onnx"]
+    assert 0.0 <= entry["int8_top1_agreement"] <= 1.0 and entry["int8_agreement_positions"] > 0
+    # int8 weights: a quarter of the fp32 matrices, plus the fp32 embeddings it leaves alone
+    assert (out / INT8_FILE).stat().st_size < (out / ONNX_FILE).stat().st_size
+    card = (out / "README.md").read_text()
+    assert CARD_HEADING in card and card.index(CARD_HEADING) < card.index("## Use")
+    assert f"`{INT8_FILE}`" in card and f"{entry['int8_top1_agreement']:.1%}" in card
+    assert entry["latency_ms"]["threads"] >= 1 and entry["latency_ms"]["ONNX Runtime int8"] > 0
+
+
+def test_export_record_lists_the_onnx_files_and_a_flipped_byte_is_caught(exported, tmp_path):
+    out, record, _ = exported
+    for name in (ONNX_FILE, INT8_FILE, "README.md"):
+        path = out / name
+        assert record["files"][name]["bytes"] == path.stat().st_size
+    assert verify_export(out) is None
+    copy = tmp_path / "S"
+    copy.mkdir()
+    for p in out.iterdir():
+        copy.joinpath(p.name).write_bytes(p.read_bytes())
+    flip_byte(copy / ONNX_FILE)
+    assert verify_export(copy) == (
+        f"{ONNX_FILE}: its SHA-256 differs from the one in {EXPORT_RECORD} (corrupted)"
+    )
+    # what consumes the export refuses it: a second --onnx, a push
+    assert main([str(copy), "--onnx"]) == 2
+    assert main([str(copy), "--push-to-hub", "me/S"]) == 2
+
+
+def test_a_second_onnx_run_replaces_the_section_and_drops_a_stale_int8(exported, tmp_path):
+    out, _, _ = exported
+    copy = tmp_path / "S"
+    copy.mkdir()
+    for p in out.iterdir():
+        copy.joinpath(p.name).write_bytes(p.read_bytes())
+    entry = add_onnx(copy, int8=False, repeats=2, log=lambda _: None)
+    assert "int8_top1_agreement" not in entry and not (copy / INT8_FILE).exists()
+    record = json.loads((copy / EXPORT_RECORD).read_text())
+    assert ONNX_FILE in record["files"] and INT8_FILE not in record["files"]
+    assert (copy / "README.md").read_text().count(CARD_HEADING) == 1
+    assert verify_export(copy) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]  # no temporary left beside it
+
+
+def test_a_graph_that_does_not_give_pytorchs_logits_is_never_written(
+    exported, tmp_path, monkeypatch
+):
+    out, _, _ = exported
+    copy = tmp_path / "S"
+    copy.mkdir()
+    for p in out.iterdir():
+        copy.joinpath(p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    real = onnx_export.export_fp32
+
+    def off_by_a_little(model, path):  # what an exporter bug would do, 10x the tolerance
+        with torch.no_grad():
+            model.cls.predictions.decoder.bias.add_(10 * ATOL)
+        try:
+            real(model, path)
+        finally:
+            with torch.no_grad():
+                model.cls.predictions.decoder.bias.sub_(10 * ATOL)
+
+    monkeypatch.setattr(onnx_export, "export_fp32", off_by_a_little)
+    with pytest.raises(RuntimeError, match="differ from PyTorch's"):
+        add_onnx(copy, int8=True, repeats=1, log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda d: (d / "notes.txt").write_text("mine"), "no COMPLETE.json"),
+        (lambda d: (d / "config.json").write_text("{}"), f"no {EXPORT_RECORD}"),
+        (lambda d: None, "no COMPLETE.json"),
+    ],
+    ids=["user-files", "hf-dir-without-record", "empty"],
+)
+def test_onnx_on_a_directory_that_is_not_an_export_is_refused_in_one_line(
+    tmp_path, capsys, make, says
+):
+    target = tmp_path / "d"
+    target.mkdir()
+    make(target)
+    before = sorted(p.name for p in target.iterdir())
+    assert main([str(target), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {target}") and says in err and err.count("\n") == 1
+    assert sorted(p.name for p in target.iterdir()) == before
+
+
+def test_int8_without_onnx_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--int8"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+def test_other_families_export_through_the_same_code(family, tokenizer, tmp_path):
+    """The exporter reads AutoModelForMaskedLM only: RoBERTa and ModernBERT masked LMs (sliding
+    window attention on a sequence longer than the window) export and match PyTorch."""
+    from transformers import AutoModelForMaskedLM, ModernBertConfig, RobertaConfig
+
+    specials = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+    if family == "roberta":
+        config = RobertaConfig(**{**TINY, "max_position_embeddings": 66}, **specials)
+    else:
+        config = ModernBertConfig(
+            **TINY, **specials, cls_token_id=2, sep_token_id=3, local_attention=16
+        )
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    out = write_export(model, tokenizer, CARD, tmp_path / "S")
+    entry = add_onnx(out, int8=False, repeats=2, log=lambda _: None)
+    assert entry["max_abs_diff"] <= ATOL
+    sess = session(out / ONNX_FILE, threads=1)
+    for feed in token_batches(config, [(2, 40)], seed=5, specials=set(range(5))):
+        keep = feed["attention_mask"].astype(bool)
+        np.testing.assert_allclose(
+            sess.run(["logits"], feed)[0][keep], torch_logits(model, feed)[keep], atol=ATOL, rtol=0
+        )

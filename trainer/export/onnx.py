@@ -1,0 +1,408 @@
+"""ONNX files for an export: model.onnx (fp32) and model.int8.onnx (dynamic int8), checked
+against PyTorch before they count.
+
+    python -m trainer.export runs/demo/export/DistilBioBERT --onnx [--int8]
+    add_onnx(Path("runs/demo/export/DistilBioBERT"), int8=True)   # -> the record's "onnx" entry
+
+Needs the `onnx` extra (`pip install -e .[onnx]`: onnx, onnxruntime, onnxscript). The model is
+loaded as `AutoModelForMaskedLM.from_pretrained(export)` and exported by torch.onnx's dynamo
+exporter (torch's preferred one; the TorchScript exporter's options are deprecated): inputs
+`input_ids` and `attention_mask` (int64, dynamic batch and sequence), output `logits` (the MLM
+head over the vocabulary at every position). Nothing here names a model family: BERT, RoBERTa and
+ModernBERT masked LMs export the same way (tests/test_onnx.py). The int8 file is
+onnxruntime.quantization's `quantize_dynamic` (int8 weights, activations quantized at run time).
+
+Checked at export, on generated token ids (random ids outside the special tokens, padded rows):
+- ONNX Runtime's fp32 logits equal PyTorch's to ATOL at every attended position of a few batches
+  (else the export fails, nothing is written);
+- int8's top-1 agreement with fp32 ONNX Runtime at masked positions ([MASK] in 15% of them) is
+  measured, printed and recorded (not a pass/fail: quantization changes logits by design);
+- CPU latency at batch 1, seq 128 (median), in PyTorch, ONNX Runtime fp32 and int8, with the CPU
+  and thread count.
+
+The files are written into a copy of the export, which is sealed (EXPORT.json lists every file,
+ONNX included, with its size and SHA-256; the checks go into its "onnx" entry) and renamed into
+the export's place: a partial or unchecked ONNX file never stands in an export. The model card
+gets a section with each file's size and the latencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import re
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_pipeline.io_utils import UserError, disk_full_is_an_error, read_json
+from trainer.export.hf_export import EXPORT_RECORD, not_an_export, seal, verify_export
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+ONNX_FILES = (ONNX_FILE, INT8_FILE)
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "logits"
+ATOL = 1e-4  # fp32 ONNX Runtime against PyTorch, absolute, on every attended position
+LATENCY_SEQ = 128
+CARD_HEADING = "## ONNX Runtime (CPU)"
+EXTRA = "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)"
+
+
+class LogitsOnly(nn.Module):
+    """The masked LM as a graph of two inputs and one output (what ONNX holds)."""
+
+    def __init__(self, mlm: nn.Module) -> None:
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def require_onnx() -> None:
+    """A one-line UserError when the `onnx` extra is not installed."""
+    missing = []
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--onnx needs {', '.join(missing)}: {EXTRA}")
+
+
+def load_masked_lm(directory: Path) -> nn.Module:
+    """The export's masked LM in fp32, SDPA attention (what a user's `from_pretrained` gets)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # NOTE: the pooler an export carries is UNEXPECTED here
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(
+            directory, attn_implementation="sdpa", dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
+def export_fp32(model: nn.Module, path: Path) -> None:
+    """Write `model` (a masked LM) to `path` as one ONNX file (weights inside)."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    ids = torch.full((2, 16), _first_plain_id(model.config), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0  # NOTE: a padded row, so that nothing specialises on an all-ones mask
+    with torch.no_grad(), _quiet_exporter():
+        torch.onnx.export(
+            LogitsOnly(model).eval(),
+            (ids, mask),
+            str(path),
+            dynamo=True,
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            external_data=False,
+        )
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (onnxruntime.quantization): int8 weights, activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # NOTE: it logs advice on pre-processing at WARNING, every time
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (one inter-op)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def usable_length(config) -> int:
+    """The longest sequence every family's position table takes (RoBERTa's starts at pad + 1)."""
+    return max(8, int(getattr(config, "max_position_embeddings", 512)) - 2)
+
+
+def _first_plain_id(config) -> int:
+    specials = [
+        getattr(config, k, None)
+        for k in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id")
+    ]
+    return max([i for i in specials if isinstance(i, int)] + [4]) + 1
+
+
+def token_batches(
+    config, shapes: list[tuple[int, int]], seed: int, specials: set[int]
+) -> list[dict[str, np.ndarray]]:
+    """Random plain token ids (no special token) of the given (batch, seq) shapes; every row but
+    the first is padded at its end by a different amount (at most half), as a real batch is."""
+    rng = np.random.default_rng(seed)
+    plain = np.setdiff1d(np.arange(config.vocab_size), np.fromiter(specials, dtype=np.int64))
+    batches = []
+    for b, s in shapes:
+        ids = rng.choice(plain, size=(b, s)).astype(np.int64)
+        mask = np.ones((b, s), dtype=np.int64)
+        for row in range(1, b):
+            mask[row, s - int(rng.integers(1, max(2, s // 2))) :] = 0
+        ids[mask == 0] = config.pad_token_id if config.pad_token_id is not None else 0
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def torch_logits(model: nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    return out.logits.float().numpy()
+
+
+def max_abs_diff(model: nn.Module, sess, batches: list[dict[str, np.ndarray]]) -> float:
+    """The largest |ONNX Runtime - PyTorch| logit over every attended position of `batches`."""
+    worst = 0.0
+    for feed in batches:
+        keep = feed["attention_mask"].astype(bool)
+        diff = np.abs(sess.run([OUTPUT], feed)[0] - torch_logits(model, feed))[keep]
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def masked_agreement(
+    fp32, int8, batches: list[dict[str, np.ndarray]], mask_id: int, seed: int
+) -> tuple[float, int]:
+    """Top-1 agreement of `int8` with `fp32` (ONNX Runtime sessions) at masked positions: 15% of
+    each batch's attended positions replaced by `mask_id`. Returns (agreement, positions)."""
+    rng = np.random.default_rng(seed)
+    same = total = 0
+    for feed in batches:
+        attended = feed["attention_mask"].astype(bool)
+        masked = attended & (rng.random(attended.shape) < 0.15)
+        masked[0, 0] = True  # at least one per batch
+        ids = np.where(masked, mask_id, feed["input_ids"])
+        fed = {**feed, "input_ids": ids}
+        a = fp32.run([OUTPUT], fed)[0][masked].argmax(-1)
+        b = int8.run([OUTPUT], fed)[0][masked].argmax(-1)
+        same += int((a == b).sum())
+        total += int(masked.sum())
+    return same / total, total
+
+
+def timings(call: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    """Wall seconds of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else platform's), e.g. 'AMD EPYC 9B14'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def add_onnx(
+    export_dir: Path,
+    *,
+    int8: bool = False,
+    repeats: int = 20,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Add model.onnx (and with `int8` model.int8.onnx) to the export `export_dir`, checked and
+    recorded; returns the "onnx" entry written into its EXPORT.json. A directory that is not a
+    verified export is refused (UserError) before any work."""
+    require_onnx()
+    export_dir = Path(export_dir)
+    problem = not_an_export(export_dir) if export_dir.is_dir() else "is not a directory"
+    problem = problem or verify_export(export_dir)
+    if problem is not None:
+        raise UserError(f"{export_dir}: {problem}; --onnx needs an export of this trainer")
+    record = read_json(export_dir / EXPORT_RECORD)
+    with disk_full_is_an_error(export_dir, "writing ONNX files", "the export is as it was"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
+        try:
+            for rel in record["files"]:
+                if rel not in ONNX_FILES:
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(export_dir / rel, tmp / rel)
+            entry = _write_and_check(tmp, export_dir.name, int8=int8, repeats=repeats, log=log)
+            card = tmp / "README.md"
+            if card.is_file():
+                card.write_text(with_onnx_section(card.read_text("utf-8"), entry), "utf-8")
+            kept = {k: v for k, v in record.items() if k not in ("files", "onnx")}
+            seal(tmp, export_dir, {**kept, "onnx": entry})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return entry
+
+
+def _write_and_check(directory: Path, name: str, *, int8: bool, repeats: int, log) -> dict:
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    model = load_masked_lm(directory)
+    config = model.config
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    specials = set(tokenizer.all_special_ids)
+    threads = torch.get_num_threads()
+    length = min(LATENCY_SEQ, usable_length(config))
+
+    if int8 and tokenizer.mask_token_id is None:
+        raise UserError(f"{name}: its tokenizer has no mask token (int8's agreement needs one)")
+    log(f"{name}: exporting {ONNX_FILE} (torch.onnx, dynamo)")
+    export_fp32(model, directory / ONNX_FILE)
+    fp32 = session(directory / ONNX_FILE, threads)
+    shapes = [(1, length), (2, max(8, length // 2)), (4, max(8, length // 4) + 3)]
+    diff = max_abs_diff(model, fp32, token_batches(config, shapes, seed=0, specials=specials))
+    if not diff <= ATOL:
+        raise RuntimeError(
+            f"{ONNX_FILE}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} (more than "
+            f"{ATOL}): the exporter changed the model; not written"
+        )
+    log(f"   {ONNX_FILE}: logits equal PyTorch's to {diff:.2g} (<= {ATOL}), {len(shapes)} batches")
+    files = {"PyTorch fp32": _weights_file(directory), "ONNX Runtime fp32": ONNX_FILE}
+    entry: dict = {
+        "exporter": f"torch.onnx (dynamo), torch {torch.__version__}",
+        "onnxruntime": onnxruntime.__version__,
+        "inputs": list(INPUTS),
+        "output": OUTPUT,
+        "check_batches": [list(s) for s in shapes],
+        "max_abs_diff": diff,
+        "atol": ATOL,
+    }
+    sessions = {"ONNX Runtime fp32": fp32}
+    if int8:
+        log(f"{name}: quantizing {INT8_FILE} (dynamic int8)")
+        quantize_int8(directory / ONNX_FILE, directory / INT8_FILE)
+        q = session(directory / INT8_FILE, threads)
+        sessions["ONNX Runtime int8"] = q
+        files["ONNX Runtime int8"] = INT8_FILE
+        batches = token_batches(config, [(8, length)] * 4, seed=1, specials=specials)
+        agreement, positions = masked_agreement(fp32, q, batches, tokenizer.mask_token_id, 2)
+        entry["int8_top1_agreement"] = agreement
+        entry["int8_agreement_positions"] = positions
+        log(
+            f"   {INT8_FILE}: top-1 agreement with fp32 at masked positions {agreement:.4f} "
+            f"({positions} positions of random tokens)"
+        )
+
+    feed = token_batches(config, [(1, length)], seed=3, specials=specials)[0]
+    calls = {"PyTorch fp32": lambda: torch_logits(model, feed)}
+    calls.update({name: (lambda s=s: s.run([OUTPUT], feed)) for name, s in sessions.items()})
+    latency = {}
+    for name, call in calls.items():
+        latency[name] = statistics.median(timings(call, repeats)) * 1000
+        log(f"   {name}: {latency[name]:.2f} ms (batch 1, seq {length}, median of {repeats})")
+    entry["latency_ms"] = {
+        "batch": 1,
+        "seq": length,
+        "median_of": repeats,
+        "threads": threads,
+        "cpu": cpu_name(),
+        **{name: round(ms, 3) for name, ms in latency.items()},
+    }
+    entry["file_bytes"] = {name: (directory / f).stat().st_size for name, f in files.items()}
+    entry["files"] = files
+    return entry
+
+
+def _weights_file(directory: Path) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return name
+    raise UserError(f"{directory}: no model.safetensors")
+
+
+def with_onnx_section(card: str, entry: dict) -> str:
+    """The card with its ONNX section (sizes, latencies, checks) put in or replaced, before
+    `## Use` (at the end when there is none)."""
+    lat = entry["latency_ms"]
+    lines = [
+        CARD_HEADING,
+        "",
+        "| runtime | file | size | latency (batch 1, seq {}, median) |".format(lat["seq"]),
+        "|---|---|---|---|",
+    ]
+    for name, file in entry["files"].items():
+        size = entry["file_bytes"][name] / 1e6
+        lines.append(f"| {name} | `{file}` | {size:,.1f} MB | {lat[name]:.2f} ms |")
+    lines += [
+        "",
+        f"Measured at export on {lat['cpu']}, {lat['threads']} threads (median of "
+        f"{lat['median_of']} runs; shared machines vary). ONNX Runtime's fp32 logits equal "
+        f"PyTorch's to {entry['max_abs_diff']:.1g} (checked <= {entry['atol']}).",
+    ]
+    if "int8_top1_agreement" in entry:
+        lines[-1] += (
+            f" Dynamic int8 agrees with fp32 on the top-1 token at "
+            f"{entry['int8_top1_agreement']:.1%} of {entry['int8_agreement_positions']} masked "
+            "positions of random token ids."
+        )
+    lines += [
+        "",
+        "```python",
+        "import onnxruntime, numpy as np",
+        f'session = onnxruntime.InferenceSession("{ONNX_FILE}")',
+        'logits = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]'
+        "  # int64 (batch, seq)",
+        "```",
+        "",
+        "",
+    ]
+    section = "\n".join(lines)
+    old = re.compile(rf"^{re.escape(CARD_HEADING)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if old.search(card):
+        return old.sub(lambda _: section, card, count=1)
+    use = re.search(r"^## Use\b", card, re.MULTILINE)
+    if use is None:
+        return card.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    return card[: use.start()] + section + card[use.start() :]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx's dynamo exporter prints its progress on stdout, logs every operator it
+    cannot register and warns about axis names; the export's own lines say what happened."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ...", per operator
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
