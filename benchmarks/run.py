@@ -33,6 +33,7 @@ BENCHMARKS = {
     "checkpoint": "benchmarks.bench_checkpoint",
     "quality": "benchmarks.bench_quality",
     "families": "benchmarks.bench_families",
+    "inference": "benchmarks.bench_inference",
 }
 
 
