@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from data_pipeline.demo.synth import train_wordpiece
 from trainer.export.hf_export import EXPORT_RECORD, main, verify_export, write_export
+from trainer.export.model_card import UNSET_ID
 
 pytest.importorskip("onnxruntime")  # NOTE: the dev extra installs it; CI runs these
 pytest.importorskip("onnxscript")
@@ -207,3 +208,13 @@ def test_other_families_export_through_the_same_code(family, tokenizer, tmp_path
         np.testing.assert_allclose(
             sess.run(["logits"], feed)[0][keep], torch_logits(model, feed)[keep], atol=ATOL, rtol=0
         )
+
+
+def test_the_cards_onnx_snippet_runs_against_the_export(exported):
+    out, _, _ = exported
+    card = (out / "README.md").read_text()
+    section = card[card.index(CARD_HEADING) : card.index("## Use")]
+    code = section.split("```python\n")[1].split("```")[0].replace(UNSET_ID, str(out))
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["logits"].shape[-1] == VOCAB
