@@ -25,8 +25,10 @@ student in ONNX Runtime int8 against the teacher as trained); checks: `<model>/o
 max_abs_diff` (logits against PyTorch) and `<model>/onnxruntime_int8/top1_agreement` (with fp32 at
 masked positions of random tokens).
 
-Timings interleave: each round calls every model in every runtime once, so that a machine shared
-with other work slows all alike and the ratios stay fair; the load average before and after is in
+Timings interleave: each latency round calls every model in every runtime once, so that a machine
+shared with other work slows all alike and the ratios stay fair; throughput rounds interleave the
+runtimes of one model, a model at a time (a batch-32 call leaves buffers of its size in every
+runtime; so the peak memory is about 6 GB, the teacher's). The load average before and after is in
 the settings, with a note when the machine was busy (load average over half the cores). --quick:
 10 latency rounds and one batch-32 round without its own warm-up (about 4 minutes on 2 quiet
 cores: a BERT-base forward of 32 x 128 tokens alone is seconds there); full: 100 and 5.
@@ -35,6 +37,7 @@ cores: a BERT-base forward of 32 x 128 tokens alone is seconds there); full: 100
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import statistics
 import sys
@@ -198,10 +201,17 @@ def run(quick: bool) -> Iterator[dict]:
         many["attention_mask"][:] = 1  # full rows: throughput of real tokens
         log(f"latency: batch {BATCH}, seq {SEQ}, {rounds} rounds")
         latency = interleaved(calls, one, rounds, warm_up=True)
-        log(f"throughput: batch {THROUGHPUT_BATCH}, seq {SEQ}, {batch_rounds} rounds")
-        # NOTE: --quick times its one batch-32 round without a warm-up of its own (the latency
-        # rounds warmed every runtime): a first call at a new shape costs a little more
-        throughput = interleaved(calls, many, batch_rounds, warm_up=not quick)
+        throughput: dict[tuple[str, str], list[float]] = {}
+        for name in SHAPES:
+            # NOTE: one model at a time: each runtime keeps the buffers of a batch-32 call
+            # (the teacher's four hold about 3 GB), freed when its model is done
+            mine = {key: calls.pop(key) for key in [k for k in calls if k[0] == name]}
+            log(f"throughput of {name}: batch {THROUGHPUT_BATCH}, seq {SEQ}, {batch_rounds} rounds")
+            # NOTE: --quick times its one batch-32 round without a warm-up of its own (the
+            # latency rounds warmed every runtime): a first call at a new shape costs a bit more
+            throughput.update(interleaved(mine, many, batch_rounds, warm_up=not quick))
+            del mine
+            gc.collect()
     load_after = os.getloadavg()[0]
     settings = {
         "sizes": "paper",
