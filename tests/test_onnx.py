@@ -218,3 +218,28 @@ def test_the_cards_onnx_snippet_runs_against_the_export(exported):
     scope: dict = {}
     exec(code, scope)
     assert scope["logits"].shape[-1] == VOCAB
+
+
+def test_onnx_from_a_checkpoint_exports_then_adds_the_files(tokenizer, tmp_path, monkeypatch):
+    """`python -m trainer.export CHECKPOINT --onnx`: a checkpoint made by hand as in
+    tests/test_export.py (skeleton, marker, the weights zero_to_fp32 would return)."""
+    import deepspeed.utils.zero_to_fp32 as zero_to_fp32
+
+    from trainer.export.hf_export import write_skeleton
+
+    torch.manual_seed(1)
+    model = BertForMaskedLM(BertConfig(**TINY)).eval()
+    ckpt = tmp_path / "checkpoints" / "step-00000001"
+    write_skeleton(ckpt / "S" / "hf", model, tokenizer, CARD, None)
+    (ckpt / "COMPLETE.json").write_text(json.dumps({"step": 1}))
+    state = {f"mlm.{k}": v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(zero_to_fp32, "get_fp32_state_dict_from_zero_checkpoint", lambda d: state)
+    assert main([str(ckpt), "--onnx"]) == 0
+    out = tmp_path / "export-step-00000001" / "S"
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    assert ONNX_FILE in record["files"] and INT8_FILE not in record["files"]
+    assert verify_export(out) is None
+    feed = token_batches(model.config, [(2, 30)], seed=6, specials=set(range(5)))[0]
+    keep = feed["attention_mask"].astype(bool)
+    got = session(out / ONNX_FILE, threads=1).run(["logits"], feed)[0]
+    np.testing.assert_allclose(got[keep], torch_logits(model, feed)[keep], atol=ATOL, rtol=0)
