@@ -30,8 +30,8 @@ shared with other work slows all alike and the ratios stay fair; throughput roun
 runtimes of one model, a model at a time (a batch-32 call leaves buffers of its size in every
 runtime; so the peak memory is about 6 GB, the teacher's). The load average before and after is in
 the settings, with a note when the machine was busy (load average over half the cores). --quick:
-10 latency rounds and one batch-32 round without its own warm-up (about 4 minutes on 2 quiet
-cores: a BERT-base forward of 32 x 128 tokens alone is seconds there); full: 100 and 5.
+10 latency rounds and one batch-32 round (after one untimed; a BERT-base forward of 32 x 128
+tokens alone takes seconds on 2 cores); full: 100 and 5.
 """
 
 from __future__ import annotations
@@ -207,9 +207,10 @@ def run(quick: bool) -> Iterator[dict]:
             # (the teacher's four hold about 3 GB), freed when its model is done
             mine = {key: calls.pop(key) for key in [k for k in calls if k[0] == name]}
             log(f"throughput of {name}: batch {THROUGHPUT_BATCH}, seq {SEQ}, {batch_rounds} rounds")
-            # NOTE: --quick times its one batch-32 round without a warm-up of its own (the
-            # latency rounds warmed every runtime): a first call at a new shape costs a bit more
-            throughput.update(interleaved(mine, many, batch_rounds, warm_up=not quick))
+            # NOTE: with its own warm-up: ONNX Runtime's first call at a new shape grows its
+            # arena (page faults over about 1 GB), which made a cold batch-32 round of
+            # TinyBioBERT 3x slower than PyTorch's
+            throughput.update(interleaved(mine, many, batch_rounds, warm_up=True))
             del mine
             gc.collect()
     load_after = os.getloadavg()[0]
