@@ -28,7 +28,7 @@ masked positions of random tokens).
 Timings interleave: each latency round calls every model in every runtime once, so that a machine
 shared with other work slows all alike and the ratios stay fair; throughput rounds interleave the
 runtimes of one model, a model at a time (a batch-32 call leaves buffers of its size in every
-runtime; so the peak memory is about 6 GB, the teacher's). The load average before and after is in
+runtime; the peak memory is about 8 GB). The load average before and after is in
 the settings, with a note when the machine was busy (load average over half the cores). --quick:
 10 latency rounds and one batch-32 round (after one untimed; a BERT-base forward of 32 x 128
 tokens alone takes seconds on 2 cores); full: 100 and 5.
@@ -165,13 +165,15 @@ def interleaved(
     return times
 
 
-def machine_note(before: float, after: float, cores: int) -> str | None:
-    busiest = max(before, after)
-    if busiest < 0.5 * cores:
+def machine_note(before: float, cores: int) -> str | None:
+    """A note when other work loaded the machine: judged from the load average before the
+    benchmark started (the one after counts its own threads)."""
+    if before < 0.5 * cores:
         return None
     return (
-        f"other work was running on the machine (load average {busiest:.1f} on {cores} cores): "
-        "absolute timings were shared with it; ratios are from interleaved rounds"
+        f"other work was running on the machine (load average {before:.1f} on {cores} cores "
+        "before the benchmark started): absolute timings were shared with it; ratios are from "
+        "interleaved rounds"
     )
 
 
@@ -204,7 +206,7 @@ def run(quick: bool) -> Iterator[dict]:
         throughput: dict[tuple[str, str], list[float]] = {}
         for name in SHAPES:
             # NOTE: one model at a time: each runtime keeps the buffers of a batch-32 call
-            # (the teacher's four hold about 3 GB), freed when its model is done
+            # (the teacher's four hold about 3 GB), freed when its model is done: 11 GB -> 8 GB peak
             mine = {key: calls.pop(key) for key in [k for k in calls if k[0] == name]}
             log(f"throughput of {name}: batch {THROUGHPUT_BATCH}, seq {SEQ}, {batch_rounds} rounds")
             # NOTE: with its own warm-up: ONNX Runtime's first call at a new shape grows its
@@ -228,7 +230,7 @@ def run(quick: bool) -> Iterator[dict]:
             "transformers": transformers.__version__,
         },
     }
-    note = machine_note(load_before, load_after, cores)
+    note = machine_note(load_before, cores)
     if note:
         settings["note"] = note
 
