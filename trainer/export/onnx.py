@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline.io_utils import UserError, disk_full_is_an_error, read_json
+from data_pipeline.errors import UserError
+from data_pipeline.io_utils import disk_full_is_an_error, read_json
 from trainer.export.hf_export import EXPORT_RECORD, not_an_export, seal, verify_export
 from trainer.export.model_card import UNSET_ID
 
