@@ -84,7 +84,7 @@ class BuiltStudent:
     objective: Objective
     tokenizer: str | None  # where its tokenizer comes from (None: the run's tokenizer)
     base_model: str | None  # what it started from, for the model card
-    pooler: Pooler | None  # exported with it, never trained (None: not a BERT)
+    pooler: Pooler | None  # exported with it, never trained (None: its family has none)
 
 
 def build_student(
