@@ -70,6 +70,12 @@ class Schema(BaseModel):
             )
         super().__setattr__(name, value)
 
+    def __deepcopy__(self, memo: dict | None = None) -> Schema:
+        """A deep copy is a new configuration: not frozen (its sections are copied the same way)."""
+        copied = super().__deepcopy__(memo)
+        copied._frozen = False
+        return copied
+
 
 def freeze(node: Any) -> Any:
     """Make `node` (a Schema), its sections and the sections in its lists and dicts read-only;

@@ -833,5 +833,8 @@ def test_a_frozen_config_refuses_every_change():
         with pytest.raises(AttributeError, match=rf"{key}: the configuration is frozen"):
             setattr(node, key, value)
     assert load_config(DEMO_RECIPE).train.max_steps != 3  # a new load is not frozen
+    copied = copy.deepcopy(student.objective)  # nor is a copy (a plan's, a benchmark's)
+    copied.attention_map = [[0, 1]]
+    assert student.objective.attention_map != [[0, 1]]
     fresh = load_config(DEMO_RECIPE)
     fresh.train.max_steps = 3

@@ -211,7 +211,9 @@ def test_every_family_learns_the_trivially_learnable_benchmark(family, bench, tm
     model = save_tiny_model(tmp_path / f"Tiny-{family}", family=family)
     args = ["run", "--models", str(model), "--data", str(bench), "--output", str(tmp_path / "o")]
     args += ["--datasets", "NCBI-disease,GAD,BioASQ-6b", "--folds", "1", "--seeds", "1"]
-    args += ["ner.epochs=20", "re.epochs=30", "qa.epochs=40", "ner.lr=3e-3", "re.lr=3e-3"]
+    # RE 60 epochs at 1e-3: at BERT's 30 at 3e-3 a ModernBERT sometimes ended one sentence short
+    # (f1 0.857 in one of two identical runs)
+    args += ["ner.epochs=20", "re.epochs=60", "qa.epochs=40", "ner.lr=3e-3", "re.lr=1e-3"]
     args += ["qa.lr=3e-3", "ner.batch_size=8", "re.batch_size=8", "qa.batch_size=4"]
     args += ["speed.batch_size=2", "speed.seq_len=16", "speed.iters=1", "--log-every", "0"]
     assert main(args) == 0

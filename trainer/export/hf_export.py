@@ -43,22 +43,15 @@ from torch import nn
 
 from data_pipeline.io_utils import (
     UserError,
-    atomic_write_json,
     disk_full_is_an_error,
-    fsync_dir,
-    fsync_tree,
-    listing,
-    read_json,
-    sha256_file,
-    share_tree,
 )
 from trainer.export.model_card import model_card, with_model_id
+from trainer.export.record import EXPORT_RECORD, not_an_export, not_ours, seal, verify_export
 from trainer.models import pooler as poolers
 from trainer.models.families import family_of
 
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
-EXPORT_RECORD = "EXPORT.json"  # in an export: every file it wrote, with size and SHA-256
 
 
 def gather_fp32_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,7 +89,7 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
     out_dir = Path(out_dir)
     problem = not_an_export(out_dir)
     if problem is not None:
-        raise UserError(_not_ours(out_dir, problem))
+        raise UserError(not_ours(out_dir, problem))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     advice = "nothing was written under that name" + (f"; {advice}" if advice else "")
     with disk_full_is_an_error(out_dir, "exporting", advice, need=lambda: _tensor_bytes(model)):
@@ -110,84 +103,6 @@ def write_export(model: nn.Module, tokenizer, card: str, out_dir: Path, advice: 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out_dir
-
-
-def seal(tmp: Path, out_dir: Path, record: dict | None = None) -> None:
-    """Write `tmp`'s EXPORT.json (every file with its size and SHA-256, plus the entries of
-    `record`), then put `tmp` in `out_dir`'s place. NOTE: the caller has checked with
-    `not_an_export` that `out_dir` may be replaced, and removes `tmp` if this raises."""
-    files = {
-        p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(tmp.rglob("*"))
-        if p.is_file() and p.name != EXPORT_RECORD
-    }
-    atomic_write_json(tmp / EXPORT_RECORD, {**(record or {}), "files": files})
-    share_tree(tmp)
-    fsync_tree(tmp)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    fsync_dir(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)  # an export (not_an_export said so)
-
-
-def verify_export(directory: Path) -> str | None:
-    """None when `directory` holds EXPORT.json and every file it lists, with its size and
-    SHA-256; otherwise the first problem, for a message."""
-    record = Path(directory) / EXPORT_RECORD
-    if not record.is_file():
-        return f"no {EXPORT_RECORD}; not an export of this trainer (or one written before it)"
-    try:
-        files = read_json(record).get("files")
-    except UserError as e:
-        return str(e)
-    if not isinstance(files, dict) or not files:
-        return f"{EXPORT_RECORD} lists no files"
-    for rel, want in files.items():
-        path = Path(directory) / rel
-        if not path.is_file():
-            return f"{rel} is missing"
-        size = path.stat().st_size
-        if size != want.get("bytes"):
-            return f"{rel} has {size:,} bytes where {EXPORT_RECORD} says {want.get('bytes')}"
-        if sha256_file(path) != want.get("sha256"):
-            return f"{rel}: its SHA-256 differs from the one in {EXPORT_RECORD} (corrupted)"
-    return None
-
-
-def not_an_export(out_dir: Path) -> str | None:
-    """None when `out_dir` may be (re)written by an export; else what is there."""
-    if not out_dir.exists():
-        return None
-    if not out_dir.is_dir():
-        return "is a file"
-    found = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-    if not found:
-        return None
-    record = out_dir / EXPORT_RECORD
-    if record.is_file():
-        try:
-            listed = set(read_json(record).get("files", {}))
-        except UserError:
-            return f"holds an unreadable {EXPORT_RECORD}"
-        others = [f for f in found if f not in listed and f != EXPORT_RECORD]
-        return f"holds {listing(others)} besides the export" if others else None
-    card = out_dir / "README.md"
-    if (out_dir / "config.json").is_file() and card.is_file():
-        if "- biodistill" in card.read_text(encoding="utf-8", errors="replace"):
-            return None  # NOTE: an export written before EXPORT.json: its card's tag says so
-    return f"holds {listing(found)} and no {EXPORT_RECORD}"
-
-
-def _not_ours(out_dir: Path, problem: str) -> str:
-    return (
-        f"{out_dir}: {problem}: it is not an export of this trainer, and nothing in it is "
-        "replaced; export to another directory (--output) or move it away"
-    )
 
 
 def _tensor_bytes(model: nn.Module) -> int:
@@ -432,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:  # NOTE: before any work, so that nothing is half done
         problem = not_an_export(out / name)
         if problem is not None:
-            print(f"error: {_not_ours(out / name, problem)}", file=sys.stderr)
+            print(f"error: {not_ours(out / name, problem)}", file=sys.stderr)
             return 2
     exported = []
     for name in wanted:

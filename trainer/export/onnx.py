@@ -47,8 +47,8 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import disk_full_is_an_error, read_json
-from trainer.export.hf_export import EXPORT_RECORD, not_an_export, seal, verify_export
 from trainer.export.model_card import UNSET_ID
+from trainer.export.record import EXPORT_RECORD, not_an_export, seal, verify_export
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
