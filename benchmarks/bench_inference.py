@@ -148,21 +148,16 @@ def prepare(name: str, root: Path, quick: bool) -> tuple[dict, dict[str, Callabl
 def interleaved(
     calls: dict[tuple[str, str], Callable[[dict], object]], feed: dict, rounds: int, warm_up: bool
 ) -> dict[tuple[str, str], list[float]]:
-    """Seconds of each call, `rounds` times, every call once a round (after one untimed call
-    each with `warm_up`)."""
-    import time
+    """Seconds of each call on `feed`, `rounds` times, every call once a round (after one untimed
+    call each with `warm_up`): trainer/export/latency.py's, which the run's summary times with."""
+    from trainer.export.latency import interleaved as timed
 
-    for call in calls.values() if warm_up else ():
-        call(feed)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    for r in range(rounds):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call(feed)
-            times[key].append(time.perf_counter() - start)
-        if rounds <= 10 or (r + 1) % 10 == 0:
-            log(f"round {r + 1}/{rounds}")
-    return times
+    def progress(r: int) -> None:
+        if rounds <= 10 or r % 10 == 0:
+            log(f"round {r}/{rounds}")
+
+    bound = {key: (lambda call=call: call(feed)) for key, call in calls.items()}
+    return timed(bound, rounds, warm_up=warm_up, progress=progress)
 
 
 def machine_note(before: float, cores: int) -> str | None:
@@ -186,7 +181,8 @@ def run(quick: bool) -> Iterator[dict]:
     import torch
     import transformers
 
-    from trainer.export.onnx import cpu_name, token_batches
+    from trainer.export.latency import cpu_name
+    from trainer.export.onnx import token_batches
 
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)

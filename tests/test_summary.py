@@ -1,5 +1,6 @@
 """trainer/train/summary.py: the figures relative to the teacher, the ceiling and the MLM twins, and
-the summary files; trainer/cli/teacher_build.py: when a built teacher is reused.
+the summary files, with each model's size and CPU latency beside them; trainer/cli/teacher_build.py:
+when a built teacher is reused.
 
     .venv/bin/python -m pytest tests/test_summary.py -q
 """
@@ -7,6 +8,7 @@ the summary files; trainer/cli/teacher_build.py: when a built teacher is reused.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from trainer.runtime.distributed import Runtime
 from trainer.train.summary import (
     SUMMARY_JSON,
     SUMMARY_MD,
+    add_deployment,
     eval_line,
     relative_figures,
     render_table,
@@ -85,6 +88,61 @@ def test_summary_files_and_table(tmp_path):
     assert "0.800" in rows["teacher"]  # its fraction of the ceiling, 0.72 / 0.9
     line = eval_line(METRICS)
     assert "A loss 0.900 acc 0.720 entity 0.540" in line and "teacher loss 0.500" in line
+
+
+def test_deployment_figures_beside_the_held_out_ones(tmp_path):
+    """add_deployment (the run's end): parameters, fp32 size on disk and PyTorch CPU latency (one
+    thread) of the teacher and each export, the speed-up the teacher's median over the student's,
+    all in summary.json and summary.md; the teacher's temporary copy is removed."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from data_pipeline.demo.synth import train_wordpiece
+    from trainer.export.hf_export import write_export
+    from trainer.models.parameters import count_parameters
+
+    texts = ["Aspirin inhibits prostaglandin synthesis in platelets of patients."] * 20
+    train_wordpiece(texts, tmp_path / "tok", vocab_size=100)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+
+    def bert(layers: int, hidden: int) -> BertForMaskedLM:
+        config = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=4, intermediate_size=4 * hidden,
+                            max_position_embeddings=130)  # fmt: skip
+        return BertForMaskedLM(config).eval()
+
+    torch.manual_seed(0)
+    teacher, student = bert(4, 256), bert(1, 32)  # the teacher about 30x the student's FLOPs
+    run_dir = tmp_path / "run"
+    write_export(student, tokenizer, "# S\n", run_dir / "export" / "S")
+    cfg = SimpleNamespace(students=[SimpleNamespace(name="S")])
+    models = {"teacher": {"mlm_acc": 0.8}, "S": {"mlm_acc": 0.6}}
+    write_summary(run_dir, {"run": "r", "step": 4, "ceiling_entity_acc": None, "models": models})
+    assert add_deployment(tmp_path / "none", cfg, None) is None  # no summary: nothing to add to
+    add_deployment(run_dir, cfg, SimpleNamespace(model=teacher.to(torch.bfloat16)))
+
+    summary = json.loads((run_dir / SUMMARY_JSON).read_text())
+    t, s = summary["models"]["teacher"], summary["models"]["S"]
+    assert t["mlm_acc"] == 0.8 and s["mlm_acc"] == 0.6  # the held-out figures stay
+    assert t["parameters"] == count_parameters(teacher)
+    assert s["parameters"] == count_parameters(student)
+    weights = run_dir / "export" / "S" / "model.safetensors"
+    assert s["size_fp32_bytes"] == weights.stat().st_size
+    assert t["size_fp32_bytes"] > 4 * count_parameters(teacher) * 0.99  # fp32, not the bf16 copy
+    assert s["latency_speedup_vs_teacher"] == pytest.approx(
+        t["latency_ms_median"] / s["latency_ms_median"], rel=1e-2
+    )
+    assert s["latency_speedup_vs_teacher"] > 1.5  # the small model is the fast one
+    assert "latency_speedup_vs_teacher" not in t and "size_onnx_bytes" not in s
+    lat = summary["latency"]
+    assert (lat["batch"], lat["seq"], lat["threads"]) == (1, 128, 1)
+    assert lat["cpu"] and 5 <= lat["rounds"] <= 50
+    md = (run_dir / SUMMARY_MD).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| S |"))
+    assert f"{s['latency_speedup_vs_teacher']:.2f}x" in row and "speed-up" in md
+    assert f"{lat['threads']} thread(s)" in md
+    assert sorted(p.name for p in run_dir.iterdir()) == ["export", SUMMARY_JSON, SUMMARY_MD]
 
 
 def test_a_built_teacher_is_reused_only_for_the_same_recipe_shards_and_global_batch(tmp_path):

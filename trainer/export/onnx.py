@@ -31,12 +31,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import platform
 import re
 import shutil
 import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +45,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import disk_full_is_an_error, read_json
+from trainer.export.latency import LATENCY_SEQ, cpu_name, timings, usable_length
 from trainer.export.model_card import UNSET_ID
 from trainer.export.record import EXPORT_RECORD, not_an_export, seal, verify_export
 
@@ -56,7 +55,6 @@ ONNX_FILES = (ONNX_FILE, INT8_FILE)
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"
 ATOL = 1e-4  # fp32 ONNX Runtime against PyTorch, absolute, on every attended position
-LATENCY_SEQ = 128
 CARD_HEADING = "## ONNX Runtime (CPU)"
 RUNTIME_NAMES = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")  # the card's rows
 EXTRA = "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)"
@@ -147,11 +145,6 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def usable_length(config) -> int:
-    """The longest sequence every family's position table takes (RoBERTa's starts at pad + 1)."""
-    return max(8, int(getattr(config, "max_position_embeddings", 512)) - 2)
-
-
 def _first_plain_id(config) -> int:
     specials = [
         getattr(config, k, None)
@@ -214,29 +207,6 @@ def masked_agreement(
     return same / total, total
 
 
-def timings(call: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
-    """Wall seconds of `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (else platform's), e.g. 'AMD EPYC 9B14'."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def add_onnx(
     export_dir: Path,
     *,
@@ -293,8 +263,8 @@ def _write_and_check(directory: Path, name: str, *, int8: bool, repeats: int, lo
     diff = max_abs_diff(model, fp32, token_batches(config, shapes, seed=0, specials=specials))
     if not diff <= ATOL:
         raise RuntimeError(
-            f"{ONNX_FILE}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} (more than "
-            f"{ATOL}): the exporter changed the model; not written"
+            f"{ONNX_FILE}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} "
+            f"(more than {ATOL}): the exporter changed the model; not written"
         )
     log(f"   {ONNX_FILE}: logits equal PyTorch's to {diff:.2g} (<= {ATOL}), {len(shapes)} batches")
     files = {"PyTorch fp32": _weights_file(directory), "ONNX Runtime fp32": ONNX_FILE}

@@ -63,6 +63,7 @@ from trainer.train.metrics import (
 from trainer.train.rng import global_state, set_global_state
 from trainer.train.summary import (
     RELATIVE_SUFFIXES,
+    add_deployment,
     eval_line,
     relative_figures,
     render_markdown,
@@ -212,6 +213,8 @@ class Trainer:
             self.save()
             for s in self.students:
                 self._export(s)
+            if self.rt.is_main and self.last_eval:  # size and latency beside the figures
+                add_deployment(self.run_dir, self.cfg, self.teacher)
             if self.teacher_ahead is not None:
                 done = self.teacher_ahead.hits + self.teacher_ahead.misses
                 logger.info(
