@@ -29,6 +29,7 @@ from trainer.export.onnx import (  # noqa: E402 - after the skips
     CARD_HEADING,
     INT8_FILE,
     ONNX_FILE,
+    OnnxCheckFailed,
     add_onnx,
     session,
     token_batches,
@@ -149,7 +150,7 @@ def test_a_graph_that_does_not_give_pytorchs_logits_is_never_written(
                 model.cls.predictions.decoder.bias.sub_(10 * ATOL)
 
     monkeypatch.setattr(onnx_export, "export_fp32", off_by_a_little)
-    with pytest.raises(RuntimeError, match="differ from PyTorch's"):
+    with pytest.raises(OnnxCheckFailed, match="differ from PyTorch.s"):
         add_onnx(copy, int8=True, repeats=1, log=lambda _: None)
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["S"]
@@ -243,3 +244,82 @@ def test_onnx_from_a_checkpoint_exports_then_adds_the_files(tokenizer, tmp_path,
     keep = feed["attention_mask"].astype(bool)
     got = session(out / ONNX_FILE, threads=1).run(["logits"], feed)[0]
     np.testing.assert_allclose(got[keep], torch_logits(model, feed)[keep], atol=ATOL, rtol=0)
+
+
+def run_one_rank(rank: int, world: int, argv: list[str], fail_check: bool) -> dict:
+    """One rank of a run (`trainer.main.main`), with the ONNX check made to fail if asked."""
+    import contextlib
+    import io
+
+    from trainer.main import main as train_main
+
+    if fail_check:
+        onnx_export.max_abs_diff = lambda *a: 10 * ATOL  # an exporter that changed the model
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = train_main(argv)
+    return {"rc": rc, "stderr": err.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def run_recipe(tmp_path_factory, tiny_shards, tokenizer_dir):
+    """A 2-step run of two tiny students (and their twins) with export.onnx=int8, and a
+    DeepSpeed JSON: (recipe path, ds path, run directory)."""
+    from trainer_setup import ds_config, recipe, write_recipe
+
+    from data_pipeline.shards.manifest import Manifest
+
+    root = tmp_path_factory.mktemp("onnx-run")
+    vocab = Manifest.load(tiny_shards).tokenizer.vocab_size
+    data = recipe(tiny_shards, root / "runs", vocab, name="onnx", steps=2)
+    data["data"]["tokenizer"] = str(tokenizer_dir)
+    data["students"] = [s for s in data["students"] if s["name"] != "CompactBioBERT"]
+    data["train"] |= {"mlm_twins": True, "eval_batches": 1, "save_every": 2}
+    data["export"] = {"onnx": "int8"}
+    return root, write_recipe(root / "onnx.yaml", data), ds_config(root / "ds.json", bf16=False)
+
+
+@pytest.mark.slow
+def test_a_run_with_export_onnx_writes_checked_onnx_files_into_every_export(run_recipe):
+    """export.onnx=int8: at the run's end every student's export holds model.onnx and
+    model.int8.onnx, listed in EXPORT.json with their checks, and verifies; summary.json states
+    their sizes beside the PyTorch latency."""
+    from multirank import run_distributed
+
+    root, recipe_path, ds = run_recipe
+    argv = ["--ds_config", str(ds), "--recipe", str(recipe_path)]
+    (result,) = run_distributed(run_one_rank, 1, argv, False)
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    run_dir = root / "runs" / "onnx"
+    names = ["DistilBioBERT", "DistilBioBERT-MLM", "TinyBioBERT", "TinyBioBERT-MLM"]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == sorted(names)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name in names:
+        out = run_dir / "export" / name
+        record = json.loads((out / EXPORT_RECORD).read_text())
+        assert {ONNX_FILE, INT8_FILE} <= set(record["files"]), name
+        assert record["onnx"]["max_abs_diff"] <= ATOL
+        assert 0 <= record["onnx"]["int8_top1_agreement"] <= 1
+        assert verify_export(out) is None, name
+        row = summary["models"][name]
+        assert row["size_onnx_bytes"] == (out / ONNX_FILE).stat().st_size
+        assert row["size_int8_onnx_bytes"] == (out / INT8_FILE).stat().st_size
+        assert row["latency_speedup_vs_teacher"] > 0
+    assert "latency_ms_median" in summary["models"]["teacher"]
+
+
+@pytest.mark.slow
+def test_a_run_whose_onnx_check_fails_stops_with_one_line(run_recipe):
+    """The 1e-4 check failing at a run's end: exit 2, one line naming the student and the file;
+    the Hugging Face export is there and verifies, without ONNX files."""
+    from multirank import run_distributed
+
+    root, recipe_path, ds = run_recipe
+    argv = ["--ds_config", str(ds), "--recipe", str(recipe_path), "run.name=onnx-bad"]
+    (result,) = run_distributed(run_one_rank, 1, argv, True)
+    assert result["rc"] == 2, result["stderr"][-3000:]
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in result["stderr"]
+    assert f"DistilBioBERT: {ONNX_FILE}: ONNX Runtime's logits differ" in errors[0]
+    out = root / "runs" / "onnx-bad" / "export" / "DistilBioBERT"
+    assert verify_export(out) is None and not (out / ONNX_FILE).exists()

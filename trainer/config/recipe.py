@@ -287,12 +287,21 @@ class StudentSection(Schema):
         return self.twin_of or self.name
 
 
+class ExportSection(Schema):
+    onnx: Literal["fp32", "int8"] | None = Field(
+        None,
+        description="each export also gets model.onnx (fp32; int8: and model.int8.onnx), checked "
+        "against PyTorch (the onnx extra); None: none",
+    )
+
+
 class RunConfig(Schema):
     run: RunSection
     data: DataSection
     teacher: TeacherSection | None = None
     train: TrainSection
     students: list[StudentSection]
+    export: ExportSection = Field(default_factory=ExportSection)
 
     @property
     def run_dir(self) -> Path:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,7 @@ from trainer.export.record import EXPORT_RECORD, not_an_export, not_ours, seal, 
 from trainer.models import pooler as poolers
 from trainer.models.families import family_of
 
+logger = logging.getLogger(__name__)
 MODULE_PREFIX = "mlm."  # the HF model's parameters inside the trained StudentModule
 SKELETON = "hf"  # per-student directory in a checkpoint: config, tokenizer, model card, pooler
 
@@ -132,7 +134,10 @@ class LiveExports:
     - `skeletons(directory, ...)`: what a checkpoint keeps so that `python -m trainer.export`
       can export it alone (the run's record files, each student's `hf/`).
     - `export(student, card)`: once per student per run, at its last step, to
-      runs/<name>/export/<student>/; `done` (saved in the checkpoint) says which are.
+      runs/<name>/export/<student>/; `done` (saved in the checkpoint) says which are. With
+      `export.onnx` (fp32 or int8) rank 0 then adds model.onnx (and model.int8.onnx) through
+      trainer/export/onnx.py's `add_onnx`, checked as `python -m trainer.export --onnx` checks
+      them; a failed check stops the run with one line (the Hugging Face export stays).
     NOTE: `cards` and `export` are collective; every rank calls them at the same points.
     """
 
@@ -142,6 +147,10 @@ class LiveExports:
         self.record = record  # files of the run directory every checkpoint copies
         self.done: set[str] = set()
         self._made: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
+        if cfg.export.onnx is not None:  # NOTE: at start-up, not after days of training
+            from trainer.export.onnx import require_onnx
+
+            require_onnx(f"export.onnx={cfg.export.onnx}")
 
     def cards(
         self,
@@ -203,6 +212,10 @@ class LiveExports:
             tokenizer=self.tokenizer_of(student),
             card=card(),
         )
+        if out is not None and self.cfg.export.onnx is not None:
+            from trainer.export.onnx import add_onnx
+
+            add_onnx(out, int8=self.cfg.export.onnx == "int8", log=logger.info)
         self.done.add(student.name)
         return out
 
