@@ -1,4 +1,5 @@
-"""The report of an output directory: results.json, results.md (the paper's layout), chart.png.
+"""The report of an output directory: results.json, results.md (the paper's layout), chart.png,
+pareto.png.
 
     python -m evaluation report --output DIR       (`run` writes it too, when it finishes)
 
@@ -8,7 +9,10 @@ GAD and EU-ADR), then mean and sample standard deviation over the seeds. The mai
 score per dataset: NER entity-level F1, RE F1, QA MRR (BioASQ ranks factoid answers by MRR);
 detail tables give RE precision / recall and QA strict / lenient accuracy. The chart has one panel
 per task: each model's score on each dataset against its parameter count, with the std over seeds
-as error bars and the teacher (the model labelled `teacher`) as the reference line.
+as error bars and the teacher (the model labelled `teacher`) as the reference line. pareto.png and
+results.md's last table: the mean score against CPU latency, the Pareto front of the teacher, the
+students and their twins marked (evaluation/pareto.py; the latency is the exporting run's
+summary.json).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 from data_pipeline.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
 from evaluation.catalog import BY_NAME, PAPER_DATASETS
 from evaluation.cells import read_all
+from evaluation.pareto import TEACHER, chart_pareto, score_vs_latency
+from evaluation.pareto import markdown as pareto_markdown
 
 PRIMARY = {"ner": "f1", "re": "f1", "qa": "mrr"}
 DETAILS = {"re": ("precision", "recall", "f1"), "qa": ("strict_acc", "lenient_acc", "mrr")}
@@ -84,10 +90,14 @@ def write_report(output: Path) -> dict[str, Any]:
         "model_order": labels,
         "scores": scores,
     }
+    front = score_vs_latency(labels, scores, models, PRIMARY)
+    results["score_vs_latency"] = front
     atomic_write_json(output / "results.json", results)
-    atomic_write_bytes(output / "results.md", markdown(labels, datasets, scores, models).encode())
+    text = markdown(labels, datasets, scores, models) + pareto_markdown(front)
+    atomic_write_bytes(output / "results.md", text.encode())
     if labels:
         chart(labels, scores, models, output / "chart.png")
+    chart_pareto(front, output / "pareto.png")
     return results
 
 
@@ -152,7 +162,6 @@ def markdown(labels: list[str], datasets: list[str], scores: dict, models: dict)
     return "\n".join(lines) + "\n"
 
 
-TEACHER = "teacher"  # the model labelled so (`--models teacher=DIR`) is drawn as the reference
 MARKERS = "osD^vP"
 
 

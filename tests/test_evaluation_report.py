@@ -1,17 +1,20 @@
 """The evaluation report's chart (evaluation/report.py): one panel per task, each dataset its own
 point with the std over seeds, models told apart by a legend (no label drawn on another), the
-teacher as the reference.
+teacher as the reference; score against latency and its Pareto front (evaluation/pareto.py).
 
 Run: .venv/bin/pytest tests/test_evaluation_report.py -q
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 
-from evaluation.report import aggregate, chart, chart_points, draw
+from evaluation.pareto import draw_pareto, pareto_front
+from evaluation.report import aggregate, chart, chart_points, draw, write_report
 
 
 def cells(model: str, dataset: str, f1s: list[float]) -> list[dict]:
@@ -80,3 +83,107 @@ def test_chart_png_is_written_atomically(report, tmp_path):
     chart(*report, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]
+
+
+def test_pareto_front_by_hand():
+    """(latency ms, score): dominated on both axes, or on one with a tie on the other, is off;
+    models tied on both axes stay on together."""
+    points = {
+        "teacher": (10.0, 85.0),
+        "same-as-teacher": (10.0, 85.0),  # a tie on both axes: both on the front
+        "Distil": (4.0, 80.0),
+        "Distil-MLM": (4.0, 78.0),  # as fast as Distil, worse: off
+        "Slow-and-worse": (6.0, 75.0),  # slower and worse than Distil: off
+        "Tiny": (1.0, 70.0),  # the fastest: on, however bad
+        "Tiny-MLM": (1.5, 70.0),  # as good as Tiny, slower: off
+    }
+    assert pareto_front(points) == ["Tiny", "Distil", "same-as-teacher", "teacher"]
+    assert pareto_front({"only": (3.0, 1.0)}) == ["only"]
+    assert pareto_front({}) == []
+
+
+def _run_with_summary(root: Path, latency_ms: dict[str, float]) -> Path:
+    """runs/r/summary.json with each model's latency, and an export directory per student."""
+    run = root / "runs" / "r"
+    for name in latency_ms:
+        if name != "teacher":
+            (run / "export" / name).mkdir(parents=True)
+            (run / "export" / name / "EXPORT.json").write_text('{"files": {}}')
+    models = {name: {"latency_ms_median": ms} for name, ms in latency_ms.items()}
+    (run / "summary.json").write_text(json.dumps({"run": "r", "models": models}))
+    return run
+
+
+def test_report_draws_score_against_latency_and_marks_the_front(tmp_path):
+    run = _run_with_summary(
+        tmp_path,
+        {"teacher": 10.0, "Distil": 4.0, "Distil-MLM": 4.0, "Tiny": 1.0, "Slow": 6.0},
+    )
+    out = tmp_path / "eval"
+    f1 = {  # NCBI-disease, BC2GM
+        "teacher": (0.86, 0.80),
+        "Distil": (0.82, 0.76),
+        "Distil-MLM": (0.80, 0.74),
+        "Tiny": (0.70, 0.60),
+        "Slow": (0.76, 0.70),
+        "Other": (0.90, 0.90),  # a hub model: no summary, so no latency
+    }
+    for model, scores in f1.items():
+        source = (
+            str(run / "export" / model)
+            if model in ("Distil", "Distil-MLM", "Tiny", "Slow")
+            else f"org/{model}"
+        )
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        info = {"label": model, "source": source, "parameters": 1e6}
+        (out / "models" / f"{model}.json").write_text(json.dumps(info))
+        for dataset, f in zip(("NCBI-disease", "BC2GM"), scores, strict=True):
+            for row in cells(model, dataset, [f]):
+                path = out / "cells" / model / dataset / f"seed{row['seed']}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(row))
+
+    results = write_report(out)
+
+    section = results["score_vs_latency"]
+    assert section["datasets"] == ["NCBI-disease", "BC2GM"]
+    assert section["front"] == ["Tiny", "Distil", "teacher"]
+    assert section["left_out"] == ["Other"]
+    points = section["points"]
+    assert points["teacher"]["latency_ms"] == 10.0  # the run's teacher row
+    assert points["Distil"]["score"] == pytest.approx(79.0)
+    assert points["Distil"]["speedup_vs_teacher"] == pytest.approx(2.5)
+    assert not points["Distil-MLM"]["on_front"] and not points["Slow"]["on_front"]
+    md = (out / "results.md").read_text()
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")
+    }
+    assert rows["Distil"].endswith("| yes |") and rows["Slow"].endswith("|  |")
+    assert "2.50x" in rows["Distil"] and "Not charted" in md and "Other" in md
+    assert json.loads((out / "results.json").read_text())["score_vs_latency"]["front"] == [
+        "Tiny", "Distil", "teacher"
+    ]  # fmt: skip
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.pyplot as plt
+
+    fig = draw_pareto(section)
+    (ax,) = fig.axes
+    (line,) = ax.get_lines()  # the front, through its models in order of latency
+    assert list(line.get_xdata()) == [1.0, 4.0, 10.0]
+    assert list(line.get_ydata()) == pytest.approx([65.0, 79.0, 83.0])
+    names = {t.get_text() for t in ax.texts}
+    assert names == {"teacher", "Distil", "Distil-MLM", "Tiny", "Slow"}
+    assert "latency" in ax.get_xlabel() and "score" in ax.get_ylabel()
+    plt.close(fig)
+
+
+def test_a_report_without_latencies_says_so_and_draws_no_front(report, tmp_path):
+    out = tmp_path / "eval"
+    for row in cells("TinyBioBERT", "NCBI-disease", [0.6]):
+        path = out / "cells" / "TinyBioBERT" / "NCBI-disease" / "seed42.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(row))
+    results = write_report(out)
+    assert results["score_vs_latency"]["points"] == {}
+    assert "No model has both a latency" in (out / "results.md").read_text()
+    assert not (out / "pareto.png").exists()
