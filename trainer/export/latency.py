@@ -5,8 +5,9 @@
 
 A machine shared with other work slows every model of a round alike, so ratios of medians from
 one pass of interleaved rounds hold where absolute times drift: the run's summary
-(trainer/train/summary.py), the ONNX export's check (trainer/export/onnx.py) and the inference
-benchmark (benchmarks/bench_inference.py) all time through `interleaved`.
+(trainer/train/summary.py) and the inference benchmark (benchmarks/bench_inference.py) time
+through `interleaved`; the ONNX export's card (trainer/export/onnx.py) through `timings`, and it
+loads the export with `load_masked_lm` as the summary does.
 
 `pytorch_latency` loads each Hugging Face directory as a user's `from_pretrained` gets it (fp32,
 SDPA attention, CPU) and times a forward pass at batch 1 and sequence 128 (shorter where the
@@ -86,6 +87,25 @@ def p90(values: list[float]) -> float:
     return float(np.percentile(np.asarray(values), 90))
 
 
+def load_masked_lm(directory: Path) -> nn.Module:
+    """The export's masked LM in fp32, SDPA attention (what a user's `from_pretrained` gets)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # NOTE: the pooler an export carries is UNEXPECTED here
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(
+            directory, attn_implementation="sdpa", dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
 def pytorch_latency(
     directories: dict[str, Path],
     *,
@@ -109,8 +129,6 @@ def pytorch_latency(
     took 400 ms instead of 3 ms on a busy 2-core machine), and one thread's figures compare
     across machines; the speed-ups are ratios of work either way.
     """
-    from trainer.export.onnx import load_masked_lm  # NOTE: lazy: onnx.py imports this module
-
     models = {name: load_masked_lm(Path(d)) for name, d in directories.items()}
     length = min([seq] + [usable_length(m.config) for m in models.values()])
     calls = {name: _forward(m, length) for name, m in models.items()}

@@ -45,7 +45,13 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.io_utils import disk_full_is_an_error, read_json
-from trainer.export.latency import LATENCY_SEQ, cpu_name, timings, usable_length
+from trainer.export.latency import (
+    LATENCY_SEQ,
+    cpu_name,
+    load_masked_lm,
+    timings,
+    usable_length,
+)
 from trainer.export.model_card import UNSET_ID
 from trainer.export.record import EXPORT_RECORD, not_an_export, seal, verify_export
 
@@ -87,25 +93,6 @@ def require_onnx(what: str = "--onnx") -> None:
             missing.append(name)
     if missing:
         raise UserError(f"{what} needs {', '.join(missing)}: {EXTRA}")
-
-
-def load_masked_lm(directory: Path) -> nn.Module:
-    """The export's masked LM in fp32, SDPA attention (what a user's `from_pretrained` gets)."""
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # NOTE: the pooler an export carries is UNEXPECTED here
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(
-            directory, attn_implementation="sdpa", dtype=torch.float32
-        )
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return model.eval()
 
 
 def export_fp32(model: nn.Module, path: Path) -> None:
