@@ -491,7 +491,11 @@ def test_bools_are_no_numbers_and_strings_no_numbers(override, message):
             "^train.max_steps='x': expected an integer >= 1$",
         ),
         ({**minimal(), "train": {}}, "^'train.max_steps' is required$"),
-        ([], "^recipe=\\[\\]: expected a mapping with keys run, data, teacher, train, students, export$"),
+        (
+            [],
+            "^recipe=\\[\\]: expected a mapping with keys run, data, teacher, train, students, "
+            "export$",
+        ),
     ],
 )
 def test_schema_errors_are_one_line(raw, message):

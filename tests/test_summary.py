@@ -139,6 +139,8 @@ def test_deployment_figures_beside_the_held_out_ones(tmp_path):
     assert (lat["batch"], lat["seq"], lat["threads"]) == (1, 128, 1)
     assert lat["cpu"] and 5 <= lat["rounds"] <= 50
     md = (run_dir / SUMMARY_MD).read_text()
+    names = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ")]
+    assert names == ["| model", "| teacher", "| S"]  # the run's order, as before
     row = next(line for line in md.splitlines() if line.startswith("| S |"))
     assert f"{s['latency_speedup_vs_teacher']:.2f}x" in row and "speed-up" in md
     assert f"{lat['threads']} thread(s)" in md

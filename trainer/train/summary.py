@@ -140,8 +140,13 @@ def add_deployment(run_dir: Path, cfg: RunConfig, teacher) -> dict | None:
     summary = read_json(path)
     figures = deployment_figures(run_dir, teacher, [s.name for s in cfg.students])
     summary["latency"] = figures["latency"]
+    rows = summary["models"]
     for name, row in figures["models"].items():
-        summary["models"].setdefault(name, {}).update(row)
+        rows.setdefault(name, {}).update(row)
+    order = [TEACHER] + [s.name for s in cfg.students]  # NOTE: the JSON file sorts its keys
+    summary["models"] = {n: rows[n] for n in order if n in rows} | {
+        n: r for n, r in rows.items() if n not in order
+    }
     write_summary(run_dir, summary)
     logger.info("size and CPU latency of each model:\n%s", render_table(summary))
     return summary
