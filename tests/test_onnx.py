@@ -246,6 +246,22 @@ def test_onnx_from_a_checkpoint_exports_then_adds_the_files(tokenizer, tmp_path,
     np.testing.assert_allclose(got[keep], torch_logits(model, feed)[keep], atol=ATOL, rtol=0)
 
 
+def test_export_onnx_without_the_onnx_extra_is_refused_before_training(monkeypatch):
+    """LiveExports is built with the trainer, before the first step: a missing package is one
+    line naming the key, not a failure days later at the first export."""
+    import sys
+    from types import SimpleNamespace
+
+    from data_pipeline.errors import UserError
+    from trainer.export.hf_export import LiveExports
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` raises ImportError
+    cfg = SimpleNamespace(export=SimpleNamespace(onnx="int8"))
+    with pytest.raises(UserError, match=r"^export.onnx=int8 needs onnxscript: pip install"):
+        LiveExports(cfg, None, Path("."), None, ())
+    LiveExports(SimpleNamespace(export=SimpleNamespace(onnx=None)), None, Path("."), None, ())
+
+
 def run_one_rank(rank: int, world: int, argv: list[str], fail_check: bool) -> dict:
     """One rank of a run (`trainer.main.main`), with the ONNX check made to fail if asked."""
     import contextlib
