@@ -21,18 +21,20 @@ $(VENV)/.installed: pyproject.toml
 # The main job on the embedded demo: recipes/demo.yaml, a teacher and three students on
 # DEMO_RANKS ranks (CPU ranks here, GPUs where there are some). The demo corpus is built on
 # first use by the pipeline's own commands; runs/demo/ holds the result.
-# DEMO_FAMILY=modernbert: every model a ModernBERT (recipes/demo_modernbert.yaml -> runs/demo-modernbert).
+# DEMO_FAMILY=modernbert: every model a ModernBERT (recipes/demo_modernbert.yaml -> runs/demo-modernbert),
+# on the demo corpus with a byte-level BPE tokenizer trained on it (data/demo-bpe).
 DEMO_RANKS ?= 2
 DEMO_FAMILY ?= bert
 DEMO_RECIPE := $(if $(filter bert,$(DEMO_FAMILY)),recipes/demo.yaml,recipes/demo_$(DEMO_FAMILY).yaml)
 DEMO_RUN := $(if $(filter bert,$(DEMO_FAMILY)),runs/demo,runs/demo-$(DEMO_FAMILY))
-DEMO_TEACHER := $(if $(filter bert,$(DEMO_FAMILY)),data/demo/teacher,data/demo/teacher-$(DEMO_FAMILY))
+DEMO_DATA := $(if $(filter bert,$(DEMO_FAMILY)),data/demo,data/demo-bpe)
+DEMO_TEACHER := $(if $(filter bert,$(DEMO_FAMILY)),data/demo/teacher,$(DEMO_DATA)/teacher-$(DEMO_FAMILY))
 demo: install
 	$(BIN)/deepspeed --num_gpus $(DEMO_RANKS) trainer/main.py --ds_config ds_configs/zero2.json \
 	    --recipe $(DEMO_RECIPE)
 
 # The downstream task in miniature: `python -m evaluation` fine-tunes the demo's teacher, students
-# and twins on the demo's NER datasets (data/demo/datasets: diseases, chemicals and genes under the
+# and twins on the demo's NER datasets ($(DEMO_DATA)/datasets: diseases, chemicals and genes under the
 # names of the paper's NCBI-disease, BC5CDR-chem and BC2GM) -> runs/demo/eval/results.md, chart.png.
 # lr 1e-3, not the paper's 5e-5: at 5e-5 the 0.2M-parameter students do not train in 5 epochs.
 DEMO_EVAL_SEEDS ?= 1
@@ -40,7 +42,7 @@ DEMO_MODELS := DistilBioBERT DistilBioBERT-MLM CompactBioBERT CompactBioBERT-MLM
 demo-eval: demo
 	$(BIN)/python -m evaluation run --models teacher=$(DEMO_TEACHER) \
 	    $(foreach m,$(DEMO_MODELS),$(m)=$(DEMO_RUN)/export/$(m)) --tasks ner \
-	    --datasets NCBI-disease,BC5CDR-chem,BC2GM --data data/demo/datasets \
+	    --datasets NCBI-disease,BC5CDR-chem,BC2GM --data $(DEMO_DATA)/datasets \
 	    --output $(DEMO_RUN)/eval --seeds $(DEMO_EVAL_SEEDS) --rerun-stale ner.lr=1e-3
 
 test: install
@@ -85,6 +87,7 @@ clean:
 	@$(REMOVE_OWN); \
 	remove "$(VENV)" .installed; \
 	remove data/demo .demo.json xml/.complete.json; \
+	remove data/demo-bpe .demo.json xml/.complete.json; \
 	for run in runs/demo runs/demo.stale-* runs/demo-teacher runs/demo-teacher.stale-*; do \
 	  remove "$$run" $(RUN_RECORDS); done; \
 	remove .pytest_cache CACHEDIR.TAG

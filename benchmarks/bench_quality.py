@@ -19,7 +19,9 @@ mean over seeds, settings = every seed's value, min, max, spread (max - min) and
 
 --quick: 3 seeds (about 10 minutes on 2 CPU cores with the teacher built); full: 5 seeds.
 DEMO_RANKS (default 2) sets the ranks. --family modernbert runs recipes/demo_modernbert.yaml (the
-same demo, every model a ModernBERT; its teacher cached in data/demo/teacher-modernbert).
+same demo, every model a ModernBERT, on the demo corpus with a byte-level BPE tokenizer trained on
+it, data/demo-bpe; its teacher cached in data/demo-bpe/teacher-modernbert, the ceiling in
+data/demo-bpe/knowledge.json).
 """
 
 from __future__ import annotations

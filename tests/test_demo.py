@@ -106,7 +106,7 @@ def test_the_demo_is_built_where_a_recipe_says_so(monkeypatch, recipe, overrides
     from trainer.train.inputs import ensure_demo
 
     built: list[Path] = []
-    monkeypatch.setattr(demo, "build_demo", lambda root, log: built.append(Path(root)))
+    monkeypatch.setattr(demo, "build_demo", lambda root, log, tokenizer: built.append(Path(root)))
     ensure_demo(load_config(ROOT / recipe, overrides), _OneRank())
     assert built == ([Path(built_in)] if built_in else [])
 
@@ -116,7 +116,7 @@ def test_building_the_demo_into_a_path_that_is_not_a_shard_directory_is_refused(
     from trainer.config.recipe import ROOT, load_config
     from trainer.train.inputs import ensure_demo
 
-    monkeypatch.setattr(demo, "build_demo", lambda root, log: pytest.fail("built"))
+    monkeypatch.setattr(demo, "build_demo", lambda root, log, tokenizer: pytest.fail("built"))
     cfg = load_config(ROOT / "recipes/demo.yaml", ["data.train_shards=data/mine"])
     with pytest.raises(UserError, match=r"data.train_shards='data/mine': .* expected DIR/shards"):
         ensure_demo(cfg, _OneRank())

@@ -1,6 +1,11 @@
-"""The embedded demo corpus: generated PubMed XML -> extract -> WordPiece tokenizer -> shards.
+"""The embedded demo corpus: generated PubMed XML -> extract -> tokenizer -> shards.
 
-    python -m data_pipeline demo [--output data/demo] [--articles 4000] [--workers 2]
+    python -m data_pipeline demo [--tokenizer wordpiece|bpe] [--output DIR] [--articles 8000]
+
+The tokenizer is trained on the corpus: a cased WordPiece (the BERT demo's, in data/demo by
+default) or a byte-level BPE (RoBERTa / ModernBERT style, data_pipeline/demo/bpe.py; the ModernBERT
+demo's, in data/demo-bpe by default). A directory holds one kind: the demo's record names it, and
+a directory built for one kind is refused for the other, so the two demos never share a file.
 
 Everything is made offline by the pipeline's own commands, so the demo exercises exactly the code a
 real PubMed run does. The citations are knowledge articles (data_pipeline/demo/knowledge.py):
@@ -12,17 +17,20 @@ corpus once; a changed generator (its code) or changed settings rebuild it, and 
     xml/            pubmed26n0001.xml.gz ... (baseline) + one update file (revisions, deletions),
                     mentions.jsonl.gz (every article's entity mentions and their bounds)
     records/        extract output (*.jsonl.gz, report.json)
-    tokenizer/      cased BERT-style WordPiece tokenizer (Hugging Face directory): characters and
-                    the most frequent words, the same on every machine
+    tokenizer/      the tokenizer (Hugging Face directory), the same on every machine: a cased
+                    BERT-style WordPiece of characters and the most frequent words, or a byte-level
+                    BPE in which every entity word is one token
     shards/         train-*.tar, eval-*.tar, manifest.json
     datasets/       NER/{NCBI-disease,BC5CDR-chem,BC2GM}/{train,devel,test}.tsv: the downstream
                     task in miniature, in BioBERT's layout (data_pipeline/demo/ner.py)
-    knowledge.json  the knowledge base (entities by type, relations, noise) and the ceiling: the
-                    best accuracy any model can reach at the eval split's entity positions;
-                    written last, so its presence says every step above is complete
-    .demo.json      the demo's record, written first: a directory without it (or, built before
-                    it existed, without xml/.complete.json) that holds anything is the user's and
-                    is refused; `make clean` removes data/demo only when it is there
+    knowledge.json  the knowledge base (entities by type, relations, noise), the tokenizer kind
+                    and the ceiling: the best accuracy any model can reach at the eval split's
+                    entity positions; written last, so its presence says every step above is
+                    complete
+    .demo.json      the demo's record, written first, naming the tokenizer kind: a directory
+                    without it (or, built before it existed, without xml/.complete.json) that
+                    holds anything is the user's and is refused; `make clean` removes data/demo
+                    only when it is there
 
 A rebuild removes only the demo's own files, each by the name its step gives it; a user's file
 anywhere under --output stays.
@@ -39,8 +47,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline.demo import knowledge, synth
+from data_pipeline.demo import bpe, knowledge, synth
 from data_pipeline.demo import ner as demo_ner
+from data_pipeline.demo.bpe import train_byte_level_bpe
 from data_pipeline.demo.knowledge import KnowledgeBase, split_ceiling, write_mentions
 from data_pipeline.demo.synth import frequent_words_wordpiece, generate_corpus
 from data_pipeline.errors import UserError
@@ -51,7 +60,9 @@ from data_pipeline.shards.journal import clear_run
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest, load_tokenizer
 from data_pipeline.shards.writer import run_shard
 
-DEFAULT_OUTPUT = "data/demo"
+TOKENIZERS = ("wordpiece", "bpe")
+DEFAULT_OUTPUTS = {"wordpiece": "data/demo", "bpe": "data/demo-bpe"}
+DEFAULT_OUTPUT = DEFAULT_OUTPUTS["wordpiece"]
 NER_DIR = "datasets"  # `python -m evaluation run --data data/demo/datasets`
 DEMO_MAX_LEN = 128  # the demo's tiny models train in minutes on 2 CPU cores at this length
 DEMO_VOCAB = 4096
@@ -70,7 +81,17 @@ _PARTS_FILE = re.compile(rf"{XML_PREFIX}\d{{4}}\.(part\.gz|index\.npz)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help="demo directory (default: %(default)s)")
+    p.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default="wordpiece",
+        help="the tokenizer trained on the corpus (default: %(default)s)",
+    )
+    p.add_argument(
+        "--output",
+        help=f"demo directory (default: {DEFAULT_OUTPUTS['wordpiece']}, "
+        f"{DEFAULT_OUTPUTS['bpe']} for bpe)",
+    )
     p.add_argument("--articles", type=int, default=8000, help="citations in the baseline")
     p.add_argument("--files", type=int, default=8, help="baseline files (plus one update file)")
     p.add_argument("--workers", type=int, default=2)
@@ -91,7 +112,7 @@ def demo_root(shards: str | list[str], key: str = "shards") -> Path:
 def generator_digest() -> str:
     """A hash of the generator's code: a changed generator rebuilds the demo corpus."""
     h = hashlib.sha256()
-    for module in (synth, knowledge, demo_ner):
+    for module in (synth, knowledge, demo_ner, bpe):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -103,11 +124,25 @@ def build_demo(
     workers: int = 2,
     seed: int = 2023,
     log=print,
+    tokenizer: str | bool = "wordpiece",
 ) -> Path:
-    """Build (or complete) the demo corpus; returns the shard directory."""
+    """Build (or complete) the demo corpus with a `tokenizer` ("wordpiece" or "bpe"; True, as
+    `data.build_demo: true` says, is wordpiece) tokenizer; returns the shard directory. A
+    directory built with the other kind is refused."""
+    if tokenizer is True:
+        tokenizer = "wordpiece"
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer={tokenizer!r}: expected one of {TOKENIZERS}")
     root = claim_output_dir(output, (MARK, XML_DONE), "use a new or empty directory as --output")
+    built = built_kind(root)
+    if built is not None and built != tokenizer:
+        raise UserError(
+            f"{root}: a demo built with the {built} tokenizer; a {tokenizer} demo is built in a "
+            f"directory of its own (e.g. {DEFAULT_OUTPUTS[tokenizer]})"
+        )
     if not (root / MARK).exists():
-        atomic_write_json(root / MARK, {"written_by": "python -m data_pipeline demo"})
+        mark = {"written_by": "python -m data_pipeline demo", "tokenizer": tokenizer}
+        atomic_write_json(root / MARK, mark)
     xml_dir, records, tok_dir, shards = (
         root / d for d in ("xml", "records", "tokenizer", "shards")
     )
@@ -119,12 +154,15 @@ def build_demo(
         "files": files,
         "seed": seed,
         "generator": generator_digest(),
+        "tokenizer": tokenizer,
         "max_len": DEMO_MAX_LEN,
         "vocab": DEMO_VOCAB,
         "eval_fraction": DEMO_EVAL_FRACTION,
         "samples_per_shard": DEMO_SAMPLES_PER_SHARD,
     }
     old = json.loads(xml_done.read_text()) if xml_done.exists() else None
+    if old is not None:
+        old.setdefault("tokenizer", "wordpiece")  # the one kind before the key
     if old == settings and kb_file.exists():  # NOTE: written last, so every step is complete
         return shards
     kb = KnowledgeBase.generate(seed)
@@ -145,13 +183,19 @@ def build_demo(
     run_extract([str(xml_dir)], str(records), workers=workers, progress=False)
 
     if not (tok_dir / "tokenizer.json").exists():
-        log(f"demo: a cased WordPiece tokenizer of the {DEMO_VOCAB} most frequent words")
+        if tokenizer == "bpe":
+            log(f"demo: a byte-level BPE tokenizer of at most {DEMO_VOCAB} tokens")
+        else:
+            log(f"demo: a cased WordPiece tokenizer of the {DEMO_VOCAB} most frequent words")
         # NOTE: trained into a temporary directory and moved into place file by file, with
         # tokenizer.json (this step's mark) last: a crash mid-save never leaves a tokenizer that
         # looks complete, and a user's file in tokenizer/ stays.
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=root))
         texts = (r.text for r in iter_records(resolve_inputs([str(records)])))
-        frequent_words_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
+        if tokenizer == "bpe":
+            train_byte_level_bpe(texts, tmp, vocab_size=DEMO_VOCAB, whole=kb.words)
+        else:
+            frequent_words_wordpiece(texts, tmp, vocab_size=DEMO_VOCAB)
         share_tree(tmp)
         tok_dir.mkdir(exist_ok=True)
         for made in sorted(tmp.iterdir(), key=lambda f: f.name == "tokenizer.json"):
@@ -183,7 +227,7 @@ def build_demo(
             max_len=manifest.max_len,
             eval_fraction=manifest.eval_fraction,
         )
-        atomic_write_json(kb_file, {**kb.to_dict(), "ceiling": ceiling})
+        atomic_write_json(kb_file, {**kb.to_dict(), "tokenizer": tokenizer, "ceiling": ceiling})
     train, held = manifest.splits["train"], manifest.splits["eval"]
     ceiling = json.loads(kb_file.read_text())["ceiling"]
     log(
@@ -193,6 +237,15 @@ def build_demo(
         f"{ceiling['entity_acc']:.3f} ({kb_file})"
     )
     return shards
+
+
+def built_kind(root: Path) -> str | None:
+    """The tokenizer kind the demo in `root` was built with (a demo that predates the kinds is
+    a WordPiece one), or None when nothing is built there."""
+    for record in (root / MARK, root / XML_DONE):
+        if record.is_file():
+            return json.loads(record.read_text()).get("tokenizer", "wordpiece")
+    return None
 
 
 def _remove_previous_build(root: Path) -> None:
@@ -216,7 +269,8 @@ def _remove_previous_build(root: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    build_demo(args.output, args.articles, args.files, args.workers, args.seed)
+    output = args.output or DEFAULT_OUTPUTS[args.tokenizer]
+    build_demo(output, args.articles, args.files, args.workers, args.seed, tokenizer=args.tokenizer)
     return 0
 
 

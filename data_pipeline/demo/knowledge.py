@@ -386,16 +386,33 @@ def write_mentions(path: str | Path, kb: KnowledgeBase, articles: dict[int, Arti
     atomic_write_bytes(Path(path), gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
 
 
+PROBE = "the"  # a word placed before another to see how the tokenizer spells it inside a text
+
+
+def word_tokens(tokenizer, word: str) -> tuple[str, ...] | None:
+    """The tokens `word` is as one token: at the start of a text and after a space. WordPiece
+    spells both the same ("REB9"); byte-level BPE keeps the space in the token ("REB9" and
+    "ĠREB9"). None when the tokenizer splits it in either place."""
+    alone = tokenizer.tokenize(word)
+    before = tokenizer.tokenize(PROBE)
+    after = tokenizer.tokenize(f"{PROBE} {word}")
+    if len(alone) != 1 or len(after) != len(before) + 1 or after[: len(before)] != before:
+        return None
+    return tuple(dict.fromkeys([alone[0], after[-1]]))
+
+
 def entity_token_ids(tokenizer, words: list[str], where: str) -> dict[int, str]:
-    """Token id -> word for entity words that the tokenizer keeps whole; any other is an error
-    (accuracy at entity positions is defined per token)."""
-    split = [w for w in words if tokenizer.tokenize(w) != [w]]
+    """Token id -> word for entity words that the tokenizer keeps whole, each in every form it
+    takes in a text (`word_tokens`); any other is an error (accuracy at entity positions is
+    defined per token)."""
+    forms = {w: word_tokens(tokenizer, w) for w in words}
+    split = [w for w, f in forms.items() if f is None]
     if split:
         raise UserError(
             f"{where}: {len(split)} entity words are not single tokens of the tokenizer "
             f"(e.g. {split[:3]}); entity accuracy needs one token per entity"
         )
-    return {tokenizer.convert_tokens_to_ids(w): w for w in words}
+    return {tokenizer.convert_tokens_to_ids(t): w for w, f in forms.items() for t in f}
 
 
 def split_ceiling(

@@ -133,6 +133,12 @@ class RunSection(Schema):
     )
 
 
+# data.build_demo: false, or the demo's tokenizer kind (data_pipeline/demo/build.py TOKENIZERS);
+# true (the key's meaning before the kinds) is wordpiece, and stays true in the resolved recipe so
+# that a teacher built from it is not stale
+DemoBuild = Bool | Literal["wordpiece", "bpe"]
+
+
 class DataSection(Schema):
     train_shards: Shards = Field(description="shard directory (its train split), pattern or list")
     eval_shards: Shards | None = Field(
@@ -157,8 +163,10 @@ class DataSection(Schema):
     entities: Str | None = Field(
         None, description="entity words (JSON, see trainer/train/inputs.py): eval entity_acc"
     )
-    build_demo: Bool = Field(
-        False, description="the shards are the demo's (DIR/shards): built in DIR when missing"
+    build_demo: DemoBuild = Field(
+        False,
+        description="the shards are the demo's (DIR/shards), built in DIR when missing with this "
+        "tokenizer kind (true: wordpiece)",
     )
 
 

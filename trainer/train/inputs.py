@@ -52,7 +52,7 @@ def ensure_demo(cfg: RunConfig, rt: Runtime) -> None:
     if rt.is_main:
         if not (root / "shards" / "manifest.json").exists():
             logger.info("demo corpus missing: building %s (once, about 20 s)", root)
-        build_demo(root, log=logger.info)
+        build_demo(root, log=logger.info, tokenizer=cfg.data.build_demo)
     rt.barrier()
 
 
