@@ -30,7 +30,7 @@ corpus once; a changed generator (its code) or changed settings rebuild it, and 
     .demo.json      the demo's record, written first, naming the tokenizer kind: a directory
                     without it (or, built before it existed, without xml/.complete.json) that
                     holds anything is the user's and is refused; `make clean` removes data/demo
-                    only when it is there
+                    and data/demo-bpe only where it is there
 
 A rebuild removes only the demo's own files, each by the name its step gives it; a user's file
 anywhere under --output stays.
