@@ -128,3 +128,67 @@ def test_gradients_through_the_probabilities_match_eager(models):
             assert b.grad is None or torch.count_nonzero(b.grad) == 0, name
         else:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _flash_calls(model, length: int, train: bool) -> tuple[int, torch.Tensor]:
+    """Calls of torch's CPU flash-attention kernel in one forward (and backward when `train`) at
+    `length` tokens, and the last hidden state."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 50, (2, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, length // 2 :] = 0
+    model.train(train)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        last = model.bert(ids, attention_mask=mask).last_hidden_state
+        if train:
+            last.float().sum().backward()
+    names = [e.key for e in prof.key_averages()]
+    flash = sum(
+        e.count
+        for e in prof.key_averages()
+        if "flash_attention" in e.key and "backward" not in e.key
+    )
+    assert names, "the profiler recorded nothing"
+    return flash, last.detach()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "length", "math"),
+    [
+        (torch.bfloat16, 16, True),
+        (torch.bfloat16, 128, True),  # the longest that takes the math kernel
+        (torch.bfloat16, 136, False),
+        (torch.float32, 16, False),  # fp32: the flash kernel is the faster one on a CPU
+    ],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_cpu_kernel_choice_by_dtype_and_length(dtype, length, math, train):
+    """On a CPU, reduced precision with keys up to CPU_MATH_MAX_KEYS long runs SDPA's math kernel
+    (faster there), anything else the flash kernel; in every layer, the marked one included, and
+    the output is HF's SDPA output to bf16 rounding."""
+    from trainer.models import attention
+
+    def build(attn: str) -> BertForMaskedLM:
+        config = BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=160, attn_implementation=attn,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        return BertForMaskedLM(config).to(dtype)
+
+    assert (
+        attention.cpu_math_kernel(
+            torch.zeros(1, 1, length, 8, dtype=dtype), torch.zeros(1, 1, length, 8, dtype=dtype)
+        )
+        is math
+    )
+    ours, reference = build(IMPLEMENTATION), build("sdpa")
+    return_probabilities(ours, [1])
+    flash, last = _flash_calls(ours, length, train)
+    assert flash == (0 if math else LAYERS)
+    _, expected = _flash_calls(reference, length, train)
+    tolerance = 0.05 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(last.float(), expected.float(), atol=tolerance, rtol=tolerance)

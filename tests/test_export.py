@@ -140,7 +140,7 @@ def _built(case: str, checkpoints: dict[str, Path]):
     cfg = _cfg(init, kind, teacher_path)
     teacher = None
     if teacher_path is not None:
-        teacher = load_teacher_model(cfg.teacher, attention=True, seed=1, vocab_size=VOCAB)
+        teacher = load_teacher_model(cfg.teacher, seed=1, vocab_size=VOCAB)
     built = build_student(
         cfg.students[0], teacher_model=teacher, vocab_size=VOCAB, seed=3, teacher_path=teacher_path
     )

@@ -81,10 +81,9 @@ def _spec(name: str, init: dict | None = None, objective: dict | None = None):
     return config_from_dict(_recipe(entry)).students[0]
 
 
-def _teacher_model(attention: bool = True) -> BertForMaskedLM:
+def _teacher_model() -> BertForMaskedLM:
     model = load_teacher_model(
         TeacherSection(config=copy.deepcopy(TEACHER)),
-        attention=attention,
         seed=7,
         vocab_size=VOCAB,
     )
@@ -172,8 +171,7 @@ def test_attention_probabilities_only_where_the_objective_reads_them(name, weigh
         objective["weights"] = weights
     built = _build(name, _teacher_model(), objective=objective)
     mlm, need = built.module.mlm, built.objective.student_need()
-    expected = IMPLEMENTATION if probabilities else "sdpa"
-    assert mlm.config._attn_implementation == expected
+    assert mlm.config._attn_implementation == IMPLEMENTATION  # every model: the CPU kernel rule
     assert bool(need.attentions) == probabilities
     for layer in range(mlm.config.num_hidden_layers):
         assert returns_probabilities(mlm, layer) == (layer in need.attentions)
@@ -309,7 +307,7 @@ def test_attention_terms_are_nonzero_on_a_real_forward():
     cfg = config_from_dict(
         _recipe(*[(n, *STUDENTS[n]) for n in ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")])
     )
-    teacher_model = load_teacher_model(cfg.teacher, attention=True, seed=7, vocab_size=VOCAB)
+    teacher_model = load_teacher_model(cfg.teacher, seed=7, vocab_size=VOCAB)
     # A fresh BERT (std 0.02) attends almost uniformly in every layer, so its maps and a copy's
     # differ by ~1e-9: redrawn, they differ as a trained teacher's do.
     _redraw(teacher_model)
@@ -335,7 +333,7 @@ def test_attention_terms_are_nonzero_on_a_real_forward():
 
 
 def test_teacher_with_sdpa_attention_is_refused_when_maps_are_needed():
-    model = _teacher_model(attention=False)
+    model = BertForMaskedLM(BertConfig(**TEACHER, attn_implementation="sdpa"))
     with pytest.raises(ValueError, match=r"teacher: .*'sdpa' attention"):
         Teacher(model, Need(logits=True, attentions=frozenset({1})))
 
@@ -349,9 +347,9 @@ def test_teacher_without_mlm_head_is_refused_unless_allowed(tmp_path):
     BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
     section = TeacherSection(path=str(tmp_path))
     with pytest.raises(ValueError, match=r"newly\s+initialised .*cls\.predictions\.transform"):
-        load_teacher_model(section, attention=False, seed=1, vocab_size=VOCAB)
+        load_teacher_model(section, seed=1, vocab_size=VOCAB)
     section.allow_new_weights = True
-    model = load_teacher_model(section, attention=False, seed=1, vocab_size=VOCAB)
+    model = load_teacher_model(section, seed=1, vocab_size=VOCAB)
     assert isinstance(model, BertForMaskedLM)
     saved = BertModel.from_pretrained(tmp_path, add_pooling_layer=False)
     assert _equal_state(model.bert.encoder, saved.encoder)
@@ -361,29 +359,23 @@ def test_teacher_with_its_head_loads_from_a_directory(tmp_path):
     torch.manual_seed(12)
     original = BertForMaskedLM(BertConfig(**TEACHER))
     original.save_pretrained(tmp_path)
-    model = load_teacher_model(
-        TeacherSection(path=str(tmp_path)), attention=True, seed=1, vocab_size=VOCAB
-    )
+    model = load_teacher_model(TeacherSection(path=str(tmp_path)), seed=1, vocab_size=VOCAB)
     assert model.config._attn_implementation == IMPLEMENTATION
     assert _equal_state(model, original)
 
 
 def test_teacher_vocabulary_smaller_than_the_shards_is_refused(tmp_path):
     with pytest.raises(ValueError, match=rf"teacher.config: .*has {VOCAB} entries.*{VOCAB + 1}"):
-        load_teacher_model(
-            TeacherSection(config=dict(TEACHER)), attention=False, seed=1, vocab_size=VOCAB + 1
-        )
+        load_teacher_model(TeacherSection(config=dict(TEACHER)), seed=1, vocab_size=VOCAB + 1)
     BertForMaskedLM(BertConfig(**TEACHER)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"teacher.path=.*re-shard with the teacher's tokenizer"):
-        load_teacher_model(
-            TeacherSection(path=str(tmp_path)), attention=False, seed=1, vocab_size=VOCAB + 1
-        )
+        load_teacher_model(TeacherSection(path=str(tmp_path)), seed=1, vocab_size=VOCAB + 1)
 
 
 def test_teacher_config_that_bert_config_rejects_names_the_key():
     bad = dict(TEACHER, attn_implementation="sdpa")  # the trainer chooses the implementation
     with pytest.raises(ValueError, match=r"teacher.config: not a valid BertConfig"):
-        load_teacher_model(TeacherSection(config=bad), attention=False, seed=1, vocab_size=VOCAB)
+        load_teacher_model(TeacherSection(config=bad), seed=1, vocab_size=VOCAB)
 
 
 BAD_CONFIGS = [
@@ -397,7 +389,7 @@ BAD_CONFIGS = [
 def test_bad_teacher_config_raises_value_error_naming_the_key(values):
     bad = dict(TEACHER, **values)
     with pytest.raises(ValueError, match=r"teacher.config"):
-        load_teacher_model(TeacherSection(config=bad), attention=False, seed=1, vocab_size=VOCAB)
+        load_teacher_model(TeacherSection(config=bad), seed=1, vocab_size=VOCAB)
 
 
 @pytest.mark.parametrize(

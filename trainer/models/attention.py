@@ -17,7 +17,14 @@ builds for this implementation with `sdpa_mask` and the sliding-window overlay; 
   maps the cohort asks for, which keeps "a student trained in a cohort equals the same student
   trained alone" exact.
 Every other layer runs SDPA (flash or memory-efficient kernels on a GPU) and returns no
-probabilities. HF's plain SDPA returns none at all, and `output_attentions` then quietly gives an
+probabilities. On a CPU in bf16 or fp16 with keys at most CPU_MATH_MAX_KEYS long, SDPA runs its
+math kernel instead of the flash one: torch's CPU flash kernel is 1.2 to 2.6x slower there (head
+sizes 8 to 64), and 1.6 to 3x faster from 192 keys on at head sizes 26 and 64
+(docs/benchmarks.md, "Attention kernels on a CPU"). The choice depends only on the device, the
+dtype and the batch's length, so a run and its resume, or a student in a cohort and alone, take
+the same kernel for the same batch.
+
+HF's plain SDPA returns no probabilities at all, and `output_attentions` then quietly gives an
 empty tuple: the trap this module exists to avoid.
 """
 
@@ -26,12 +33,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 IMPLEMENTATION = "biodistill_sdpa"
 FLAG = "biodistill_probabilities"  # set on the attention modules whose probabilities are needed
+CPU_MATH_MAX_KEYS = 128  # the longest keys for which a CPU in reduced precision takes SDPA's math
+REDUCED = (torch.bfloat16, torch.float16)
+
+
+def cpu_math_kernel(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether SDPA takes its math kernel for these inputs (see the module docstring)."""
+    return (
+        query.device.type == "cpu" and query.dtype in REDUCED and key.shape[-2] <= CPU_MATH_MAX_KEYS
+    )
+
+
+def _sdpa(module, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, None]:
+    if cpu_math_kernel(query, key):
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 def _probabilities(query, key, attention_mask, scaling) -> torch.Tensor:
@@ -56,7 +80,7 @@ def attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """HF attention-interface signature: returns (output [B, L, heads, d], probabilities)."""
     if not getattr(module, FLAG, False):
-        return sdpa_attention_forward(
+        return _sdpa(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
@@ -65,7 +89,7 @@ def attention_forward(
         probs = F.dropout(probs, p=dropout, training=True)
         out = torch.matmul(probs, value).transpose(1, 2).contiguous()
         return out, probs
-    out, _ = sdpa_attention_forward(
+    out, _ = _sdpa(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
     return out, probs

@@ -30,7 +30,7 @@ from torch import nn
 from data_pipeline.errors import UserError
 from trainer.config.ds_json import ds_config_for_student
 from trainer.config.recipe import RunConfig, StudentSection
-from trainer.distill.kinds import KINDS, uses_attention_maps
+from trainer.distill.kinds import KINDS
 from trainer.distill.objectives import Objective, cohort_teacher_need
 from trainer.models.families import family_of
 from trainer.models.parameters import count_parameters, param_groups
@@ -141,12 +141,10 @@ def build_cohort(
     seed = cfg.train.seed
     teacher_model = None
     if cfg.teacher is not None and _teacher_used(cfg):
-        attention = any(uses_attention_maps(s.objective) for s in cfg.students)
         source = cfg.teacher.path or "teacher.config"
         with startup.phase(f"loading the teacher from {source}", log=rt.is_main):
             teacher_model = load_teacher_model(
                 cfg.teacher,
-                attention=attention,
                 seed=derive_seed(seed, "teacher"),
                 vocab_size=vocab_size,
             )

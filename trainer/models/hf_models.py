@@ -1,6 +1,6 @@
 """Hugging Face masked LMs loaded by hub name or directory: the teacher and pretrained students.
 
-    impl = attn_implementation(attention_maps=True)        # ours where a loss reads attention maps
+    impl = attn_implementation()                            # ours (trainer/models/attention.py)
     model, new = load_masked_lm("dmis-lab/biobert-base-cased-v1.2", impl, "teacher.path=...")
 
 fp32 on the CPU (students copy exact weights from the teacher before it moves to the device).
@@ -24,11 +24,10 @@ from trainer.models.attention import IMPLEMENTATION
 logger = logging.getLogger(__name__)
 
 
-def attn_implementation(attention_maps: bool) -> str | None:
-    """Ours where some layer's attention probabilities are needed (trainer/models/attention.py: SDPA
-    in
-    every other layer), else the model's default (SDPA for BERT)."""
-    return IMPLEMENTATION if attention_maps else None
+def attn_implementation() -> str:
+    """Ours for every model the trainer builds (trainer/models/attention.py): SDPA, attention
+    probabilities in the layers a loss reads, and the faster SDPA kernel on a CPU in bf16."""
+    return IMPLEMENTATION
 
 
 def load_masked_lm(name: str, impl: str | None, where: str) -> tuple[nn.Module, list[str]]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from trainer.config.recipe import StudentSection
-from trainer.distill.kinds import check_layers, fill_layer_maps, uses_attention_maps
+from trainer.distill.kinds import check_layers, fill_layer_maps
 from trainer.distill.objectives import Objective, projected_key
 from trainer.distill.teacher_signals import (
     Need,
@@ -99,7 +99,7 @@ def build_student(
     its layers export."""
     key = f"students.{spec.name}"
     init, section = spec.init, spec.objective
-    impl = attn_implementation(uses_attention_maps(section))
+    impl = attn_implementation()
     tokenizer, base, pooler_source = None, None, None
     with seeded(derive_seed(seed, "student", spec.seed_name), torch.device("cpu")):
         if init.from_teacher_layers is not None:

@@ -1,6 +1,6 @@
 """The frozen teacher: loaded once as a masked LM, asked only for what the cohort needs.
 
-    model = load_teacher_model(cfg.teacher, attention=True, seed=42, vocab_size=28996)
+    model = load_teacher_model(cfg.teacher, seed=42, vocab_size=28996)
     teacher = Teacher(model.to(device, dtype), need)   # after the students copied their layers
     signals = teacher(batch)                            # dict, see
     trainer/distill/teacher_signals.py
@@ -35,11 +35,9 @@ from trainer.train.rng import seeded
 logger = logging.getLogger(__name__)
 
 
-def load_teacher_model(
-    section: TeacherSection, *, attention: bool, seed: int, vocab_size: int
-) -> nn.Module:
+def load_teacher_model(section: TeacherSection, *, seed: int, vocab_size: int) -> nn.Module:
     """The teacher as an fp32 CPU masked LM (students copy from it before it moves)."""
-    impl = attn_implementation(attention)
+    impl = attn_implementation()
     if section.config is not None:
         fam = FAMILIES[section.family or DEFAULT]
         config = fam.config(section.config, "teacher.config", impl)
