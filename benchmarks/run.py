@@ -34,6 +34,7 @@ BENCHMARKS = {
     "quality": "benchmarks.bench_quality",
     "families": "benchmarks.bench_families",
     "inference": "benchmarks.bench_inference",
+    "attention": "benchmarks.bench_attention",
 }
 
 

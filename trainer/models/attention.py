@@ -20,7 +20,7 @@ Every other layer runs SDPA (flash or memory-efficient kernels on a GPU) and ret
 probabilities. On a CPU in bf16 or fp16 with keys at most CPU_MATH_MAX_KEYS long, SDPA runs its
 math kernel instead of the flash one: torch's CPU flash kernel is 1.2 to 2.6x slower there (head
 sizes 8 to 64), and 1.6 to 3x faster from 192 keys on at head sizes 26 and 64
-(docs/benchmarks.md, "Attention kernels on a CPU"). The choice depends only on the device, the
+(docs/benchmarks.md, "Where the cohort's time went"). The choice depends only on the device, the
 dtype and the batch's length, so a run and its resume, or a student in a cohort and alone, take
 the same kernel for the same batch.
 
