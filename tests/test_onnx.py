@@ -322,6 +322,16 @@ def test_a_run_with_export_onnx_writes_checked_onnx_files_into_every_export(run_
         assert row["size_int8_onnx_bytes"] == (out / INT8_FILE).stat().st_size
         assert row["latency_speedup_vs_teacher"] > 0
     assert "latency_ms_median" in summary["models"]["teacher"]
+    # TensorBoard's Text tab ends with the summary that has the deployment columns
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = [
+        make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("summary/text_summary")
+    ]
+    assert "speed-up" not in texts[0] and "speed-up" in texts[-1]
 
 
 @pytest.mark.slow

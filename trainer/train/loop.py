@@ -214,7 +214,9 @@ class Trainer:
             for s in self.students:
                 self._export(s)
             if self.rt.is_main and self.last_eval:  # size and latency beside the figures
-                add_deployment(self.run_dir, self.cfg, self.teacher)
+                summary = add_deployment(self.run_dir, self.cfg, self.teacher)
+                if summary is not None:  # TensorBoard's Text tab shows the latest
+                    self.metrics.text("summary", render_markdown(summary), self.step)
             if self.teacher_ahead is not None:
                 done = self.teacher_ahead.hits + self.teacher_ahead.misses
                 logger.info(
