@@ -6,13 +6,16 @@ Tiny random models of each family (4 layers, hidden 32; ModernBERT with a local 
 than the sequence, so that local and global layers differ), float64, padded batches. Each check
 compares with a computation that does not go through the family definition: HF's own eager
 forward (`output_hidden_states`, `output_attentions`, the full MLM head), the projections called
-directly, state dicts compared by name.
+directly, state dicts compared by name. The model types that share a family's definition
+(VARIANTS: XLM-R and CamemBERT, read as RoBERTa) go through the same checks, built from their own
+transformers classes.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from test_objectives import CASES, reference
 
 from data_pipeline.errors import UserError
@@ -24,6 +27,17 @@ from trainer.models.families import FAMILIES, FAMILY_NAMES, family_of, model_con
 from trainer.train.batch import DeviceBatch
 
 V, H, LAYERS, HEADS, L = 64, 32, 4, 2, 20
+# model types read by another family's definition: (family, config class, masked-LM class)
+VARIANTS = {
+    "xlm-roberta": ("roberta", "XLMRobertaConfig", "XLMRobertaForMaskedLM"),
+    "camembert": ("roberta", "CamembertConfig", "CamembertForMaskedLM"),
+}
+MODELS = (*FAMILY_NAMES, *VARIANTS)  # every family, and every variant of one
+
+
+def _family(name: str):
+    """The family definition that reads model `name` (a family's name or a VARIANTS key)."""
+    return FAMILIES[VARIANTS[name][0] if name in VARIANTS else name]
 
 
 def _values(name: str, layers: int = LAYERS, hidden: int = H) -> dict:
@@ -47,18 +61,22 @@ def _values(name: str, layers: int = LAYERS, hidden: int = H) -> dict:
 
 
 def _model(name: str, impl: str | None = IMPLEMENTATION, seed: int = 0, **values):
-    fam = FAMILIES[name]
     torch.manual_seed(seed)
+    if name in VARIANTS:  # its own transformers classes, not the family's
+        family, config_class, masked_lm_class = VARIANTS[name]
+        extra = {} if impl is None else {"attn_implementation": impl}
+        config = getattr(transformers, config_class)(**(_values(family) | values), **extra)
+        return getattr(transformers, masked_lm_class)(config).double().eval()
+    fam = FAMILIES[name]
     config = fam.config(_values(name) | values, f"{name}.config", impl)
     return fam.masked_lm(config).double().eval()
 
 
 def _eager_twin(model, impl: str = "eager"):
     """The same weights under HF's eager attention (or `impl`): the reference forward."""
-    fam = family_of(model)
     config = model.config.__class__.from_dict(model.config.to_dict())
     config._attn_implementation = impl
-    twin = fam.masked_lm(config).double().eval()
+    twin = type(model)(config).double().eval()
     twin.load_state_dict(model.state_dict())
     return twin
 
@@ -92,10 +110,25 @@ def test_every_recipe_family_is_registered_and_found_by_model_type():
     assert family_of(object()).name == "generic"
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_xlm_r_and_camembert_are_read_by_the_roberta_family(name):
+    family, _, masked_lm_class = VARIANTS[name]
+    model = _model(name)
+    assert type(model).__name__ == masked_lm_class and model.config.model_type == name
+    fam = family_of(model)
+    assert fam is FAMILIES[family] and family_of(model.config) is fam
+    assert fam.embeddings(model) is model.roberta.embeddings
+    assert list(fam.layers(model)) == list(model.roberta.encoder.layer)
+    assert fam.head(model) is model.lm_head
+    # a released checkpoint's 514 position embeddings after padding id 1: 512 tokens
+    config = model.config.__class__(max_position_embeddings=514, pad_token_id=1)
+    assert fam.max_positions(config) == 512
+
+
 # ---------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_signals_equal_a_full_eager_forward(name):
     """Hidden states, the attention maps of chosen layers (ours: SDPA elsewhere), q/k/v and the
     masked-row head against HF's eager forward with every output and the full head."""
@@ -144,7 +177,7 @@ def _qkv_directly(model, layer: int, hidden_in: torch.Tensor):
     return attention.query(hidden_in), attention.key(hidden_in), attention.value(hidden_in)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_asking_for_maps_leaves_the_output_unchanged(name):
     """The teacher's outputs do not depend on which maps the cohort reads (cohort == alone)."""
     model, batch = _model(name), _batch()
@@ -158,12 +191,16 @@ def test_asking_for_maps_leaves_the_output_unchanged(name):
 # ---------------------------------------------------------------- students made of teacher layers
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("layers", [[1, 3], [3, 0]], ids=["odd", "reversed"])
 def test_copied_layers_hold_the_teachers_exact_weights(name, layers):
-    fam = FAMILIES[name]
+    fam = _family(name)
     teacher = _model(name)
     student = fam.student_from_layers(teacher, layers, None).double()
+    # of the teacher's class and model type (an XLM-R teacher's student is an XLM-R)
+    assert type(student) is type(teacher)
+    assert student.config.model_type == teacher.config.model_type
+    assert student.config.num_hidden_layers == len(layers)
     t_state = fam.embeddings(teacher).state_dict()
     for key, value in fam.embeddings(student).state_dict().items():
         assert torch.equal(value, t_state[key]), key
@@ -219,14 +256,14 @@ def test_a_modernbert_student_keeps_each_copied_layers_attention_type(layers):
 # ---------------------------------------------------------------- losses on real signals
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("kind, weights", CASES[::2] + [("mlm", {})], ids=str)
 def test_each_kind_on_real_models_matches_a_float64_reference(name, kind, weights):
     """Every term of every kind, on a student and teacher of this family, against
     test_objectives' float64 reference fed with HF's eager outputs."""
     teacher, batch = _model(name), _batch()
     objective_section, init = _section(name, kind, weights)
-    fam = FAMILIES[name]
+    fam = _family(name)
     if "from_teacher_layers" in init:
         student = fam.student_from_layers(teacher, init["from_teacher_layers"], IMPLEMENTATION)
     else:
@@ -256,7 +293,7 @@ def test_each_kind_on_real_models_matches_a_float64_reference(name, kind, weight
 
 
 def _section(name: str, kind: str, weights: dict):
-    teacher = _values(name)
+    teacher = _values(_family(name).name)
     if kind == "tinybiobert":
         init = {"config": {"num_hidden_layers": 2}}
         extra = {"attention_map": [[0, 1], [1, 3]], "hidden_map": [[0, 0], [1, 2], [2, 4]]}
