@@ -8,6 +8,8 @@ architectures on a BERT vocabulary): a teacher built from a config of the family
 students of it, two of copied layers (DistilBioBERT's and CompactBioBERT's objectives: logits,
 last-layer and layer-map cosines, attention KL), a narrower random one (TinyBioBERT's: maps,
 projected hidden states, soft CE) and a MiniLMv2 one (q/k/v relations); fp32, no dropout.
+The model types another family's definition reads (XLM-R and CamemBERT, RoBERTa's) distil from
+a saved teacher of their own classes in a shorter 1-rank run, and export as those classes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import pytest
 import torch
 from multirank import run_distributed
+from test_families import VARIANTS
 from test_resume import resume_copy, run_in_turn
 from trainer_setup import assert_same_weights, ds_config, recipe, weights, write_recipe
 
@@ -28,6 +31,13 @@ pytestmark = pytest.mark.slow
 
 STEPS = 4
 STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT", "MiniLM")
+# the terms each student's objective must report live
+TERMS = {
+    "DistilBioBERT": ("mlm", "kd", "cos"),
+    "CompactBioBERT": ("mlm", "kd", "att", "cos"),
+    "TinyBioBERT": ("att", "hid", "soft_ce"),
+    "MiniLM": ("rel",),
+}
 
 
 def _family_config(family: str, vocab: int, ids: dict, **shape) -> dict:
@@ -104,20 +114,7 @@ def test_a_family_trains_resumes_elastically_and_exports(
     reference = runs / "reference"
     assert_same_weights(weights(reference, "TinyBioBERT"), weights(runs / "alone", "TinyBioBERT"))
 
-    # every term of every student is finite and live (not a sum over no maps); a KL of near-
-    # uniform distributions (tiny random models) can round to a few -1e-7
-    from trainer.train.metrics import read_scalars
-
-    tags = read_scalars(reference / "tensorboard")
-    for student, terms in (
-        ("DistilBioBERT", ("mlm", "kd", "cos")),
-        ("CompactBioBERT", ("mlm", "kd", "att", "cos")),
-        ("TinyBioBERT", ("att", "hid", "soft_ce")),
-        ("MiniLM", ("rel",)),
-    ):
-        for term in terms:
-            values = [v for _, v in tags[f"train/{student}/loss_{term}"]]
-            assert all(abs(v) < 1e3 for v in values) and max(values) > 0, (student, term, values)
+    _assert_every_term_live(reference)
 
     # elastic: the step-2 checkpoint of 2 ranks goes on on 1 and ends where the 2-rank run did
     resume_copy(reference, runs / "elastic", 2)
@@ -139,16 +136,9 @@ def test_a_family_trains_resumes_elastically_and_exports(
                 torch.testing.assert_close(state[f"mlm.{key}"].float(), value, rtol=0, atol=0)
 
     # exports load as a masked LM and as a base model with every weight, and fill masks
-    from transformers import AutoModel, AutoModelForMaskedLM, pipeline
+    from transformers import AutoModelForMaskedLM, pipeline
 
-    for student in STUDENTS:
-        export = reference / "export" / student
-        model = AutoModelForMaskedLM.from_pretrained(export)
-        assert model.config.model_type == family
-        _, info = AutoModel.from_pretrained(export, output_loading_info=True)
-        assert not info["missing_keys"], (student, info["missing_keys"])
-        card = (export / "README.md").read_text()
-        assert f"- {family}\n" in card and f"| {family} |" in card
+    _assert_exports_load(reference, family, dict.fromkeys(STUDENTS, family))
     compact = AutoModelForMaskedLM.from_pretrained(reference / "export" / "CompactBioBERT")
     if family == "modernbert":  # teacher layers 1, 3 of global, local, global, local: local both
         assert compact.config.layer_types == ["sliding_attention", "sliding_attention"]
@@ -156,3 +146,70 @@ def test_a_family_trains_resumes_elastically_and_exports(
     assert len(fill(f"The patients received {fill.tokenizer.mask_token} daily.")) == 5
     marker = json.loads((last / "COMPLETE.json").read_text())
     assert marker["students"] == {s: STEPS for s in STUDENTS}
+
+
+@pytest.mark.parametrize("model_type", VARIANTS)
+def test_a_teacher_of_a_family_variant_distils_and_exports(
+    model_type, tmp_path, tiny_shards, tokenizer_dir
+):
+    """An XLM-R or CamemBERT teacher (`teacher.path`: a saved model of its own classes) on one
+    rank: every student trains, those made of its layers are of its model type, and every
+    export loads as a masked LM and as a base model without missing weights."""
+    import transformers
+
+    family, config_class, masked_lm_class = VARIANTS[model_type]
+    data = _recipe(family, tiny_shards, tmp_path / "runs", tokenizer_dir)
+    teacher = tmp_path / "teacher"
+    config = getattr(transformers, config_class)(**data["teacher"]["config"])
+    torch.manual_seed(0)
+    getattr(transformers, masked_lm_class)(config).save_pretrained(teacher)
+    data["teacher"] = {"path": str(teacher)}
+    data["train"].update(save_every=STEPS, keep=1)
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", data)
+    ds = ds_config(tmp_path / "ds.json", stage=2, bf16=False, micro=8)
+    argv = ["--ds_config", str(ds), "--recipe", str(recipe_path), "run.name=variant"]
+
+    (result,) = run_distributed(run_in_turn, 1, [(argv, free_port())], timeout=600)[0]
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    run = tmp_path / "runs" / "variant"
+    _assert_every_term_live(run)
+    marker = json.loads((run / "checkpoints" / f"step-{STEPS:08d}" / "COMPLETE.json").read_text())
+    assert marker["students"] == {s: STEPS for s in STUDENTS}
+    # trained: DistilBioBERT's layer 1 started as the teacher's layer 2 and has moved
+    key = "roberta.encoder.layer.{}.attention.self.query.weight"
+    taught = weights(run, "DistilBioBERT")[key.format(1)]
+    start = getattr(transformers, masked_lm_class).from_pretrained(teacher).state_dict()
+    assert not torch.equal(taught, start[key.format(2)])
+
+    copied = {"DistilBioBERT": model_type, "CompactBioBERT": model_type}
+    _assert_exports_load(run, family, {s: copied.get(s, family) for s in STUDENTS})
+    for student in copied:  # saved as the teacher's class, which the Hub and pipelines read
+        saved = json.loads((run / "export" / student / "config.json").read_text())
+        assert saved["architectures"] == [masked_lm_class], student
+
+
+def _assert_every_term_live(run) -> None:
+    """Every term of every student is finite and live (not a sum over no maps); a KL of near-
+    uniform distributions (tiny random models) can round to a few -1e-7."""
+    from trainer.train.metrics import read_scalars
+
+    tags = read_scalars(run / "tensorboard")
+    for student, terms in TERMS.items():
+        for term in terms:
+            values = [v for _, v in tags[f"train/{student}/loss_{term}"]]
+            assert all(abs(v) < 1e3 for v in values) and max(values) > 0, (student, term, values)
+
+
+def _assert_exports_load(run, family: str, model_types: dict[str, str]) -> None:
+    """Each student's export loads with AutoModelForMaskedLM as `model_types[student]` and with
+    AutoModel without missing weights; its card names the family."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    for student, model_type in model_types.items():
+        export = run / "export" / student
+        model = AutoModelForMaskedLM.from_pretrained(export)
+        assert model.config.model_type == model_type, student
+        _, info = AutoModel.from_pretrained(export, output_loading_info=True)
+        assert not info["missing_keys"], (student, info["missing_keys"])
+        card = (export / "README.md").read_text()
+        assert f"- {family}\n" in card and f"| {family} |" in card, student
