@@ -22,9 +22,14 @@ own time:
     memory           60 s   benchmarks/bench_memory.py: ZeRO-1/2/3 at micro-batch 24, not compiled
     train-modernbert 60 s   recipes/biobert_to_modernbert.yaml (ModernBERT students of a BERT
                             teacher, on its vocabulary) for 40 steps, as the train part
+    inference        60 s   benchmarks/bench_inference.py --quick at the paper sizes: bf16
+                            throughput on the GPU with SDPA at batch 32 and 128, written first
+                            (a time-out keeps them), then the CPU figures; where onnxruntime is
+                            missing (`make gpu-wheels` does not bring it) the ONNX ones are
+                            skipped with the reason, and where it is there its exports add time
     train-compile   100 s   the train run with train.compile (torch.compile, engine.compile):
                             last, as the part most likely to run long (the deadline may skip it)
-                    600 s   in all
+                    660 s   in all: past the deadline, so train-compile gets what is left
 
 The train parts are the user's command (`python trainer/main.py --ds_config ds_configs/zero2.json
 --recipe recipes/paper_distilled.yaml ...`, a world of one) on generated shards and a random
@@ -101,6 +106,7 @@ PARTS = (
         train={"compile": False, "teacher_ahead": False, "mlm_twins": False},
         recipe=MIXED,
     ),
+    Part("inference", 60),  # NOTE: before train-compile, which the deadline may cut short
     Part("train-compile", 100, train={"compile": True, "teacher_ahead": False}),
 )
 DRY_STEPS, LOG_EVERY, DRY_LOG_EVERY, WARMUP = 6, 5, 2, 5
@@ -392,9 +398,13 @@ def run_bench(name: str, sizes: str, out_dir: Path) -> int:
 
 
 def bench_figures(name: str, sizes: str) -> Iterator[dict]:
-    from benchmarks import bench_cohort, bench_memory, bench_step
+    from benchmarks import bench_cohort, bench_inference, bench_memory, bench_step
     from benchmarks.bench_cohort import FULL, Plan
 
+    if name == "inference":  # --quick: the GPU lines come first, so a time-out keeps them
+        for figure in bench_inference.run(quick=True, sizes=sizes):
+            yield {"benchmark": name, **figure}
+        return
     if name == "memory":
         stages = bench_memory.MEMORY_STAGES if sizes == "paper" else (2,)
         for figure in bench_memory.memory_figures(stages, (24,), sizes, compile=False):

@@ -70,7 +70,16 @@ def test_dry_run_goes_through_every_part(tmp_path):
         ("cohort_vs_separate", "measured_ratio"),
         ("cohort_vs_separate", "predicted_ratio"),
         ("memory", "peak_gb"),
+        ("inference", "TinyBioBERT/pytorch_fp32/throughput_speedup_vs_teacher"),
     }
+    # the inference part, before train-compile (which the deadline may skip); on a CPU it has
+    # the CPU figures and no GPU ones
+    names = [p.name for p in gpu_check.PARTS]
+    assert names.index("inference") == names.index("train-compile") - 1
+    inference = {x["metric"]: x for x in got if x["benchmark"] == "inference"}
+    assert inference["teacher/pytorch_fp32/latency_ms_median"]["value"] > 0
+    assert inference["teacher/parameters"]["settings"]["sizes"] == "tiny"
+    assert not [m for m in inference if "/pytorch_bf16_" in m]
     assert printed == got  # the benchmark children's lines too, echoed as each part ends
     for part in gpu_check.PARTS:
         assert (out / f"{part.name}.log").stat().st_size > 0
