@@ -63,7 +63,9 @@ class _Recorder:
 
 
 def _stand_in_trainer(rt: Runtime, run_dir: Path, skipped_shards: int) -> Trainer:
-    cfg = SimpleNamespace(train=SimpleNamespace(teacher_ahead=False, max_steps=10))
+    cfg = SimpleNamespace(
+        train=SimpleNamespace(teacher_ahead=False, max_steps=10), export=SimpleNamespace(onnx=None)
+    )
     student = SimpleNamespace(name="A", engine=_Engine(rt.rank, lr=1e-4), budget=10)
     inputs = SimpleNamespace(
         loader=SimpleNamespace(skipped_corrupt=skipped_shards), student_tokenizer=lambda s: None

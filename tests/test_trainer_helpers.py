@@ -623,13 +623,14 @@ def test_print_keys_lists_every_key_a_resolved_recipe_has(capsys):
     assert main(["--print-keys"]) == 0
     printed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
 
+    sections = ("run", "data", "teacher", "train", "init", "objective", "optimizer", "export")
+
     def flat(node, prefix=""):
         for key, value in node.items():
             if key == "students":
                 for s in value:
                     yield from flat({k: v for k, v in s.items()}, "students.NAME.")
-            elif isinstance(value, dict) and key in ("run", "data", "teacher", "train", "init",
-                                                     "objective", "optimizer"):  # fmt: skip
+            elif isinstance(value, dict) and key in sections:
                 yield from flat(value, f"{prefix}{key}.")
             else:
                 yield prefix + key
