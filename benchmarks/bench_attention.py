@@ -5,9 +5,10 @@
 The trainer's attention (trainer/models/attention.py) runs SDPA's math kernel instead of the flash
 one on a CPU in bf16 or fp16 when the keys are at most `CPU_MATH_MAX_KEYS` long. This measures the
 rule: forward and backward of `sdpa_attention_forward` (as every layer calls it: q, k and v as
-strided views of one projection, a padding mask, no dropout) under each kernel, taking turns over
-the rounds, at batch 24 over a grid of key lengths and head sizes (8: the demo's students; 26:
-TinyBioBERT's 312/12; 64: BERT-base's). Figures (benchmark attention_kernels):
+strided views of one projection, a padding mask, no dropout) under each kernel, both timed in
+every round (trainer/export/latency.py's `interleaved`), at batch 24 over a grid of key lengths
+and head sizes (8: the demo's students; 26: TinyBioBERT's 312/12; 64: BERT-base's).
+Figures (benchmark attention_kernels):
 
 - math_over_flash_<dtype>_L<len>_D<head>: seconds with the math kernel over seconds with the
   flash one, the median over rounds (below 1: math is faster). The settings name the kernel the
@@ -22,7 +23,6 @@ rounds of 3 steps at 64, 128, 192, 256 and 512. About a minute (--quick) on 2 CP
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Iterator
 
 from benchmarks.common import Skipped
@@ -33,19 +33,14 @@ LENGTHS = {True: (64, 128, 256), False: (64, 128, 192, 256, 512)}  # by quick
 ROUNDS = {True: (4, 2), False: (8, 3)}  # rounds, steps per round, by quick
 
 
-def _time(step, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
-
-
 def measure(length: int, head: int, dtype, rounds: int, steps: int) -> list[float]:
     """math/flash seconds per forward+backward, one ratio per round."""
     import torch
     from torch import nn
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from trainer.export.latency import interleaved
 
     heads = HEAD_SIZES[head]
     module = nn.Module()
@@ -63,14 +58,15 @@ def measure(length: int, head: int, dtype, rounds: int, steps: int) -> list[floa
             out, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0)
         out.float().sum().backward()
 
-    kernels = (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
-    for backend in kernels:
-        step(backend)  # warm-up
-    ratios = []
-    for r in range(rounds):
-        order = kernels if r % 2 == 0 else kernels[::-1]
-        seconds = {backend: _time(lambda b=backend: step(b), steps) for backend in order}
-        ratios.append(seconds[SDPBackend.MATH] / seconds[SDPBackend.FLASH_ATTENTION])
+    calls = {  # every round times `steps` steps of each kernel (trainer/export/latency.py)
+        backend: lambda b=backend: [step(b) for _ in range(steps)]
+        for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
+    }
+    times = interleaved(calls, rounds)
+    ratios = [
+        m / f
+        for m, f in zip(times[SDPBackend.MATH], times[SDPBackend.FLASH_ATTENTION], strict=True)
+    ]
     return ratios
 
 
