@@ -17,7 +17,14 @@ mean over seeds, settings = every seed's value, min, max, spread (max - min) and
 - <student>_gain_vs_mlm_twin: its held-out masked accuracy minus its twin's, in points (also at
   entity positions, in the settings).
 
---quick: 3 seeds (about 10 minutes on 2 CPU cores with the teacher built); full: 5 seeds.
+What int8 costs on real text, from the first seed's run, which also writes ONNX files
+(export.onnx=int8: trainer/export/onnx.py checks each export on the run's held-out split): for
+each student and twin, `<model>_int8_acc_change`, its held-out masked accuracy in ONNX Runtime
+int8 minus fp32 in points, with the int8 accuracy, its top-1 agreement with fp32 and the masked
+positions in the settings. Without the `onnx` extra one line, `int8/skipped`, gives the reason.
+
+--quick: 3 seeds (about 10 minutes on 2 CPU cores with the teacher built, and a minute of ONNX
+files); full: 5 seeds.
 DEMO_RANKS (default 2) sets the ranks. --family modernbert runs recipes/demo_modernbert.yaml (the
 same demo, every model a ModernBERT, on the demo corpus with a byte-level BPE tokenizer trained on
 it, data/demo-bpe; its teacher cached in data/demo-bpe/teacher-modernbert, the ceiling in
@@ -36,6 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.bench_cohort import ROOT, log
+from benchmarks.bench_inference import onnx_missing
 from trainer.runtime.distributed import free_port
 from trainer.train.summary import SUMMARY_JSON
 
@@ -46,14 +54,14 @@ STUDENTS = ("DistilBioBERT", "CompactBioBERT", "TinyBioBERT")
 RECIPES = {"bert": "recipes/demo.yaml", "modernbert": "recipes/demo_modernbert.yaml"}
 
 
-def run_demo(seed: int, root: Path, ranks: int, recipe: str) -> dict:
-    """One demo run with train.seed=seed; its summary.json."""
+def run_demo(seed: int, root: Path, ranks: int, recipe: str, extra: tuple = ()) -> dict:
+    """One demo run with train.seed=seed (and the overrides `extra`); its summary.json."""
     deepspeed = Path(sys.executable).parent / "deepspeed"
     name = f"seed-{seed}"
     cmd = [
         str(deepspeed), "--master_port", str(free_port()), "--num_gpus", str(ranks),
         "trainer/main.py", "--ds_config", "ds_configs/zero2.json", "--recipe", recipe,
-        f"train.seed={seed}", f"run.output_dir={root}", f"run.name={name}",
+        f"train.seed={seed}", f"run.output_dir={root}", f"run.name={name}", *extra,
     ]  # fmt: skip
     out = root / f"{name}.log"
     log(f"quality: seed {seed}: {' '.join(cmd[1:])} (log: {out})")
@@ -109,11 +117,40 @@ def figures(summaries: list[dict], seeds: list[int], recipe: str) -> Iterator[di
         }
 
 
+def int8_figures(summary: dict, seed: int, recipe: str) -> Iterator[dict]:
+    """`<model>_int8_acc_change` of every student and twin of one run made with
+    export.onnx=int8 (trainer/train/summary.py's int8 figures)."""
+    for name, row in summary["models"].items():
+        if "int8_acc_change" not in row:
+            continue
+        yield {
+            "metric": f"{name}_int8_acc_change",
+            "value": row["int8_acc_change"],
+            "unit": "accuracy points",
+            "settings": {
+                "recipe": recipe,
+                "seed": seed,
+                "int8_masked_acc": row["int8_masked_acc"],
+                "int8_top1_agreement": row["int8_top1_agreement"],
+                "runtime": "ONNX Runtime, dynamic int8 against fp32",
+            },
+        }
+
+
 def run(quick: bool, family: str = "bert") -> Iterator[dict]:
     if family not in RECIPES:
         raise ValueError(f"quality: no demo of family {family!r}; known: {sorted(RECIPES)}")
     seeds = list(SEEDS[: 3 if quick else 5])
     ranks = int(os.environ.get("DEMO_RANKS", "2"))
+    missing = onnx_missing()
+    int8 = () if missing else ("export.onnx=int8",)  # the first seed's run only
     with tempfile.TemporaryDirectory(prefix="biodistill-quality-") as tmp:
-        summaries = [run_demo(seed, Path(tmp), ranks, RECIPES[family]) for seed in seeds]
+        summaries = [
+            run_demo(seed, Path(tmp), ranks, RECIPES[family], int8 if i == 0 else ())
+            for i, seed in enumerate(seeds)
+        ]
     yield from figures(summaries, seeds, RECIPES[family])
+    if missing:
+        yield {"metric": "int8/skipped", "value": missing, "unit": None, "settings": {}}
+    else:
+        yield from int8_figures(summaries[0], seeds[0], RECIPES[family])

@@ -68,7 +68,9 @@ def _stand_in_trainer(rt: Runtime, run_dir: Path, skipped_shards: int) -> Traine
     )
     student = SimpleNamespace(name="A", engine=_Engine(rt.rank, lr=1e-4), budget=10)
     inputs = SimpleNamespace(
-        loader=SimpleNamespace(skipped_corrupt=skipped_shards), student_tokenizer=lambda s: None
+        loader=SimpleNamespace(skipped_corrupt=skipped_shards),
+        student_tokenizer=lambda s: None,
+        eval_sequences=0,
     )
     checkpointer = Checkpointer(run_dir / "checkpoints", rt, keep=2)
     return Trainer(cfg, rt, None, [student], inputs, checkpointer, _Recorder(), run_dir)

@@ -178,6 +178,90 @@ def test_onnx_on_a_directory_that_is_not_an_export_is_refused_in_one_line(
     assert sorted(p.name for p in target.iterdir()) == before
 
 
+@pytest.fixture(scope="module")
+def heldout_shards(tmp_path_factory, tokenizer) -> Path:
+    """Shards of the export's vocabulary with an eval split of 20 sequences."""
+    from data_pipeline.shards.writer import run_shard
+
+    root = tmp_path_factory.mktemp("heldout")
+    tokenizer.save_pretrained(root / "tokenizer")
+    words = "aspirin inhibits prostaglandin synthesis in platelets of patients".split()
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(words, size=12)).capitalize() + "." for _ in range(40)]
+    (root / "docs.txt").write_text("\n".join(lines) + "\n")
+    run_shard(
+        [str(root / "docs.txt")], str(root / "tokenizer"), str(root / "shards"),
+        max_len=32, eval_fraction=0.5, samples_per_shard=8, progress=False,
+    )  # fmt: skip
+    return root / "shards"
+
+
+def test_heldout_accuracy_of_each_onnx_runtime_equals_an_independent_count(
+    exported, heldout_shards, tmp_path
+):
+    """--eval-shards: masked accuracy in ONNX Runtime fp32 and int8, and int8's agreement, on the
+    first N held-out sequences, each equal to a count made here over the same masked batches.
+    (A random tiny model's logits nearly tie: PyTorch's top-1, or the same file's at another
+    padded length, can differ within the 1e-4 check, so the count runs each file on the same
+    batches.)"""
+    from data_pipeline.eval_batches import EvalBatches
+
+    out, _, _ = exported
+    copy = tmp_path / "S"
+    copy.mkdir()
+    for p in out.iterdir():
+        copy.joinpath(p.name).write_bytes(p.read_bytes())
+    n = 13  # not a multiple of the held-out batch: the last batch is cut
+    assert main([str(copy), "--onnx", "--int8", "--eval-shards", str(heldout_shards),
+                 "--eval-sequences", str(n)]) == 0  # fmt: skip
+    held = json.loads((copy / EXPORT_RECORD).read_text())["onnx"]["heldout"]
+
+    fp32, q = session(copy / ONNX_FILE, threads=1), session(copy / INT8_FILE, threads=1)
+    right = {"fp32": 0, "int8": 0}
+    same = positions = seen = 0
+    for batch in EvalBatches(heldout_shards, onnx_export.HELDOUT_BATCH):
+        take = min(n - seen, len(batch["input_ids"]))
+        if take <= 0:
+            break
+        seen += take
+        feed = {k: batch[k][:take].numpy() for k in ("input_ids", "attention_mask")}
+        labels = batch["labels"][:take].numpy()
+        rows = labels != -100
+        a = fp32.run(["logits"], feed)[0][rows].argmax(-1)
+        b = q.run(["logits"], feed)[0][rows].argmax(-1)
+        right["fp32"] += int((a == labels[rows]).sum())
+        right["int8"] += int((b == labels[rows]).sum())
+        same += int((a == b).sum())
+        positions += int(rows.sum())
+    assert held["sequences"] == n and held["masked_positions"] == positions > 0
+    assert held["masked_acc"]["ONNX Runtime fp32"] == right["fp32"] / positions
+    assert held["masked_acc"]["ONNX Runtime int8"] == right["int8"] / positions
+    assert held["int8_top1_agreement"] == same / positions
+    assert f"{positions:,} masked positions of held-out text" in (copy / "README.md").read_text()
+
+
+def test_heldout_shards_of_another_vocabulary_are_refused_naming_both(
+    exported, tiny_shards, capsys
+):
+    out, _, _ = exported
+    before = (out / EXPORT_RECORD).read_bytes()
+    assert main([str(out), "--onnx", "--eval-shards", str(tiny_shards)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shards were made with tokenizer" in err[0], err
+    assert (out / EXPORT_RECORD).read_bytes() == before  # nothing changed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--eval-shards", "x"], ["--onnx", "--eval-sequences", "5"],
+     ["--onnx", "--eval-shards", "x", "--eval-sequences", "0"]],
+)  # fmt: skip
+def test_heldout_options_without_what_they_need_are_usage_errors(tmp_path, argv):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), *argv])
+    assert e.value.code == 2
+
+
 def test_int8_without_onnx_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "--int8"])
@@ -321,6 +405,14 @@ def test_a_run_with_export_onnx_writes_checked_onnx_files_into_every_export(run_
         assert row["size_onnx_bytes"] == (out / ONNX_FILE).stat().st_size
         assert row["size_int8_onnx_bytes"] == (out / INT8_FILE).stat().st_size
         assert row["latency_speedup_vs_teacher"] > 0
+        # held-out accuracy on what the run's held-out evaluation read (train.eval_batches: 1)
+        held = record["onnx"]["heldout"]
+        assert held["sequences"] == 8 and held["masked_positions"] > 0  # 1 rank x micro-batch 8
+        acc = held["masked_acc"]
+        assert row["int8_masked_acc"] == acc["ONNX Runtime int8"]
+        change = 100 * (acc["ONNX Runtime int8"] - acc["ONNX Runtime fp32"])
+        assert row["int8_acc_change"] == round(change, 3)
+        assert row["int8_top1_agreement"] == held["int8_top1_agreement"]
     assert "latency_ms_median" in summary["models"]["teacher"]
     # TensorBoard's Text tab ends with the summary that has the deployment columns
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -137,12 +137,23 @@ class LiveExports:
       runs/<name>/export/<student>/; `done` (saved in the checkpoint) says which are. With
       `export.onnx` (fp32 or int8) rank 0 then adds model.onnx (and model.int8.onnx) through
       trainer/export/onnx.py's `add_onnx`, checked as `python -m trainer.export --onnx` checks
-      them; a failed check stops the run with one line (the Hugging Face export stays).
+      them, with held-out masked accuracy in each ONNX runtime on `heldout` (the run's eval
+      shards and as many sequences as its held-out evaluation reads); a failed check stops the
+      run with one line (the Hugging Face export stays).
     NOTE: `cards` and `export` are collective; every rank calls them at the same points.
     """
 
-    def __init__(self, cfg, rt, run_dir: Path, tokenizer_of, record: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        cfg,
+        rt,
+        run_dir: Path,
+        tokenizer_of,
+        record: tuple[str, ...],
+        heldout: tuple | None = None,
+    ) -> None:
         self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
+        self.heldout = heldout  # (eval shards, sequences) for the ONNX files' accuracy, or None
         self.tokenizer_of = tokenizer_of  # student -> its tokenizer (trainer/train/inputs.py)
         self.record = record  # files of the run directory every checkpoint copies
         self.done: set[str] = set()
@@ -215,7 +226,14 @@ class LiveExports:
         if out is not None and self.cfg.export.onnx is not None:
             from trainer.export.onnx import add_onnx
 
-            add_onnx(out, int8=self.cfg.export.onnx == "int8", log=logger.info)
+            shards, sequences = self.heldout or (None, 0)
+            add_onnx(
+                out,
+                int8=self.cfg.export.onnx == "int8",
+                eval_shards=shards,
+                eval_sequences=sequences,
+                log=logger.info,
+            )
         self.done.add(student.name)
         return out
 
@@ -317,14 +335,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--int8", action="store_true", help="with --onnx: also model.int8.onnx (dynamic int8)"
     )
+    p.add_argument(
+        "--eval-shards",
+        default=None,
+        help="with --onnx: shards of the model's vocabulary (a directory or manifest.json) whose "
+        "eval split measures masked accuracy in each ONNX runtime",
+    )
+    p.add_argument(
+        "--eval-sequences",
+        type=int,
+        default=None,
+        help="with --eval-shards: how many of its sequences (default 800, "
+        "trainer/export/onnx.py's HELDOUT_SEQUENCES)",
+    )
     args = p.parse_args(argv)
     if args.int8 and not args.onnx:
         p.error("--int8 needs --onnx")
+    if args.eval_shards is not None and not args.onnx:
+        p.error("--eval-shards needs --onnx")
+    if args.eval_sequences is not None and args.eval_shards is None:
+        p.error("--eval-sequences needs --eval-shards")
+    if args.eval_sequences is not None and args.eval_sequences < 1:
+        p.error(f"--eval-sequences {args.eval_sequences}: expected a positive number")
+    heldout = None
+    if args.eval_shards is not None:
+        from trainer.export.onnx import HELDOUT_SEQUENCES
+
+        heldout = (args.eval_shards, args.eval_sequences or HELDOUT_SEQUENCES)
     ckpt, repo = args.checkpoint, args.push_to_hub
     is_export = (ckpt / "config.json").is_file() or (ckpt / EXPORT_RECORD).is_file()
     if (repo is not None or args.onnx) and is_export and not (ckpt / MARKER).is_file():
         # an export: ONNX files added in place, pushed as it is
-        if args.onnx and _onnx([ckpt], args.int8) != 0:
+        if args.onnx and _onnx([ckpt], args.int8, heldout) != 0:
             return 2
         if repo is None:
             return 0
@@ -370,17 +412,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{name}: {exported[-1][1]}", flush=True)
-    if args.onnx and _onnx([d for _, d in exported], args.int8) != 0:
+    if args.onnx and _onnx([d for _, d in exported], args.int8, heldout) != 0:
         return 2
     return 0 if repo is None else _push(exported, repo, args.private)
 
 
-def _onnx(exports: list[Path], int8: bool) -> int:
+def _onnx(exports: list[Path], int8: bool, heldout: tuple | None) -> int:
     from trainer.export.onnx import add_onnx
 
+    shards, sequences = heldout or (None, 0)
     for directory in exports:
         try:
-            add_onnx(directory, int8=int8)
+            add_onnx(directory, int8=int8, eval_shards=shards, eval_sequences=sequences)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

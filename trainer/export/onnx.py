@@ -19,6 +19,13 @@ Checked at export, on generated token ids (random ids outside the special tokens
   measured, printed and recorded (not a pass/fail: quantization changes logits by design);
 - CPU latency at batch 1, seq 128 (median), in PyTorch, ONNX Runtime fp32 and int8, with the CPU
   and thread count.
+- with `eval_shards` (a run's own held-out split: the trainer passes data.eval_shards; the CLI
+  takes --eval-shards), held-out masked accuracy on real text in ONNX Runtime fp32 and int8 and
+  int8's top-1 agreement with fp32 there, over the split's first `eval_sequences` sequences
+  (the trainer passes as many as its held-out evaluation reads), masked as that evaluation
+  masks them (the same positions every time). The shards' vocabulary must be the export's
+  (else a UserError naming both). This is what int8 costs a user; random token ids only bound
+  it.
 
 The files are written into a copy of the export, which is sealed (EXPORT.json lists every file,
 ONNX included, with its size and SHA-256; the checks go into its "onnx" entry) and renamed into
@@ -61,6 +68,8 @@ ONNX_FILES = (ONNX_FILE, INT8_FILE)
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"
 ATOL = 1e-4  # fp32 ONNX Runtime against PyTorch, absolute, on every attended position
+HELDOUT_BATCH = 16  # sequences per held-out batch
+HELDOUT_SEQUENCES = 800  # default number of held-out sequences (--eval-sequences)
 CARD_HEADING = "## ONNX Runtime (CPU)"
 RUNTIME_NAMES = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")  # the card's rows
 EXTRA = "pip install -e .[onnx]  (onnx, onnxruntime, onnxscript)"
@@ -200,16 +209,60 @@ def masked_agreement(
     return same / total, total
 
 
+def heldout_accuracy(sessions: dict, shards, tokenizer, *, sequences: int, name: str) -> dict:
+    """Masked accuracy of each ONNX Runtime session (runtime name -> session) on the first
+    `sequences` sequences of the eval split of `shards`, and int8's top-1 agreement with fp32
+    there when both are given. The batches are the trainer's held-out ones (data_pipeline/
+    eval_batches.py: seeded masks, the same positions every time)."""
+    from data_pipeline.eval_batches import EvalBatches
+    from data_pipeline.masking import IGNORE_INDEX
+    from data_pipeline.shards.manifest import tokenizer_info
+
+    held = EvalBatches(shards, HELDOUT_BATCH, tokenizer=tokenizer_info(tokenizer, name=name))
+    both = {"ONNX Runtime fp32", "ONNX Runtime int8"} <= sessions.keys()
+    correct = dict.fromkeys(sessions, 0)
+    same = positions = used = 0
+    for batch in held:
+        if used >= sequences:
+            break
+        batch = {k: v[: sequences - used] for k, v in batch.items()}
+        used += len(batch["input_ids"])
+        feed = {k: batch[k].numpy() for k in INPUTS}
+        labels = batch["labels"].numpy()
+        rows = labels != IGNORE_INDEX
+        top = {k: s.run([OUTPUT], feed)[0][rows].argmax(-1) for k, s in sessions.items()}
+        for k, t in top.items():
+            correct[k] += int((t == labels[rows]).sum())
+        if both:
+            same += int((top["ONNX Runtime fp32"] == top["ONNX Runtime int8"]).sum())
+        positions += int(rows.sum())
+    if positions == 0:
+        raise UserError(f"{held.shards.source}: no masked position in its eval split")
+    out = {
+        "shards": str(held.shards.source),
+        "sequences": used,
+        "masked_positions": positions,
+        "masked_acc": {k: c / positions for k, c in correct.items()},
+    }
+    if both:
+        out["int8_top1_agreement"] = same / positions
+    return out
+
+
 def add_onnx(
     export_dir: Path,
     *,
     int8: bool = False,
     repeats: int = 20,
+    eval_shards=None,
+    eval_sequences: int = HELDOUT_SEQUENCES,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Add model.onnx (and with `int8` model.int8.onnx) to the export `export_dir`, checked and
-    recorded; returns the "onnx" entry written into its EXPORT.json. A directory that is not a
-    verified export is refused (UserError) before any work."""
+    recorded; returns the "onnx" entry written into its EXPORT.json. With `eval_shards` (shards
+    of the export's vocabulary with an eval split) the entry gets "heldout": masked accuracy on
+    real text in each ONNX runtime. A directory that is not a verified export is refused
+    (UserError) before any work."""
     require_onnx()
     export_dir = Path(export_dir)
     problem = not_an_export(export_dir) if export_dir.is_dir() else "is not a directory"
@@ -224,7 +277,14 @@ def add_onnx(
                 if rel not in ONNX_FILES:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(export_dir / rel, tmp / rel)
-            entry = _write_and_check(tmp, export_dir.name, int8=int8, repeats=repeats, log=log)
+            entry = _write_and_check(
+                tmp,
+                export_dir.name,
+                int8=int8,
+                repeats=repeats,
+                heldout=(eval_shards, eval_sequences) if eval_shards is not None else None,
+                log=log,
+            )
             card = tmp / "README.md"
             if card.is_file():
                 card.write_text(with_onnx_section(card.read_text("utf-8"), entry), "utf-8")
@@ -236,7 +296,9 @@ def add_onnx(
     return entry
 
 
-def _write_and_check(directory: Path, name: str, *, int8: bool, repeats: int, log) -> dict:
+def _write_and_check(
+    directory: Path, name: str, *, int8: bool, repeats: int, heldout: tuple | None, log
+) -> dict:
     import onnxruntime
     from transformers import AutoTokenizer
 
@@ -284,6 +346,18 @@ def _write_and_check(directory: Path, name: str, *, int8: bool, repeats: int, lo
         log(
             f"   {INT8_FILE}: top-1 agreement with fp32 at masked positions {agreement:.4f} "
             f"({positions} positions of random tokens)"
+        )
+
+    if heldout is not None:
+        shards, sequences = heldout
+        held = heldout_accuracy(sessions, shards, tokenizer, sequences=sequences, name=name)
+        entry["heldout"] = held
+        accs = ", ".join(f"{k} {v:.4f}" for k, v in held["masked_acc"].items())
+        agree = held.get("int8_top1_agreement")
+        log(
+            f"   held-out masked accuracy ({held['masked_positions']} positions of "
+            f"{held['shards']}): {accs}"
+            + (f"; int8 agrees with fp32 at {agree:.4f}" if agree is not None else "")
         )
 
     feed = token_batches(config, [(1, length)], seed=3, specials=specials)[0]
@@ -338,6 +412,19 @@ def with_onnx_section(card: str, entry: dict) -> str:
             f" Dynamic int8 agrees with fp32 on the top-1 token at "
             f"{entry['int8_top1_agreement']:.1%} of {entry['int8_agreement_positions']} masked "
             "positions of random token ids."
+        )
+    if "heldout" in entry:
+        held = entry["heldout"]
+        acc = held["masked_acc"]
+        lines[-1] += (
+            f" On {held['masked_positions']:,} masked positions of held-out text, masked "
+            "accuracy is "
+            + ", ".join(f"{acc[k]:.2%} in {k}" for k in RUNTIME_NAMES if k in acc)
+            + (
+                f"; int8 agrees with fp32 on the top-1 token at {held['int8_top1_agreement']:.1%}."
+                if "int8_top1_agreement" in held
+                else "."
+            )
         )
     lines += [
         "",

@@ -76,6 +76,14 @@ class Inputs:
         """This pass's eval batches: the first `train.eval_batches` of the split, on every rank."""
         return islice(iter(self.eval_batches), self.eval_limit) if self.eval_batches else iter(())
 
+    @property
+    def eval_sequences(self) -> int:
+        """How many sequences of the eval split one held-out evaluation reads, on all ranks."""
+        held = self.eval_batches
+        if held is None:
+            return 0
+        return min(held.total, self.eval_limit * held.config.batch_size * held.world_size)
+
 
 def load_entities(path: str, tok, vocab_size: int) -> tuple[torch.Tensor, float | None]:
     """`data.entities`: the entity tokens as a bool table over the vocabulary, and the ceiling."""

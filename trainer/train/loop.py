@@ -110,7 +110,11 @@ class Trainer:
         self._settled: set[str] = set()  # students evaluated after they left the cohort
         # the teacher's results per eval batch (trainer/train/heldout.py)
         self._teacher_eval: list = []
-        self.exports = LiveExports(cfg, rt, self.run_dir, inputs.student_tokenizer, RUN_RECORD)
+        # ONNX files' held-out accuracy: on what the held-out evaluation reads (export.onnx)
+        heldout = (cfg.data.eval_shards, inputs.eval_sequences) if inputs.eval_sequences else None
+        self.exports = LiveExports(
+            cfg, rt, self.run_dir, inputs.student_tokenizer, RUN_RECORD, heldout=heldout
+        )
         # NOTE: main.py installs the handlers before start-up, so a signal during it still counts
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self._timer = StepTimer(rt.device)

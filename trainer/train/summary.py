@@ -14,7 +14,10 @@ accuracy points): what the teacher added at equal steps, model and batches.
 At the run's end, after the exports, `add_deployment(run_dir, cfg, teacher)` (rank 0) puts what a
 user deploys beside those figures: per model its parameters, fp32 weights on disk
 (`size_fp32_bytes`: the export's model.safetensors; the teacher's saved the same way),
-`size_onnx_bytes` and `size_int8_onnx_bytes` where export.onnx wrote them, PyTorch CPU latency at
+`size_onnx_bytes` and `size_int8_onnx_bytes` where export.onnx wrote them (with int8, also
+`int8_masked_acc` and `int8_acc_change`: held-out masked accuracy in ONNX Runtime int8 and its
+difference from fp32 in points, and `int8_top1_agreement` with fp32 there, from the export's
+check on the run's eval shards, trainer/export/onnx.py), PyTorch CPU latency at
 batch 1, sequence 128, one thread (`latency_ms_median`, `latency_ms_p90`) and
 `latency_speedup_vs_teacher`, the teacher's median over the model's, both from one interleaved
 pass (trainer/export/latency.py); summary.json's "latency" names the threads, CPU and rounds.
@@ -118,10 +121,25 @@ def deployment_figures(run_dir: Path, teacher, names: list[str]) -> dict:
             for runtime, key in ONNX_SIZES.items():
                 if runtime in onnx.get("file_bytes", {}):
                     row[key] = onnx["file_bytes"][runtime]
+            row.update(int8_figures(onnx.get("heldout") or {}))
         if TEACHER in models and name != TEACHER:
             ratio = models[TEACHER]["latency_ms_median"] / row["latency_ms_median"]
             row["latency_speedup_vs_teacher"] = round(ratio, 3)
     return {"latency": measured["settings"], "models": models}
+
+
+def int8_figures(heldout: dict) -> dict:
+    """From an export's ONNX held-out check: int8's masked accuracy, its change from fp32 in
+    accuracy points, and its top-1 agreement with fp32; {} without an int8 check."""
+    acc = heldout.get("masked_acc", {})
+    fp32, int8 = acc.get("ONNX Runtime fp32"), acc.get("ONNX Runtime int8")
+    if fp32 is None or int8 is None:
+        return {}
+    return {
+        "int8_masked_acc": int8,
+        "int8_acc_change": round(100 * (int8 - fp32), 3),
+        "int8_top1_agreement": heldout["int8_top1_agreement"],
+    }
 
 
 def save_fp32(model, directory: Path) -> None:
