@@ -45,8 +45,12 @@ demo-eval: demo
 	    --datasets NCBI-disease,BC5CDR-chem,BC2GM --data $(DEMO_DATA)/datasets \
 	    --output $(DEMO_RUN)/eval --seeds $(DEMO_EVAL_SEEDS) --rerun-stale ner.lr=1e-3
 
+# Two pytest workers (pytest-xdist), the slow tests handed out first (tests/conftest.py): most
+# tests wait on subprocesses and file I/O, so two workers on two cores finish sooner than one.
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -16,6 +16,13 @@ from data_pipeline.demo.synth import generate_corpus, train_wordpiece
 os.environ.setdefault("BIODISTILL_CPU_BF16", "1")
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The tests marked slow first (in their order, then the rest in theirs): under `make test`'s
+    two workers a minutes-long test that starts last keeps one worker busy after the other has
+    finished everything else."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """About 600 citations in 3 baseline files and 1 update file (revisions and deletions)."""

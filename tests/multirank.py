@@ -24,8 +24,7 @@ import traceback
 
 from trainer.runtime.distributed import free_port
 
-
-# What `trainer.main` imports on its first run, in this order of cost (cProfile of a first run).
+# What `trainer.main` imports on its first run, the costly ones named (cProfile of a first run).
 PRELOAD = [
     "torch",
     "deepspeed",
@@ -61,7 +60,11 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 300.0) -> list:
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_entry, args=(fn, r, world_size, port, args, results, dict(os.environ)), daemon=True)
+        ctx.Process(
+            target=_entry,
+            args=(fn, r, world_size, port, args, results, dict(os.environ)),
+            daemon=True,
+        )
         for r in range(world_size)
     ]
     for p in procs:
