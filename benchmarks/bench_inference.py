@@ -12,7 +12,8 @@ ONNX and quantized to int8 by trainer/export/onnx.py, the code behind `python -m
 --onnx --int8`.
 
 Runtimes: `pytorch_fp32`; `pytorch_int8` (torch.ao dynamic int8 of every nn.Linear);
-`onnxruntime_fp32` (model.onnx); `onnxruntime_int8` (model.int8.onnx, dynamic int8). Every
+`onnxruntime_fp32` (model.onnx); `onnxruntime_int8` (model.int8.onnx, dynamic int8 of the graph
+after onnxruntime's fusions, as the export writes it; `int8_from` in the agreement line). Every
 runtime gets the same number of threads (the cores this process may use), stated in the lines.
 Without onnxruntime or onnxscript (the `onnx` extra) the two ONNX runtimes are left out and one
 line, `onnxruntime/skipped`, gives the reason; the PyTorch figures still come out.
@@ -172,17 +173,17 @@ def prepare_onnx(model, root: Path, quick: bool) -> tuple[dict, dict[str, Callab
         export_fp32,
         masked_agreement,
         max_abs_diff,
-        quantize_int8,
         session,
         token_batches,
+        write_int8,
     )
 
     threads = torch.get_num_threads()
     log(f"{root.name}: exporting to ONNX, quantizing")
     export_fp32(model, root / ONNX_FILE)
-    quantize_int8(root / ONNX_FILE, root / INT8_FILE)
-    fp32, int8 = session(root / ONNX_FILE, threads), session(root / INT8_FILE, threads)
     checks = token_batches(model.config, [(2, SEQ)], seed=0, specials=SPECIALS)
+    int8_from = write_int8(model, root / ONNX_FILE, root / INT8_FILE, checks, threads, log)
+    fp32, int8 = session(root / ONNX_FILE, threads), session(root / INT8_FILE, threads)
     agreement_batches = token_batches(model.config, [(8, SEQ)] * (1 if quick else 4), 1, SPECIALS)
     agreement, positions = masked_agreement(fp32, int8, agreement_batches, MASK_ID, seed=2)
     facts = {
@@ -191,6 +192,7 @@ def prepare_onnx(model, root: Path, quick: bool) -> tuple[dict, dict[str, Callab
         "max_abs_diff": max_abs_diff(model, fp32, checks),
         "top1_agreement": agreement,
         "agreement_positions": positions,
+        "int8_from": int8_from,
     }
     calls = {
         "onnxruntime_fp32": lambda feed: fp32.run([OUTPUT], feed),
@@ -440,6 +442,7 @@ def run(quick: bool, sizes: str = "paper") -> Iterator[dict]:
                 round(f["top1_agreement"], 4),
                 "ratio",
                 positions=f["agreement_positions"],
+                int8_from=f["int8_from"],  # "fused": after onnxruntime's fusions
                 **about,
             )
         for rt in runtimes:
