@@ -343,7 +343,8 @@ def _write_and_check(
     export_fp32(model, directory / ONNX_FILE)
     fp32 = session(directory / ONNX_FILE, threads)
     shapes = [(1, length), (2, max(8, length // 2)), (4, max(8, length // 4) + 3)]
-    diff = max_abs_diff(model, fp32, token_batches(config, shapes, seed=0, specials=specials))
+    checks = token_batches(config, shapes, seed=0, specials=specials)  # model.onnx's and int8's
+    diff = max_abs_diff(model, fp32, checks)
     if not diff <= ATOL:
         raise OnnxCheckFailed(
             f"{name}: {ONNX_FILE}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} "
@@ -363,7 +364,6 @@ def _write_and_check(
     sessions = {"ONNX Runtime fp32": fp32}
     if int8:
         log(f"{name}: quantizing {INT8_FILE} (dynamic int8)")
-        checks = token_batches(config, shapes, seed=0, specials=specials)
         entry["int8_from"] = write_int8(
             model, directory / ONNX_FILE, directory / INT8_FILE, checks, threads, log
         )
